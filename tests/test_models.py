@@ -1,0 +1,111 @@
+"""Model structure, presets, open_clip configs, scan/remat equivalence."""
+
+import json
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from clip_jax import models
+
+
+def _abstract_params(cfg):
+    return jax.eval_shape(
+        lambda r: models.CLIP(cfg).init(r, *models.init_inputs(cfg))["params"],
+        jax.random.key(0))
+
+
+def test_vit_b32_matches_open_clip_parameter_count():
+    # open_clip ViT-B-32: 302 state-dict tensors, 151,277,313 parameters.
+    params = _abstract_params(models.get_model_config("ViT-B-32"))
+    assert models.count_params(params) == 151_277_313
+    assert len(jax.tree.leaves(params)) == 302
+
+
+def test_every_parameter_has_logical_names():
+    params = _abstract_params(models.get_model_config("tiny").replace(scan=True))
+    leaves = jax.tree.leaves(params, is_leaf=lambda x: isinstance(x, nn.Partitioned))
+    for leaf in leaves:
+        assert isinstance(leaf, nn.Partitioned)
+        assert len(leaf.names) == leaf.value.ndim
+
+
+def _stack_blocks(params, layers):
+    """Turn resblocks_0..L-1 (scan=False) into one stacked resblocks (scan=True)."""
+    out = jax.tree.map(lambda x: x, params)
+    for tower in ("visual", "text"):
+        tr = out[tower]["transformer"]
+        blocks = [tr.pop(f"resblocks_{i}") for i in range(layers)]
+        tr["resblocks"] = jax.tree.map(lambda *xs: jnp.stack(xs), *blocks)
+    return out
+
+
+def test_scan_and_remat_compute_the_same_function():
+    cfg = models.get_model_config("tiny")
+    images = jax.random.normal(jax.random.key(1), (3, 32, 32, 3))
+    text = jnp.array([[49, 5, 7, 511, 0, 0] + [0] * 10] * 3, jnp.int32)
+    params = nn.unbox(models.CLIP(cfg).init(jax.random.key(0), images, text)["params"])
+    ref = models.CLIP(cfg).apply({"params": params}, images, text)
+    scanned = _stack_blocks(params, cfg.vision.layers)
+    for variant in (cfg.replace(scan=True), cfg.replace(scan=True, remat=True)):
+        out = models.CLIP(variant).apply({"params": scanned}, images, text)
+        for a, b in zip(ref[:2], out[:2]):
+            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    out = models.CLIP(cfg.replace(remat=True)).apply({"params": params}, images, text)
+    np.testing.assert_allclose(ref[1], out[1], rtol=1e-5, atol=1e-6)
+    # Gradients agree too (remat only changes what is stored).
+    def f(p, c):
+        i, t, _, _ = models.CLIP(c).apply({"params": p}, images, text)
+        return jnp.sum(i * t)
+    g1 = jax.grad(f)(params, cfg)
+    g2 = jax.grad(f)(params, cfg.replace(remat=True))
+    for a, b in zip(jax.tree.leaves(g1), jax.tree.leaves(g2)):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_text_features_come_from_the_end_token_and_are_causal():
+    cfg = models.get_model_config("tiny")
+    model = models.CLIP(cfg)
+    eot = cfg.text.vocab_size - 1
+    a = jnp.array([[510, 5, 6, eot, 0, 0, 0, 0] + [0] * 8], jnp.int32)
+    b = a.at[0, 5].set(77)  # a token after the end token must not matter
+    c = a.at[0, 2].set(99)  # a token before it must
+    params = model.init(jax.random.key(0), *models.init_inputs(cfg))["params"]
+    enc = lambda t: model.apply({"params": params}, t, method=models.CLIP.encode_text)
+    np.testing.assert_allclose(enc(a), enc(b), atol=1e-6)
+    assert not np.allclose(enc(a), enc(c), atol=1e-4)
+    np.testing.assert_allclose(jnp.linalg.norm(enc(a), axis=-1), 1.0, rtol=1e-5)
+
+
+def test_scan_keeps_compiled_program_size_independent_of_depth():
+    sizes = []
+    for layers in (2, 8):
+        cfg = models.get_model_config("tiny").replace(
+            scan=True, vision={"layers": layers}, text={"layers": layers})
+        model = models.CLIP(cfg)
+        params = nn.unbox(_abstract_params(cfg))
+        f = jax.jit(lambda p, i, t: model.apply({"params": p}, i, t)[0])
+        sizes.append(len(f.lower(params, *models.init_inputs(cfg)).as_text()))
+    assert sizes[1] < sizes[0] * 1.1, sizes
+
+
+def test_open_clip_config_round_trip_and_errors(tmp_path):
+    for name in ("ViT-B-32", "ViT-L-14", "ViT-H-14", "ViT-g-14", "ViT-bigG-14"):
+        cfg = models.get_model_config(name)
+        oc = models.to_open_clip_config(cfg)
+        assert models.from_open_clip_config(oc) == cfg
+    # The file form, as open_clip ships it (ViT-H-14.json), with the wrapper of exports.
+    h14 = {"embed_dim": 1024, "vision_cfg": {"image_size": 224, "layers": 32, "width": 1280,
+           "head_width": 80, "patch_size": 14},
+           "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 1024,
+                        "heads": 16, "layers": 24}}
+    path = tmp_path / "h14.json"
+    path.write_text(json.dumps({"model_cfg": h14, "preprocess_cfg": {}}))
+    assert models.from_open_clip_config(str(path)) == models.get_model_config("ViT-H-14")
+    bad = dict(h14, vision_cfg=dict(h14["vision_cfg"], ls_init_value=1e-5))
+    with pytest.raises(ValueError, match="ls_init_value"):
+        models.from_open_clip_config(bad)
+    with pytest.raises(ValueError, match="unknown model preset"):
+        models.get_model_config("ViT-X-99")
