@@ -9,7 +9,8 @@ layout changes, never guesswork::
 
 ``transformer`` holds ``resblocks`` (one stacked block with a leading ``layers`` axis when
 ``scan=True``) or ``resblocks_0 .. resblocks_{L-1}`` (``scan=False``); each block has
-``ln_1, attn/{in_proj, out_proj}, ln_2, mlp/{c_fc, c_proj}``.
+``ln_1, attn/{kernel_in, bias_in, kernel_out, bias_out}, ln_2, mlp/{c_fc, c_proj}``
+(``kernel_in`` is open_clip's fused ``in_proj_weight`` as (embed, q|k|v, heads, head_dim)).
 
 Every parameter carries logical axis names (``embed``, ``mlp``, ``heads``, ``kv``, ``vocab``,
 ``proj``, ``layers``...); :mod:`clip_jax.sharding` maps them to mesh axes.  Models know nothing
@@ -275,23 +276,25 @@ class Attention(nn.Module):
     def __call__(self, x):
         d = x.shape[-1]
         hd = d // self.heads
-        qkv = nn.DenseGeneral(
-            features=(3, self.heads, hd), axis=-1, use_bias=True, name="in_proj",
-            dtype=self.dtype, param_dtype=self.param_dtype,
-            kernel_init=_param(nn.initializers.normal(d**-0.5), ("embed", None, "heads", "kv")),
-            bias_init=_param(nn.initializers.zeros, (None, "heads", "kv")),
-        )(x)
+        # Explicit params (not DenseGeneral, whose flattened init breaks logical constraints).
+        w_in = self.param("kernel_in", _param(nn.initializers.normal(d**-0.5),
+                                              ("embed", None, "heads", "kv")),
+                          (d, 3, self.heads, hd), self.param_dtype)
+        b_in = self.param("bias_in", _param(nn.initializers.zeros, (None, "heads", "kv")),
+                          (3, self.heads, hd), self.param_dtype)
+        qkv = jnp.einsum("btd,dshk->btshk", x, w_in.astype(self.dtype)) + b_in.astype(
+            self.dtype)
         q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]  # (B, T, H, hd)
         q = nn.with_logical_constraint(q, ("batch", "length", "act_heads", "kv"))
         out = jax.nn.dot_product_attention(q, k, v, is_causal=self.causal)
         out = nn.with_logical_constraint(out, ("batch", "length", "act_heads", "kv"))
-        return nn.DenseGeneral(
-            features=d, axis=(-2, -1), use_bias=True, name="out_proj",
-            dtype=self.dtype, param_dtype=self.param_dtype,
-            kernel_init=_param(nn.initializers.normal(self.out_init_std),
-                               ("heads", "kv", "embed")),
-            bias_init=_param(nn.initializers.zeros, ("embed",)),
-        )(out)
+        w_out = self.param("kernel_out", _param(nn.initializers.normal(self.out_init_std),
+                                                ("heads", "kv", "embed")),
+                           (self.heads, hd, d), self.param_dtype)
+        b_out = self.param("bias_out", _param(nn.initializers.zeros, ("embed",)), (d,),
+                           self.param_dtype)
+        return jnp.einsum("bthk,hkd->btd", out, w_out.astype(self.dtype)) + b_out.astype(
+            self.dtype)
 
 
 class MLP(nn.Module):

@@ -86,7 +86,7 @@ def test_scan_keeps_compiled_program_size_independent_of_depth():
             scan=True, vision={"layers": layers}, text={"layers": layers})
         model = models.CLIP(cfg)
         params = nn.unbox(_abstract_params(cfg))
-        f = jax.jit(lambda p, i, t: model.apply({"params": p}, i, t)[0])
+        f = jax.jit(lambda p, i, t, m=model: m.apply({"params": p}, i, t)[0])
         sizes.append(len(f.lower(params, *models.init_inputs(cfg)).as_text()))
     assert sizes[1] < sizes[0] * 1.1, sizes
 

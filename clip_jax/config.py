@@ -1,0 +1,142 @@
+"""The one config object: every key a run understands, with defaults.
+
+Config files in ``configs/`` start from :func:`base_config` and change what they need; the
+result is *locked*, so a typo in a config file or on the command line
+(``--config.optimzer.lr=1e-3``) fails at once with the offending key named.
+
+Model config: ``model.name`` picks a preset (``clip_jax.models.PRESETS``) or
+``model.open_clip_config`` points at an open_clip model-config JSON; any of the placeholder
+fields below (``model.embed_dim``, ``model.vision.width``...) then overrides that base.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import ml_collections
+from ml_collections import config_dict
+
+from clip_jax import models
+
+P = config_dict.placeholder
+
+
+def base_config() -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict()
+    c.seed = 0
+    c.batch_size = 64  # global batch (all processes, all devices)
+    c.total_steps = 100
+    c.log_every_steps = 10
+    c.loss = "clip"  # "clip" (softmax, symmetric CE) or "siglip" (sigmoid, with bias)
+    c.loss_impl = "dense"  # "dense" (local rows x global columns) or "blockwise" (streamed)
+    c.loss_block_size = 0  # blockwise: rows/cols per block (0 = the local batch)
+    c.accum_steps = 1  # gradient-cache micro-batches per step (exact global-batch loss)
+
+    c.model = ml_collections.ConfigDict()
+    c.model.name = "tiny"
+    c.model.open_clip_config = ""  # path to an open_clip model-config JSON (overrides name)
+    c.model.embed_dim = P(int)
+    c.model.act = P(str)
+    c.model.dtype = P(str)
+    c.model.param_dtype = P(str)
+    c.model.remat = P(bool)
+    c.model.scan = P(bool)
+    c.model.init_logit_scale = P(float)
+    c.model.init_logit_bias = P(float)
+    c.model.vision = ml_collections.ConfigDict(
+        {k: P(int) for k in ("image_size", "patch_size", "width", "layers", "heads", "mlp_dim")})
+    c.model.text = ml_collections.ConfigDict(
+        {k: P(int) for k in ("context_length", "vocab_size", "width", "layers", "heads",
+                             "mlp_dim")})
+
+    c.optimizer = ml_collections.ConfigDict()
+    c.optimizer.lr = 5e-4
+    c.optimizer.warmup_steps = 10
+    c.optimizer.schedule = "cosine"
+    c.optimizer.end_lr_ratio = 0.0
+    c.optimizer.weight_decay = 0.2
+    c.optimizer.b1 = 0.9
+    c.optimizer.b2 = 0.98
+    c.optimizer.eps = 1e-6
+    c.optimizer.grad_clip_norm = 1.0
+    c.optimizer.decay_embeddings = False
+
+    c.mesh = ml_collections.ConfigDict()
+    c.mesh.data = -1
+    c.mesh.fsdp = 1
+    c.mesh.tensor = 1
+
+    c.data = ml_collections.ConfigDict()
+    c.data.source = "synthetic"  # "synthetic" or "webdataset"
+    c.data.train = ""  # shard spec: brace pattern, list, pipe:, fsspec URL (data issue)
+    c.data.tokenizer = "train"  # "clip_bpe:PATH", "hf:PATH", or "train" (fit on data.train)
+    c.data.tokenizer_vocab_size = 0  # "train": 0 = the model's text.vocab_size
+    c.data.shuffle_buffer = 2000
+    c.data.workers = 2
+    c.data.resampled = False
+    c.data.image_size = P(int)  # defaults to the model's vision.image_size
+    c.data.synthetic_classes = 256  # synthetic: number of latent (image, text) classes
+    c.data.synthetic_noise = 0.5
+    c.data.prefetch = 2  # batches placed on devices ahead of the step
+
+    c.checkpoint = ml_collections.ConfigDict()
+    c.checkpoint.every_steps = 0  # 0 = only at the end
+    c.checkpoint.keep = 3
+    c.checkpoint.keep_period = 0  # also keep every K-th step forever (0 = off)
+    c.checkpoint.async_save = True
+    c.checkpoint.init_from = ""  # a checkpoint dir or bundle to start from (fine-tuning)
+
+    c.eval = ml_collections.ConfigDict()
+    c.eval.every_steps = 0  # 0 = only at the end (if any evals are configured)
+    c.eval.zeroshot = ""  # path to a zeroshot.json (classes, templates, eval_shards)
+    c.eval.batch_size = 256
+    c.eval.at_end = True
+
+    c.lock()
+    return c
+
+
+def resolve_model_config(model_cfg: Mapping) -> models.ModelConfig:
+    """Preset (or open_clip JSON) + the non-None overrides in ``config.model``."""
+    if isinstance(model_cfg, ml_collections.ConfigDict):
+        model_cfg = model_cfg.to_dict()
+    path = model_cfg.get("open_clip_config", "")
+    base = models.from_open_clip_config(path) if path else models.get_model_config(
+        model_cfg["name"])
+    overrides = {}
+    for key, value in model_cfg.items():
+        if key in ("name", "open_clip_config") or value is None:
+            continue
+        if isinstance(value, Mapping):
+            sub = {k: v for k, v in value.items() if v is not None}
+            if sub:
+                overrides[key] = sub
+        else:
+            overrides[key] = value
+    return base.replace(**overrides)
+
+
+_CHOICES = {
+    "loss": ("clip", "siglip"),
+    "loss_impl": ("dense", "blockwise"),
+    "data.source": ("synthetic", "webdataset"),
+}
+
+
+def validate(c: ml_collections.ConfigDict) -> None:
+    """Cross-key checks that the types alone cannot express."""
+    for key, choices in _CHOICES.items():
+        value = c
+        for part in key.split("."):
+            value = value[part]
+        if value not in choices:
+            raise ValueError(f"config {key}={value!r}: choose one of {choices}")
+    for key in ("batch_size", "total_steps", "log_every_steps", "accum_steps"):
+        if c[key] <= 0:
+            raise ValueError(f"config {key}={c[key]} must be positive")
+    if c.data.source == "webdataset" and not c.data.train:
+        raise ValueError("config data.source='webdataset' needs data.train (a shard spec)")
+    if c.loss == "siglip":
+        m = resolve_model_config(c.model)
+        if m.init_logit_bias is None:
+            raise ValueError("config loss='siglip' needs model.init_logit_bias (e.g. -10.0)")

@@ -1,0 +1,77 @@
+"""Metrics: one JSON object per line in ``<workdir>/metrics.jsonl`` plus a progress line.
+
+On resume the file is cut back to the restored step, so a run that was killed and restarted
+leaves the same file as one that never stopped. Only process 0 writes and prints.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import time
+
+
+def _fmt_seconds(s: float) -> str:
+    if not math.isfinite(s):
+        return "?"
+    s = int(s)
+    return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
+
+
+class MetricsWriter:
+    def __init__(self, workdir: str, total_steps: int, enabled: bool = True,
+                 stream=sys.stdout):
+        self.path = os.path.join(workdir, "metrics.jsonl")
+        self.total_steps, self.enabled, self.stream = total_steps, enabled, stream
+        self.start = time.time()
+
+    def truncate_after(self, step: int) -> None:
+        """Drop lines logged after ``step`` (they belong to work a restart will redo)."""
+        if not self.enabled or not os.path.exists(self.path):
+            return
+        with open(self.path) as f:
+            lines = f.readlines()
+        keep = []
+        for line in lines:
+            try:
+                if json.loads(line).get("step", 0) <= step:
+                    keep.append(line)
+            except json.JSONDecodeError:  # a line cut by a kill mid-write
+                continue
+        tmp = self.path + ".tmp"
+        with open(tmp, "w") as f:
+            f.writelines(keep)
+        os.replace(tmp, self.path)
+
+    def write(self, step: int, metrics: dict) -> None:
+        if not self.enabled:
+            return
+        record = {"step": int(step)}
+        for k, v in metrics.items():
+            record[k] = v if isinstance(v, str | int) else float(v)
+        with open(self.path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+
+    def progress(self, step: int, metrics: dict) -> None:
+        if not self.enabled:
+            return
+        elapsed = time.time() - self.start
+        parts = [f"step {step}/{self.total_steps}"]
+        for key, fmt in (("loss", "{:.4f}"), ("logit_scale", "{:.2f}"), ("lr", "{:.2e}"),
+                         ("grad_norm", "{:.3f}"), ("samples_per_sec", "{:.1f}")):
+            if key in metrics:
+                parts.append(f"{key} " + fmt.format(float(metrics[key])))
+        for key in sorted(metrics):
+            if key.startswith("eval/"):
+                parts.append(f"{key} {float(metrics[key]):.4f}")
+        rate = metrics.get("steps_per_sec")
+        if rate:
+            parts.append(f"eta {_fmt_seconds((self.total_steps - step) / rate)}")
+        parts.append(f"elapsed {_fmt_seconds(elapsed)}")
+        print(" | ".join(parts), file=self.stream, flush=True)
+
+    def log(self, message: str) -> None:
+        if self.enabled:
+            print(message, file=self.stream, flush=True)

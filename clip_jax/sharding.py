@@ -1,0 +1,170 @@
+"""Meshes and shardings: the only module that knows the mesh axes.
+
+The mesh has three axes, MaxText style:
+
+* ``data``   pure data parallelism (replicated params, sharded batch),
+* ``fsdp``   batch sharded too, and parameters/optimizer state sharded (ZeRO-3 / FSDP),
+* ``tensor`` Megatron-style tensor parallelism of attention heads and MLP hidden units.
+
+Models declare *logical* axis names on every parameter and on key activations; ``RULES`` maps
+them to mesh axes. A mesh axis that does not divide a dimension is dropped for that dimension
+(the parameter is replicated along it) rather than failing deep inside XLA.
+
+Axes are ``AxisType.Auto`` on purpose: the model is written with logical sharding annotations
+and GSPMD propagates the rest; the loss is an explicit ``shard_map`` whose communication is
+visible in :mod:`clip_jax.losses`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+
+import flax.linen as nn
+import jax
+import numpy as np
+from jax.sharding import AxisType, Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+MESH_AXES = ("data", "fsdp", "tensor")
+BATCH_AXES = ("data", "fsdp")  # the batch is split over both; losses all-gather over them
+
+# Logical axis -> mesh axis (or None = replicated).
+RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
+    ("batch", BATCH_AXES),
+    ("embed", "fsdp"),
+    ("mlp", "tensor"),
+    ("heads", "tensor"),
+    ("vocab", "tensor"),
+    ("kv", None),
+    ("proj", None),
+    ("norm", None),
+    ("layers", None),
+    ("length", None),
+    ("act_embed", None),
+    ("act_mlp", "tensor"),
+    ("act_heads", "tensor"),
+)
+
+
+def mesh_shape(mesh_cfg: Mapping[str, int], num_devices: int) -> tuple[int, int, int]:
+    """Resolve ``{data, fsdp, tensor}`` sizes, one of which may be -1 (= fill)."""
+    sizes = [int(mesh_cfg[a]) for a in MESH_AXES]
+    fills = [i for i, s in enumerate(sizes) if s == -1]
+    if len(fills) > 1:
+        raise ValueError(f"mesh {dict(zip(MESH_AXES, sizes))}: at most one axis may be -1")
+    if any(s == 0 or s < -1 for s in sizes):
+        raise ValueError(f"mesh {dict(zip(MESH_AXES, sizes))}: sizes must be positive or -1")
+    known = math.prod(s for s in sizes if s != -1)
+    if fills:
+        if num_devices % known:
+            raise ValueError(
+                f"mesh {dict(zip(MESH_AXES, sizes))} cannot fill {num_devices} devices: "
+                f"{num_devices} is not a multiple of {known}")
+        sizes[fills[0]] = num_devices // known
+    if math.prod(sizes) != num_devices:
+        raise ValueError(
+            f"mesh {dict(zip(MESH_AXES, sizes))} needs {math.prod(sizes)} devices but "
+            f"{num_devices} are present; set one axis to -1 to fill")
+    return tuple(sizes)
+
+
+def make_mesh(mesh_cfg: Mapping[str, int], devices: Sequence[jax.Device] | None = None) -> Mesh:
+    devices = list(jax.devices() if devices is None else devices)
+    shape = mesh_shape(mesh_cfg, len(devices))
+    if devices == list(jax.devices()):
+        return jax.make_mesh(shape, MESH_AXES, axis_types=(AxisType.Auto,) * 3)
+    return Mesh(np.asarray(devices).reshape(shape), MESH_AXES,
+                axis_types=(AxisType.Auto,) * 3)
+
+
+def batch_size_per_shard(mesh: Mesh) -> int:
+    return mesh.shape["data"] * mesh.shape["fsdp"]
+
+
+def logical_to_spec(names: Sequence[str | None], shape: Sequence[int] | None = None,
+                    mesh: Mesh | None = None, rules=RULES) -> P:
+    """Map logical names to a PartitionSpec; drop mesh axes that don't divide the dim."""
+    table = dict(rules)
+    out, used = [], set()
+    for i, name in enumerate(names):
+        axes = table.get(name) if name is not None else None
+        if axes is None:
+            out.append(None)
+            continue
+        axes = (axes,) if isinstance(axes, str) else tuple(axes)
+        axes = tuple(a for a in axes if a not in used)
+        if mesh is not None:
+            axes = tuple(a for a in axes if mesh.shape[a] > 1)
+            if shape is not None and axes:
+                if shape[i] % math.prod(mesh.shape[a] for a in axes):
+                    axes = ()
+        used.update(axes)
+        out.append(None if not axes else axes[0] if len(axes) == 1 else axes)
+    return P(*out)
+
+
+def _is_boxed(x) -> bool:
+    return isinstance(x, nn.Partitioned)
+
+
+def param_specs(boxed_tree, mesh: Mesh | None = None, rules=RULES):
+    """PartitionSpecs for a tree whose leaves may be ``nn.Partitioned`` (from ``eval_shape``)."""
+
+    def spec(x):
+        if _is_boxed(x):
+            return logical_to_spec(x.names, x.value.shape, mesh, rules)
+        return P()
+
+    return jax.tree.map(spec, boxed_tree, is_leaf=_is_boxed)
+
+
+def _path_keys(path) -> tuple[str, ...]:
+    return tuple(str(k.key) for k in path if isinstance(k, jax.tree_util.DictKey))
+
+
+def opt_state_specs(opt_state, params, param_spec_tree):
+    """Specs for an optax state: each leaf whose trailing dict path and shape match a param
+    gets that param's spec (Adam's mu/nu...), everything else (counts, scalars) is replicated.
+    """
+    by_path = {}
+    for (path, x), spec in zip(jax.tree_util.tree_flatten_with_path(params)[0],
+                               jax.tree.leaves(param_spec_tree,
+                                               is_leaf=lambda s: isinstance(s, P))):
+        by_path[_path_keys(path)] = (tuple(x.shape), spec)
+
+    def spec_for(path, x):
+        keys = _path_keys(path)
+        for start in range(len(keys)):
+            hit = by_path.get(keys[start:])
+            if hit is not None and hit[0] == tuple(getattr(x, "shape", ())):
+                return hit[1]
+        return P()
+
+    return jax.tree_util.tree_map_with_path(spec_for, opt_state)
+
+
+def to_shardings(spec_tree, mesh: Mesh):
+    return jax.tree.map(lambda s: NamedSharding(mesh, s), spec_tree,
+                        is_leaf=lambda s: isinstance(s, P))
+
+
+def batch_sharding(mesh: Mesh) -> NamedSharding:
+    return NamedSharding(mesh, P(BATCH_AXES))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+    return NamedSharding(mesh, P())
+
+
+def bytes_per_device(abstract_tree, sharding_tree) -> int:
+    """Bytes a tree occupies on the busiest device under the given shardings."""
+    total = 0
+    for x, s in zip(jax.tree.leaves(abstract_tree), jax.tree.leaves(sharding_tree)):
+        shard = s.shard_shape(x.shape)
+        total += math.prod(shard) * np.dtype(x.dtype).itemsize
+    return total
+
+
+def describe(mesh: Mesh) -> str:
+    return " x ".join(f"{a}={mesh.shape[a]}" for a in mesh.axis_names)
