@@ -1,0 +1,166 @@
+"""Training-curve and confusion-matrix plots (matplotlib, Agg canvas; no pyplot global state).
+
+    plot_training_curves(metrics_jsonl_path, out_png) -> out_png
+    plot_confusion_matrix(confusion, class_names, out_png, normalize=True) -> out_png
+    read_metrics_jsonl(path) -> list[dict]   (one dict per step, sorted, last record per step wins)
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Sequence
+
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+_TRAIN_PANELS = (
+    ("loss", "train loss", True),
+    ("logit_scale", "logit scale", False),
+    ("lr", "learning rate", False),
+    ("samples_per_sec", "samples / s", False),
+)
+
+
+def _is_number(v) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def read_metrics_jsonl(path: str) -> list[dict]:
+    """Parse a metrics.jsonl file (one JSON object per line with a ``step`` key).
+
+    Blank and unparsable lines (e.g. a line cut short by a crash) are skipped. When a step
+    appears several times (a run resumed from an older checkpoint re-logs steps) the records
+    are merged, later values winning. Returns the records sorted by step.
+    """
+    by_step: dict[int, dict] = {}
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            line = line.strip()
+            if not line:
+                continue
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if not isinstance(rec, dict) or not _is_number(rec.get("step")):
+                continue
+            step = int(rec["step"])
+            by_step.setdefault(step, {}).update(rec)
+    return [by_step[s] for s in sorted(by_step)]
+
+
+def _series(records: list[dict], key: str):
+    pts = [(r["step"], r[key]) for r in records if _is_number(r.get(key))]
+    if not pts:
+        return None
+    steps, vals = zip(*pts)
+    return np.asarray(steps), np.asarray(vals, dtype=np.float64)
+
+
+def plot_training_curves(metrics_jsonl_path: str, out_png: str, title: str | None = None) -> str:
+    """Plot loss (log scale), logit_scale, lr, samples/s and every numeric ``eval/*`` key vs
+    step into ``out_png`` (panels with no data are left out; eval keys containing "loss" get
+    their own panel). Raises ``ValueError`` if the file holds no records."""
+    records = read_metrics_jsonl(metrics_jsonl_path)
+    if not records:
+        raise ValueError(f"no metrics records in {metrics_jsonl_path}")
+    panels = []  # (title, [(label, steps, values)], log_y)
+    for key, label, log_y in _TRAIN_PANELS:
+        s = _series(records, key)
+        if s is not None:
+            use_log = log_y and bool(np.all(s[1] > 0))
+            panels.append((label, [(key, *s)], use_log))
+    eval_keys = sorted({k for r in records for k, v in r.items()
+                        if k.startswith("eval/") and _is_number(v)})
+    eval_acc = [k for k in eval_keys if "loss" not in k]
+    eval_loss = [k for k in eval_keys if "loss" in k]
+    for keys, label in ((eval_acc, "eval metrics"), (eval_loss, "eval loss")):
+        lines = [(k[len("eval/"):], *s) for k in keys if (s := _series(records, k)) is not None]
+        if lines:
+            panels.append((label, lines, False))
+    if not panels:
+        raise ValueError(f"no numeric metrics to plot in {metrics_jsonl_path}")
+
+    ncols = 2 if len(panels) > 1 else 1
+    nrows = math.ceil(len(panels) / ncols)
+    fig = Figure(figsize=(6.0 * ncols, 3.6 * nrows), dpi=100)
+    FigureCanvasAgg(fig)
+    for i, (label, lines, log_y) in enumerate(panels):
+        ax = fig.add_subplot(nrows, ncols, i + 1)
+        for name, steps, vals in lines:
+            marker = "o" if len(steps) <= 50 else None
+            ax.plot(steps, vals, label=name, marker=marker, markersize=3, linewidth=1.2)
+        if log_y:
+            ax.set_yscale("log")
+        ax.set_title(label)
+        ax.set_xlabel("step")
+        ax.grid(True, alpha=0.3)
+        if len(lines) > 1:
+            ax.legend(fontsize="x-small", ncol=1 if len(lines) <= 8 else 2)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    _ensure_parent(out_png)
+    fig.savefig(out_png)
+    return out_png
+
+
+def plot_confusion_matrix(
+    confusion,
+    class_names: Sequence[str] | None,
+    out_png: str,
+    normalize: bool = True,
+    title: str | None = None,
+    max_labeled_classes: int = 50,
+) -> str:
+    """Heat map of a (C, C) confusion matrix (rows = true class, columns = predicted).
+
+    ``normalize`` divides each row by its count (rows without samples stay 0). Class names label
+    the axes when C <= ``max_labeled_classes``; cell values are written when C <= 20.
+    """
+    cm = np.asarray(confusion, dtype=np.float64)
+    if cm.ndim != 2 or cm.shape[0] != cm.shape[1]:
+        raise ValueError(f"confusion must be square, got shape {cm.shape}")
+    num_classes = cm.shape[0]
+    if class_names is not None and len(class_names) != num_classes:
+        raise ValueError(f"{len(class_names)} class names for {num_classes} classes")
+    if normalize:
+        rows = cm.sum(axis=1, keepdims=True)
+        cm = np.divide(cm, rows, out=np.zeros_like(cm), where=rows > 0)
+    size = min(24.0, max(5.0, 0.32 * num_classes + 3.0))
+    fig = Figure(figsize=(size, size * 0.9), dpi=100)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot(1, 1, 1)
+    im = ax.imshow(cm, cmap="Blues", interpolation="nearest",
+                   vmin=0.0, vmax=1.0 if normalize else None)
+    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
+    ax.set_xlabel("predicted class")
+    ax.set_ylabel("true class")
+    if class_names is not None and num_classes <= max_labeled_classes:
+        ticks = np.arange(num_classes)
+        ax.set_xticks(ticks)
+        ax.set_yticks(ticks)
+        ax.set_xticklabels(class_names, rotation=90, fontsize="small")
+        ax.set_yticklabels(class_names, fontsize="small")
+    if num_classes <= 20:
+        vmax = cm.max() if cm.size else 0.0
+        for i in range(num_classes):
+            for j in range(num_classes):
+                v = cm[i, j]
+                text = f"{v:.2f}" if normalize else f"{int(v)}"
+                color = "white" if vmax > 0 and v > 0.5 * vmax else "black"
+                ax.text(j, i, text, ha="center", va="center", fontsize="x-small", color=color)
+    ax.set_title(title or ("confusion matrix (row-normalised)" if normalize
+                           else "confusion matrix"))
+    fig.tight_layout()
+    _ensure_parent(out_png)
+    fig.savefig(out_png)
+    return out_png
+
+
+def _ensure_parent(path: str) -> None:
+    parent = os.path.dirname(os.path.abspath(path))
+    os.makedirs(parent, exist_ok=True)
