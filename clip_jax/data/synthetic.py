@@ -3,8 +3,10 @@
 ``classes`` latent concepts each have a fixed low-frequency colour pattern (the image side) and a
 fixed short token sequence (the text side). A sample draws a concept, renders its pattern with
 Gaussian noise and emits its tokens. Matching pairs are learnable, so the contrastive loss falls
-well below its chance value ln(batch); batch ``k`` of process ``p`` is a pure function of
-(seed, p, k), so the iterator state is just the batch counter and resume is exact.
+well below its chance value ln(batch). Sample ``i`` of global batch ``k`` is a pure function of
+(seed, k, i), whatever the number of processes (process ``p`` makes rows ``p*b .. (p+1)*b-1``),
+so a run on 2 hosts sees the same global batches as on 1, and the iterator state is just the
+batch counter: resume is exact.
 """
 
 from __future__ import annotations
@@ -38,13 +40,17 @@ class SyntheticSource:
         return self
 
     def __next__(self) -> dict[str, np.ndarray]:
-        rng = np.random.default_rng([self.seed, self.process_index, self.batch_index])
-        labels = rng.integers(0, len(self.patterns), size=self.batch_size)
-        noise = rng.normal(size=(self.batch_size, self.image_size, self.image_size, 3))
-        image = self.patterns[labels] + self.noise * noise.astype(np.float32)
+        first = self.process_index * self.batch_size
+        image = np.empty((self.batch_size, self.image_size, self.image_size, 3), np.float32)
+        labels = np.empty(self.batch_size, np.int64)
+        for j in range(self.batch_size):
+            rng = np.random.default_rng([self.seed, self.batch_index, first + j])
+            labels[j] = rng.integers(0, len(self.patterns))
+            noise = rng.standard_normal(image.shape[1:], dtype=np.float32)
+            image[j] = self.patterns[labels[j]] + self.noise * noise
         self.batch_index += 1
         self.stats["samples"] += self.batch_size
-        return {"image": image.astype(np.float32), "text": self.tokens[labels]}
+        return {"image": image, "text": self.tokens[labels]}
 
     def get_state(self) -> dict:
         return {"batch_index": self.batch_index, "stats": dict(self.stats)}

@@ -1,0 +1,382 @@
+"""Write (image, caption) pairs as webdataset tar shards, resumably.
+
+    python -m clip_jax.data.write_shards --input captions.csv --out DIR --samples-per-shard 1000
+    python -m clip_jax.data.write_shards --input images/ --out DIR --samples-per-shard 1000
+
+Inputs:
+
+* a CSV / TSV file (``.tsv`` is tab separated, anything else comma separated unless
+  ``--delimiter``) with a header; ``--image-column`` (default: the first of image, image_path,
+  path, filepath, file, filename) holds image paths, relative to the file's directory unless
+  absolute; ``--caption-column`` (default: the first of caption, text, title) the captions;
+* a ``.parquet`` file with the same columns (needs pyarrow);
+* a directory: every ``*.jpg|jpeg|png|webp`` below it (sorted by path) with its caption in the
+  ``.txt`` file of the same name beside it.
+
+Rows with an empty caption or a missing image file are skipped (counted in the summary).
+Images are stored as they are (other formats, e.g. BMP or GIF, are re-encoded as PNG).
+
+Output (the img2dataset layout, read by :mod:`clip_jax.data.pipeline`)::
+
+    DIR/00000.tar, DIR/00001.tar, ...   KEY.<image ext> + KEY.txt, KEY = 9-digit sample number
+    DIR/sizes.json                      {"00000.tar": 1000, ...}
+    DIR/checksums.json                  {"00000.tar": "<sha256 hex>", ...}
+
+Tars are deterministic (fixed member metadata), written to a hidden temporary name and renamed
+atomically, then recorded in the two JSON files (updated under a file lock, atomically). A
+re-run of an interrupted job keeps every shard whose recorded count and sha256 still match the
+file (the CLI does not even read its images) and rewrites the others. A re-run assumes the same
+input: use a fresh directory for different data.
+
+:func:`write_samples` is the library entry point (used by other generators).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import csv
+import hashlib
+import io
+import itertools
+import json
+import os
+import sys
+import tarfile
+from collections.abc import Iterable, Iterator
+
+IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
+SIZES, CHECKSUMS, LOCK = "sizes.json", "checksums.json", ".write_shards.lock"
+IMAGE_COLUMNS = ("image", "image_path", "path", "filepath", "file", "filename")
+CAPTION_COLUMNS = ("caption", "text", "title")
+
+
+def shard_name(index: int) -> str:
+    return f"{index:05d}.tar"
+
+
+def sha256_file(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+@contextlib.contextmanager
+def _locked(out_dir: str):
+    """An exclusive lock on ``out_dir`` (for concurrent writers updating the JSON files)."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not on Linux/macOS
+        yield
+        return
+    with open(os.path.join(out_dir, LOCK), "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _read_json(path: str) -> dict:
+    try:
+        with open(path) as f:
+            data = json.load(f)
+        return data if isinstance(data, dict) else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def _write_json(path: str, obj: dict) -> None:
+    tmp = f"{path}.{os.getpid()}.tmp"
+    with open(tmp, "w") as f:
+        json.dump(dict(sorted(obj.items())), f, indent=1)
+        f.write("\n")
+    os.replace(tmp, path)
+
+
+def read_metadata(out_dir: str) -> tuple[dict, dict]:
+    """(sizes, checksums) as recorded in ``out_dir``."""
+    return (_read_json(os.path.join(out_dir, SIZES)),
+            _read_json(os.path.join(out_dir, CHECKSUMS)))
+
+
+def _record(out_dir: str, name: str, count: int, digest: str) -> None:
+    with _locked(out_dir):
+        sizes, sums = read_metadata(out_dir)
+        sizes[name], sums[name] = count, digest
+        _write_json(os.path.join(out_dir, SIZES), sizes)
+        _write_json(os.path.join(out_dir, CHECKSUMS), sums)
+
+
+def is_complete(out_dir: str, name: str, count: int | None = None) -> bool:
+    """True if shard ``name`` is recorded (with ``count`` samples, if given) and verifies."""
+    sizes, sums = read_metadata(out_dir)
+    path = os.path.join(out_dir, name)
+    if name not in sizes or name not in sums or not os.path.isfile(path):
+        return False
+    if count is not None and sizes[name] != count:
+        return False
+    return sha256_file(path) == sums[name]
+
+
+def _tmp_path(out_dir: str, name: str) -> str:
+    return os.path.join(out_dir, f".{name}.{os.getpid()}.tmp")
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # e.g. another user's process
+        return True
+    return True
+
+
+def _remove_stale_tmp(out_dir: str, name: str) -> None:
+    """Delete temporary files of ``name`` left by writers that no longer run."""
+    prefix = f".{name}."
+    for entry in os.listdir(out_dir):
+        if entry.startswith(prefix) and entry.endswith(".tmp"):
+            pid = entry[len(prefix):-4]
+            if pid.isdigit() and int(pid) != os.getpid() and _pid_alive(int(pid)):
+                continue
+            with contextlib.suppress(OSError):
+                os.remove(os.path.join(out_dir, entry))
+
+
+def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
+    info = tarfile.TarInfo(name)
+    info.size, info.mtime, info.mode = len(data), 0, 0o644
+    info.uid = info.gid = 0
+    info.uname = info.gname = ""
+    tar.addfile(info, io.BytesIO(data))
+
+
+def _check_sample(key: str, ext: str) -> str:
+    ext = ext.lower().lstrip(".")
+    if ext not in IMAGE_EXTS:
+        raise ValueError(f"sample {key!r}: image extension {ext!r} not in {IMAGE_EXTS}")
+    if not key or "." in os.path.basename(key) or key.startswith("/"):
+        raise ValueError(f"sample key {key!r} must be non-empty, relative and have no dot")
+    return ext
+
+
+def _write_shard(out_dir: str, name: str, samples: Iterator[tuple[str, bytes, str, str]],
+                 limit: int) -> tuple[int, str, str]:
+    """Write up to ``limit`` samples to a temporary tar: (count, temp path, sha256)."""
+    _remove_stale_tmp(out_dir, name)
+    tmp = _tmp_path(out_dir, name)
+    count = 0
+    try:
+        with tarfile.open(tmp, "w", format=tarfile.GNU_FORMAT) as tar:
+            for key, image, ext, caption in samples:
+                ext = _check_sample(key, ext)
+                _add(tar, f"{key}.{ext}", bytes(image))
+                _add(tar, f"{key}.txt", caption.encode("utf-8"))
+                count += 1
+                if count >= limit:
+                    break
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
+        raise
+    return count, tmp, sha256_file(tmp)
+
+
+def _commit(out_dir: str, name: str, count: int, tmp: str, digest: str) -> bool:
+    """Rename ``tmp`` into place unless an identical, recorded shard is there: True if renamed."""
+    path = os.path.join(out_dir, name)
+    sizes, sums = read_metadata(out_dir)
+    if (sizes.get(name) == count and sums.get(name) == digest and os.path.isfile(path)
+            and sha256_file(path) == digest):
+        os.remove(tmp)
+        return False
+    os.replace(tmp, path)
+    _record(out_dir, name, count, digest)
+    return True
+
+
+def write_samples(samples: Iterable[tuple[str, bytes, str, str]], out_dir: str,
+                  samples_per_shard: int, start_index: int = 0) -> dict:
+    """Write ``(key, image bytes, image ext, caption)`` samples as shards of ``samples_per_shard``.
+
+    The first shard is ``out_dir/{start_index:05d}.tar``, then consecutive numbers. Keys must
+    be unique, non-empty and without dots; ext one of jpg, jpeg, png, webp. Records every shard
+    in ``sizes.json`` / ``checksums.json`` (merged with what is there, so several calls with
+    different ``start_index`` may share ``out_dir``, even concurrently). A shard identical to a
+    recorded, verifying one already in place is left untouched (its file is not rewritten), so
+    re-running an interrupted call redoes only missing or damaged shards.
+
+    Returns ``{shard name: sample count}`` of the shards covered by this call.
+    """
+    if samples_per_shard < 1:
+        raise ValueError(f"samples_per_shard must be >= 1, got {samples_per_shard}")
+    os.makedirs(out_dir, exist_ok=True)
+    it = iter(samples)
+    out: dict[str, int] = {}
+    index = start_index
+    while True:
+        first = next(it, None)  # never create a shard (or touch its name) past the end
+        if first is None:
+            break
+        name = shard_name(index)
+        count, tmp, digest = _write_shard(out_dir, name, itertools.chain([first], it),
+                                          samples_per_shard)
+        _commit(out_dir, name, count, tmp, digest)
+        out[name] = count
+        index += 1
+        if count < samples_per_shard:
+            break
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# CLI
+
+
+def _pick(columns: list[str], wanted: str | None, candidates: tuple[str, ...], what: str) -> str:
+    if wanted:
+        if wanted not in columns:
+            raise ValueError(f"{what} column {wanted!r} not found; columns: {columns}")
+        return wanted
+    for c in candidates:
+        if c in columns:
+            return c
+    raise ValueError(f"no {what} column (tried {list(candidates)}; pass --{what}-column); "
+                     f"columns: {columns}")
+
+
+def read_table(path: str, image_column: str | None = None, caption_column: str | None = None,
+               delimiter: str | None = None) -> list[tuple[str, str]]:
+    """(image path, caption) rows of a CSV / TSV / parquet file, paths made absolute."""
+    base = os.path.dirname(os.path.abspath(path))
+    if path.endswith(".parquet"):
+        try:
+            import pyarrow.parquet as pq
+        except ImportError as e:
+            raise ImportError("reading parquet needs pyarrow (pip install pyarrow)") from e
+        table = pq.read_table(path)
+        columns = list(table.column_names)
+        ic = _pick(columns, image_column, IMAGE_COLUMNS, "image")
+        cc = _pick(columns, caption_column, CAPTION_COLUMNS, "caption")
+        images, captions = table.column(ic).to_pylist(), table.column(cc).to_pylist()
+        rows = list(zip(images, captions, strict=True))
+    else:
+        if delimiter is None:
+            delimiter = "\t" if path.endswith(".tsv") else ","
+        with open(path, newline="", encoding="utf-8") as f:
+            reader = csv.DictReader(f, delimiter=delimiter)
+            columns = list(reader.fieldnames or [])
+            ic = _pick(columns, image_column, IMAGE_COLUMNS, "image")
+            cc = _pick(columns, caption_column, CAPTION_COLUMNS, "caption")
+            rows = [(r[ic], r[cc]) for r in reader]
+    return [(p if os.path.isabs(p) else os.path.join(base, p), c)
+            for p, c in ((str(p or ""), str(c or "")) for p, c in rows)]
+
+
+def read_folder(root: str) -> list[tuple[str, str]]:
+    """(image path, caption) for every image below ``root`` with a caption ``.txt`` beside it.
+
+    Images without a caption file get an empty caption (skipped later, and counted).
+    """
+    rows = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames.sort()
+        for fn in sorted(filenames):
+            stem, ext = os.path.splitext(fn)
+            if ext.lower().lstrip(".") not in IMAGE_EXTS:
+                continue
+            txt = os.path.join(dirpath, stem + ".txt")
+            caption = ""
+            if os.path.isfile(txt):
+                with open(txt, encoding="utf-8", errors="replace") as f:
+                    caption = f.read()
+            rows.append((os.path.join(dirpath, fn), caption))
+    rows.sort(key=lambda r: os.path.relpath(r[0], root))
+    return rows
+
+
+def load_image(path: str) -> tuple[bytes, str]:
+    """(bytes, ext) of an image file; formats other than jpg/jpeg/png/webp become PNG."""
+    ext = os.path.splitext(path)[1].lower().lstrip(".")
+    with open(path, "rb") as f:
+        data = f.read()
+    if ext in IMAGE_EXTS:
+        return data, ext
+    from PIL import Image
+
+    with Image.open(io.BytesIO(data)) as img:
+        buf = io.BytesIO()
+        img.save(buf, format="PNG")
+    return buf.getvalue(), "png"
+
+
+def write_from_rows(rows: list[tuple[str, str]], out_dir: str, samples_per_shard: int,
+                    start_index: int = 0, log=None) -> dict:
+    """Shard ``(image path, caption)`` rows; returns a summary dict (see the module docstring)."""
+    os.makedirs(out_dir, exist_ok=True)
+    summary = {"rows": len(rows), "samples": 0, "shards": 0, "written": 0, "kept": 0,
+               "skipped_empty_caption": 0, "skipped_missing_image": 0}
+    plan = []
+    for path, caption in rows:
+        caption = caption.strip()
+        if not caption:
+            summary["skipped_empty_caption"] += 1
+        elif not os.path.isfile(path):
+            summary["skipped_missing_image"] += 1
+            if log and summary["skipped_missing_image"] <= 5:
+                log(f"missing image, skipped: {path}")
+        else:
+            plan.append((path, caption))
+    sizes: dict[str, int] = {}
+    for k, first in enumerate(range(0, len(plan), samples_per_shard)):
+        chunk = plan[first: first + samples_per_shard]
+        name = shard_name(start_index + k)
+        if is_complete(out_dir, name, len(chunk)):
+            summary["kept"] += 1
+        else:
+            samples = ((f"{first + j:09d}", *load_image(p), c) for j, (p, c) in enumerate(chunk))
+            count, tmp, digest = _write_shard(out_dir, name, samples, len(chunk))
+            os.replace(tmp, os.path.join(out_dir, name))
+            _record(out_dir, name, count, digest)
+            summary["written"] += 1
+            if log:
+                log(f"wrote {name} ({count} samples)")
+        sizes[name] = len(chunk)
+    summary["samples"], summary["shards"] = len(plan), len(sizes)
+    if sizes:
+        last = start_index + len(sizes) - 1
+        summary["pattern"] = os.path.join(out_dir, f"{{{start_index:05d}..{last:05d}}}.tar")
+    return summary
+
+
+def main(argv: list[str] | None = None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--input", required=True, help="CSV / TSV / parquet file or image folder")
+    ap.add_argument("--out", required=True, help="output directory")
+    ap.add_argument("--samples-per-shard", type=int, default=1000)
+    ap.add_argument("--image-column", default=None)
+    ap.add_argument("--caption-column", default=None)
+    ap.add_argument("--delimiter", default=None, help="CSV delimiter (default: by extension)")
+    ap.add_argument("--start-index", type=int, default=0, help="number of the first shard")
+    ap.add_argument("--quiet", action="store_true")
+    args = ap.parse_args(argv)
+    if args.samples_per_shard < 1:
+        ap.error("--samples-per-shard must be >= 1")
+    log = None if args.quiet else (lambda msg: print(msg, file=sys.stderr, flush=True))
+    if os.path.isdir(args.input):
+        rows = read_folder(args.input)
+    elif os.path.isfile(args.input):
+        rows = read_table(args.input, args.image_column, args.caption_column, args.delimiter)
+    else:
+        ap.error(f"--input {args.input!r} is neither a file nor a directory")
+    summary = write_from_rows(rows, args.out, args.samples_per_shard, args.start_index, log)
+    print(json.dumps(summary))
+    return summary
+
+
+if __name__ == "__main__":
+    main()
