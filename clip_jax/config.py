@@ -68,6 +68,8 @@ def base_config() -> ml_collections.ConfigDict:
 
     c.data = ml_collections.ConfigDict()
     c.data.source = "synthetic"  # "synthetic" or "webdataset"
+    c.data.demo = ""  # a directory: generate the demo corpus there if missing, train on it
+    c.data.demo_train_samples = 30000
     c.data.train = ""  # shard spec: brace pattern, list, pipe:, fsspec URL (data issue)
     c.data.tokenizer = "train"  # "clip_bpe:PATH", "hf:PATH", or "train" (fit on data.train)
     c.data.tokenizer_vocab_size = 0  # "train": 0 = the model's text.vocab_size
@@ -134,9 +136,51 @@ def validate(c: ml_collections.ConfigDict) -> None:
     for key in ("batch_size", "total_steps", "log_every_steps", "accum_steps"):
         if c[key] <= 0:
             raise ValueError(f"config {key}={c[key]} must be positive")
-    if c.data.source == "webdataset" and not c.data.train:
+    if c.data.source == "webdataset" and not c.data.train and not c.data.demo:
         raise ValueError("config data.source='webdataset' needs data.train (a shard spec)")
     if c.loss == "siglip":
         m = resolve_model_config(c.model)
         if m.init_logit_bias is None:
             raise ValueError("config loss='siglip' needs model.init_logit_bias (e.g. -10.0)")
+
+
+# ---------------------------------------------------------------------------------------------
+# Large-batch recipes: the platforms they are written for.
+
+PLATFORMS = {
+    # name: (devices, hosts, GiB of accelerator memory per device)
+    "v4-64": (32, 8, 32),  # 32 TPU v4 chips (64 TensorCores, one JAX device per chip)
+    "v5e-256": (256, 64, 16),  # 256 TPU v5e chips
+    "gpu-8x8": (64, 8, 80),  # 8 nodes x 8 H100-80GB
+}
+
+
+def laion_recipe(model: str, batch_size: int, platform: str, mesh: tuple[int, int, int],
+                 accum_steps: int, epochs: int = 32, samples_per_epoch: int = 400_000_000):
+    """The shared shape of the LAION-400M-style recipes in ``configs/``."""
+    if platform not in PLATFORMS:
+        raise ValueError(f"unknown platform {platform!r}; choose one of {sorted(PLATFORMS)}")
+    c = base_config()
+    c.model.name = model
+    c.model.dtype = "bfloat16"
+    c.model.remat = True
+    c.model.scan = True
+    c.batch_size = batch_size
+    c.accum_steps = accum_steps
+    c.total_steps = epochs * samples_per_epoch // batch_size
+    c.log_every_steps = 100
+    c.optimizer.lr = 5e-4
+    c.optimizer.warmup_steps = 2000
+    c.optimizer.weight_decay = 0.2
+    c.mesh.data, c.mesh.fsdp, c.mesh.tensor = mesh
+    c.data.source = "webdataset"
+    c.data.train = "/data/laion400m/{00000..41407}.tar"
+    c.data.tokenizer = "clip_bpe:/data/bpe_simple_vocab_16e6.txt.gz"
+    c.data.resampled = True
+    c.data.workers = 16
+    c.data.shuffle_buffer = 5000
+    c.checkpoint.every_steps = 2000
+    c.checkpoint.keep = 3
+    c.checkpoint.keep_period = 50_000
+    c.eval.every_steps = 5000
+    return c

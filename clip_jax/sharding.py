@@ -78,6 +78,12 @@ def make_mesh(mesh_cfg: Mapping[str, int], devices: Sequence[jax.Device] | None 
                 axis_types=(AxisType.Auto,) * 3)
 
 
+def abstract_mesh(mesh_cfg: Mapping[str, int], num_devices: int) -> jax.sharding.AbstractMesh:
+    """A mesh of the given size without devices: plan a pod's shardings from a laptop."""
+    shape = mesh_shape(mesh_cfg, num_devices)
+    return jax.sharding.AbstractMesh(shape, MESH_AXES, axis_types=(AxisType.Auto,) * 3)
+
+
 def batch_size_per_shard(mesh: Mesh) -> int:
     return mesh.shape["data"] * mesh.shape["fsdp"]
 
@@ -157,11 +163,18 @@ def replicated(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, P())
 
 
-def bytes_per_device(abstract_tree, sharding_tree) -> int:
-    """Bytes a tree occupies on the busiest device under the given shardings."""
+def bytes_per_device(abstract_tree, spec_tree, mesh) -> int:
+    """Bytes a tree occupies on one device when sharded by ``spec_tree`` over ``mesh``
+    (a Mesh or AbstractMesh)."""
     total = 0
-    for x, s in zip(jax.tree.leaves(abstract_tree), jax.tree.leaves(sharding_tree)):
-        shard = s.shard_shape(x.shape)
+    specs = jax.tree.leaves(spec_tree, is_leaf=lambda s: isinstance(s, P))
+    for x, spec in zip(jax.tree.leaves(abstract_tree), specs):
+        shard = list(x.shape)
+        for i, axes in enumerate(spec):
+            if axes is None:
+                continue
+            axes = (axes,) if isinstance(axes, str) else axes
+            shard[i] = -(-shard[i] // math.prod(mesh.shape[a] for a in axes))
         total += math.prod(shard) * np.dtype(x.dtype).itemsize
     return total
 

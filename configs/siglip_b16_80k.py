@@ -1,0 +1,28 @@
+"""SigLIP ViT-B/16, global batch 81,920, sigmoid loss computed blockwise (never n x N in memory).
+
+SigLIP settings: logit scale init ln 10 (t = 10), bias -10, no global softmax normalisation.
+Arithmetic: 81,920 samples/step; 400M / 81,920 = 4,882 steps/epoch; 16 epochs = 78,125 steps
+= 6.4B samples seen; 197 image tokens per sample.
+
+  v4-64   : 2,560/device, mesh data=1 fsdp=32, accum 8 (micro-batch 320/device)
+  v5e-256 :   320/device, mesh data=16 fsdp=16, accum 4 (micro-batch 80/device)
+  gpu-8x8 : 1,280/device, mesh data=8 fsdp=8, accum 4 (micro-batch 320/device)
+"""
+
+import math
+
+from clip_jax.config import laion_recipe
+
+MESH = {"v4-64": ((1, 32, 1), 8), "v5e-256": ((16, 16, 1), 4), "gpu-8x8": ((8, 8, 1), 4)}
+
+
+def get_config(platform="v4-64"):
+    mesh, accum = MESH[platform]
+    c = laion_recipe("ViT-B-16", 81920, platform, mesh, accum, epochs=16)
+    c.loss = "siglip"
+    c.loss_impl = "blockwise"
+    c.model.init_logit_scale = math.log(10.0)
+    c.model.init_logit_bias = -10.0
+    c.optimizer.lr = 1e-3
+    c.optimizer.weight_decay = 1e-4
+    return c

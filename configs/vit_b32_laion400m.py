@@ -1,0 +1,22 @@
+"""ViT-B/32 on a LAION-400M-like shard set, global batch 32,768 (the CLIP / open_clip recipe).
+
+    python -m clip_jax.train --config configs/vit_b32_laion400m.py:v4-64 --workdir gs://B/runs/b32
+
+Arithmetic: 32,768 samples/step; 400M / 32,768 = 12,207 steps/epoch; 32 epochs = 390,625 steps
+= 12.8B samples seen; per sample 50 image tokens (49 patches + class) and <= 77 text tokens,
+so ~0.66T image tokens and <= 0.99T text tokens over the run.
+
+Platform argument (after the colon), per-device batch, mesh and accumulation:
+  v4-64   : 32 chips   -> 1,024/device, mesh data=1 fsdp=32, no accumulation (bf16 + remat)
+  v5e-256 : 256 chips  ->   128/device, mesh data=16 fsdp=16
+  gpu-8x8 : 64 H100s   ->   512/device, mesh data=8 (across nodes) fsdp=8 (NVLink)
+"""
+
+from clip_jax.config import laion_recipe
+
+MESH = {"v4-64": ((1, 32, 1), 1), "v5e-256": ((16, 16, 1), 1), "gpu-8x8": ((8, 8, 1), 1)}
+
+
+def get_config(platform="v4-64"):
+    mesh, accum = MESH[platform]
+    return laion_recipe("ViT-B-32", 32768, platform, mesh, accum)

@@ -1,0 +1,21 @@
+"""ViT-L/14 on a LAION-400M-like shard set, global batch 32,768 (gradient cache).
+
+Arithmetic: 32,768 samples/step; 12,207 steps/epoch; 32 epochs = 390,625 steps = 12.8B
+samples; 257 image tokens per sample (256 patches + class). 428M parameters: fp32 params +
+AdamW state are 4.8 GiB replicated, so the parameters are fully sharded (FSDP).
+
+  v4-64   : 1,024/device, mesh data=1 fsdp=32, accum 4 (micro-batch 256/device)
+  v5e-256 :   128/device, mesh data=4 fsdp=64, accum 2 (micro-batch 64/device)
+  gpu-8x8 :   512/device, mesh data=8 fsdp=8, accum 4 (micro-batch 128/device)
+"""
+
+from clip_jax.config import laion_recipe
+
+MESH = {"v4-64": ((1, 32, 1), 4), "v5e-256": ((4, 64, 1), 2), "gpu-8x8": ((8, 8, 1), 4)}
+
+
+def get_config(platform="v4-64"):
+    mesh, accum = MESH[platform]
+    c = laion_recipe("ViT-L-14", 32768, platform, mesh, accum)
+    c.optimizer.lr = 4e-4
+    return c
