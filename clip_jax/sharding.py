@@ -114,13 +114,35 @@ def _is_boxed(x) -> bool:
     return isinstance(x, nn.Partitioned)
 
 
+FSDP_MIN_SIZE = 1 << 14  # smaller parameters stay replicated: their gathers cost more than
+# the memory they would save
+
+
+def _fsdp_fallback(spec: P, shape: Sequence[int], mesh) -> P:
+    """If the rules left an array of ``FSDP_MIN_SIZE`` or more elements unsharded over
+    ``fsdp`` (no ``embed`` axis, or ``embed`` not divisible by the fsdp size, e.g. bigG's 1664
+    over 256 devices), shard its largest free dimension that ``fsdp`` divides."""
+    n = mesh.shape["fsdp"]
+    entries = list(spec) + [None] * (len(shape) - len(spec))
+    used = {a for e in entries if e is not None for a in ((e,) if isinstance(e, str) else e)}
+    if n == 1 or "fsdp" in used or math.prod(shape) < FSDP_MIN_SIZE:
+        return spec
+    free = [i for i, e in enumerate(entries) if e is None and shape[i] % n == 0]
+    if not free:
+        return spec
+    entries[max(free, key=lambda i: shape[i])] = "fsdp"
+    return P(*entries)
+
+
 def param_specs(boxed_tree, mesh: Mesh | None = None, rules=RULES):
-    """PartitionSpecs for a tree whose leaves may be ``nn.Partitioned`` (from ``eval_shape``)."""
+    """PartitionSpecs for a tree whose leaves may be ``nn.Partitioned`` (from ``eval_shape``):
+    the logical rules, then (given a mesh) the FSDP fallback of :func:`_fsdp_fallback`."""
 
     def spec(x):
-        if _is_boxed(x):
-            return logical_to_spec(x.names, x.value.shape, mesh, rules)
-        return P()
+        if not _is_boxed(x):
+            return P()
+        s = logical_to_spec(x.names, x.value.shape, mesh, rules)
+        return s if mesh is None else _fsdp_fallback(s, x.value.shape, mesh)
 
     return jax.tree.map(spec, boxed_tree, is_leaf=_is_boxed)
 

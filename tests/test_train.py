@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from jax.sharding import PartitionSpec as P
 
-from clip_jax import sharding, train
+from clip_jax import models, sharding, train
 from clip_jax.data.synthetic import SyntheticSource
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -131,3 +131,22 @@ def test_gradient_cache_accumulation_equals_global_batch_gradients(loss):
     flat4 = jax.tree.leaves(grads[4][1])
     for (path, a), b in zip(flat1, flat4):
         np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-6, err_msg=str(path))
+
+
+def test_fsdp_falls_back_to_the_largest_divisible_dim():
+    """An ``embed`` width the fsdp axis does not divide (as bigG's 1664 over 256) must not leave
+    the weight replicated: its largest fsdp-divisible dimension is sharded instead."""
+    cfg = models.get_model_config("tiny").replace(vision={"width": 96, "mlp_dim": 384,
+                                                          "heads": 2})
+    boxed = jax.eval_shape(lambda r: models.CLIP(cfg).init(r, *models.init_inputs(cfg)),
+                           jax.random.key(0))["params"]
+    mesh = sharding.abstract_mesh({"data": 1, "fsdp": 64, "tensor": 1}, 64)
+    specs = sharding.param_specs(boxed, mesh)
+    blk = specs["visual"]["transformer"]["resblocks_0"]
+    assert blk["mlp"]["c_fc"]["kernel"] == P(None, "fsdp")  # (96, 384): 96 % 64 != 0
+    assert blk["mlp"]["c_proj"]["kernel"] == P("fsdp", None)
+    assert all(a is None for a in blk["ln_1"]["scale"])  # small: stays replicated
+    # where the rules already shard over fsdp nothing changes
+    mesh4 = sharding.abstract_mesh({"data": 1, "fsdp": 4, "tensor": 1}, 4)
+    assert sharding.param_specs(boxed, mesh4)["visual"]["transformer"]["resblocks_0"]["mlp"][
+        "c_fc"]["kernel"] == P("fsdp", None)
