@@ -90,9 +90,18 @@ def base_config() -> ml_collections.ConfigDict:
 
     c.eval = ml_collections.ConfigDict()
     c.eval.every_steps = 0  # 0 = only at the end (if any evals are configured)
-    c.eval.zeroshot = ""  # path to a zeroshot.json (classes, templates, eval_shards)
-    c.eval.batch_size = 256
     c.eval.at_end = True
+    # Datasets (clip_jax.evaluate.datasets specs: a .json card such as the demo's
+    # zeroshot.json, tfds:NAME[:SPLIT], folder:PATH, or shards for retrieval); "" = off.
+    c.eval.zeroshot = ""
+    c.eval.retrieval = ""
+    c.eval.fewshot = ""  # k-shot ridge probes (cheap enough for every eval)
+    c.eval.linear_probe = ""  # full logistic-regression probe with an L2 sweep (slow)
+    c.eval.templates = ""  # "" = each dataset's own; imagenet, cifar10... or a file
+    c.eval.data_dir = ""  # tensorflow-datasets data_dir
+    c.eval.fewshot_shots = (1, 2, 4, 8, 16)
+    c.eval.probe_max_per_class = 0  # probes: cap on training images per class (0 = all)
+    c.eval.batch_size = 256
 
     c.lock()
     return c

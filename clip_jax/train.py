@@ -294,7 +294,7 @@ def make_data(setup: Setup, workdir: str, tokenizer=None):
 
     return pipeline.make_train_iterator(
         c.data, tokenizer, m.vision.image_size, setup.local_batch_size, c.seed,
-        jax.process_index(), jax.process_count())
+        jax.process_index(), jax.process_count(), context_length=m.text.context_length)
 
 
 def to_global(setup: Setup, local_batch: dict[str, np.ndarray]):
@@ -302,26 +302,99 @@ def to_global(setup: Setup, local_batch: dict[str, np.ndarray]):
             for k, v in local_batch.items() if k in ("image", "text")}
 
 
+class Prefetcher:
+    """Global batches placed on the devices ``depth`` steps ahead, by a background thread, so
+    input (host pipeline + host-to-device copy) overlaps compute.
+
+    Each item carries the iterator state *after* its batch, so a checkpoint saves the state of
+    what the loop has consumed, not of what was prefetched: resume stays exact. ``depth=0``
+    reads in the calling thread.
+    """
+
+    def __init__(self, setup: Setup, data, depth: int):
+        import queue
+        import threading
+
+        self.setup, self.data, self.depth = setup, data, int(depth)
+        self.state, self.stats = data.get_state(), dict(getattr(data, "stats", {}))
+        if self.depth > 0:
+            self._queue = queue.Queue(self.depth)
+            self._stop = threading.Event()
+            self._thread = threading.Thread(target=self._run, daemon=True,
+                                            name="clip_jax-prefetch")
+            self._thread.start()
+
+    def _produce(self):
+        batch = to_global(self.setup, next(self.data))
+        return batch, self.data.get_state(), dict(getattr(self.data, "stats", {}))
+
+    def _run(self):
+        import queue
+
+        while not self._stop.is_set():
+            try:
+                item = self._produce()
+            except BaseException as e:  # delivered to the consumer, raised there
+                item = e
+            while not self._stop.is_set():
+                try:
+                    self._queue.put(item, timeout=0.1)
+                    break
+                except queue.Full:
+                    continue
+            if isinstance(item, BaseException):
+                return
+
+    def __next__(self):
+        item = self._produce() if self.depth == 0 else self._queue.get()
+        if isinstance(item, BaseException):
+            raise item
+        batch, self.state, self.stats = item
+        return batch
+
+    def close(self):
+        if self.depth > 0:
+            self._stop.set()
+            self._thread.join(timeout=10)
+
+
 # ---------------------------------------------------------------------------------------------
 # The loop
 
 
 class _Preemption:
-    """SIGTERM sets a flag; the loop saves at the next step boundary and exits cleanly."""
+    """When to save and exit on a preemption notice (SIGTERM).
+
+    One process: a SIGTERM handler sets a flag, read at the next step boundary. Several
+    processes: each host may get the signal at a different step, and a save is a collective, so
+    they must agree on the step: JAX's preemption sync manager (which owns SIGTERM once
+    ``jax.distributed`` is initialised) propagates the notice and names the same sync step on
+    every host (``reached_preemption_sync_point``, a local check each step).
+    """
 
     def __init__(self):
         self.requested = False
         self._old = None
+        self._multi = jax.process_count() > 1
 
     def __enter__(self):
-        try:
-            self._old = signal.signal(signal.SIGTERM, self._handle)
-        except ValueError:  # not the main thread
-            self._old = None
+        if not self._multi:
+            try:
+                self._old = signal.signal(signal.SIGTERM, self._handle)
+            except ValueError:  # not the main thread
+                self._old = None
         return self
 
     def _handle(self, *_):
         self.requested = True
+
+    def reached(self, step: int) -> bool:
+        if self._multi:
+            from jax.experimental import multihost_utils
+
+            self.requested = self.requested or multihost_utils.reached_preemption_sync_point(
+                step)
+        return self.requested
 
     def __exit__(self, *exc):
         if self._old is not None:
@@ -370,51 +443,65 @@ def train(config: ml_collections.ConfigDict, workdir: str, devices=None) -> dict
     evaluator = _make_evaluator(setup, workdir, tokenizer)
 
     step_fn = make_train_step(setup)
+    feed = Prefetcher(setup, data, config.data.prefetch)
     last: dict = {}
     t_mark, step_mark, compile_s = time.time(), start_step, None
-    with _Preemption() as preempt:
-        for step in range(start_step + 1, config.total_steps + 1):
-            batch = to_global(setup, next(data))
-            t0 = time.time()
-            with jax.transfer_guard("disallow"):
-                state, metrics = step_fn(state, batch)
-            if compile_s is None:
-                jax.block_until_ready(metrics)
-                compile_s = time.time() - t0
-                t_mark, step_mark = time.time(), step
-            if step % config.log_every_steps == 0 or step == config.total_steps:
-                metrics = jax.device_get(metrics)
-                now = time.time()
-                steps = max(step - step_mark, 1)
-                rate = steps / max(now - t_mark, 1e-9) if step > step_mark else float("nan")
-                last = {k: float(v) for k, v in metrics.items()}
-                last.update(steps_per_sec=rate, samples_per_sec=rate * config.batch_size,
-                            compile_seconds=compile_s)
-                last.update({f"data/{k}": v for k, v in getattr(data, "stats", {}).items()})
-                t_mark, step_mark = now, step
+    try:
+        with _Preemption() as preempt:
+            for step in range(start_step + 1, config.total_steps + 1):
+                batch = next(feed)
+                t0 = time.time()
+                with jax.transfer_guard("disallow"):
+                    state, metrics = step_fn(state, batch)
+                if compile_s is None:
+                    jax.block_until_ready(metrics)
+                    compile_s = time.time() - t0
+                    t_mark, step_mark = time.time(), step
+                log = step % config.log_every_steps == 0 or step == config.total_steps
+                if log:
+                    metrics = jax.device_get(metrics)
+                    now = time.time()
+                    rate = (step - step_mark) / max(now - t_mark, 1e-9) if step > step_mark \
+                        else float("nan")
+                    last = {k: float(v) for k, v in metrics.items()}
+                    last.update(steps_per_sec=rate, samples_per_sec=rate * config.batch_size,
+                                compile_seconds=compile_s)
+                    last.update({f"data/{k}": v for k, v in feed.stats.items()})
+                    t_mark, step_mark = now, step
                 if evaluator and _due(config.eval.every_steps, step, config.total_steps,
                                       config.eval.at_end):
-                    last.update(evaluator(state.params))
-                writer.write(step, last)
-                writer.progress(step, last)
-            elif evaluator and _due(config.eval.every_steps, step, config.total_steps,
-                                    config.eval.at_end):
-                extra = evaluator(state.params)
-                writer.write(step, extra)
-                last.update(extra)
-            if ckpt.should_save(step) or preempt.requested or step == config.total_steps:
-                ckpt.save(step, state, data.get_state(), config.to_json_best_effort(),
-                          force=preempt.requested or step == config.total_steps)
-            if preempt.requested:
-                writer.log(f"SIGTERM: saved step {step}, exiting")
-                break
-    ckpt.close()
+                    t_eval = time.time()
+                    extra = evaluator(state.params, step)
+                    last.update(extra)
+                    t_mark += time.time() - t_eval  # throughput counts training time only
+                    if not log:
+                        writer.write(step, extra)
+                if log:
+                    writer.write(step, last)
+                    writer.progress(step, last)
+                stop = preempt.reached(step)
+                if ckpt.should_save(step) or stop or step == config.total_steps:
+                    ckpt.save(step, state, feed.state, config.to_json_best_effort(),
+                              force=stop or step == config.total_steps)
+                if stop:
+                    writer.log(f"SIGTERM: saved step {step}, exiting")
+                    break
+    finally:
+        feed.close()
+        if hasattr(data, "close"):
+            data.close()
+        ckpt.close()
+    if is_main:
+        from clip_jax.evaluate import plots
+
+        plots.plot_training_curves(os.path.join(workdir, "metrics.jsonl"),
+                                   os.path.join(workdir, "training_curves.png"))
     return last
 
 
 def prepare_demo(config) -> None:
     """Make sure the demo corpus exists (process 0 writes it), and point ``data.train`` /
-    ``eval.zeroshot`` at it unless they were given."""
+    ``eval.zeroshot`` / ``retrieval`` / ``fewshot`` at it unless they were given."""
     from clip_jax.data import demo
 
     root = os.path.abspath(config.data.demo)
@@ -432,8 +519,10 @@ def prepare_demo(config) -> None:
             meta = json.load(f)
     if not config.data.train:
         config.data.train = os.path.join(root, meta["train_shards"])
-    if not config.eval.zeroshot:
-        config.eval.zeroshot = os.path.join(root, "zeroshot.json")
+    card = os.path.join(root, "zeroshot.json")
+    for key in ("zeroshot", "retrieval", "fewshot"):
+        if not config.eval[key]:
+            config.eval[key] = card
 
 
 def _due(every: int, step: int, total: int, at_end: bool) -> bool:
@@ -464,7 +553,7 @@ def prepare_tokenizer(config, workdir: str):
         size = config.data.tokenizer_vocab_size or config_lib.resolve_model_config(
             config.model).text.vocab_size
         captions = []
-        for _, _, caption in pipeline.iterate_samples(config.data.train, decode_images=False):
+        for _, _, caption in pipeline.iterate_samples(config.data.train, decode=False):
             if caption:
                 captions.append(caption)
             if len(captions) >= TOKENIZER_TRAIN_CAPTIONS:
@@ -489,11 +578,9 @@ def prepare_tokenizer(config, workdir: str):
 
 
 def _make_evaluator(setup: Setup, workdir: str, tokenizer):
-    if not setup.config.eval.zeroshot:
-        return None
-    from clip_jax.evaluate import runner
+    from clip_jax.evaluate import evaluators
 
-    return runner.make_train_evaluator(setup, tokenizer)
+    return evaluators.make_train_evaluator(setup, tokenizer, workdir)
 
 
 def init_from(setup: Setup, config) -> TrainState:

@@ -1,0 +1,85 @@
+"""Evaluate a trained model from the command line.
+
+    python -m clip_jax.evaluate --model BUNDLE_OR_WORKDIR --eval zeroshot --dataset SPEC \\
+        [--eval retrieval ...] [--templates imagenet] [--data-dir TFDS_DIR] [--out DIR]
+
+``--model``: a bundle (``python -m clip_jax.export bundle``), a training workdir or its
+``checkpoints`` directory (latest complete step). ``--eval``: zeroshot, retrieval, fewshot,
+linear_probe (repeat the flag or give a comma list); each runs on ``--dataset`` (see
+:mod:`clip_jax.evaluate.datasets`: a ``.json`` card such as the demo corpus's ``zeroshot.json``,
+``tfds:cifar10``, ``folder:PATH``, or shards for retrieval). Writes ``DIR/report.json``, a
+zero-shot confusion-matrix PNG and, for a workdir, ``DIR/training_curves.png``; prints the
+headline numbers as one JSON line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Sequence
+
+
+def _parser() -> argparse.ArgumentParser:
+    from clip_jax.evaluate.evaluators import DEFAULT_SHOTS, EVALS
+
+    p = argparse.ArgumentParser(prog="python -m clip_jax.evaluate",
+                                description=__doc__.split("\n")[0])
+    p.add_argument("--model", required=True, help="bundle, training workdir or checkpoints dir")
+    p.add_argument("--eval", action="append", required=True,
+                   help=f"evaluation(s): {', '.join(EVALS)} (repeat or comma-separate)")
+    p.add_argument("--dataset", required=True, help="dataset spec used by every --eval")
+    p.add_argument("--templates", default="", help="prompt templates: imagenet, cifar10, "
+                   "imagenet_simple or a file (default: the dataset's own)")
+    p.add_argument("--data-dir", default="", help="tensorflow-datasets data_dir")
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--shots", default=",".join(map(str, DEFAULT_SHOTS)),
+                   help="k for few-shot probes, comma-separated")
+    p.add_argument("--max-per-class", type=int, default=0,
+                   help="probes: at most this many training images per class (0 = all)")
+    p.add_argument("--out", default="", help="report directory (default: <workdir>/eval, or "
+                   "eval_report for a bundle)")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    from clip_jax import export
+    from clip_jax.evaluate import evaluators, plots
+
+    names = [n.strip() for e in args.eval for n in e.split(",") if n.strip()]
+    bad = [n for n in names if n not in evaluators.EVALS]
+    if bad:
+        print(f"error: unknown evaluation(s) {bad}; choose from {evaluators.EVALS}",
+              file=sys.stderr)
+        return 2
+    try:
+        shots = tuple(int(k) for k in args.shots.split(",") if k.strip())
+    except ValueError:
+        print(f"error: --shots {args.shots!r} must be comma-separated integers", file=sys.stderr)
+        return 2
+    spec = evaluators.EvalSpec(templates=args.templates, data_dir=args.data_dir, shots=shots,
+                               max_per_class=args.max_per_class, batch_size=args.batch_size,
+                               **{n: args.dataset for n in names})
+    cfg, params, tokenizer, pre = export.load_source(args.model)
+    if tokenizer is None and ({"zeroshot", "retrieval"} & set(names)):
+        print(f"error: {args.model} has no tokenizer, which zero-shot and retrieval need",
+              file=sys.stderr)
+        return 2
+    model = export.InferenceModel(cfg, params, tokenizer, pre, batch_size=args.batch_size)
+    reports = evaluators.run(model, spec, names)
+
+    workdir = args.model if os.path.isfile(os.path.join(args.model, "metrics.jsonl")) else None
+    out = args.out or (os.path.join(workdir, "eval") if workdir else "eval_report")
+    written = evaluators.write_report(reports, out, extra={
+        "model": os.path.abspath(args.model), "dataset": args.dataset})
+    if workdir:
+        written.append(plots.plot_training_curves(
+            os.path.join(workdir, "metrics.jsonl"), os.path.join(out, "training_curves.png")))
+    print(json.dumps({"report": written[0], **evaluators.scalars(reports)}, sort_keys=True))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,363 @@
+"""Evaluation datasets: labelled image sets (zero-shot, probes) and captioned sets (retrieval).
+
+A dataset is named by a *spec* string:
+
+* ``tfds:NAME[:SPLIT]``: a tensorflow-datasets builder read from ``data_dir`` (nothing is ever
+  downloaded: prepare it first, e.g. ``tfds build cifar10 --data_dir D`` or, for ImageNet,
+  with its manual dir). Datasets prepared as ``array_record`` are read without TensorFlow
+  (``builder.as_data_source``); ``tfrecord`` ones need ``tensorflow`` installed. Image and
+  label come from the builder's ``supervised_keys``; class names from its ``ClassLabel``
+  (for cifar10 / cifar100 / imagenet2012 the curated CLIP names and templates of
+  :mod:`clip_jax.evaluate.templates` are used instead). SPLIT defaults to ``test``
+  (``validation`` for imagenet2012).
+* a ``.json`` *card*, e.g. the demo corpus's ``zeroshot.json``: ``{"classes": [...],
+  "templates": [...] (optional), "shards" (or "eval_shards"): a shard spec relative to the card,
+  "label_key": "cls"}``: webdataset shards whose ``KEY.<label_key>`` member holds the class
+  index. The same card serves retrieval (captions from ``KEY.txt``, plus a ``"captions"``
+  list in ``KEY.json`` when there are several per image).
+* ``folder:PATH`` or a directory: an image folder ``PATH/<class name>/*.jpg`` (underscores in
+  folder names become spaces in class names).
+* for retrieval only, a plain shard spec (``/data/coco/{000..004}.tar``).
+
+Samples come out as ``uint8`` (S, S, 3) arrays after the eval transform (shorter side resized to
+S, center crop); :func:`batches` normalises and pads them into fixed-size float32 batches.
+Undecodable images are skipped and counted in ``dataset.stats``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from collections.abc import Callable, Iterator, Sequence
+
+import numpy as np
+
+from clip_jax.data import pipeline, transforms
+from clip_jax.evaluate import templates as templates_lib
+
+IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
+DEFAULT_TEMPLATES = ("a photo of a {}.",)
+_TFDS_CURATED = {"cifar10": "cifar10", "cifar100": "cifar100", "imagenet2012": "imagenet",
+                 "imagenet2012_subset": "imagenet", "imagenet_v2": "imagenet",
+                 "imagenet_a": "imagenet", "imagenet_r": "imagenet"}
+_STATS = ("skipped_corrupt_image", "skipped_no_image", "skipped_bad_tar",
+          "skipped_empty_caption")
+
+
+@dataclasses.dataclass
+class LabelledSet:
+    """Images with class labels. ``samples(size)`` yields ``(uint8 (size, size, 3), label)``."""
+
+    name: str
+    class_names: list[str]
+    templates: list[str]
+    samples: Callable[[int], Iterator[tuple[np.ndarray, int]]]
+    stats: dict = dataclasses.field(default_factory=lambda: dict.fromkeys(_STATS, 0))
+
+
+@dataclasses.dataclass
+class CaptionedSet:
+    """Images with one or more captions. ``samples(size)`` yields ``(uint8 image, [captions])``."""
+
+    name: str
+    samples: Callable[[int], Iterator[tuple[np.ndarray, list[str]]]]
+    stats: dict = dataclasses.field(default_factory=lambda: dict.fromkeys(_STATS, 0))
+
+
+def _decode(data, size: int, stats: dict) -> np.ndarray | None:
+    try:
+        img = data if not isinstance(data, bytes) else transforms.decode_image(data, size)
+        return transforms.resize_center_crop(img, size)
+    except Exception:  # corrupt / truncated image: skip and count
+        stats["skipped_corrupt_image"] += 1
+        return None
+
+
+# ---------------------------------------------------------------------------------------------
+# Cards (webdataset shards + a JSON description)
+
+
+def read_card(path: str) -> dict:
+    with open(path) as f:
+        card = json.load(f)
+    if not isinstance(card, dict):
+        raise ValueError(f"{path}: a dataset card must be a JSON object")
+    shards = card.get("shards") or card.get("eval_shards")
+    if not shards:
+        raise ValueError(f"{path}: the card names no 'shards' (or 'eval_shards')")
+    base = os.path.dirname(os.path.abspath(path))
+    if isinstance(shards, str) and "://" not in shards and not shards.startswith("pipe:"):
+        shards = shards if os.path.isabs(shards) else os.path.join(base, shards)
+    card = dict(card, shards=shards)
+    return card
+
+
+def _card_labelled(path: str, templates: Sequence[str] | None) -> LabelledSet:
+    card = read_card(path)
+    if "classes" not in card:
+        raise ValueError(f"{path}: a labelled card needs 'classes' (the class names)")
+    classes = list(card["classes"])
+    key = card.get("label_key", "cls")
+    ds = LabelledSet(os.path.basename(os.path.dirname(os.path.abspath(path))) or path, classes,
+                     list(templates or card.get("templates") or DEFAULT_TEMPLATES), None)
+
+    def samples(size):
+        wanted = frozenset((*pipeline.IMAGE_EXTS, key))
+        for url in pipeline.expand_shards(card["shards"]):
+            for group in pipeline.iter_groups(url, wanted, 0, ds.stats):
+                image = next((group[e] for e in pipeline.IMAGE_EXTS if e in group), None)
+                if image is None:
+                    ds.stats["skipped_no_image"] += 1
+                    continue
+                if key not in group:
+                    raise ValueError(f"{path}: sample {group['__key__']} has no '{key}' member "
+                                     "(its class index)")
+                label = int(group[key].decode().strip())
+                if not 0 <= label < len(classes):
+                    raise ValueError(f"{path}: sample {group['__key__']} has label {label}, "
+                                     f"outside the {len(classes)} classes")
+                arr = _decode(image, size, ds.stats)
+                if arr is not None:
+                    yield arr, label
+
+    ds.samples = samples
+    return ds
+
+
+def _captions_of(raw_json: str | None, caption: str) -> list[str]:
+    extra = []
+    if raw_json:
+        try:
+            value = json.loads(raw_json).get("captions")
+            if isinstance(value, list):
+                extra = [c.strip() for c in value if isinstance(c, str) and c.strip()]
+        except (ValueError, AttributeError):
+            pass
+    return extra or [caption]
+
+
+def _shards_captioned(spec, name: str) -> CaptionedSet:
+    ds = CaptionedSet(name, None)
+
+    def samples(size):
+        for _, image, caption, extras in pipeline.iterate_samples(
+                spec, decode=False, extra_fields=("json",), stats=ds.stats):
+            arr = _decode(image, size, ds.stats)
+            if arr is not None:
+                yield arr, _captions_of(extras.get("json"), caption)
+
+    ds.samples = samples
+    return ds
+
+
+# ---------------------------------------------------------------------------------------------
+# Image folders
+
+
+def _folder_labelled(root: str, templates: Sequence[str] | None) -> LabelledSet:
+    if not os.path.isdir(root):
+        raise FileNotFoundError(f"image folder {root} does not exist")
+    classes = sorted(d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d)))
+    files = []
+    for label, c in enumerate(classes):
+        for f in sorted(os.listdir(os.path.join(root, c))):
+            if f.lower().endswith(IMAGE_EXTS):
+                files.append((os.path.join(root, c, f), label))
+    if not files:
+        raise ValueError(f"image folder {root} holds no <class>/<image> files "
+                         f"({', '.join(IMAGE_EXTS)})")
+    ds = LabelledSet(os.path.basename(os.path.normpath(root)),
+                     [c.replace("_", " ") for c in classes],
+                     list(templates or DEFAULT_TEMPLATES), None)
+
+    def samples(size):
+        for path, label in files:
+            with open(path, "rb") as f:
+                arr = _decode(f.read(), size, ds.stats)
+            if arr is not None:
+                yield arr, label
+
+    ds.samples = samples
+    return ds
+
+
+# ---------------------------------------------------------------------------------------------
+# tensorflow-datasets
+
+
+def default_tfds_split(name: str) -> str:
+    return "validation" if name.startswith("imagenet2012") else "test"
+
+
+def _tfds_labelled(name: str, split: str | None, data_dir: str | None,
+                   templates: Sequence[str] | None) -> LabelledSet:
+    try:
+        import tensorflow_datasets as tfds
+    except ImportError as e:  # pragma: no cover - tfds is a dependency
+        raise ImportError("tfds: datasets need tensorflow-datasets (pip install "
+                          "tensorflow-datasets)") from e
+    split = split or default_tfds_split(name)
+    try:
+        builder = tfds.builder(name, data_dir=data_dir or None)
+    except Exception as e:
+        raise ValueError(f"tfds dataset {name!r} could not be opened from data_dir="
+                         f"{data_dir!r}: {e}") from e
+    if not builder.is_prepared():
+        raise FileNotFoundError(
+            f"tfds dataset {name!r} is not prepared under data_dir={data_dir!r} (clip_jax never "
+            f"downloads): run `tfds build {name} --data_dir DIR` where it can, then pass DIR")
+    info = builder.info
+    if split not in info.splits:
+        raise ValueError(f"tfds dataset {name!r} has no split {split!r}: "
+                         f"{sorted(info.splits)}")
+    image_key, label_key = info.supervised_keys or ("image", "label")
+    names = list(info.features[label_key].names)
+    curated = _TFDS_CURATED.get(name.split("/")[0].split(":")[0])
+    if curated and len(templates_lib.get_classnames(curated)) == len(names):
+        names = templates_lib.get_classnames(curated)
+        default_templates = templates_lib.get_templates(curated)
+    else:
+        names = [n.replace("_", " ") for n in names]
+        default_templates = list(DEFAULT_TEMPLATES)
+    ds = LabelledSet(f"{name}:{split}", names, list(templates or default_templates), None)
+    file_format = str(getattr(info, "file_format", "")).lower()
+
+    def records():
+        if "array_record" in file_format:
+            source = builder.as_data_source(split)
+            for i in range(len(source)):
+                yield source[i]
+            return
+        try:
+            import tensorflow  # noqa: F401
+        except ImportError as e:
+            raise ImportError(
+                f"tfds dataset {name!r} is stored as {file_format or 'tfrecord'}, which needs "
+                "tensorflow to read; install tensorflow-cpu, or prepare it with "
+                "file_format='array_record' (read without TensorFlow)") from e
+        yield from tfds.as_numpy(builder.as_dataset(split=split, shuffle_files=False))
+
+    def samples(size):
+        from PIL import Image
+
+        for ex in records():
+            image = ex[image_key]
+            if isinstance(image, np.ndarray):
+                if image.ndim == 3 and image.shape[-1] == 1:
+                    image = image[..., 0]
+                image = Image.fromarray(image)
+            arr = _decode(image, size, ds.stats)
+            if arr is not None:
+                yield arr, int(ex[label_key])
+
+    ds.samples = samples
+    return ds
+
+
+# ---------------------------------------------------------------------------------------------
+# Entry points
+
+
+def _split_spec(spec: str) -> tuple[str, str | None]:
+    """``tfds:NAME[:SPLIT]`` -> (NAME, SPLIT)."""
+    rest = spec[len("tfds:"):]
+    name, _, split = rest.partition(":")
+    if not name:
+        raise ValueError(f"dataset spec {spec!r}: expected tfds:NAME[:SPLIT]")
+    return name, split or None
+
+
+def labelled(spec: str, data_dir: str | None = None, templates: Sequence[str] | None = None,
+             split: str | None = None) -> LabelledSet:
+    """A labelled image set from a spec (see the module docstring). ``split`` overrides the
+    split of a ``tfds:`` spec."""
+    spec = str(spec)
+    if spec.startswith("tfds:"):
+        name, s = _split_spec(spec)
+        return _tfds_labelled(name, split or s, data_dir, templates)
+    if spec.startswith("folder:"):
+        return _folder_labelled(spec[len("folder:"):], templates)
+    if spec.endswith(".json"):
+        if not os.path.isfile(spec):
+            raise FileNotFoundError(f"dataset card {spec} does not exist")
+        return _card_labelled(spec, templates)
+    if os.path.isdir(spec):
+        return _folder_labelled(spec, templates)
+    raise ValueError(f"dataset spec {spec!r}: expected tfds:NAME[:SPLIT], a .json card, "
+                     "folder:PATH or an existing directory")
+
+
+def captioned(spec: str) -> CaptionedSet:
+    """A captioned image set from a ``.json`` card or a shard spec."""
+    spec = str(spec)
+    if spec.endswith(".json"):
+        if not os.path.isfile(spec):
+            raise FileNotFoundError(f"dataset card {spec} does not exist")
+        card = read_card(spec)
+        return _shards_captioned(card["shards"], os.path.basename(os.path.dirname(spec)))
+    if spec.startswith("tfds:") or spec.startswith("folder:"):
+        raise ValueError(f"retrieval needs captions: {spec!r} is a labelled set; give a .json "
+                         "card or a shard spec of (image, caption) samples")
+    pipeline.expand_shards(spec)  # validates the spec now, with a clear error
+    return _shards_captioned(spec, os.path.basename(spec.split("{")[0].rstrip("/")) or spec)
+
+
+def probe_sets(spec: str, data_dir: str | None = None) -> tuple[LabelledSet, LabelledSet | None]:
+    """(train set, test set or None) for linear / few-shot probes: a ``tfds:NAME`` spec gives its
+    ``train`` and default test split; anything else one set, which the evaluator splits per
+    class (see :func:`split_per_class`)."""
+    if spec.startswith("tfds:"):
+        name, split = _split_spec(spec)
+        if split is None:
+            return (labelled(spec, data_dir, split="train"),
+                    labelled(spec, data_dir, split=default_tfds_split(name)))
+    return labelled(spec, data_dir), None
+
+
+def split_per_class(labels: np.ndarray, test_fraction: float = 0.5,
+                    seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Deterministic (train indices, test indices): in each class a ``test_fraction`` of the
+    samples (rounded, at least one when the class has two or more) goes to test."""
+    labels = np.asarray(labels)
+    rng = np.random.default_rng([seed, 0x5F17])
+    train, test = [], []
+    for c in np.unique(labels):
+        idx = np.flatnonzero(labels == c)
+        idx = idx[rng.permutation(len(idx))]
+        n_test = int(round(len(idx) * test_fraction))
+        if len(idx) >= 2:
+            n_test = min(max(n_test, 1), len(idx) - 1)
+        test.extend(idx[:n_test])
+        train.extend(idx[n_test:])
+    return np.sort(np.asarray(train, np.int64)), np.sort(np.asarray(test, np.int64))
+
+
+def batches(items: Iterator[tuple[np.ndarray, object]], batch_size: int,
+            mean: Sequence[float] | None = None,
+            std: Sequence[float] | None = None) -> Iterator[tuple[np.ndarray, list, int]]:
+    """``(float32 (batch_size, S, S, 3) normalised, [the items' second elements], n valid)``
+    from ``(uint8 image, x)`` pairs; the last batch is zero-padded to ``batch_size``.
+    ``mean`` / ``std`` (in [0, 1] units) default to CLIP's."""
+    chunk = []
+    for item in items:
+        chunk.append(item)
+        if len(chunk) == batch_size:
+            yield _collate(chunk, batch_size, mean, std)
+            chunk = []
+    if chunk:
+        yield _collate(chunk, batch_size, mean, std)
+
+
+def _collate(chunk, batch_size: int, mean, std):
+    images = np.zeros((batch_size, *chunk[0][0].shape), np.uint8)
+    for i, (img, _) in enumerate(chunk):
+        images[i] = img
+    if mean is None and std is None:
+        out = transforms.normalize(images)
+    else:
+        m = np.asarray(mean if mean is not None else transforms.CLIP_MEAN, np.float32) * 255
+        sd = np.asarray(std if std is not None else transforms.CLIP_STD, np.float32) * 255
+        out = (images.astype(np.float32) - m) / sd
+    out[len(chunk):] = 0
+    return out, [x for _, x in chunk], len(chunk)

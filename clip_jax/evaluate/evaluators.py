@@ -1,0 +1,348 @@
+"""Evaluators: encode a dataset with a model, compute :mod:`~clip_jax.evaluate.metrics`, report.
+
+An *encoder* is anything with ``encode_image(float32 NHWC pixels) -> (N, D)``,
+``encode_text(list of strings) -> (N, D)`` (L2-normalised NumPy), ``image_size`` and
+``batch_size``: :class:`MeshEncoder` (the training mesh, parameters left sharded as they are in
+training) or :class:`clip_jax.export.InferenceModel` (a bundle or checkpoint on the local
+devices).
+
+Evaluations, by name (:data:`EVALS`)::
+
+    zeroshot      labelled set: prompt-ensembled classifier, top-1/top-5, per-class, confusion
+    retrieval     captioned set: image->text / text->image recall@1/5/10 (several captions each)
+    fewshot       labelled set(s): k-shot probes (closed-form ridge, big_vision's; fast enough to
+                  run during training)
+    linear_probe  labelled set(s): full logistic regression with a validation sweep of the L2
+                  strength (the CLIP paper's protocol), plus k-shot logistic-regression probes
+
+:func:`run` takes an :class:`EvalSpec` and returns a full report per evaluation;
+:func:`scalars` flattens reports into ``eval/<name>/<metric>`` numbers for ``metrics.jsonl``;
+:func:`write_report` writes the JSON report and its plots. :func:`make_train_evaluator` is what
+the train loop calls.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+from collections.abc import Sequence
+
+import numpy as np
+
+from clip_jax.evaluate import datasets, metrics
+
+EVALS = ("zeroshot", "retrieval", "fewshot", "linear_probe")
+DEFAULT_SHOTS = (1, 2, 4, 8, 16)
+
+
+@dataclasses.dataclass
+class EvalSpec:
+    """Which evaluations to run on which datasets (the ``eval.*`` config keys)."""
+
+    zeroshot: str = ""  # labelled set spec
+    retrieval: str = ""  # captioned set spec
+    fewshot: str = ""  # labelled set spec (tfds:NAME -> train/test splits; else split per class)
+    linear_probe: str = ""
+    templates: str = ""  # "" = each dataset's own; a name (imagenet, cifar10) or a file
+    data_dir: str = ""  # tfds data_dir
+    shots: tuple[int, ...] = DEFAULT_SHOTS
+    max_per_class: int = 0  # probes: at most this many training images per class (0 = all)
+    batch_size: int = 256
+
+    @classmethod
+    def from_config(cls, eval_cfg) -> EvalSpec:
+        return cls(zeroshot=eval_cfg.zeroshot, retrieval=eval_cfg.retrieval,
+                   fewshot=eval_cfg.fewshot, linear_probe=eval_cfg.linear_probe,
+                   templates=eval_cfg.templates, data_dir=eval_cfg.data_dir,
+                   shots=tuple(int(k) for k in eval_cfg.fewshot_shots),
+                   max_per_class=int(eval_cfg.probe_max_per_class),
+                   batch_size=int(eval_cfg.batch_size))
+
+    def names(self) -> list[str]:
+        return [n for n in EVALS if getattr(self, n)]
+
+
+# ---------------------------------------------------------------------------------------------
+# Encoding datasets
+
+
+def image_features(encoder, dataset: datasets.LabelledSet, batch_size: int,
+                   max_per_class: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """(features (N, D), labels (N,)) of a labelled set; with ``max_per_class`` only the first
+    that many images of each class are kept (reading stops once every class is full)."""
+    feats, labels = [], []
+    counts = np.zeros(len(dataset.class_names), np.int64)
+
+    def items():
+        for img, label in dataset.samples(encoder.image_size):
+            if max_per_class:
+                if counts[label] >= max_per_class:
+                    if counts.min() >= max_per_class:
+                        return
+                    continue
+            counts[label] += 1
+            yield img, label
+
+    for images, ys, n in datasets.batches(items(), batch_size, *_mean_std(encoder)):
+        feats.append(encoder.encode_image(images)[:n])
+        labels.extend(ys)
+    if not feats:
+        raise ValueError(f"dataset {dataset.name} yielded no images ({dataset.stats})")
+    return np.concatenate(feats), np.asarray(labels, np.int64)
+
+
+def _mean_std(encoder) -> tuple:
+    """The encoder's pixel normalisation (a bundle may carry its own), else CLIP's."""
+    pre = getattr(encoder, "preprocess_cfg", None) or {}
+    return pre.get("mean"), pre.get("std")
+
+
+def _templates(spec: EvalSpec, dataset: datasets.LabelledSet) -> list[str]:
+    if spec.templates:
+        from clip_jax.evaluate import templates as templates_lib
+
+        return templates_lib.get_templates(spec.templates)
+    return dataset.templates
+
+
+# ---------------------------------------------------------------------------------------------
+# Evaluations
+
+
+def zeroshot(encoder, spec: EvalSpec) -> dict:
+    t0 = time.perf_counter()
+    ds = datasets.labelled(spec.zeroshot, spec.data_dir)
+    templates = _templates(spec, ds)
+    classifier = metrics.build_zeroshot_classifier(encoder.encode_text, ds.class_names,
+                                                   templates, batch_size=spec.batch_size)
+    feats, labels = image_features(encoder, ds, spec.batch_size)
+    topk = (1, 5) if len(ds.class_names) > 5 else (1,)
+    out = metrics.zeroshot_metrics(feats, classifier, labels, topk=topk)
+    out.pop("predictions")
+    out.update(dataset=ds.name, class_names=ds.class_names, num_templates=len(templates),
+               chance=1.0 / len(ds.class_names), skipped=dict(ds.stats),
+               seconds=time.perf_counter() - t0)
+    return out
+
+
+def retrieval(encoder, spec: EvalSpec) -> dict:
+    t0 = time.perf_counter()
+    ds = datasets.captioned(spec.retrieval)
+    feats, captions = [], []
+    for images, caps, n in datasets.batches(ds.samples(encoder.image_size), spec.batch_size,
+                                            *_mean_std(encoder)):
+        feats.append(encoder.encode_image(images)[:n])
+        captions.extend(caps)
+    if not feats:
+        raise ValueError(f"retrieval set {spec.retrieval} yielded no images ({ds.stats})")
+    texts = [c for caps in captions for c in caps]
+    text_to_image = np.repeat(np.arange(len(captions)), [len(c) for c in captions])
+    text_feats = np.concatenate([
+        _pad_encode(encoder, texts[s:s + spec.batch_size], spec.batch_size)
+        for s in range(0, len(texts), spec.batch_size)])
+    out = metrics.retrieval_metrics(np.concatenate(feats), text_feats, text_to_image)
+    out.update(dataset=ds.name, skipped=dict(ds.stats), seconds=time.perf_counter() - t0)
+    return out
+
+
+def _pad_encode(encoder, texts: list[str], batch_size: int) -> np.ndarray:
+    """Encode with the last batch padded to ``batch_size`` (one compiled shape)."""
+    n = len(texts)
+    return encoder.encode_text(texts + [texts[-1]] * (batch_size - n))[:n]
+
+
+def _probe_features(encoder, spec: EvalSpec, dataset_spec: str, max_per_class: int = 0):
+    """(train x, train y, test x, test y, class names, dataset name)."""
+    train_set, test_set = datasets.probe_sets(dataset_spec, spec.data_dir)
+    x, y = image_features(encoder, train_set, spec.batch_size, max_per_class)
+    if test_set is None:
+        tr, te = datasets.split_per_class(y)
+        return x[tr], y[tr], x[te], y[te], train_set.class_names, train_set.name
+    tx, ty = image_features(encoder, test_set, spec.batch_size)
+    return x, y, tx, ty, train_set.class_names, f"{train_set.name} -> {test_set.name}"
+
+
+def _usable_shots(shots: Sequence[int], train_y: np.ndarray, num_classes: int) -> list[int]:
+    smallest = np.bincount(train_y, minlength=num_classes).min()
+    return [k for k in shots if k <= smallest]
+
+
+def fewshot(encoder, spec: EvalSpec) -> dict:
+    t0 = time.perf_counter()
+    tr_x, tr_y, te_x, te_y, names, name = _probe_features(encoder, spec, spec.fewshot,
+                                                          spec.max_per_class)
+    shots = _usable_shots(spec.shots, tr_y, len(names))
+    if not shots:
+        raise ValueError(f"fewshot on {name}: some class has fewer training images than the "
+                         f"smallest k in {spec.shots}")
+    out = metrics.fewshot_lstsq(tr_x, tr_y, te_x, te_y, shots=shots, num_classes=len(names))
+    out.update(dataset=name, method="lstsq (ridge 2**10)", num_train=len(tr_y),
+               num_test=len(te_y), chance=1.0 / len(names), seconds=time.perf_counter() - t0)
+    return out
+
+
+def linear_probe(encoder, spec: EvalSpec) -> dict:
+    t0 = time.perf_counter()
+    tr_x, tr_y, te_x, te_y, names, name = _probe_features(
+        encoder, spec, spec.linear_probe, spec.max_per_class)
+    out = metrics.linear_probe(tr_x, tr_y, te_x, te_y, num_classes=len(names))
+    shots = _usable_shots(spec.shots, tr_y, len(names))
+    if shots:
+        out["fewshot"] = metrics.fewshot_linear_probe(tr_x, tr_y, te_x, te_y, shots=shots,
+                                                      num_classes=len(names))
+    out.update(dataset=name, num_train=len(tr_y), num_test=len(te_y), chance=1.0 / len(names),
+               seconds=time.perf_counter() - t0)
+    return out
+
+
+_RUN = {"zeroshot": zeroshot, "retrieval": retrieval, "fewshot": fewshot,
+        "linear_probe": linear_probe}
+
+
+def run(encoder, spec: EvalSpec, names: Sequence[str] | None = None) -> dict[str, dict]:
+    """Run the named evaluations (default: every one whose dataset is set)."""
+    names = list(names or spec.names())
+    for n in names:
+        if n not in _RUN:
+            raise ValueError(f"unknown evaluation {n!r}; choose from {EVALS}")
+        if not getattr(spec, n):
+            raise ValueError(f"evaluation {n!r} needs a dataset (eval.{n} / --dataset)")
+    return {n: metrics.jsonable(_RUN[n](encoder, spec)) for n in names}
+
+
+_SCALARS = {
+    "zeroshot": ("top1", "top5", "mean_per_class_accuracy"),
+    "retrieval": ("image_to_text_recall@1", "image_to_text_recall@5",
+                  "text_to_image_recall@1", "text_to_image_recall@5", "mean_recall"),
+    "linear_probe": ("top1",),
+}
+
+
+def scalars(reports: dict[str, dict]) -> dict[str, float]:
+    """``eval/<evaluation>/<metric>`` numbers (the headline metrics) for metrics.jsonl."""
+    out = {}
+    for name, rep in reports.items():
+        keys = _SCALARS.get(name) or [k for k in rep if k.endswith("shot")]
+        for k in keys:
+            if isinstance(rep.get(k), int | float):
+                out[f"eval/{name}/{k}"] = float(rep[k])
+        if name == "linear_probe":
+            for k, v in (rep.get("fewshot") or {}).items():
+                if k.endswith("shot"):
+                    out[f"eval/linear_probe/{k}"] = float(v)
+    return out
+
+
+def write_report(reports: dict[str, dict], out_dir: str, prefix: str = "",
+                 extra: dict | None = None) -> list[str]:
+    """``<out_dir>/<prefix>report.json`` (+ a zero-shot confusion-matrix PNG); returns paths."""
+    from clip_jax.evaluate import plots
+
+    os.makedirs(out_dir, exist_ok=True)
+    path = os.path.join(out_dir, f"{prefix}report.json")
+    with open(path + ".tmp", "w") as f:
+        json.dump({**(extra or {}), "evals": reports}, f, indent=1)
+    os.replace(path + ".tmp", path)
+    written = [path]
+    zs = reports.get("zeroshot")
+    if zs and len(zs["class_names"]) <= 200:
+        png = os.path.join(out_dir, f"{prefix}zeroshot_confusion.png")
+        plots.plot_confusion_matrix(zs["confusion_matrix"], zs["class_names"], png,
+                                    title=f"zero-shot {zs['dataset']}: top-1 {zs['top1']:.3f}")
+        written.append(png)
+    return written
+
+
+# ---------------------------------------------------------------------------------------------
+# Encoding on the training mesh
+
+
+class MeshEncoder:
+    """Encoder over a device mesh with parameters sharded as given (e.g. the training state's):
+    never gathers the whole model on one device. Batches of ``batch_size`` (rounded up to a
+    multiple of the batch-sharded devices) are split over ``data`` x ``fsdp``; every process
+    passes the same full batch (each device takes its rows) and gets the full result."""
+
+    def __init__(self, model, mesh, param_shardings, tokenizer, context_length: int,
+                 image_size: int, batch_size: int):
+        import jax
+
+        from clip_jax import sharding
+
+        shards = sharding.batch_size_per_shard(mesh)
+        self.batch_size = -(-int(batch_size) // shards) * shards
+        self.mesh, self.tokenizer = mesh, tokenizer
+        self.image_size, self.context_length = int(image_size), int(context_length)
+        self.params = None
+        self._batch = sharding.batch_sharding(mesh)
+
+        def fn(method):
+            def apply(params, x):
+                import flax.linen as nn
+
+                with nn.logical_axis_rules(sharding.RULES):
+                    return model.apply({"params": params}, x, method=method)
+
+            return jax.jit(apply, in_shardings=(param_shardings, self._batch),
+                           out_shardings=sharding.replicated(mesh))
+
+        from clip_jax import models
+
+        self._image, self._text = fn(models.CLIP.encode_image), fn(models.CLIP.encode_text)
+
+    def bind(self, params) -> MeshEncoder:
+        self.params = params
+        return self
+
+    def _call(self, fn, x: np.ndarray) -> np.ndarray:
+        import jax
+
+        outs = []
+        for s in range(0, len(x), self.batch_size):
+            chunk = x[s:s + self.batch_size]
+            n = len(chunk)
+            if n < self.batch_size:
+                chunk = np.concatenate([chunk, np.zeros((self.batch_size - n, *chunk.shape[1:]),
+                                                        chunk.dtype)])
+            arr = jax.make_array_from_callback(chunk.shape, self._batch,
+                                               lambda idx, c=chunk: c[idx])
+            with jax.set_mesh(self.mesh):
+                outs.append(np.asarray(fn(self.params, arr), np.float32)[:n])
+        return np.concatenate(outs)
+
+    def encode_image(self, images: np.ndarray) -> np.ndarray:
+        return self._call(self._image, np.asarray(images, np.float32))
+
+    def encode_text(self, texts) -> np.ndarray:
+        ids = self.tokenizer(list(texts), self.context_length) if (
+            texts and isinstance(texts[0], str)) else np.asarray(texts, np.int32)
+        return self._call(self._text, ids.astype(np.int32))
+
+
+def make_train_evaluator(setup, tokenizer, workdir: str | None = None):
+    """``evaluate(params, step) -> {"eval/...": float}`` for the train loop, or None when no
+    evaluation is configured. Process 0 writes ``<workdir>/eval/step_<N>_report.json`` and its
+    plots."""
+    import jax
+
+    spec = EvalSpec.from_config(setup.config.eval)
+    if not spec.names():
+        return None
+    if tokenizer is None and (spec.zeroshot or spec.retrieval):
+        raise ValueError("zero-shot and retrieval evaluation need a tokenizer: they cannot run "
+                         "on data.source='synthetic'")
+    m = setup.model_cfg
+    encoder = MeshEncoder(setup.model, setup.mesh, setup.state_shardings.params, tokenizer,
+                          m.text.context_length, m.vision.image_size, spec.batch_size)
+
+    def evaluate(params, step: int) -> dict[str, float]:
+        reports = run(encoder.bind(params), spec)
+        encoder.bind(None)
+        if workdir and jax.process_index() == 0:
+            write_report(reports, os.path.join(workdir, "eval"), prefix=f"step_{step}_",
+                         extra={"step": int(step)})
+        return scalars(reports)
+
+    return evaluate
