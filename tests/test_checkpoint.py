@@ -101,3 +101,38 @@ def test_sigterm_saves_at_step_boundary_and_exits_cleanly(tmp_path):
     if saved[-1] != STEPS:  # (unless the run happened to finish first)
         assert "SIGTERM: saved step" in out
         assert saved[-1] > EVERY
+
+
+def test_full_state_restores_onto_a_different_mesh(tmp_path):
+    """Params and AdamW state saved from a (fsdp=2, tensor=2) mesh restore exactly onto
+    (data=2) and onto one device, each leaf with the new mesh's sharding."""
+    def setup_on(devices, **mesh):
+        c = tiny.get_config()
+        c.mesh.data, c.mesh.fsdp, c.mesh.tensor = (mesh.get(a, 1) for a in (
+            "data", "fsdp", "tensor"))
+        return train.build(c, devices)
+
+    src = setup_on(jax.devices()[:4], fsdp=2, tensor=2)
+    state = train.init_state(src)
+    step = train.make_train_step(src)
+    from clip_jax.data.synthetic import SyntheticSource
+
+    m = src.model_cfg
+    data = SyntheticSource(32, m.vision.image_size, m.text.context_length, m.text.vocab_size)
+    state, _ = step(state, train.to_global(src, next(data)))  # non-trivial optimizer state
+    saver = checkpoint.Checkpointer(str(tmp_path), src.config.checkpoint, src.state_shardings,
+                                    src.abstract_state)
+    saver.save(1, state, data.get_state(), force=True)
+    saver.close()
+    want = jax.device_get(state)
+    for devices, mesh in ((jax.devices()[:2], {"data": 2}), (jax.devices()[:1], {})):
+        dst = setup_on(devices, **mesh)
+        reader = checkpoint.Checkpointer(str(tmp_path), dst.config.checkpoint,
+                                         dst.state_shardings, dst.abstract_state)
+        got, data_state = reader.restore_latest()
+        reader.close()
+        assert data_state == data.get_state()
+        for a, b, s in zip(jax.tree.leaves(want), jax.tree.leaves(got),
+                           jax.tree.leaves(dst.state_shardings)):
+            np.testing.assert_array_equal(a, np.asarray(b))
+            assert b.sharding == s

@@ -2,6 +2,7 @@
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -50,3 +51,40 @@ def test_a_failed_process_stops_the_others(tmp_path):
     assert out.returncode == 3
     assert "process 1 exited with status 3" in out.stderr
     assert time.time() - t0 < 120
+
+
+def test_sigterm_to_one_process_saves_on_every_process_at_the_same_step(tmp_path):
+    """A preemption notice reaching one host only: all hosts agree on a step, save there
+    together (a save is a collective) and exit cleanly, instead of one saving and the other
+    hanging."""
+    work = tmp_path / "run"
+    procs, logs = [], []
+    for i in range(2):
+        env = dict(os.environ, CLIP_JAX_COORDINATOR=f"127.0.0.1:{23000 + os.getpid() % 5000}",
+                   CLIP_JAX_NUM_PROCESSES="2", CLIP_JAX_PROCESS_ID=str(i), JAX_PLATFORMS="cpu",
+                   XLA_FLAGS="--xla_force_host_platform_device_count=2")
+        log = open(tmp_path / f"p{i}.log", "w")
+        logs.append(log)
+        procs.append(subprocess.Popen(
+            [*TRAIN, "--config.total_steps=100000", "--config.log_every_steps=1",
+             "--workdir", str(work)], cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT))
+    try:
+        deadline = time.time() + 300
+        while not (work / "metrics.jsonl").exists() or len(
+                (work / "metrics.jsonl").read_text().splitlines()) < 3:
+            assert time.time() < deadline and all(p.poll() is None for p in procs), \
+                (tmp_path / "p0.log").read_text()[-3000:]
+            time.sleep(0.5)
+        procs[1].send_signal(signal.SIGTERM)
+        rcs = [p.wait(timeout=300) for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+        for log in logs:
+            log.close()
+    out = (tmp_path / "p0.log").read_text()
+    assert rcs == [0, 0], out[-3000:] + (tmp_path / "p1.log").read_text()[-3000:]
+    saved = [int(x) for x in os.listdir(work / "checkpoints") if x.isdigit()]
+    assert len(saved) == 1 and f"SIGTERM: saved step {saved[0]}, exiting" in out
+    assert saved[0] < 100000
