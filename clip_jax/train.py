@@ -60,6 +60,33 @@ class Setup:
         return self.config.batch_size // jax.process_count()
 
 
+def _check_batch(config, mesh, num_processes: int) -> int:
+    """Raise unless the global batch splits over the batch shards, micro-batches and processes;
+    returns the number of batch shards (data x fsdp)."""
+    shards = sharding.batch_size_per_shard(mesh)
+    if config.batch_size % (shards * config.accum_steps):
+        raise ValueError(
+            f"batch_size={config.batch_size} must be divisible by data*fsdp={shards} times "
+            f"accum_steps={config.accum_steps}")
+    if config.batch_size % num_processes:
+        raise ValueError(f"batch_size={config.batch_size} is not divisible by the "
+                         f"{num_processes} processes")
+    return shards
+
+
+def _plan_state(config, model_cfg, mesh):
+    """(model, tx, schedule, abstract TrainState, TrainState of PartitionSpecs) for ``mesh``
+    (a Mesh or an AbstractMesh): shapes from ``jax.eval_shape``, nothing allocated."""
+    model = models.CLIP(model_cfg)
+    tx, schedule = optimizer.make_optimizer(config.optimizer, config.total_steps)
+    rng = jax.random.key(config.seed)
+    boxed = jax.eval_shape(lambda r: model.init(r, *models.init_inputs(model_cfg))["params"], rng)
+    param_specs = sharding.param_specs(boxed, mesh)
+    abstract = jax.eval_shape(functools.partial(_init_state, model, model_cfg, tx), rng)
+    opt_specs = sharding.opt_state_specs(abstract.opt_state, abstract.params, param_specs)
+    return model, tx, schedule, abstract, TrainState(P(), param_specs, opt_specs)
+
+
 def build(config: ml_collections.ConfigDict, devices=None) -> Setup:
     config_lib.validate(config)
     model_cfg = config_lib.resolve_model_config(config.model)
@@ -68,23 +95,8 @@ def build(config: ml_collections.ConfigDict, devices=None) -> Setup:
         raise ValueError(f"data.image_size={config.data.image_size} differs from the model's "
                          f"vision.image_size={model_cfg.vision.image_size}")
     mesh = sharding.make_mesh(config.mesh, devices)
-    shards = sharding.batch_size_per_shard(mesh)
-    if config.batch_size % (shards * config.accum_steps):
-        raise ValueError(
-            f"batch_size={config.batch_size} must be divisible by data*fsdp={shards} times "
-            f"accum_steps={config.accum_steps}")
-    if config.batch_size % jax.process_count():
-        raise ValueError(f"batch_size={config.batch_size} is not divisible by the "
-                         f"{jax.process_count()} processes")
-    model = models.CLIP(model_cfg)
-    tx, schedule = optimizer.make_optimizer(config.optimizer, config.total_steps)
-
-    rng = jax.random.key(config.seed)
-    boxed = jax.eval_shape(lambda r: model.init(r, *models.init_inputs(model_cfg))["params"], rng)
-    param_specs = sharding.param_specs(boxed, mesh)
-    abstract = jax.eval_shape(functools.partial(_init_state, model, model_cfg, tx), rng)
-    opt_specs = sharding.opt_state_specs(abstract.opt_state, abstract.params, param_specs)
-    specs = TrainState(step=P(), params=param_specs, opt_state=opt_specs)
+    _check_batch(config, mesh, jax.process_count())
+    model, tx, schedule, abstract, specs = _plan_state(config, model_cfg, mesh)
     return Setup(config, model_cfg, model, mesh, tx, schedule,
                  sharding.to_shardings(specs, mesh), abstract, sharding.batch_sharding(mesh))
 
@@ -96,18 +108,8 @@ def plan(config: ml_collections.ConfigDict, num_devices: int, num_processes: int
     config_lib.validate(config)
     model_cfg = config_lib.resolve_model_config(config.model)
     mesh = sharding.abstract_mesh(config.mesh, num_devices)
-    shards = sharding.batch_size_per_shard(mesh)
-    if config.batch_size % (shards * config.accum_steps) or config.batch_size % num_processes:
-        raise ValueError(f"batch_size={config.batch_size} must be divisible by data*fsdp="
-                         f"{shards} x accum_steps={config.accum_steps} and by {num_processes} "
-                         "processes")
-    model = models.CLIP(model_cfg)
-    tx, _ = optimizer.make_optimizer(config.optimizer, config.total_steps)
-    rng = jax.random.key(0)
-    boxed = jax.eval_shape(lambda r: model.init(r, *models.init_inputs(model_cfg))["params"], rng)
-    pspecs = sharding.param_specs(boxed, mesh)
-    abstract = jax.eval_shape(functools.partial(_init_state, model, model_cfg, tx), rng)
-    ospecs = sharding.opt_state_specs(abstract.opt_state, abstract.params, pspecs)
+    shards = _check_batch(config, mesh, num_processes)
+    _, _, _, abstract, specs = _plan_state(config, model_cfg, mesh)
     replicated = jax.tree.map(lambda _: P(), abstract.params)
     gib = 2.0**30
     return {
@@ -117,9 +119,10 @@ def plan(config: ml_collections.ConfigDict, num_devices: int, num_processes: int
         "per_process_batch": config.batch_size // num_processes,
         "batch_per_data_shard": config.batch_size // shards,
         "micro_batch_per_data_shard": config.batch_size // shards // config.accum_steps,
-        "param_gib_per_device": sharding.bytes_per_device(abstract.params, pspecs, mesh) / gib,
+        "param_gib_per_device": sharding.bytes_per_device(
+            abstract.params, specs.params, mesh) / gib,
         "opt_gib_per_device": sharding.bytes_per_device(
-            abstract.opt_state, ospecs, mesh) / gib,
+            abstract.opt_state, specs.opt_state, mesh) / gib,
         "param_gib_replicated": sharding.bytes_per_device(
             abstract.params, replicated, mesh) / gib,
     }
@@ -417,7 +420,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, devices=None) -> dict
     from clip_jax import checkpoint
 
     os.makedirs(workdir, exist_ok=True)
-    if config.data.demo:
+    if config.data.demo and not config.data.train:  # shards of one's own replace the demo
         prepare_demo(config)
     tokenizer = prepare_tokenizer(config, workdir)
     setup = build(config, devices)
@@ -426,7 +429,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, devices=None) -> dict
     writer.log(welcome(setup))
     data = make_data(setup, workdir, tokenizer)
     ckpt = checkpoint.Checkpointer(workdir, config.checkpoint, setup.state_shardings,
-                                   setup.abstract_state)
+                                   setup.abstract_state, tokenizer)
     if is_main:
         with open(os.path.join(workdir, "config.json"), "w") as f:
             f.write(config.to_json_best_effort(indent=2))
@@ -610,6 +613,19 @@ def main(argv) -> None:
     last = train(config, workdir)
     if jax.process_index() == 0:
         print(json.dumps({"final": last}, sort_keys=True))
+        print(summary(last, workdir))
+
+
+def summary(last: dict, workdir: str) -> str:
+    """The closing lines a person reads: final loss and the evaluation headline numbers."""
+    lines = [f"done: {workdir} | loss {last.get('loss', float('nan')):.4f}"]
+    zs = last.get("eval/zeroshot/top1")
+    if zs is not None:
+        report = os.path.join(workdir, "eval")
+        lines.append(f"zero-shot top-1 accuracy: {zs:.1%} (reports and plots in {report})")
+    for key in sorted(k for k in last if k.startswith("eval/") and k != "eval/zeroshot/top1"):
+        lines.append(f"  {key[5:]}: {last[key]:.4f}")
+    return "\n".join(lines)
 
 
 def _define_flags():
