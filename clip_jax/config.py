@@ -68,7 +68,8 @@ def base_config() -> ml_collections.ConfigDict:
 
     c.data = ml_collections.ConfigDict()
     c.data.source = "synthetic"  # "synthetic" or "webdataset"
-    c.data.demo = ""  # a directory: generate the demo corpus there if missing, train on it
+    c.data.demo = ""  # a directory: generate the demo corpus there if missing and train on it
+    # (unless data.train names other shards), evaluating on its held-out pairs
     c.data.demo_train_samples = 30000
     c.data.train = ""  # shard spec: brace pattern, list, pipe:, fsspec URL (data issue)
     c.data.tokenizer = "train"  # "clip_bpe:PATH", "hf:PATH", or "train" (fit on data.train)

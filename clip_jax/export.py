@@ -847,9 +847,9 @@ def load_source(src: str | os.PathLike):
     cpu = jax.sharding.SingleDeviceSharding(jax.local_devices(backend="cpu")[0])
     params = checkpoint.load_params(str(src), abstract, jax.tree.map(lambda _: cpu, abstract))
     params = jax.device_get(params)
-    tok = None
+    tok = checkpoint.load_tokenizer(str(ckpt_dir))  # the one saved with these weights
     for d in (src, workdir):
-        tdir = _tokenizer_dir(d)
+        tdir = _tokenizer_dir(d) if tok is None else None
         if tdir is not None:
             tok = _load_tokenizer(str(tdir))
             break

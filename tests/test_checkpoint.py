@@ -105,7 +105,8 @@ def test_sigterm_saves_at_step_boundary_and_exits_cleanly(tmp_path):
 
 def test_full_state_restores_onto_a_different_mesh(tmp_path):
     """Params and AdamW state saved from a (fsdp=2, tensor=2) mesh restore exactly onto
-    (data=2) and onto one device, each leaf with the new mesh's sharding."""
+    (data=2) and onto one device, each leaf with the new mesh's sharding; the tokenizer is
+    saved with the checkpoint."""
     def setup_on(devices, **mesh):
         c = tiny.get_config()
         c.mesh.data, c.mesh.fsdp, c.mesh.tensor = (mesh.get(a, 1) for a in (
@@ -120,10 +121,17 @@ def test_full_state_restores_onto_a_different_mesh(tmp_path):
     m = src.model_cfg
     data = SyntheticSource(32, m.vision.image_size, m.text.context_length, m.text.vocab_size)
     state, _ = step(state, train.to_global(src, next(data)))  # non-trivial optimizer state
+    from clip_jax.data.tokenizer import train_tokenizer
+
+    captions = ["a red star on a white background", "two blue circles", "one green cross"]
+    tok = train_tokenizer(captions * 10, 300, str(tmp_path / "tok"))
     saver = checkpoint.Checkpointer(str(tmp_path), src.config.checkpoint, src.state_shardings,
-                                    src.abstract_state)
+                                    src.abstract_state, tok)
     saver.save(1, state, data.get_state(), force=True)
     saver.close()
+    # the tokenizer travels inside the checkpoint
+    np.testing.assert_array_equal(checkpoint.load_tokenizer(str(tmp_path))(captions, 16),
+                                  tok(captions, 16))
     want = jax.device_get(state)
     for devices, mesh in ((jax.devices()[:2], {"data": 2}), (jax.devices()[:1], {})):
         dst = setup_on(devices, **mesh)
