@@ -99,6 +99,8 @@ def main():
     peak = args.peak_tflops or next((v for k, v in PEAK_TFLOPS.items() if k in kind), 0.0)
     if not peak and jax.default_backend() == "cpu":
         peak = (os.cpu_count() or 1) * _cpu_flops_per_cycle() * 3.0e9 / 1e12
+    # The cost analysis is of the per-device SPMD program; simulated CPU devices share the cores.
+    flops *= jax.device_count()
     peak_total = peak * (1 if jax.default_backend() == "cpu" else jax.device_count())
     achieved = flops / step_s / 1e12
     print(json.dumps({

@@ -117,7 +117,7 @@ PRESETS: dict[str, ModelConfig] = {
     "ViT-bigG-14": _preset(1280, 224, 14, 1664, 48, 16, 8192, 1280, 32, 20),
     # Small presets for tests, CPU demos and debugging.
     "tiny": _preset(32, 32, 8, 32, 2, 2, 64, 32, 2, 2, ctx=16, vocab=512),
-    "small-demo": _preset(128, 64, 8, 192, 4, 3, 768, 128, 4, 2, ctx=32, vocab=4096),
+    "small-demo": _preset(128, 64, 16, 192, 4, 3, 768, 128, 4, 2, ctx=32, vocab=4096),
 }
 
 

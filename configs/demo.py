@@ -15,9 +15,9 @@ from clip_jax.config import base_config
 
 def get_config():
     c = base_config()
-    c.model.name = "small-demo"
+    c.model.name = "small-demo"  # 64px images in 16px patches, width 192/128, 4 layers each
     c.batch_size = 128
-    c.total_steps = 1500
+    c.total_steps = 800
     c.log_every_steps = 50
     c.optimizer.lr = 1e-3
     c.optimizer.warmup_steps = 100
@@ -28,7 +28,7 @@ def get_config():
     c.data.tokenizer = "train"
     c.data.workers = 1
     c.data.shuffle_buffer = 2000
-    c.checkpoint.every_steps = 500
-    c.eval.every_steps = 500
+    c.checkpoint.every_steps = 200
+    c.eval.every_steps = 400
     c.eval.batch_size = 240
     return c
