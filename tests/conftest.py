@@ -11,7 +11,8 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 import pytest  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED_DATA = REPO.parent / "shared" / "data"
+# the project's shared data files (not committed): ../shared/data, or CLIP_JAX_SHARED_DATA
+SHARED_DATA = Path(os.environ.get("CLIP_JAX_SHARED_DATA", REPO.parent / "shared" / "data"))
 BPE_VOCAB = SHARED_DATA / "bpe_simple_vocab_16e6.txt.gz"
 
 if str(REPO) not in sys.path:
