@@ -15,7 +15,9 @@ import functools
 import json
 import math
 import os
+import queue
 import signal
+import threading
 import time
 from typing import Any
 
@@ -315,9 +317,6 @@ class Prefetcher:
     """
 
     def __init__(self, setup: Setup, data, depth: int):
-        import queue
-        import threading
-
         self.setup, self.data, self.depth = setup, data, int(depth)
         self.state, self.stats = data.get_state(), dict(getattr(data, "stats", {}))
         if self.depth > 0:
@@ -332,8 +331,6 @@ class Prefetcher:
         return batch, self.data.get_state(), dict(getattr(self.data, "stats", {}))
 
     def _run(self):
-        import queue
-
         while not self._stop.is_set():
             try:
                 item = self._produce()
