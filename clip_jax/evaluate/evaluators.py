@@ -29,9 +29,13 @@ import os
 import time
 from collections.abc import Sequence
 
+import flax.linen as nn
+import jax
 import numpy as np
 
-from clip_jax.evaluate import datasets, metrics
+from clip_jax import models, sharding
+from clip_jax.evaluate import datasets, metrics, plots
+from clip_jax.evaluate import templates as templates_lib
 
 EVALS = ("zeroshot", "retrieval", "fewshot", "linear_probe")
 DEFAULT_SHOTS = (1, 2, 4, 8, 16)
@@ -101,8 +105,6 @@ def _mean_std(encoder) -> tuple:
 
 def _templates(spec: EvalSpec, dataset: datasets.LabelledSet) -> list[str]:
     if spec.templates:
-        from clip_jax.evaluate import templates as templates_lib
-
         return templates_lib.get_templates(spec.templates)
     return dataset.templates
 
@@ -238,8 +240,6 @@ def scalars(reports: dict[str, dict]) -> dict[str, float]:
 def write_report(reports: dict[str, dict], out_dir: str, prefix: str = "",
                  extra: dict | None = None) -> list[str]:
     """``<out_dir>/<prefix>report.json`` (+ a zero-shot confusion-matrix PNG); returns paths."""
-    from clip_jax.evaluate import plots
-
     os.makedirs(out_dir, exist_ok=True)
     path = os.path.join(out_dir, f"{prefix}report.json")
     with open(path + ".tmp", "w") as f:
@@ -267,10 +267,6 @@ class MeshEncoder:
 
     def __init__(self, model, mesh, param_shardings, tokenizer, context_length: int,
                  image_size: int, batch_size: int):
-        import jax
-
-        from clip_jax import sharding
-
         shards = sharding.batch_size_per_shard(mesh)
         self.batch_size = -(-int(batch_size) // shards) * shards
         self.mesh, self.tokenizer = mesh, tokenizer
@@ -280,15 +276,11 @@ class MeshEncoder:
 
         def fn(method):
             def apply(params, x):
-                import flax.linen as nn
-
                 with nn.logical_axis_rules(sharding.RULES):
                     return model.apply({"params": params}, x, method=method)
 
             return jax.jit(apply, in_shardings=(param_shardings, self._batch),
                            out_shardings=sharding.replicated(mesh))
-
-        from clip_jax import models
 
         self._image, self._text = fn(models.CLIP.encode_image), fn(models.CLIP.encode_text)
 
@@ -297,8 +289,6 @@ class MeshEncoder:
         return self
 
     def _call(self, fn, x: np.ndarray) -> np.ndarray:
-        import jax
-
         outs = []
         for s in range(0, len(x), self.batch_size):
             chunk = x[s:s + self.batch_size]
@@ -325,8 +315,6 @@ def make_train_evaluator(setup, tokenizer, workdir: str | None = None):
     """``evaluate(params, step) -> {"eval/...": float}`` for the train loop, or None when no
     evaluation is configured. Process 0 writes ``<workdir>/eval/step_<N>_report.json`` and its
     plots."""
-    import jax
-
     spec = EvalSpec.from_config(setup.config.eval)
     if not spec.names():
         return None
