@@ -118,7 +118,8 @@ def test_epoch_split_two_processes_two_workers(shards8):
         batches = take(it, 16)
         it.close()
         assert batches[0]["image"].shape == (3, SIZE, SIZE, 3)
-        assert batches[0]["image"].dtype == np.float32 and batches[0]["text"].dtype == np.int32
+        # raw uint8 pixels (the train step normalises on the device), int32 token ids
+        assert batches[0]["image"].dtype == np.uint8 and batches[0]["text"].dtype == np.int32
         per_process.append([c for b in batches for c in captions(b)])
     everything = {f"s{s}-{j}" for s in range(8) for j in range(6)}
     for epoch in range(2):
@@ -270,6 +271,46 @@ def test_corrupt_data_counted_not_fatal(tmp_path):
     s = it.stats
     assert s["skipped_bad_tar"] >= 3 and s["skipped_corrupt_image"] >= 2
     assert s["skipped_empty_caption"] >= 1 and s["samples"] == 52
+    it.close()
+
+
+def test_only_decoder_errors_count_as_corrupt(tmp_path, monkeypatch):
+    """A bug in the crop / decode code propagates instead of being counted as a bad image;
+    too many undecodable images in a row raise with the last decoder error chained."""
+    spec = make_shards(tmp_path / "ok", 2, 3)
+
+    def broken_crop(img, size, rng):
+        raise TypeError("a programming error")
+
+    with monkeypatch.context() as m:
+        m.setattr(pipeline.transforms, "random_resized_crop", broken_crop)
+        it = pipeline.make_train_iterator(cfg(spec), FakeTokenizer(), SIZE, 2, seed=0)
+        with pytest.raises(TypeError, match="programming error"):
+            next(it)
+        it.close()
+
+    def broken_decode(data, *args, **kwargs):
+        raise AttributeError("another programming error")
+
+    with monkeypatch.context() as m:
+        m.setattr(pipeline.transforms, "decode_image", broken_decode)
+        with pytest.raises(AttributeError):
+            list(pipeline.iterate_samples(spec))
+        with pytest.raises(AttributeError):
+            list(pipeline.make_eval_iterator(spec, FakeTokenizer(), SIZE, 2, context_length=L))
+
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    write_tar(os.path.join(bad, "00000.tar"),
+              [m for i in range(6) for m in ((f"k{i}.jpg", b"\xff\xd8\xff not a jpeg"),
+                                             (f"k{i}.txt", b"caption"))])
+    monkeypatch.setattr(pipeline, "_MAX_CONSECUTIVE_CORRUPT", 3)
+    it = pipeline.make_train_iterator(cfg(str(bad / "00000.tar")), FakeTokenizer(), SIZE, 2,
+                                      seed=0)
+    with pytest.raises(RuntimeError, match="4 undecodable images in a row") as info:
+        next(it)
+    assert isinstance(info.value.__cause__, pipeline.transforms.DECODE_ERRORS)
+    assert "cannot identify image" in str(info.value.__cause__)
     it.close()
 
 

@@ -3,10 +3,11 @@
 Entry points:
 
 * ``make_train_iterator(data_cfg, tokenizer, image_size, batch_size, seed, process_index,
-  process_count)``: infinite, shuffled ``{"image": float32 (b, s, s, 3), "text": int32 (b, L)}``
-  batches (random resized crop), with ``get_state`` / ``set_state`` / ``stats`` / ``close``;
+  process_count)``: infinite, shuffled ``{"image": uint8 (b, s, s, 3), "text": int32 (b, L)}``
+  batches (random resized crop; raw 0..255 RGB pixels, CLIP-normalised on the device inside the
+  train step), with ``get_state`` / ``set_state`` / ``stats`` / ``close``;
 * ``make_eval_iterator(spec, tokenizer, image_size, batch_size)``: one ordered pass, eval
-  transform, last batch zero-padded with a ``mask``;
+  transform, float32 CLIP-normalised images, last batch zero-padded with a ``mask``;
 * ``iterate_samples(spec)``: raw ``(key, PIL image or bytes, caption)`` for tools;
 * ``expand_shards(spec)`` / ``parse_sources(spec)``: the shard lists of a spec.
 
@@ -104,9 +105,11 @@ interpreter threads match processes (~440 vs ~370-400 images/s, one worker: no p
 but with a busy Python thread beside them (the train loop) thread workers fell to ~140
 images/s against ~210 for a process, and tar parsing, tokenisation and the shuffle are Python
 code that cannot run in parallel in threads, hence processes by default.
-Workers send ``uint8`` images (4x less data than float32); a collector thread of the iterator
-takes their batches in round-robin order and normalises them to float32 (NumPy, the GIL
-released) ahead of ``next``. With ``workers=0`` everything runs inside ``next``.
+Workers decode (JPEG: libjpeg-turbo via simplejpeg, DCT downscaling) and crop + resize
+(OpenCV) to ``uint8`` images, and the iterator returns them as they are: no float work on the
+input cores and 4x less data to copy to the device than float32. A collector thread of the
+iterator takes the workers' batches in round-robin order ahead of ``next``. With ``workers=0``
+everything runs inside ``next``.
 Processes re-import nothing of ``__main__`` unless the tokenizer needs it (so ``python -m
 clip_jax.train`` does not load JAX in every worker); scripts that define their tokenizer in
 ``__main__`` need the usual ``if __name__ == "__main__":`` guard.
@@ -480,7 +483,7 @@ def iterate_samples(spec, decode: bool = True, extra_fields: Sequence[str] = (),
             if decode:
                 try:
                     image = transforms.decode_image(image)
-                except Exception:
+                except transforms.DECODE_ERRORS:
                     stats["skipped_corrupt_image"] += 1
                     continue
             stats["samples"] += 1
@@ -698,17 +701,17 @@ class _Worker:
         failures = 0
         while len(captions) < spec.batch_size:
             index, raw = self.shuffler.pop(self.stats)
-            try:
-                img = transforms.decode_image(raw.image, self.min_size)
-                rng = np.random.default_rng(_seed_seq(*self.crop_base, index))
-                images[len(captions)] = transforms.random_resized_crop(img, spec.image_size, rng)
-            except Exception:
+            try:  # only the decoder's errors mean a bad image: anything else is a bug, raised
+                pixels = transforms.decode_array(raw.image, self.min_size)
+            except transforms.DECODE_ERRORS as e:
                 self.stats["skipped_corrupt_image"] += 1
                 failures += 1
                 if failures > _MAX_CONSECUTIVE_CORRUPT:
                     raise RuntimeError(f"{spec.name}: {failures} undecodable images in a row "
-                                       f"(last key {raw.key!r})") from None
+                                       f"(last key {raw.key!r})") from e
                 continue
+            rng = np.random.default_rng(_seed_seq(*self.crop_base, index))
+            images[len(captions)] = transforms.random_resized_crop(pixels, spec.image_size, rng)
             failures = 0
             captions.append(raw.caption)
         text = np.asarray(self.tokenizer(captions, spec.context_length), dtype=np.int32)
@@ -860,16 +863,11 @@ class _Background:
 
 
 class _Collector:
-    """A thread taking the workers' batches round robin and normalising them, ahead of use."""
+    """A thread taking the workers' batches round robin (uint8 as they come), ahead of use."""
 
     def __init__(self, runners: list[_Background], first_batch: int, prefetch: int):
         self.runners, self.queue = runners, queue.Queue(prefetch)
         self.stop = threading.Event()
-        from concurrent.futures import ThreadPoolExecutor
-
-        # normalising is memory bound NumPy work (GIL released): split it over a few threads
-        self.threads = max(1, min(4, (os.cpu_count() or 1) // 2))
-        self.pool = ThreadPoolExecutor(self.threads) if self.threads > 1 else None
         self.thread = threading.Thread(target=self._run, args=(first_batch,), daemon=True,
                                        name="clip_jax-data-collector")
         self.thread.start()
@@ -890,20 +888,10 @@ class _Collector:
                 if got is None:
                     return
                 batch, state = got
-                batch["image"] = self._normalize(batch["image"])
                 self._put(("batch", batch, w, state))
                 k += 1
         except BaseException as e:  # noqa: BLE001 - re-raised by the consumer
             self._put(("error", e))
-
-    def _normalize(self, images: np.ndarray) -> np.ndarray:
-        if self.pool is None or len(images) < 2 * self.threads:
-            return transforms.normalize(images)
-        out = np.empty(images.shape, np.float32)
-        bounds = np.linspace(0, len(images), self.threads + 1).astype(int)
-        parts = [slice(a, b) for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
-        list(self.pool.map(lambda s: transforms.normalize(images[s], out[s]), parts))
-        return out
 
     def get(self):
         while True:
@@ -916,8 +904,6 @@ class _Collector:
     def close(self) -> None:
         self.stop.set()
         self.thread.join(timeout=5)
-        if self.pool is not None:
-            self.pool.shutdown(wait=False)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -925,7 +911,10 @@ class _Collector:
 
 
 class TrainIterator:
-    """Infinite iterator of ``{"image": float32 (b, s, s, 3), "text": int32 (b, L)}`` batches.
+    """Infinite iterator of ``{"image": uint8 (b, s, s, 3), "text": int32 (b, L)}`` batches.
+
+    Images are raw RGB pixels (0..255, random resized crop): the train step normalises them on
+    the device with ``transforms.CLIP_MEAN`` / ``CLIP_STD``.
 
     See the module docstring for sharding, shuffling and the resume design.
     """
@@ -1005,7 +994,6 @@ class TrainIterator:
                 self._error = e
                 self.close()
                 raise
-            batch["image"] = transforms.normalize(batch["image"])
         else:
             msg = self._collector.get()
             if msg[0] == "error":
@@ -1126,9 +1114,9 @@ class EvalIterator:
     def _prepare(self, raw: RawSample):
         try:
             img = transforms.decode_image(raw.image)
-            return transforms.resize_center_crop(img, self.image_size)
-        except Exception:
+        except transforms.DECODE_ERRORS:
             return None
+        return transforms.resize_center_crop(img, self.image_size)
 
     def _batches(self) -> Iterator[dict[str, np.ndarray]]:
         raws = self._raw()
