@@ -4,10 +4,17 @@
     python benchmarks/data_pipeline.py --shards '/data/laion/{00000..00009}.tar' \\
         --target-samples-per-sec 4096 --workers 1,2,4 --modes process,thread
 
-1. Per core: one thread reads raw samples from the shards, then times each stage per image:
-   JPEG/PNG decode (with the pipeline's DCT-downscaling draft), random resized crop to
-   ``--image-size``, CLIP normalisation, tokenisation (batched). The rate is images per CPU
-   second of this process (``time.process_time``), so it is meaningful on a busy machine.
+1. Per core: one thread reads raw samples from the shards, then times each stage per image as
+   the train workers run it: decode (``transforms.decode_array``: JPEGs by simplejpeg with the
+   DCT-downscaling draft), random resized crop to ``--image-size`` (OpenCV resize) and
+   tokenisation (batched). Train batches leave as uint8 (normalised on the device), so there is
+   no host normalise stage. The rate is images per CPU second of this process
+   (``time.process_time``), so it is meaningful on a busy machine. ``--rounds`` repeats the
+   measurement and reports the median round.
+   The same images also go through the previous PIL-only path (``previous_path``: PIL decode
+   with draft, PIL bicubic resize, host float32 normalise) in alternating rounds, for a
+   before/after in one run, and the mean absolute pixel difference between the two crops
+   (``crop_mean_abs_diff_vs_pil``, 0-255 grey levels) is reported.
 2. End to end: the real train iterator with ``--workers`` workers in each of ``--modes``
    (processes vs threads), samples/s of wall time after a warm-up batch.
 
@@ -31,6 +38,7 @@ import tempfile
 import time
 
 import numpy as np
+from PIL import Image
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -96,7 +104,8 @@ def synthetic_shards(out_dir: str, n: int, size: tuple[int, int], per_shard: int
     return os.path.join(out_dir, f"{{00000..{len(names) - 1:05d}}}.tar")
 
 
-def per_core(spec, tokenizer, image_size: int, batch: int, limit: int) -> dict:
+def per_core(spec, tokenizer_spec, image_size: int, batch: int, limit: int,
+             rounds: int) -> dict:
     raws = []
     for url in pipeline.expand_shards(spec):
         for group in pipeline.iter_groups(url, pipeline._wanted(())):
@@ -109,34 +118,82 @@ def per_core(spec, tokenizer, image_size: int, batch: int, limit: int) -> dict:
             break
     if not raws:
         raise SystemExit(f"no valid samples in {spec}")
+    kb = sum(len(r.image) for r in raws) / len(raws) / 1024
+    runs = {"current": [], "previous": []}
+    for _ in range(rounds):
+        for path in runs:
+            tokenizer, _ = load_tokenizer(tokenizer_spec)  # fresh: a cold BPE cache each time
+            runs[path].append(_time_path(raws, tokenizer, image_size, batch, path))
+    out = {}
+    for path, results in runs.items():
+        results = sorted(results, key=lambda r: r["images_per_cpu_sec"])
+        median = results[len(results) // 2]
+        median["images_per_cpu_sec_all_rounds"] = [r["images_per_cpu_sec"] for r in results]
+        out[path] = median
+    diffs = [np.abs(_crop(raw, image_size, i, "current").astype(np.int16)
+                    - _crop(raw, image_size, i, "previous")).mean()
+             for i, raw in enumerate(raws[:256])]
+    result = {"images": len(raws), "avg_image_kb": round(kb, 1), **out["current"],
+              "crop_mean_abs_diff_vs_pil": round(float(np.mean(diffs)), 3),
+              "previous_path": out["previous"]}
+    return result
+
+
+def _crop(raw, image_size: int, i: int, path: str) -> np.ndarray:
+    """The train crop of one sample: the pipeline's (``current``) or the former PIL-only one."""
     min_size = math.ceil(image_size * 1.25)
-    t = {"decode": 0.0, "crop": 0.0, "normalize": 0.0, "tokenize": 0.0}
+    rng = np.random.default_rng(i)
+    if path == "current":
+        return transforms.random_resized_crop(transforms.decode_array(raw.image, min_size),
+                                              image_size, rng)
+    img = transforms.decode_image(raw.image, min_size)
+    left, top, w, h = transforms.random_resized_crop_params(img.width, img.height, rng)
+    out = img.resize((image_size, image_size), Image.BICUBIC, box=(left, top, left + w, top + h))
+    return np.asarray(out, dtype=np.uint8)
+
+
+def _time_path(raws, tokenizer, image_size: int, batch: int, path: str) -> dict:
+    """CPU ms per image of each stage of ``path`` (see _crop); ``previous`` adds the host
+    float32 normalise the train iterator used to do."""
+    min_size = math.ceil(image_size * 1.25)
+    t = {"decode": 0.0, "crop": 0.0, "tokenize": 0.0}
+    if path == "previous":
+        t["normalize"] = 0.0
     crops, caps = [], []
-    n, kb = 0, sum(len(r.image) for r in raws) / len(raws) / 1024
+    n = 0
     wall0 = time.perf_counter()
     for i, raw in enumerate(raws):
+        rng = np.random.default_rng(i)
         c0 = time.process_time()
-        img = transforms.decode_image(raw.image, min_size)
-        c1 = time.process_time()
-        crops.append(transforms.random_resized_crop(img, image_size, np.random.default_rng(i)))
+        if path == "current":
+            img = transforms.decode_array(raw.image, min_size)
+            c1 = time.process_time()
+            crops.append(transforms.random_resized_crop(img, image_size, rng))
+        else:
+            img = transforms.decode_image(raw.image, min_size)
+            c1 = time.process_time()
+            left, top, w, h = transforms.random_resized_crop_params(img.width, img.height, rng)
+            crops.append(np.asarray(img.resize((image_size, image_size), Image.BICUBIC,
+                                               box=(left, top, left + w, top + h))))
         c2 = time.process_time()
         t["decode"] += c1 - c0
         t["crop"] += c2 - c1
         caps.append(raw.caption)
         if len(caps) == batch or i == len(raws) - 1:
             c0 = time.process_time()
-            transforms.normalize(np.stack(crops))
+            if path == "previous":
+                transforms.normalize(np.stack(crops))
             c1 = time.process_time()
             tokenizer(caps, 77)
             c2 = time.process_time()
-            t["normalize"] += c1 - c0
+            if path == "previous":
+                t["normalize"] += c1 - c0
             t["tokenize"] += c2 - c1
             n += len(caps)
             crops, caps = [], []
     wall = time.perf_counter() - wall0
     cpu = sum(t.values())
-    return {"images": n, "avg_image_kb": round(kb, 1),
-            "ms_per_image": {k: round(1000 * v / n, 3) for k, v in t.items()},
+    return {"ms_per_image": {k: round(1000 * v / n, 3) for k, v in t.items()},
             "images_per_cpu_sec": round(n / cpu, 1), "images_per_wall_sec": round(n / wall, 1)}
 
 
@@ -168,6 +225,7 @@ def main():
     ap.add_argument("--workers", default="", help="end-to-end runs, e.g. 1,2,4 (empty: skip)")
     ap.add_argument("--modes", default="process,thread")
     ap.add_argument("--seconds", type=float, default=5.0, help="per end-to-end run")
+    ap.add_argument("--rounds", type=int, default=3, help="per-core rounds (median reported)")
     args = ap.parse_args()
 
     tokenizer, tok_name = load_tokenizer(args.tokenizer)
@@ -179,23 +237,22 @@ def main():
         result = {"shards": args.shards or f"synthetic {args.src_size} JPEG",
                   "image_size": args.image_size, "tokenizer": tok_name,
                   "cpu_count": os.cpu_count()}
-        result["per_core"] = per_core(spec, tokenizer, args.image_size, args.batch,
-                                      args.num_images)
-        rate = result["per_core"]["images_per_cpu_sec"]
-        print(f"per core: {rate:.0f} images/s (decode+crop+normalize+tokenize, "
-              f"{result['per_core']['ms_per_image']} ms/image)", file=sys.stderr)
-        ms = result["per_core"]["ms_per_image"]
-        worker_ms = ms["decode"] + ms["crop"] + ms["tokenize"]  # in the data workers
+        result["per_core"] = per_core(spec, args.tokenizer, args.image_size, args.batch,
+                                      args.num_images, max(args.rounds, 1))
+        pc = result["per_core"]
+        rate, prev = pc["images_per_cpu_sec"], pc["previous_path"]
+        print(f"per core: {rate:.0f} images/s (decode+crop+tokenize, uint8 out, "
+              f"{pc['ms_per_image']} ms/image); previous PIL path with host normalise: "
+              f"{prev['images_per_cpu_sec']:.0f} images/s ({prev['ms_per_image']} ms/image); "
+              f"crops differ by {pc['crop_mean_abs_diff_vs_pil']} grey levels (mean abs)",
+              file=sys.stderr)
         if args.target_samples_per_sec:
             target = args.target_samples_per_sec
             cores = math.ceil(target / rate)
-            workers = math.ceil(target * worker_ms / 1000)
             result.update(target_samples_per_sec=target, cores_needed=cores,
-                          workers_needed=workers,
-                          collector_core_fraction=round(target * ms["normalize"] / 1000, 2))
+                          workers_needed=cores)
             print(f"target {target:.0f} samples/s needs about {cores} core(s): data.workers >= "
-                  f"{workers} (decode+crop+tokenize) plus {target * ms['normalize'] / 1000:.1f} "
-                  f"core(s) normalising in the iterator's collector thread", file=sys.stderr)
+                  f"{cores} (decode+crop+tokenize; no host normalise)", file=sys.stderr)
         runs = []
         for workers in [int(v) for v in args.workers.split(",") if v.strip()]:
             for mode in [m.strip() for m in args.modes.split(",") if m.strip()]:
