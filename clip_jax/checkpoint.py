@@ -9,6 +9,13 @@ process 0), so a restart continues with exactly the batch that would have come n
 
 Restoring takes the target shardings of the current mesh, so a checkpoint written on 8 devices
 restores on 4 or 1. This module never calls back into training.
+
+Faults: a save that fails (synchronously, or later in orbax's background thread) raises
+:class:`CheckpointSaveError` at the next :meth:`Checkpointer.check` / ``save`` / ``wait``, naming
+the step directory and the OS error; orbax only deletes old steps after a save is complete, so the
+last good checkpoint stays. :meth:`Checkpointer.restore_latest` reads the newest step that can be
+read: unreadable newer steps are moved aside to ``<step>.corrupt-<time>`` (never deleted), and
+only if no step can be read does it raise :class:`CheckpointRestoreError` (moving nothing).
 """
 
 from __future__ import annotations
@@ -17,12 +24,15 @@ import base64
 import json
 import os
 import tempfile
+import time
 from pathlib import Path
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
+
+from clip_jax.cli import RunError, UserError
 
 
 def _abstract_with_shardings(abstract_tree, shardings):
@@ -44,6 +54,35 @@ def _allgather_json(obj) -> list:
 
 
 ITEMS = ("state", "data", "config", "tokenizer")
+
+
+class CheckpointSaveError(RunError):
+    """A checkpoint could not be written: training must stop (later steps would be unsaved).
+    The command line exits at once: orbax's threads wait on the failed commit."""
+
+    exit_now = True
+
+
+class CheckpointRestoreError(RunError):
+    """No checkpoint step in the directory can be read."""
+
+
+class ProcessCountError(UserError):
+    """The checkpoint was written by a different number of processes."""
+
+
+def root_cause(e: BaseException) -> str:
+    """The innermost OS error in ``e``'s chain (what a person can act on), else ``e`` itself,
+    as one line."""
+    seen, cur, found = set(), e, None
+    while cur is not None and id(cur) not in seen:
+        seen.add(id(cur))
+        if isinstance(cur, OSError):
+            found = cur
+        cur = cur.__cause__ or cur.__context__
+    msg = " ".join((str(found or e) or type(e).__name__).split())
+    msg = msg.split(" See full TensorStore details")[0]  # a page of spec JSON follows
+    return msg if len(msg) <= 300 else msg[:297] + "..."
 
 
 def _tokenizer_files(tokenizer) -> dict | None:
@@ -69,6 +108,8 @@ class Checkpointer:
             create=True,
         )
         self.manager = ocp.CheckpointManager(self.directory, options=options, item_names=ITEMS)
+        self._pending: int | None = None  # step of a save not yet known to be complete
+        self.failed = False
 
     def should_save(self, step: int) -> bool:
         return self.every > 0 and step % self.every == 0
@@ -83,7 +124,40 @@ class Checkpointer:
         }
         if self.tokenizer_files is not None:
             args["tokenizer"] = ocp.args.JsonSave(self.tokenizer_files)
-        self.manager.save(step, args=ocp.args.Composite(**args), force=force)
+        self.wait()  # a failed earlier save is reported as that step's failure
+        self._guard(step, lambda: self.manager.save(step, args=ocp.args.Composite(**args),
+                                                    force=force))
+        self._pending = step
+
+    def _guard(self, step: int | None, fn):
+        try:
+            return fn()
+        except Exception as e:
+            self.failed = True
+            step = self._pending if step is None else step
+            where = os.path.join(self.directory, str(step)) if step is not None \
+                else self.directory
+            good = self._last_good(exclude=step)
+            raise CheckpointSaveError(
+                f"checkpoint save of step {step} to {where} failed: {root_cause(e)}; "
+                f"training stopped (later steps would be unprotected); last good checkpoint: "
+                f"{'none' if good is None else f'step {good}'}") from e
+
+    def _last_good(self, exclude: int | None) -> int | None:
+        try:
+            steps = [int(p) for p in os.listdir(self.directory) if p.isdigit()
+                     and int(p) != exclude]
+        except OSError:
+            return None
+        return max(steps, default=None)
+
+    def check(self) -> None:
+        """Raise :class:`CheckpointSaveError` if a background save has failed; never blocks
+        on a save still in progress (call it at every step boundary)."""
+        if self._pending is None or self.manager.is_saving_in_progress():
+            return
+        self._guard(None, self.manager.wait_until_finished)
+        self._pending = None
 
     def latest_step(self) -> int | None:
         return self.manager.latest_step()
@@ -94,22 +168,64 @@ class Checkpointer:
             state=ocp.args.StandardRestore(target), data=ocp.args.JsonRestore()))
         data = out["data"]
         if data["process_count"] != jax.process_count():
-            raise ValueError(
+            raise ProcessCountError(
                 f"checkpoint step {step} in {self.directory} was written by "
                 f"{data['process_count']} processes but {jax.process_count()} are running: "
                 "the data-iterator state cannot be split differently; resume with the same "
                 "process count (the mesh may differ)")
         return out["state"], data["processes"][jax.process_index()]
 
-    def restore_latest(self):
-        step = self.latest_step()
-        return None if step is None else self.restore(step)
+    def restore_latest(self, log=print):
+        """``(state, data state)`` of the newest step that can be read, or None if there is no
+        step at all. Unreadable newer steps (truncated or missing files, an empty step
+        directory) are reported in one line each and moved aside to
+        ``<step>.corrupt-<time>``, only once a readable step has been found."""
+        self.manager.reload()
+        steps = sorted(self.manager.all_steps(), reverse=True)
+        bad: list[tuple[int, str]] = []
+        for step in steps:
+            try:
+                out = self.restore(step)
+                error = None
+            except ProcessCountError:
+                raise
+            except Exception as e:  # orbax/tensorstore raise many types for unreadable files
+                out, error = None, root_cause(e)
+            errors = _allgather_json(error)  # every process must agree on the step
+            if all(x is None for x in errors):
+                break
+            bad.append((step, next(x for x in errors if x is not None)))
+        else:
+            if not bad:
+                return None
+            raise CheckpointRestoreError(
+                f"no checkpoint in {self.directory} can be read (" + "; ".join(
+                    f"step {s}: {err}" for s, err in bad) + "); nothing was moved. Move the "
+                "step directories away to start afresh, or use a new workdir")
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        for s, err in bad:
+            src = os.path.join(self.directory, str(s))
+            dst = f"{src}.corrupt-{stamp}"
+            if jax.process_index() == 0:
+                os.rename(src, dst)
+            log(f"checkpoint step {s} cannot be read ({err}); moved it to {dst}, resuming "
+                f"from step {step}")
+        if bad:
+            if jax.process_count() > 1:
+                multihost_utils.sync_global_devices("clip_jax: corrupt checkpoints moved")
+            self.manager.reload()
+        return out
 
     def wait(self) -> None:
-        self.manager.wait_until_finished()
+        self._guard(None, self.manager.wait_until_finished)
+        self._pending = None
 
     def close(self) -> None:
-        self.manager.wait_until_finished()
+        """Wait for the last save and release orbax's resources. After a failed save orbax is
+        not asked to close (its threads would wait on the failed commit): the run is ending."""
+        if self.failed:
+            return
+        self.wait()
         self.manager.close()
 
 

@@ -11,12 +11,14 @@ fields below (``model.embed_dim``, ``model.vision.width``...) then overrides tha
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 
 import ml_collections
 from ml_collections import config_dict
 
 from clip_jax import models
+from clip_jax.cli import UserError
 
 P = config_dict.placeholder
 
@@ -41,6 +43,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.model.param_dtype = P(str)
     c.model.remat = P(bool)
     c.model.scan = P(bool)
+    c.model.attention = P(str)  # "auto" (cuDNN flash on GPU in half precision), "xla", "cudnn"
     c.model.init_logit_scale = P(float)
     c.model.init_logit_bias = P(float)
     c.model.vision = ml_collections.ConfigDict(
@@ -152,6 +155,76 @@ def validate(c: ml_collections.ConfigDict) -> None:
         m = resolve_model_config(c.model)
         if m.init_logit_bias is None:
             raise ValueError("config loss='siglip' needs model.init_logit_bias (e.g. -10.0)")
+
+
+# ---------------------------------------------------------------------------------------------
+# Resuming: which config changes a saved run can take.
+
+# Keys whose change alters the saved train state's structure or shapes (or how the saved data
+# iterator/tokenizer state is read), so a resume under them cannot restore what was saved.
+# ``model.*`` counts as a whole, except compute-only keys.
+_RESUME_SAFE_MODEL_KEYS = {"model.remat", "model.dtype"}
+_RESUME_REFUSED_KEYS = {"loss", "data.source", "data.tokenizer", "data.tokenizer_vocab_size"}
+
+
+def _flatten(d: Mapping, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, Mapping):
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def _as_plain(config) -> dict:
+    """A config as the JSON-able dict that ``config.json`` holds (tuples become lists)."""
+    if isinstance(config, ml_collections.ConfigDict):
+        return json.loads(config.to_json_best_effort())
+    return json.loads(json.dumps(config))
+
+
+def config_diff(saved, requested) -> list[tuple[str, object, object]]:
+    """``(key, saved value, requested value)`` for every key that differs, sorted by key."""
+    a, b = _flatten(_as_plain(saved)), _flatten(_as_plain(requested))
+    return [(k, a.get(k), b.get(k)) for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
+
+
+def _changes_state(key: str, old, new) -> bool:
+    if key.startswith("model."):
+        return key not in _RESUME_SAFE_MODEL_KEYS
+    if key == "optimizer.grad_clip_norm":  # clipping on/off adds or removes a state entry
+        return bool(old and old > 0) != bool(new and new > 0)
+    return key in _RESUME_REFUSED_KEYS
+
+
+def format_diff(diff) -> str:
+    return ", ".join(f"{k}: {_short(a)} -> {_short(b)}" for k, a, b in diff)
+
+
+def _short(v) -> str:
+    return "unset" if v is None else (v if isinstance(v, str) and v else repr(v))
+
+
+class ResumeConfigError(UserError):
+    """The requested config cannot resume the saved run."""
+
+
+def check_resume(saved, requested, workdir: str = "") -> list[tuple[str, object, object]]:
+    """Compare the config a run is resumed with against the one it was saved with. Raise
+    :class:`ResumeConfigError` (one line: the offending keys as ``key: old -> new``) if a change
+    alters the saved state's shapes (model, loss type, optimizer structure, data source or
+    tokenizer); return the other, safe, changes (steps, schedule, logging, eval, data paths,
+    mesh, batch...), which the caller records."""
+    diff = config_diff(saved, requested)
+    refused = [d for d in diff if _changes_state(*d)]
+    if refused:
+        where = f" {workdir}" if workdir else ""
+        raise ResumeConfigError(
+            f"cannot resume{where} with a config that changes the saved train state: "
+            f"{format_diff(refused)} (use a new workdir; checkpoint.init_from can start it from "
+            f"this run's weights)")
+    return diff
 
 
 # ---------------------------------------------------------------------------------------------

@@ -45,6 +45,27 @@ class MetricsWriter:
             f.writelines(keep)
         os.replace(tmp, self.path)
 
+    def last_record(self, step: int | None = None) -> dict:
+        """The metrics logged at the last step (``<= step``), all lines of that step merged."""
+        records = []
+        if os.path.exists(self.path):
+            with open(self.path) as f:
+                for line in f:
+                    try:
+                        records.append(json.loads(line))
+                    except json.JSONDecodeError:
+                        continue
+        records = [r for r in records if step is None or r.get("step", 0) <= step]
+        if not records:
+            return {}
+        last = max(r.get("step", 0) for r in records)
+        out: dict = {}
+        for r in records:
+            if r.get("step", 0) == last:
+                out.update(r)
+        out.pop("step", None)
+        return out
+
     def write(self, step: int, metrics: dict) -> None:
         if not self.enabled:
             return
@@ -66,6 +87,9 @@ class MetricsWriter:
         for key in sorted(metrics):
             if key.startswith("eval/"):
                 parts.append(f"{key} {float(metrics[key]):.4f}")
+        for key in sorted(metrics):  # skipped shards/images: shown once there are any
+            if key.startswith("data/skipped") and metrics[key]:
+                parts.append(f"{key[5:]} {int(metrics[key])}")
         rate = metrics.get("steps_per_sec")
         if rate:
             parts.append(f"eta {_fmt_seconds((self.total_steps - step) / rate)}")

@@ -30,8 +30,10 @@ import numpy as np
 import optax
 from jax.sharding import PartitionSpec as P
 
+from clip_jax import cli, losses, models, monitor, optimizer, sharding
 from clip_jax import config as config_lib
-from clip_jax import losses, models, monitor, optimizer, sharding
+from clip_jax import workdir as workdir_lib
+from clip_jax.data import transforms
 
 LOGIT_SCALE_MAX = math.log(100.0)
 
@@ -89,7 +91,10 @@ def _plan_state(config, model_cfg, mesh):
     return model, tx, schedule, abstract, TrainState(P(), param_specs, opt_specs)
 
 
-def build(config: ml_collections.ConfigDict, devices=None) -> Setup:
+def check_config(config: ml_collections.ConfigDict, devices=None):
+    """Every check of a config that needs no array and no file written: the keys' values, the
+    model preset, image size, the mesh on these devices, the batch split. Returns
+    ``(model config, mesh)``; raises ValueError naming the problem."""
     config_lib.validate(config)
     model_cfg = config_lib.resolve_model_config(config.model)
     if config.data.image_size is not None and config.data.image_size != (
@@ -98,6 +103,11 @@ def build(config: ml_collections.ConfigDict, devices=None) -> Setup:
                          f"vision.image_size={model_cfg.vision.image_size}")
     mesh = sharding.make_mesh(config.mesh, devices)
     _check_batch(config, mesh, jax.process_count())
+    return model_cfg, mesh
+
+
+def build(config: ml_collections.ConfigDict, devices=None) -> Setup:
+    model_cfg, mesh = check_config(config, devices)
     model, tx, schedule, abstract, specs = _plan_state(config, model_cfg, mesh)
     return Setup(config, model_cfg, model, mesh, tx, schedule,
                  sharding.to_shardings(specs, mesh), abstract, sharding.batch_sharding(mesh))
@@ -164,9 +174,20 @@ def contrastive_loss(config, mesh, img, txt, logit_scale_param, logit_bias):
     return jax.shard_map(body, mesh=mesh, in_specs=specs, out_specs=P())(*args)
 
 
+def device_pixels(images: jax.Array) -> jax.Array:
+    """Batches may carry raw ``uint8`` pixels (4x less host-to-device traffic, no float work on
+    the input cores): they are CLIP-normalised here, inside the jitted step. Float images are
+    taken as already normalised."""
+    if images.dtype != jnp.uint8:
+        return images
+    mean = jnp.asarray(transforms.CLIP_MEAN, jnp.float32) * 255
+    inv_std = 1 / (jnp.asarray(transforms.CLIP_STD, jnp.float32) * 255)
+    return (images.astype(jnp.float32) - mean) * inv_std
+
+
 def _forward(model, params, images, text):
     with nn.logical_axis_rules(sharding.RULES):
-        return model.apply({"params": params}, images, text)
+        return model.apply({"params": params}, device_pixels(images), text)
 
 
 def loss_and_grads(setup: Setup, params, batch):
@@ -413,27 +434,49 @@ def welcome(setup: Setup) -> str:
 
 
 def train(config: ml_collections.ConfigDict, workdir: str, devices=None) -> dict:
-    """Train (or resume) a run in ``workdir``; returns the last logged metrics."""
+    """Train (or resume) a run in ``workdir``; returns the last logged metrics.
+
+    Nothing is written to ``workdir`` before the config has passed :func:`check_config`; the
+    workdir is then locked for this run (:class:`clip_jax.workdir.WorkdirLock`), and on resume
+    the config is checked against the saved one (:func:`clip_jax.config.check_resume`) before
+    ``config.json`` is rewritten."""
+    check_config(config, devices)
+    is_main = jax.process_index() == 0
+    with workdir_lib.WorkdirLock(workdir, enabled=is_main,
+                                 log=print if is_main else lambda _: None):
+        return _train_locked(config, workdir, devices, is_main)
+
+
+def _train_locked(config, workdir: str, devices, is_main: bool) -> dict:
     from clip_jax import checkpoint
 
-    os.makedirs(workdir, exist_ok=True)
+    saved_config = workdir_lib.saved_config(workdir)
     if config.data.demo and not config.data.train:  # shards of one's own replace the demo
         prepare_demo(config)
     tokenizer = prepare_tokenizer(config, workdir)
+    changes = [] if saved_config is None else config_lib.check_resume(
+        saved_config, config, workdir)
     setup = build(config, devices)
-    is_main = jax.process_index() == 0
     writer = monitor.MetricsWriter(workdir, config.total_steps, enabled=is_main)
     writer.log(welcome(setup))
+    if changes:
+        writer.log(f"config changed on resume: {config_lib.format_diff(changes)}")
     data = make_data(setup, workdir, tokenizer)
     ckpt = checkpoint.Checkpointer(workdir, config.checkpoint, setup.state_shardings,
                                    setup.abstract_state, tokenizer)
+    try:
+        restored = ckpt.restore_latest(log=writer.log)
+    except BaseException:
+        ckpt.close()
+        if hasattr(data, "close"):
+            data.close()
+        raise
     if is_main:
-        with open(os.path.join(workdir, "config.json"), "w") as f:
-            f.write(config.to_json_best_effort(indent=2))
-
-    restored = ckpt.restore_latest()
+        workdir_lib.write_config(workdir, config.to_json_best_effort(indent=2))
     if restored is not None:
         state, data_state = restored
+        if int(state.step) >= config.total_steps:
+            return _already_complete(int(state.step), config, workdir, writer, ckpt, data)
         data.set_state(data_state)
         writer.log(f"resumed from step {int(state.step)} in {workdir}")
     else:
@@ -480,6 +523,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, devices=None) -> dict
                     writer.write(step, last)
                     writer.progress(step, last)
                 stop = preempt.reached(step)
+                ckpt.check()  # a failed background save stops the run here
                 if ckpt.should_save(step) or stop or step == config.total_steps:
                     ckpt.save(step, state, feed.state, config.to_json_best_effort(),
                               force=stop or step == config.total_steps)
@@ -496,6 +540,17 @@ def train(config: ml_collections.ConfigDict, workdir: str, devices=None) -> dict
 
         plots.plot_training_curves(os.path.join(workdir, "metrics.jsonl"),
                                    os.path.join(workdir, "training_curves.png"))
+    return last
+
+
+def _already_complete(step: int, config, workdir: str, writer, ckpt, data) -> dict:
+    """A finished run re-run: nothing to train; its last logged metrics."""
+    ckpt.close()
+    if hasattr(data, "close"):
+        data.close()
+    last = writer.last_record(step)
+    writer.log(f"{workdir}: the run is already complete at step {step} "
+               f"(total_steps={config.total_steps}); nothing to do")
     return last
 
 
@@ -597,13 +652,13 @@ def init_from(setup: Setup, config) -> TrainState:
 # Entry point
 
 
-def main(argv) -> None:
-    from absl import flags, logging
+def main(argv: list[str]) -> int:
+    """``python -m clip_jax.train --config FILE --workdir DIR [--config.key=value ...]
+    [--verbose]``; errors are reported by :func:`clip_jax.cli.run`."""
+    from absl import logging
 
-    del argv
     logging.set_verbosity(logging.WARNING)  # orbax is chatty at INFO
-    config = flags.FLAGS.config
-    workdir = flags.FLAGS.workdir
+    config, workdir = parse_flags(["clip_jax.train", *argv])
     from clip_jax import distributed
 
     distributed.initialize()
@@ -611,6 +666,33 @@ def main(argv) -> None:
     if jax.process_index() == 0:
         print(json.dumps({"final": last}, sort_keys=True))
         print(summary(last, workdir))
+    return 0
+
+
+def parse_flags(argv: list[str]):
+    """``(config, workdir)`` from the command line, or a :class:`clip_jax.cli.UserError` in one
+    line (a mistyped key, a bad value, a missing or broken config file)."""
+    from absl import flags
+    from ml_collections.config_flags import config_flags
+
+    if "config" not in flags.FLAGS:
+        _define_flags()
+    try:
+        flags.FLAGS(argv)
+    except Exception as e:  # absl raises KeyError/AttributeError for a mistyped key
+        what = "unknown config key" if isinstance(e, KeyError | AttributeError) else \
+            "command line"
+        raise cli.UserError(f"{what}: {cli.one_line(e)}") from None
+    config = flags.FLAGS.config
+    if not isinstance(config, ml_collections.ConfigDict):  # absl keeps the load error inside
+        path = config_flags.get_config_filename(flags.FLAGS["config"]).split(":")[0]
+        if not os.path.isfile(path):
+            raise cli.UserError(f"--config {path}: no such file")
+        error = object.__getattribute__(config, "_error")
+        cause = error.__cause__ or error
+        raise cli.UserError(f"--config {path} could not be loaded: "
+                            f"{cli.one_line(cause)}") from None
+    return config, flags.FLAGS.workdir
 
 
 def summary(last: dict, workdir: str) -> str:
@@ -632,11 +714,11 @@ def _define_flags():
     config_flags.DEFINE_config_file("config", None, "Path to a config file with get_config().",
                                     lock_config=True)
     flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and logs.")
+    flags.DEFINE_bool("verbose", False, "Print the full traceback on errors.")
     flags.mark_flags_as_required(["config", "workdir"])
 
 
 if __name__ == "__main__":
-    from absl import app
+    import sys
 
-    _define_flags()
-    app.run(main)
+    sys.exit(cli.run(main))
