@@ -11,6 +11,8 @@ samples; 197 image tokens per sample (196 patches + class): ~2.5T image tokens i
 from clip_jax.config import laion_recipe
 
 MESH = {"v4-64": ((1, 32, 1), 2), "v5e-256": ((16, 16, 1), 1), "gpu-8x8": ((8, 8, 1), 2)}
+# The TPU topology of each platform (python -m clip_jax.plan compiles the step for it).
+TOPOLOGY = {"v4-64": "v4:4x4x2", "v5e-256": "v5e:16x16"}
 
 
 def get_config(platform="v4-64"):

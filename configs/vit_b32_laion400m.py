@@ -15,6 +15,8 @@ Platform argument (after the colon), per-device batch, mesh and accumulation:
 from clip_jax.config import laion_recipe
 
 MESH = {"v4-64": ((1, 32, 1), 1), "v5e-256": ((16, 16, 1), 1), "gpu-8x8": ((8, 8, 1), 1)}
+# The TPU topology of each platform (python -m clip_jax.plan compiles the step for it).
+TOPOLOGY = {"v4-64": "v4:4x4x2", "v5e-256": "v5e:16x16"}
 
 
 def get_config(platform="v4-64"):

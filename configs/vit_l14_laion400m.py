@@ -12,6 +12,8 @@ AdamW state are 4.8 GiB replicated, so the parameters are fully sharded (FSDP).
 from clip_jax.config import laion_recipe
 
 MESH = {"v4-64": ((1, 32, 1), 4), "v5e-256": ((4, 64, 1), 2), "gpu-8x8": ((8, 8, 1), 4)}
+# The TPU topology of each platform (python -m clip_jax.plan compiles the step for it).
+TOPOLOGY = {"v4-64": "v4:4x4x2", "v5e-256": "v5e:16x16"}
 
 
 def get_config(platform="v4-64"):

@@ -1,0 +1,109 @@
+"""Analytic FLOPs of one train step, counted from the matmul shapes of the two towers and the loss.
+
+XLA's ``cost_analysis()`` counts the body of a ``lax.scan`` once, whatever its trip count, so for
+``model.scan=True`` (the recipes' default) it undercounts the step by about the number of layers
+(and the blockwise loss, also a scan, by the number of ring hops). These counts do not depend on
+how the program is compiled; ``tests/test_plan.py`` checks them against ``cost_analysis()`` of
+unrolled (``scan=False``) compiles.
+
+Counted: every matmul (2 m n k FLOPs): patch embedding, q|k|v, attention scores and
+values (the full T x T, also for the causal text tower, which is what the plain XLA attention
+computes), attention output, MLP, projections, and the similarity matmuls of the loss. Not
+counted: element-wise work (LayerNorm, GELU, softmax, AdamW), which XLA's own count includes,
+a few percent for real widths.
+
+Two totals:
+
+* ``model``: forward + backward (2x forward) of the towers and the loss, what MFU conventionally
+  counts (PaLM appendix B);
+* ``hardware``: what actually runs: ``model`` + the block recomputation of ``remat`` + the
+  extra forward of the gradient cache (``accum_steps > 1``) + the loss's own recomputation
+  (blockwise backward).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from clip_jax import models
+
+
+@dataclasses.dataclass(frozen=True)
+class StepFlops:
+    """FLOPs of one train step for the whole global batch (divide by the chip count for per-chip
+    figures)."""
+
+    forward: float  # one forward of both towers (no loss)
+    remat: float  # what ``remat`` recomputes in the backward (0 without remat)
+    loss: float  # the similarity matmuls of the loss, forward + backward as run
+    model: float  # towers fwd + bwd, loss fwd + bwd (no recomputation): the MFU numerator
+    hardware: float  # what runs: ``model`` + remat + gradient-cache forward + loss recompute
+
+    def per_sample(self, batch: int) -> float:
+        return self.model / batch
+
+
+def _block_flops(tokens: int, width: int, mlp_dim: int) -> tuple[float, float]:
+    """Forward matmul FLOPs of one residual attention block on one sample, and the part of
+    them that ``remat`` recomputes in the backward: all but the MLP's output projection
+    (``c_proj``), whose output the backward never needs (its gradients need only its input
+    and weight); measured so on XLA's unrolled compiles."""
+    t, d, m = tokens, width, mlp_dim
+    qkv = 2 * t * d * 3 * d
+    scores = 2 * t * t * d  # q k^T over all heads
+    values = 2 * t * t * d  # p v
+    out = 2 * t * d * d
+    c_fc = c_proj = 2 * t * d * m
+    total = qkv + scores + values + out + c_fc + c_proj
+    return total, total - c_proj
+
+
+def tower_flops(cfg: models.ModelConfig) -> dict[str, float]:
+    """Forward matmul FLOPs per sample, ``{"vision", "text"}``, and what ``remat`` recomputes
+    of them per sample, ``{"vision_remat", "text_remat"}``."""
+    v, t = cfg.vision, cfg.text
+    patches = (v.image_size // v.patch_size) ** 2
+    v_block, v_redo = _block_flops(patches + 1, v.width, v.mlp_dim)
+    vision = (2 * patches * (v.patch_size**2 * 3) * v.width + v.layers * v_block
+              + 2 * v.width * cfg.embed_dim)
+    t_block, t_redo = _block_flops(t.context_length, t.width, t.mlp_dim)
+    text = t.layers * t_block + 2 * t.width * cfg.embed_dim
+    return {"vision": float(vision), "vision_remat": float(v.layers * v_redo),
+            "text": float(text), "text_remat": float(t.layers * t_redo)}
+
+
+# Similarity matmuls (each 2 N^2 D FLOPs over the global batch) of each loss, as run:
+# (in the forward, in the backward). Dense CLIP builds both directions (image->text and
+# text->image logits), each with two gradient matmuls; dense SigLIP one direction; the blockwise
+# losses compute one (n x b) tile per block in the forward and, in their custom backward,
+# recompute it and take both gradients.
+_LOSS_MATMULS = {
+    ("clip", "dense"): (2, 4),
+    ("siglip", "dense"): (1, 2),
+    ("clip", "blockwise"): (1, 3),
+    ("siglip", "blockwise"): (1, 3),
+}
+
+
+def train_step_flops(model_cfg: models.ModelConfig, batch: int, remat: bool | None = None,
+                     accum_steps: int = 1, loss: str = "clip",
+                     loss_impl: str = "dense") -> StepFlops:
+    """FLOPs of one train step on a global batch of ``batch`` samples.
+
+    ``remat`` defaults to ``model_cfg.remat``. ``accum_steps > 1`` is the gradient cache
+    (one extra forward of both towers). Divide by the number of chips for per-chip figures.
+    """
+    remat = model_cfg.remat if remat is None else remat
+    if (loss, loss_impl) not in _LOSS_MATMULS:
+        raise ValueError(f"unknown loss {loss!r} / loss_impl {loss_impl!r}")
+    per = tower_flops(model_cfg)
+    forward = batch * (per["vision"] + per["text"])
+    redo = batch * (per["vision_remat"] + per["text_remat"]) if remat else 0.0
+    sim = 2.0 * batch * batch * model_cfg.embed_dim
+    fwd_mm, bwd_mm = _LOSS_MATMULS[(loss, loss_impl)]
+    model_loss = sim * 3 * (2 if loss == "clip" else 1)  # fwd + 2x bwd, no recomputation
+    run_loss = sim * (fwd_mm + bwd_mm)
+    model = 3 * forward + model_loss
+    hardware = 3 * forward + redo + (forward if accum_steps > 1 else 0.0) + run_loss
+    return StepFlops(forward=forward, remat=redo, loss=run_loss, model=model,
+                     hardware=hardware)

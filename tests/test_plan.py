@@ -1,0 +1,199 @@
+"""clip_jax.plan (the train step compiled for a TPU topology on this CPU host) and
+clip_jax.flops (analytic step FLOPs, checked against XLA's count of unrolled CPU compiles).
+
+The TPU tests need libtpu (``pip install -e '.[tpu-aot]'``, which scripts/test.sh tries) and
+skip without it; they use the tiny config on ``v5e:2x2`` only (big topologies: docs/benchmarks.md).
+"""
+
+import importlib.util
+import os
+import subprocess
+import sys
+
+import jax
+import pytest
+from jax.sharding import PartitionSpec as P
+
+from clip_jax import config as config_lib
+from clip_jax import flops, models, plan, sharding, train
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+needs_libtpu = pytest.mark.skipif(
+    not plan.libtpu_available(),
+    reason="libtpu is not installed (pip install -e '.[tpu-aot]'): no TPU compiler to ask")
+
+
+def _recipe(name, arg=None):
+    spec = importlib.util.spec_from_file_location(name, os.path.join(REPO, "configs", name))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod.get_config(arg) if arg else mod.get_config()
+
+
+def _cli(*args, timeout=600):
+    env = dict(os.environ)
+    env.pop("JAX_PLATFORMS", None)  # the CLI must choose the CPU backend by itself
+    return subprocess.run([sys.executable, "-m", "clip_jax.plan", *args], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+# ---------------------------------------------------------------------------------------------
+# Analytic FLOPs
+
+
+def test_tower_flops_match_published_vit_counts():
+    # timm's GMACs (fvcore) for the ViT image towers at 224 px: B/32 4.41, B/16 17.58,
+    # L/14 81.08 (x2 = FLOPs); the text tower of B-32 is 12 blocks of width 512 over 77 tokens.
+    for name, gmacs in (("ViT-B-32", 4.41), ("ViT-B-16", 17.58), ("ViT-L-14", 81.08)):
+        got = flops.tower_flops(models.get_model_config(name))["vision"] / 2e9
+        assert got == pytest.approx(gmacs, rel=0.01), name
+    text = flops.tower_flops(models.get_model_config("ViT-B-32"))["text"]
+    assert text == pytest.approx(12 * (24 * 77 * 512**2 + 4 * 77**2 * 512) + 2 * 512 * 512)
+
+
+def _small(remat, accum, loss, impl, batch=64):
+    c = config_lib.base_config()
+    c.model.name = "tiny"
+    for tower in (c.model.vision, c.model.text):
+        tower.width, tower.mlp_dim, tower.layers, tower.heads = 128, 512, 2, 4
+    c.model.embed_dim = 64
+    c.model.remat, c.model.scan = remat, False
+    c.batch_size, c.accum_steps, c.loss, c.loss_impl = batch, accum, loss, impl
+    if loss == "siglip":
+        c.model.init_logit_bias = -10.0
+    return c
+
+
+@pytest.mark.parametrize("remat,accum,loss,impl", [
+    (False, 1, "clip", "dense"),
+    (True, 1, "siglip", "blockwise"),
+    (True, 2, "clip", "dense"),
+])
+def test_analytic_flops_match_xla_on_an_unrolled_compile(remat, accum, loss, impl):
+    c = _small(remat, accum, loss, impl)
+    setup = train.build(c, devices=jax.devices()[:1])
+    state, batch = plan.abstract_inputs(setup)
+    with jax.set_mesh(setup.mesh):
+        compiled = train.make_train_step(setup).jitted.lower(state, batch).compile()
+    xla = plan._cost(compiled)["flops"]
+    f = flops.train_step_flops(setup.model_cfg, c.batch_size, remat, accum, loss, impl)
+    expected = f.hardware
+    if accum > 1:
+        # the gradient cache's two micro-batch loops are lax.scans, whose body XLA counts
+        # once: it sees 1/accum of the tower work (the loss runs once, outside them)
+        expected = (f.hardware - f.loss) / accum + f.loss
+    # XLA also counts element-wise work (LayerNorm, GELU, softmax, AdamW): a few % here
+    assert 1.0 <= xla / expected <= 1.06, (xla, expected, f)
+    assert f.model < f.hardware if (remat or accum > 1) else f.model == pytest.approx(
+        f.hardware, rel=1e-3)
+
+
+def test_flops_reject_an_unknown_loss():
+    with pytest.raises(ValueError, match="unknown loss"):
+        flops.train_step_flops(models.get_model_config("tiny"), 8, loss="triplet")
+
+
+# ---------------------------------------------------------------------------------------------
+# Topologies, the fallback, the CLI's bad input
+
+
+def test_parse_topology():
+    assert plan.parse_topology("v5e:16x16") == ("v5e", (16, 16))
+    assert plan.parse_topology("v4:4x4x2") == ("v4", (4, 4, 2))
+    for bad in ("v9:2x2", "v5e-256", "v5e:16", ""):
+        with pytest.raises(plan.PlanError, match="unknown topology"):
+            plan.parse_topology(bad)
+
+
+def test_without_libtpu_it_falls_back_to_the_eval_shape_plan(monkeypatch):
+    monkeypatch.setattr(plan, "libtpu_available", lambda: False)
+    r = plan.plan(_recipe("vit_b32_laion400m.py", "v5e-256"), "v5e:16x16")
+    assert r["method"] == "eval_shape" and "libtpu is not installed" in r["note"]
+    assert r["chips"] == 256 and r["fits"] and r["mesh"] == {"data": 16, "fsdp": 16, "tensor": 1}
+    assert plan.format_table(r).startswith("note: libtpu is not installed")
+
+
+def test_cli_rejects_an_unknown_topology_in_one_line():
+    out = _cli("--config", "configs/tiny.py", "--topology", "v9:2x2", timeout=120)
+    assert out.returncode == 2
+    assert out.stderr.strip().splitlines() == [
+        "error: unknown topology 'v9:2x2': expected CHIP:AxB or CHIP:AxBxC with CHIP one of "
+        "v4, v5e, v5p, v6e (e.g. v5e:16x16, v4:4x4x2)"]
+
+
+def test_every_tpu_recipe_names_its_topology():
+    for name in ("vit_b16_laion400m.py", "vit_b32_laion400m.py", "vit_l14_laion400m.py",
+                 "siglip_b16_80k.py"):
+        for platform, topology in (("v4-64", "v4:4x4x2"), ("v5e-256", "v5e:16x16")):
+            arg = f"{os.path.join(REPO, 'configs', name)}:{platform}"
+            assert plan.recipe_topology(arg) == topology, (name, platform)
+            chips = len(plan.topology_devices(topology)) if plan.libtpu_available() else None
+            assert chips in (None, config_lib.PLATFORMS[platform][0])
+
+
+# ---------------------------------------------------------------------------------------------
+# Compiled for TPU (libtpu, no TPU)
+
+
+def _tiny(batch):
+    c = _recipe("tiny.py")
+    c.batch_size = batch
+    return c
+
+
+@needs_libtpu
+def test_tiny_on_v5e_2x2_compiles_and_its_arguments_are_the_planned_shards():
+    devices = plan.topology_devices("v5e:2x2")
+    assert len(devices) == 4 and devices[0].platform == "tpu"
+    setup = train.build(_tiny(512), devices=devices)
+    compiled, _ = plan.compile_step(setup)
+    mem = compiled.memory_analysis()
+    _, batch = plan.abstract_inputs(setup)
+    specs = (plan.specs_of(setup.state_shardings),
+             {"image": P(sharding.BATCH_AXES), "text": P(sharding.BATCH_AXES)})
+    # TPU keeps arrays in (8, 128)-style tiles: the planned shards, padded to the compiled
+    # layouts, are exactly the per-chip argument bytes; unpadded they are a lower bound
+    tiled = plan.tiled_bytes_per_device((setup.abstract_state, batch), specs, setup.mesh,
+                                        compiled.input_formats)
+    assert mem.argument_size_in_bytes == tiled
+    logical = sharding.bytes_per_device((setup.abstract_state, batch), specs, setup.mesh)
+    assert logical < tiled
+    cost = plan._cost(compiled)
+    assert cost["flops"] > 0 and cost["optimal_seconds"] > 0
+
+
+@needs_libtpu
+def test_a_bigger_batch_needs_more_temp_memory():
+    # The tiny model's temp bytes on TPU are not proportional to the batch: measured 13.1 MB
+    # at 512 and 1024, 61.8 MB at 2048 (XLA's fixed scratch dominates until the n x N logits
+    # and activations outgrow it), so this asserts growth over a 4x batch, not a ratio.
+    temp = {}
+    for batch in (512, 2048):
+        r = plan.compiled_plan(_tiny(batch), "v5e:2x2")
+        assert r["fits"] and r["optimal_seconds"] > 0 and r["xla_tflops_per_chip"] > 0
+        temp[batch] = r["memory_bytes"]["temp"]
+    assert temp[2048] >= 2 * temp[512], temp
+
+
+@needs_libtpu
+def test_cli_reports_an_oversized_recipe_as_not_fitting():
+    out = _cli("--config", "configs/vit_l14_laion400m.py:v5e-256", "--topology", "v5e:2x2",
+               "--config.batch_size=163840", "--config.loss_impl=dense",
+               "--config.model.remat=False", "--config.accum_steps=1",
+               "--config.mesh.data=1", "--config.mesh.fsdp=4")
+    assert out.returncode == 1, out.stderr[-2000:]
+    assert "fits" in out.stdout and "NO (over 90%" in out.stdout
+    assert "RESOURCE_EXHAUSTED" in out.stdout
+    assert "TPU_ACCELERATOR_TYPE" not in out.stderr  # libtpu's host warnings are silenced
+
+
+@needs_libtpu
+def test_cli_json_for_the_tiny_config():
+    import json
+
+    out = _cli("--config", "configs/tiny.py", "--topology", "v5e:2x2", "--json")
+    assert out.returncode == 0, out.stderr[-2000:]
+    r = json.loads(out.stdout)
+    assert r["method"] == "compiled" and r["chips"] == 4 and r["fits"]
+    assert r["per_chip_batch"] == 8 and r["mfu_bound"] > 0 and r["samples_per_sec_per_chip"] > 0
+    assert out.stderr.strip() == ""
