@@ -66,6 +66,7 @@ class ModelConfig:
     param_dtype: str = "float32"
     remat: bool = False  # rematerialise each block in the backward pass
     scan: bool = False  # nn.scan over blocks: compile time independent of depth
+    attention: str = "auto"  # "auto" | "xla" | "cudnn": see :func:`attention`
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -235,7 +236,32 @@ def quick_gelu(x):
     return x * jax.nn.sigmoid(1.702 * x)
 
 
-_ACTS = {"gelu": lambda x: nn.gelu(x, approximate=False), "quick_gelu": quick_gelu}
+_SQRT_HALF = 1 / math.sqrt(2)
+_INV_SQRT_2PI = 1 / math.sqrt(2 * math.pi)
+
+
+@jax.custom_jvp
+def gelu(x):
+    """Exact (erf) GELU, ``x * Phi(x)``, as ``torch.nn.GELU()``.
+
+    ``jax.nn.gelu(approximate=False)`` goes through ``erfc``, which XLA lowers to an exp plus a
+    piecewise polynomial; ``erf`` is one rational polynomial, and the derivative
+    ``Phi(x) + x * phi(x)`` written out lets XLA fuse value and derivative in one pass over the
+    MLP activations: 1.8x faster forward + backward on CPU (docs/benchmarks.md), same values to
+    1e-6.
+    """
+    return 0.5 * x * (1 + jax.lax.erf(x * _SQRT_HALF))
+
+
+@gelu.defjvp
+def _gelu_jvp(primals, tangents):
+    (x,), (t,) = primals, tangents
+    cdf = 0.5 * (1 + jax.lax.erf(x * _SQRT_HALF))
+    pdf = jnp.exp(-0.5 * x * x) * _INV_SQRT_2PI
+    return x * cdf, t * (cdf + x * pdf)
+
+
+_ACTS = {"gelu": gelu, "quick_gelu": quick_gelu}
 
 
 def _param(init, names):
@@ -257,8 +283,10 @@ class LayerNorm(nn.Module):
         bias = self.param("bias", _param(nn.initializers.zeros, ("norm",)), (d,),
                           self.param_dtype)
         x32 = x.astype(jnp.float32)
+        # One pass over x for both moments (var = E[x^2] - E[x]^2, in float32, as flax's
+        # LayerNorm does by default): the reductions fuse into one loop.
         mean = x32.mean(-1, keepdims=True)
-        var = jnp.square(x32 - mean).mean(-1, keepdims=True)
+        var = jnp.maximum(jnp.square(x32).mean(-1, keepdims=True) - jnp.square(mean), 0.0)
         y = (x32 - mean) * jax.lax.rsqrt(var + self.eps)
         return (y * scale.astype(jnp.float32) + bias.astype(jnp.float32)).astype(self.dtype)
 
@@ -269,6 +297,7 @@ class Attention(nn.Module):
     heads: int
     out_init_std: float
     causal: bool = False
+    implementation: str = "auto"
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
 
@@ -282,19 +311,81 @@ class Attention(nn.Module):
                           (d, 3, self.heads, hd), self.param_dtype)
         b_in = self.param("bias_in", _param(nn.initializers.zeros, (None, "heads", "kv")),
                           (3, self.heads, hd), self.param_dtype)
-        qkv = jnp.einsum("btd,dshk->btshk", x, w_in.astype(self.dtype)) + b_in.astype(
-            self.dtype)
-        q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]  # (B, T, H, hd)
-        q = nn.with_logical_constraint(q, ("batch", "length", "act_heads", "kv"))
-        out = jax.nn.dot_product_attention(q, k, v, is_causal=self.causal)
-        out = nn.with_logical_constraint(out, ("batch", "length", "act_heads", "kv"))
+        # One (d, 3d) matmul (the 4-D kernel viewed as a matrix: a free reshape), then heads
+        # moved before time once, so both attention matmuls and their gradients are plain
+        # batched GEMMs with no layout copies in between.
+        qkv = jnp.einsum("btd,dshk->sbhtk", x, w_in.astype(self.dtype)) + b_in.astype(
+            self.dtype)[:, None, :, None]
+        q, k, v = qkv[0], qkv[1], qkv[2]  # (B, H, T, hd)
+        q = nn.with_logical_constraint(q, ("batch", "act_heads", "length", "kv"))
+        k = nn.with_logical_constraint(k, ("batch", "act_heads", "length", "kv"))
+        v = nn.with_logical_constraint(v, ("batch", "act_heads", "length", "kv"))
+        out = attention(q, k, v, self.causal, self.implementation)
+        out = nn.with_logical_constraint(out, ("batch", "act_heads", "length", "kv"))
         w_out = self.param("kernel_out", _param(nn.initializers.normal(self.out_init_std),
                                                 ("heads", "kv", "embed")),
                            (self.heads, hd, d), self.param_dtype)
         b_out = self.param("bias_out", _param(nn.initializers.zeros, ("embed",)), (d,),
                            self.param_dtype)
-        return jnp.einsum("bthk,hkd->btd", out, w_out.astype(self.dtype)) + b_out.astype(
+        return jnp.einsum("bhtk,hkd->btd", out, w_out.astype(self.dtype)) + b_out.astype(
             self.dtype)
+
+
+ATTENTION_IMPLEMENTATIONS = ("auto", "xla", "cudnn")
+
+
+def attention(q, k, v, causal: bool, implementation: str = "auto"):
+    """Softmax attention on (B, H, T, head_dim) q, k, v; returns (B, H, T, head_dim).
+
+    ``xla``: two batched matmuls around a float32 softmax (with the causal mask as a constant
+    select); on CPU this is 1.4x faster forward + backward than ``jax.nn.dot_product_attention``,
+    whose (B, T, H, D) layout costs transposes around every matmul. ``cudnn``: the fused flash
+    kernel of ``jax.nn.dot_product_attention`` (GPU, float16/bfloat16 only). ``auto``: cuDNN on
+    a GPU with half-precision inputs, else ``xla``.
+    """
+    if implementation not in ATTENTION_IMPLEMENTATIONS:
+        raise ValueError(f"attention implementation {implementation!r}: use one of "
+                         f"{ATTENTION_IMPLEMENTATIONS}")
+    half = q.dtype in (jnp.bfloat16, jnp.float16)
+    if implementation == "cudnn" or (implementation == "auto" and half
+                                     and jax.default_backend() == "gpu"):
+        swap = lambda a: a.swapaxes(1, 2)  # cuDNN wants (B, T, H, D)
+        out = jax.nn.dot_product_attention(swap(q), swap(k), swap(v), is_causal=causal,
+                                           implementation="cudnn")
+        return swap(out)
+    scale = q.shape[-1] ** -0.5
+    s = jnp.einsum("bhtk,bhsk->bhts", q * jnp.asarray(scale, q.dtype), k,
+                   preferred_element_type=jnp.float32)
+    if causal:
+        t = s.shape[-1]
+        s = jnp.where(jnp.tril(jnp.ones((t, t), bool)), s, jnp.finfo(jnp.float32).min)
+    p = jax.nn.softmax(s, axis=-1).astype(v.dtype)
+    return jnp.einsum("bhts,bhsk->bhtk", p, v)
+
+
+class PatchEmbed(nn.Module):
+    """open_clip's ``conv1`` (a stride-``patch`` convolution, no bias) as reshape + one matmul:
+    (B, H, W, 3) -> (B, patches, width), row-major over the patch grid. Same parameter
+    (``kernel``, (p, p, 3, width), as ``nn.Conv`` stores it) and same result as the
+    convolution; a convolution whose stride equals its window is a matmul over patches, which
+    XLA's CPU backend runs 3x faster than its convolution (ViT-B-32 shapes)."""
+
+    patch: int
+    width: int
+    dtype: Any = jnp.float32
+    param_dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, images):
+        p = self.patch
+        b, h, w, c = images.shape
+        kernel = self.param("kernel", _param(nn.initializers.lecun_normal(),
+                                             (None, None, None, "embed")),
+                            (p, p, c, self.width), self.param_dtype)
+        gh, gw = h // p, w // p  # like a VALID convolution, a remainder is ignored
+        x = images[:, :gh * p, :gw * p].astype(self.dtype).reshape(b, gh, p, gw, p, c)
+        x = x.transpose(0, 1, 3, 2, 4, 5).reshape(b, gh * gw, p * p * c)
+        return jnp.dot(x, kernel.astype(self.dtype).reshape(p * p * c, self.width))
 
 
 class MLP(nn.Module):
@@ -327,6 +418,7 @@ class ResidualAttentionBlock(nn.Module):
     act: str = "gelu"
     causal: bool = False
     ln_eps: float = 1e-5
+    attention: str = "auto"
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
 
@@ -337,7 +429,8 @@ class ResidualAttentionBlock(nn.Module):
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
         x = nn.with_logical_constraint(x, ("batch", "length", "act_embed"))
         y = LayerNorm(self.ln_eps, name="ln_1", **kw)(x)
-        x = x + Attention(self.heads, proj_std, self.causal, name="attn", **kw)(y)
+        x = x + Attention(self.heads, proj_std, self.causal, self.attention, name="attn",
+                          **kw)(y)
         y = LayerNorm(self.ln_eps, name="ln_2", **kw)(x)
         x = x + MLP(self.mlp_dim, self.act, proj_std, name="mlp", **kw)(y)
         return x, None
@@ -352,6 +445,7 @@ class Transformer(nn.Module):
     ln_eps: float = 1e-5
     remat: bool = False
     scan: bool = False
+    attention: str = "auto"
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
 
@@ -362,8 +456,8 @@ class Transformer(nn.Module):
             block = nn.remat(block, prevent_cse=not self.scan,
                              policy=jax.checkpoint_policies.nothing_saveable)
         kw = dict(heads=self.heads, mlp_dim=self.mlp_dim, layers=self.layers, act=self.act,
-                  causal=self.causal, ln_eps=self.ln_eps, dtype=self.dtype,
-                  param_dtype=self.param_dtype)
+                  causal=self.causal, ln_eps=self.ln_eps, attention=self.attention,
+                  dtype=self.dtype, param_dtype=self.param_dtype)
         if self.scan:
             stack = nn.scan(
                 block, variable_axes={"params": 0}, split_rngs={"params": True},
@@ -388,13 +482,8 @@ class VisionTransformer(nn.Module):
             raise ValueError(f"images of size {images.shape[1:3]} given to a ViT built for "
                              f"{v.image_size}x{v.image_size}")
         scale = v.width**-0.5
-        x = nn.Conv(
-            v.width, (v.patch_size, v.patch_size), strides=v.patch_size, padding="VALID",
-            use_bias=False, name="conv1", dtype=dtype, param_dtype=pdtype,
-            kernel_init=_param(nn.initializers.lecun_normal(), (None, None, None, "embed")),
-        )(images.astype(dtype))
+        x = PatchEmbed(v.patch_size, v.width, dtype, pdtype, name="conv1")(images)
         b = x.shape[0]
-        x = x.reshape(b, -1, v.width)
         cls = self.param("class_embedding", _param(nn.initializers.normal(scale), ("embed",)),
                          (v.width,), pdtype)
         n = x.shape[1] + 1
@@ -405,7 +494,7 @@ class VisionTransformer(nn.Module):
         x = x + pos.astype(dtype)
         x = LayerNorm(c.ln_eps, name="ln_pre", dtype=dtype, param_dtype=pdtype)(x)
         x = Transformer(v.layers, v.heads, v.mlp_dim, c.act, False, c.ln_eps, c.remat, c.scan,
-                        dtype, pdtype, name="transformer")(x)
+                        c.attention, dtype, pdtype, name="transformer")(x)
         x = LayerNorm(c.ln_eps, name="ln_post", dtype=dtype, param_dtype=pdtype)(x[:, 0])
         proj = self.param("proj", _param(nn.initializers.normal(scale), ("embed", "proj")),
                           (v.width, c.embed_dim), pdtype)
@@ -431,7 +520,7 @@ class TextTransformer(nn.Module):
                          (t.context_length, t.width), pdtype)
         x = jnp.take(tok, text, axis=0).astype(dtype) + pos[: text.shape[1]].astype(dtype)
         x = Transformer(t.layers, t.heads, t.mlp_dim, c.act, True, c.ln_eps, c.remat, c.scan,
-                        dtype, pdtype, name="transformer")(x)
+                        c.attention, dtype, pdtype, name="transformer")(x)
         x = LayerNorm(c.ln_eps, name="ln_final", dtype=dtype, param_dtype=pdtype)(x)
         x = x[jnp.arange(x.shape[0]), jnp.argmax(text, axis=-1)]
         proj = self.param("text_projection",
