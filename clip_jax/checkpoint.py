@@ -235,7 +235,12 @@ def load_params(path: str, abstract_params, shardings=None):
     if shardings is None:
         one = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
         shardings = jax.tree.map(lambda _: one, abstract_params)
-    if os.path.exists(os.path.join(path, "model.safetensors")):
+    if not os.path.isdir(path):
+        raise FileNotFoundError(f"{path}: no such directory (expected a training workdir, its "
+                                "checkpoints/ directory, a bundle or a Hugging Face CLIP "
+                                "directory)")
+    weights = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
+    if any(os.path.exists(os.path.join(path, w)) for w in weights):
         from clip_jax import export
 
         return export.load_bundle_params(path, abstract_params, shardings)
@@ -245,7 +250,10 @@ def load_params(path: str, abstract_params, shardings=None):
                                     options=ocp.CheckpointManagerOptions(read_only=True))
     step = manager.latest_step()
     if step is None:
-        raise FileNotFoundError(f"no complete checkpoint found under {ckpt_dir}")
+        raise FileNotFoundError(
+            f"{path}: no model weights found: looked for a bundle or Hugging Face directory "
+            f"({', '.join(weights)} with a config.json) and for a complete orbax checkpoint "
+            f"step under {ckpt_dir}")
     # Restore the params subtree only; the source run's optimizer state is never read.
     target = {"params": _abstract_with_shardings(abstract_params, shardings)}
     restore_args = jax.tree.map(lambda x: ocp.ArrayRestoreArgs(sharding=x.sharding), target)

@@ -59,7 +59,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from clip_jax import models
+from clip_jax import cli, models
 
 BUNDLE_FORMAT = "clip_jax.bundle"
 BUNDLE_VERSION = 1
@@ -546,9 +546,107 @@ def _read_config(path: Path) -> dict | None:
 
 
 def is_bundle(path: str | os.PathLike) -> bool:
+    """Weights + a ``config.json`` of the bundle format (or one that does not parse, so that
+    reading it reports the parse error instead of "not a bundle")."""
     path = Path(path)
-    d = _read_config(path) if (path / WEIGHTS_FILE).is_file() else None
-    return isinstance(d, dict) and d.get("format") == BUNDLE_FORMAT
+    if not (path / WEIGHTS_FILE).is_file() or not (path / CONFIG_FILE).is_file():
+        return False
+    d = _read_config(path)
+    return d is None or (isinstance(d, dict) and d.get("format") == BUNDLE_FORMAT)
+
+
+_DTYPES = ("float32", "bfloat16", "float16")
+_ATTENTION = ("auto", "xla", "cudnn")
+_RESIZE = ("bicubic", "bilinear")
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_num(v) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def bundle_config(path: str | os.PathLike) -> tuple[models.ModelConfig, dict]:
+    """``(model config, preprocess)`` of a bundle's ``config.json``, every field checked: a
+    ValueError lists each bad field (``model.act='relu': ...``), so a hand-edited or damaged
+    bundle fails here, in words, and not as NaN embeddings or a KeyError deep in the model."""
+    path = Path(path)
+    file = path / CONFIG_FILE
+    try:
+        d = json.loads(file.read_text())
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path} is not a clip_jax bundle: no {CONFIG_FILE}") from None
+    except (OSError, ValueError) as e:
+        raise ValueError(f"{file} cannot be read as JSON: {e}") from None
+    if not isinstance(d, dict) or d.get("format") != BUNDLE_FORMAT:
+        raise ValueError(f"{path} is not a clip_jax bundle ({CONFIG_FILE} has no "
+                         f"format={BUNDLE_FORMAT!r})")
+    version = d.get("version", 0)
+    if not _is_int(version) or version > BUNDLE_VERSION:
+        raise ValueError(f"{file}: bundle version {version!r} is not one this clip_jax reads "
+                         f"(<= {BUNDLE_VERSION})")
+    errors = []
+    m = d.get("model")
+    if not isinstance(m, dict):
+        raise ValueError(f"{file}: 'model' must be an object of model config fields")
+    for sub in ("vision", "text"):
+        if not isinstance(m.get(sub, {}), dict):
+            errors.append(f"model.{sub}: must be an object")
+            continue
+        for k, v in m.get(sub, {}).items():
+            if not (_is_int(v) and v > 0):
+                errors.append(f"model.{sub}.{k}={v!r}: must be a positive integer")
+    checks = {
+        "embed_dim": (lambda v: _is_int(v) and v > 0, "a positive integer"),
+        "act": (lambda v: v in models._ACTS, f"one of {sorted(models._ACTS)}"),
+        "ln_eps": (lambda v: _is_num(v) and v > 0, "a positive number"),
+        "init_logit_scale": (_is_num, "a finite number"),
+        "init_logit_bias": (lambda v: v is None or _is_num(v), "null or a finite number"),
+        "dtype": (lambda v: v in _DTYPES, f"one of {list(_DTYPES)}"),
+        "param_dtype": (lambda v: v in _DTYPES, f"one of {list(_DTYPES)}"),
+        "remat": (lambda v: isinstance(v, bool), "true or false"),
+        "scan": (lambda v: isinstance(v, bool), "true or false"),
+        "attention": (lambda v: v in _ATTENTION, f"one of {list(_ATTENTION)}"),
+    }
+    for k, (ok, want) in checks.items():
+        if k in m and not ok(m[k]):
+            errors.append(f"model.{k}={m[k]!r}: must be {want}")
+    cfg = None
+    if not errors:
+        try:
+            cfg = models.ModelConfig.from_dict(m)
+        except (TypeError, ValueError) as e:
+            errors.append(str(e))
+    if cfg is not None:
+        for tower in ("vision", "text"):
+            t = getattr(cfg, tower)
+            if t.width % t.heads:
+                errors.append(f"model.{tower}.width={t.width} is not divisible by "
+                              f"heads={t.heads}")
+    pre = d.get("preprocess")
+    if not pre and cfg is not None:
+        pre = _default_preprocess(cfg.vision.image_size)
+    if not isinstance(pre, dict):
+        errors.append("preprocess: must be an object (image_size, mean, std, resize)")
+        pre = {}
+    for k in ("mean", "std"):
+        v = pre.get(k)
+        if not (isinstance(v, list) and len(v) == 3 and all(_is_num(x) for x in v)):
+            errors.append(f"preprocess.{k}={v!r}: must be 3 finite numbers (R, G, B)")
+        elif k == "std" and min(v) <= 0:
+            errors.append(f"preprocess.std={v!r}: must be > 0 (pixels are divided by it)")
+    size = pre.get("image_size")
+    if cfg is not None and size is not None and size != cfg.vision.image_size:
+        errors.append(f"preprocess.image_size={size!r}: must equal model.vision.image_size="
+                      f"{cfg.vision.image_size}")
+    if pre.get("resize", "bicubic") not in _RESIZE:
+        errors.append(f"preprocess.resize={pre.get('resize')!r}: must be one of "
+                      f"{list(_RESIZE)}")
+    if errors:
+        raise ValueError(f"{file} is not a valid bundle config: " + "; ".join(errors))
+    return cfg, dict(pre, image_size=cfg.vision.image_size)
 
 
 def _is_hf_dir(path: Path) -> bool:
@@ -560,19 +658,11 @@ def _is_hf_dir(path: Path) -> bool:
 def read_bundle(path: str | os.PathLike):
     """``(cfg, flat params (NumPy, layout of cfg), tokenizer or None, preprocess dict)``."""
     path = Path(path)
-    d = _read_config(path)
-    if not isinstance(d, dict) or d.get("format") != BUNDLE_FORMAT:
-        raise ValueError(f"{path} is not a clip_jax bundle (no {CONFIG_FILE} with "
-                         f"format={BUNDLE_FORMAT!r})")
-    if d.get("version", 0) > BUNDLE_VERSION:
-        raise ValueError(f"{path}: bundle version {d['version']} is newer than this clip_jax "
-                         f"reads ({BUNDLE_VERSION})")
-    cfg = models.ModelConfig.from_dict(d["model"])
+    cfg, pre = bundle_config(path)
     flat = read_safetensors(path / WEIGHTS_FILE)
     flat = _adapt(flat, flatten_params(abstract_params(cfg)), f"bundle {path}")
     tok_dir = _tokenizer_dir(path)
     tokenizer = _load_tokenizer(str(tok_dir)) if tok_dir else None
-    pre = d.get("preprocess") or _default_preprocess(cfg.vision.image_size)
     return cfg, flat, tokenizer, pre
 
 
@@ -610,9 +700,9 @@ def load_bundle_params(path: str | os.PathLike, abstract_params_tree, shardings=
     """
     path = Path(path)
     if is_bundle(path):
-        d = _read_config(path)
+        cfg, _ = bundle_config(path)
         flat = read_safetensors(path / WEIGHTS_FILE)
-        source = f"bundle {path} (model {d['model']})"
+        source = f"bundle {path} (model {cfg.to_dict()})"
     elif _is_hf_dir(path):
         _, flat = _read_hf_dir(path)
         source = f"HF CLIP directory {path}"
@@ -1122,7 +1212,7 @@ def import_hf(src: str | os.PathLike, scan: bool = False):
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = cli.ArgumentParser(
         prog="python -m clip_jax.export",
         description="Export a clip_jax checkpoint (bundle, open_clip, Hugging Face) or import "
                     "open_clip / Hugging Face CLIP weights into a bundle.")
@@ -1161,8 +1251,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             cfg, params, tok, pre = import_open_clip(args.src, args.model_config, args.scan)
         else:
             if args.model_config:
-                raise SystemExit("--model-config applies to --from open_clip only (HF "
-                                 "directories carry their config.json)")
+                raise cli.UserError("--model-config applies to --from open_clip only (HF "
+                                    "directories carry their config.json)")
             cfg, params, tok, pre = import_hf(args.src, args.scan)
         if args.tokenizer:
             tok = _load_tokenizer(args.tokenizer)
@@ -1174,7 +1264,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     src = Path(args.checkpoint)
     if out.resolve() == src.resolve():
-        raise SystemExit("--out must differ from --checkpoint")
+        raise cli.UserError("--out must differ from --checkpoint")
     cfg, params, tok, pre = load_source(src)
     if args.command == "bundle":
         save_bundle(out, params, cfg.replace(remat=False), tok, pre)
@@ -1198,4 +1288,4 @@ __all__ = [
 ]
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli.run(main))

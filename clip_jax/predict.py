@@ -20,6 +20,8 @@ import os
 import sys
 from collections.abc import Sequence
 
+from clip_jax import cli
+
 DEFAULT_TEMPLATES = ("a photo of a {}.",)
 
 
@@ -67,7 +69,7 @@ def load_images(paths: Sequence[str]):
                 f.load()
                 images.append(to_rgb(f))
         except (OSError, ValueError) as e:
-            raise SystemExit(f"cannot read image {p}: {e}") from e
+            raise cli.UserError(f"cannot read image {p}: {e}") from e
     return images
 
 
@@ -85,8 +87,8 @@ def format_ranking(name: str, probs, labels: Sequence[str], top_k: int = 0) -> s
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m clip_jax.predict",
-                                description="Zero-shot classification of images with a bundle.")
+    p = cli.ArgumentParser(prog="python -m clip_jax.predict",
+                           description="Zero-shot classification of images with a bundle.")
     p.add_argument("--model", required=True, help="bundle directory (python -m clip_jax.export)")
     p.add_argument("--image", action="append", required=True,
                    help="image file (repeat for several)")
@@ -125,4 +127,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli.run(main))

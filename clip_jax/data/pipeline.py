@@ -315,7 +315,12 @@ class _Opened:
                 self.file = open(path, "rb")  # noqa: SIM115
                 self.size = os.fstat(self.file.fileno()).st_size
         except FileNotFoundError as e:
-            raise FileNotFoundError(f"shard not found: {url}") from e
+            hint = ""
+            if any(c in url for c in "*?["):
+                hint = (" (shard specs are not glob patterns: '*', '?' and '[...]' are not "
+                        "expanded; name the shards with braces, e.g. "
+                        "'/data/shards/{00000..00099}.tar')")
+            raise FileNotFoundError(f"shard not found: {url}{hint}") from e
 
     @property
     def seekable(self) -> bool:

@@ -13,8 +13,9 @@ Inputs:
 * a directory: every ``*.jpg|jpeg|png|webp`` below it (sorted by path) with its caption in the
   ``.txt`` file of the same name beside it.
 
-Rows with an empty caption or a missing image file are skipped (counted in the summary).
-Images are stored as they are (other formats, e.g. BMP or GIF, are re-encoded as PNG).
+Rows with an empty caption, a missing image file or an image that does not decode are skipped
+(counted in the summary); an input with no usable sample is an error. Images are stored as they
+are (other formats, e.g. BMP or GIF, are re-encoded as PNG).
 
 Output (the img2dataset layout, read by :mod:`clip_jax.data.pipeline`)::
 
@@ -33,7 +34,6 @@ input: use a fresh directory for different data.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import csv
 import hashlib
@@ -44,6 +44,8 @@ import os
 import sys
 import tarfile
 from collections.abc import Iterable, Iterator
+
+from clip_jax import cli
 
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
 SIZES, CHECKSUMS, LOCK = "sizes.json", "checksums.json", ".write_shards.lock"
@@ -314,12 +316,27 @@ def load_image(path: str) -> tuple[bytes, str]:
     return buf.getvalue(), "png"
 
 
+def decodes(data: bytes) -> str | None:
+    """None if ``data`` is an image PIL decodes completely, else the decoder's error."""
+    from PIL import Image
+
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            img.load()
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
+        return f"{type(e).__name__}: {e}"
+    return None
+
+
 def write_from_rows(rows: list[tuple[str, str]], out_dir: str, samples_per_shard: int,
                     start_index: int = 0, log=None) -> dict:
-    """Shard ``(image path, caption)`` rows; returns a summary dict (see the module docstring)."""
+    """Shard ``(image path, caption)`` rows; returns a summary dict (see the module docstring).
+    Every image is decoded before it is stored; one that does not decode is skipped (a shard
+    then holds fewer samples; keys keep their row numbers)."""
     os.makedirs(out_dir, exist_ok=True)
     summary = {"rows": len(rows), "samples": 0, "shards": 0, "written": 0, "kept": 0,
-               "skipped_empty_caption": 0, "skipped_missing_image": 0}
+               "skipped_empty_caption": 0, "skipped_missing_image": 0,
+               "skipped_undecodable_image": 0}
     plan = []
     for path, caption in rows:
         caption = caption.strip()
@@ -331,22 +348,37 @@ def write_from_rows(rows: list[tuple[str, str]], out_dir: str, samples_per_shard
                 log(f"missing image, skipped: {path}")
         else:
             plan.append((path, caption))
+    def checked(first, chunk):
+        for j, (p, c) in enumerate(chunk):
+            data, ext = load_image(p)
+            error = decodes(data)
+            if error is None:
+                yield f"{first + j:09d}", data, ext, c
+                continue
+            summary["skipped_undecodable_image"] += 1
+            if log and summary["skipped_undecodable_image"] <= 5:
+                log(f"image does not decode, skipped: {p} ({error})")
+
     sizes: dict[str, int] = {}
     for k, first in enumerate(range(0, len(plan), samples_per_shard)):
         chunk = plan[first: first + samples_per_shard]
         name = shard_name(start_index + k)
-        if is_complete(out_dir, name, len(chunk)):
+        recorded = read_metadata(out_dir)[0].get(name)
+        if recorded is not None and recorded <= len(chunk) and is_complete(out_dir, name):
             summary["kept"] += 1
+            count = recorded
         else:
-            samples = ((f"{first + j:09d}", *load_image(p), c) for j, (p, c) in enumerate(chunk))
-            count, tmp, digest = _write_shard(out_dir, name, samples, len(chunk))
+            count, tmp, digest = _write_shard(out_dir, name, checked(first, chunk), len(chunk))
+            if count == 0:
+                os.remove(tmp)
+                continue
             os.replace(tmp, os.path.join(out_dir, name))
             _record(out_dir, name, count, digest)
             summary["written"] += 1
             if log:
                 log(f"wrote {name} ({count} samples)")
-        sizes[name] = len(chunk)
-    summary["samples"], summary["shards"] = len(plan), len(sizes)
+        sizes[name] = count
+    summary["samples"], summary["shards"] = sum(sizes.values()), len(sizes)
     if sizes:
         last = start_index + len(sizes) - 1
         summary["pattern"] = os.path.join(out_dir, f"{{{start_index:05d}..{last:05d}}}.tar")
@@ -354,7 +386,8 @@ def write_from_rows(rows: list[tuple[str, str]], out_dir: str, samples_per_shard
 
 
 def main(argv: list[str] | None = None) -> dict:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = cli.ArgumentParser(prog="python -m clip_jax.data.write_shards",
+                            description=__doc__.splitlines()[0])
     ap.add_argument("--input", required=True, help="CSV / TSV / parquet file or image folder")
     ap.add_argument("--out", required=True, help="output directory")
     ap.add_argument("--samples-per-shard", type=int, default=1000)
@@ -373,10 +406,17 @@ def main(argv: list[str] | None = None) -> dict:
         rows = read_table(args.input, args.image_column, args.caption_column, args.delimiter)
     else:
         ap.error(f"--input {args.input!r} is neither a file nor a directory")
+    if not rows:
+        raise cli.UserError(f"--input {args.input}: no images found (a folder needs "
+                            f"{'/'.join(IMAGE_EXTS)} files with a .txt caption beside each)")
     summary = write_from_rows(rows, args.out, args.samples_per_shard, args.start_index, log)
     print(json.dumps(summary))
+    if summary["samples"] == 0:
+        skipped = {k: v for k, v in summary.items() if k.startswith("skipped_") and v}
+        raise cli.UserError(f"--input {args.input}: no usable sample among {len(rows)} rows "
+                            f"({', '.join(f'{k[8:]}: {v}' for k, v in skipped.items())})")
     return summary
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(cli.run(lambda argv: main(argv) and 0))

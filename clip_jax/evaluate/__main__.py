@@ -20,12 +20,14 @@ import os
 import sys
 from collections.abc import Sequence
 
+from clip_jax import cli
+
 
 def _parser() -> argparse.ArgumentParser:
     from clip_jax.evaluate.evaluators import DEFAULT_SHOTS, EVALS
 
-    p = argparse.ArgumentParser(prog="python -m clip_jax.evaluate",
-                                description=__doc__.split("\n")[0])
+    p = cli.ArgumentParser(prog="python -m clip_jax.evaluate",
+                           description=__doc__.split("\n")[0])
     p.add_argument("--model", required=True, help="bundle, training workdir or checkpoints dir")
     p.add_argument("--eval", action="append", required=True,
                    help=f"evaluation(s): {', '.join(EVALS)} (repeat or comma-separate)")
@@ -82,4 +84,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli.run(main))

@@ -86,8 +86,16 @@ def read_card(path: str) -> dict:
     shards = card.get("shards") or card.get("eval_shards")
     if not shards:
         raise ValueError(f"{path}: the card names no 'shards' (or 'eval_shards')")
+    specs = [shards] if isinstance(shards, str) else list(shards) if isinstance(
+        shards, list) else None
+    if specs is None or not all(isinstance(s, str) for s in specs):
+        raise ValueError(f"{path}: 'shards' must be a shard spec string or a list of them")
+    if any(s.strip().startswith("pipe:") or "::pipe:" in s.replace(" ", "") for s in specs):
+        raise ValueError(f"{path}: the card's shards use 'pipe:' (a shell command); a dataset "
+                         "card may name files and URLs only (cards are downloaded: they must "
+                         "not run commands). Pass a pipe: spec on the command line instead")
     base = os.path.dirname(os.path.abspath(path))
-    if isinstance(shards, str) and "://" not in shards and not shards.startswith("pipe:"):
+    if isinstance(shards, str) and "://" not in shards:
         shards = shards if os.path.isabs(shards) else os.path.join(base, shards)
     card = dict(card, shards=shards)
     return card
