@@ -100,7 +100,8 @@ Workers
 -------
 ``data_cfg.worker_mode``: ``"process"`` (default; ``spawn``-started processes, so safe with JAX
 already running) or ``"thread"`` (same batches either way). Measured (2-core machine,
-``benchmarks/data_pipeline.py``): PIL decode / resize release the GIL, so on an idle
+``benchmarks/data_pipeline.py``, with the former PIL decode + resize; simplejpeg and OpenCV
+release the GIL too): decoding and resizing release the GIL, so on an idle
 interpreter threads match processes (~440 vs ~370-400 images/s, one worker: no pickling);
 but with a busy Python thread beside them (the train loop) thread workers fell to ~140
 images/s against ~210 for a process, and tar parsing, tokenisation and the shuffle are Python
