@@ -94,6 +94,9 @@ def _quiet_libtpu() -> None:
     os.environ.setdefault("TPU_WORKER_HOSTNAMES", "localhost")
     os.environ.setdefault("TPU_WORKER_ID", "0")
     os.environ.setdefault("TPU_SKIP_MDS_QUERY", "1")
+    # libtpu takes a host-wide lock (/tmp/libtpu_lockfile) for attached chips; with none, a
+    # second process (a test's CLI subprocess, two plans at once) may load it as well
+    os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
 
 
 def topology_devices(name: str) -> list:

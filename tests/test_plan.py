@@ -170,7 +170,9 @@ def test_a_bigger_batch_needs_more_temp_memory():
     temp = {}
     for batch in (512, 2048):
         r = plan.compiled_plan(_tiny(batch), "v5e:2x2")
-        assert r["fits"] and r["optimal_seconds"] > 0 and r["xla_tflops_per_chip"] > 0
+        assert r["fits"] and r["xla_tflops_per_chip"] > 0 and r["step_seconds_bound"] > 0
+        if r["optimal_seconds"] <= 0:  # seen: -12.0 at batch 2048; never used unchecked
+            assert r["step_seconds_source"].startswith("analytic roofline")
         temp[batch] = r["memory_bytes"]["temp"]
     assert temp[2048] >= 2 * temp[512], temp
 
