@@ -77,6 +77,7 @@ def test_sigkill_restart_equals_uninterrupted_run(tmp_path):
                            timeout=600)
     assert again.returncode == 0, again.stderr[-3000:]
     assert "resumed from step" in again.stdout
+    assert "taking over the lock of a run that is no longer running" in again.stdout
 
     m_ref, m_run = _metrics(tmp_path / "ref"), _metrics(run)
     assert [m["step"] for m in m_run] == [m["step"] for m in m_ref]
