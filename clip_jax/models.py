@@ -20,6 +20,7 @@ of data, meshes or checkpoints.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 from collections.abc import Mapping
@@ -268,6 +269,38 @@ def _param(init, names):
     return nn.with_logical_partitioning(init, names)
 
 
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
+def layer_norm(x, scale, bias, eps: float = 1e-5):
+    """``(x - mean) / sqrt(var + eps) * scale + bias`` over the last axis, in float32.
+
+    Both moments come from one pass over ``x`` (var = E[x^2] - E[x]^2, as flax's LayerNorm does
+    by default), and the backward is written out (two row means and one elementwise pass,
+    from the saved normalised input) instead of autodiff's chain of broadcasts: the layer norms
+    took ~20% of a small model's step on CPU before.
+    """
+    return _layer_norm_fwd(x, scale, bias, eps)[0]
+
+
+def _layer_norm_fwd(x, scale, bias, eps):
+    mean = x.mean(-1, keepdims=True)
+    var = jnp.maximum(jnp.square(x).mean(-1, keepdims=True) - jnp.square(mean), 0.0)
+    inv = jax.lax.rsqrt(var + eps)
+    xhat = (x - mean) * inv
+    return xhat * scale + bias, (xhat, inv, scale)
+
+
+def _layer_norm_bwd(eps, res, g):
+    del eps
+    xhat, inv, scale = res
+    gs = g * scale
+    dx = inv * (gs - gs.mean(-1, keepdims=True) - xhat * (gs * xhat).mean(-1, keepdims=True))
+    rows = tuple(range(g.ndim - 1))
+    return dx, (g * xhat).sum(rows), g.sum(rows)
+
+
+layer_norm.defvjp(_layer_norm_fwd, _layer_norm_bwd)
+
+
 class LayerNorm(nn.Module):
     """LayerNorm computed in float32 (stable under bf16), params named scale/bias."""
 
@@ -282,13 +315,9 @@ class LayerNorm(nn.Module):
                            self.param_dtype)
         bias = self.param("bias", _param(nn.initializers.zeros, ("norm",)), (d,),
                           self.param_dtype)
-        x32 = x.astype(jnp.float32)
-        # One pass over x for both moments (var = E[x^2] - E[x]^2, in float32, as flax's
-        # LayerNorm does by default): the reductions fuse into one loop.
-        mean = x32.mean(-1, keepdims=True)
-        var = jnp.maximum(jnp.square(x32).mean(-1, keepdims=True) - jnp.square(mean), 0.0)
-        y = (x32 - mean) * jax.lax.rsqrt(var + self.eps)
-        return (y * scale.astype(jnp.float32) + bias.astype(jnp.float32)).astype(self.dtype)
+        y = layer_norm(x.astype(jnp.float32), scale.astype(jnp.float32),
+                       bias.astype(jnp.float32), self.eps)
+        return y.astype(self.dtype)
 
 
 class Attention(nn.Module):

@@ -145,11 +145,20 @@ def test_fast_layers_equal_their_references():
                                atol=1e-5)
 
     h = jax.random.normal(jax.random.key(4), (5, 7, 64)) * 3 + 2
-    ln = models.LayerNorm()
-    lp = ln.init(jax.random.key(5), h)
-    mean = h.mean(-1, keepdims=True)
-    two_pass = (h - mean) / jnp.sqrt(((h - mean) ** 2).mean(-1, keepdims=True) + 1e-5)
-    np.testing.assert_allclose(ln.apply(lp, h), two_pass, atol=2e-5)
+    scale = jax.random.normal(jax.random.key(5), (64,))
+    bias = jax.random.normal(jax.random.key(6), (64,))
+    gh = jax.random.normal(jax.random.key(7), (5, 7, 64))
+
+    def two_pass(h, scale, bias):
+        mean = h.mean(-1, keepdims=True)
+        var = ((h - mean) ** 2).mean(-1, keepdims=True)
+        return (h - mean) / jnp.sqrt(var + 1e-5) * scale + bias
+
+    np.testing.assert_allclose(models.layer_norm(h, scale, bias, 1e-5),
+                               two_pass(h, scale, bias), atol=2e-5)
+    for a, b in zip(jax.vjp(lambda *xs: models.layer_norm(*xs, 1e-5), h, scale, bias)[1](gh),
+                    jax.vjp(two_pass, h, scale, bias)[1](gh)):
+        np.testing.assert_allclose(a, b, atol=1e-4, rtol=1e-5)
 
 
 def test_patch_embed_keeps_the_conv_parameter_and_its_init():
