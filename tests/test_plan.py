@@ -83,9 +83,33 @@ def test_analytic_flops_match_xla_on_an_unrolled_compile(remat, accum, loss, imp
         # once: it sees 1/accum of the tower work (the loss runs once, outside them)
         expected = (f.hardware - f.loss) / accum + f.loss
     # XLA also counts element-wise work (LayerNorm, GELU, softmax, AdamW): a few % here
-    assert 1.0 <= xla / expected <= 1.06, (xla, expected, f)
+    if remat:
+        # XLA's CPU compiler drops part of the recompute (it reuses the forward's qkv
+        # projection; seen in the optimized HLO), so on CPU the count lies between no
+        # recompute and the full one; the TPU compile runs all of it (the test below)
+        no_redo = (f.model + (accum - 1) * f.forward) / accum if accum > 1 else f.model
+        assert no_redo <= xla <= 1.06 * expected, (xla, expected, f)
+    else:
+        assert 1.0 <= xla / expected <= 1.06, (xla, expected, f)
     assert f.model < f.hardware if (remat or accum > 1) else f.model == pytest.approx(
         f.hardware, rel=1e-3)
+
+
+@needs_libtpu
+def test_analytic_remat_recompute_matches_the_tpu_compile():
+    """The TPU compiler runs the recompute ``flops`` counts: its extra FLOPs with remat (an
+    unrolled compile, so no scan undercount) equal the analytic ``remat`` term within 15%
+    (XLA also recomputes element-wise work), and the totals agree within 3%."""
+    counted = {}
+    for remat in (False, True):
+        c = _small(remat, 1, "clip", "dense", batch=256)
+        c.mesh.data, c.mesh.fsdp = 1, 4
+        setup = train.build(c, devices=plan.topology_devices("v5e:2x2"))
+        compiled, _ = plan.compile_step(setup)
+        counted[remat] = plan._cost(compiled)["flops"] * 4  # per-chip program x 4 chips
+    f = flops.train_step_flops(setup.model_cfg, 256, True, 1, "clip", "dense")
+    assert counted[True] == pytest.approx(f.hardware, rel=0.03), (counted, f)
+    assert counted[True] - counted[False] == pytest.approx(f.remat, rel=0.15), (counted, f)
 
 
 def test_flops_reject_an_unknown_loss():
