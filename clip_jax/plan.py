@@ -385,7 +385,10 @@ def main(argv) -> None:
         if not topology:
             raise PlanError("no --topology given and the config names none for its platform "
                             "(TOPOLOGY in the config file)")
-        result = plan(FLAGS.config, topology, FLAGS.image_dtype)
+        image_dtype = FLAGS.image_dtype
+        if image_dtype == "auto":  # what the run's data source feeds the step
+            image_dtype = "uint8" if FLAGS.config.data.source == "webdataset" else "float32"
+        result = plan(FLAGS.config, topology, image_dtype)
     except PlanError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
@@ -402,7 +405,9 @@ def _define_flags():
     flags.DEFINE_string("topology", None, "TPU topology, e.g. v5e:16x16 (default: the "
                                           "recipe's TOPOLOGY for its platform).")
     flags.DEFINE_bool("json", False, "Print one JSON object instead of the table.")
-    flags.DEFINE_string("image_dtype", "float32", "dtype of the image batch fed to the step.")
+    flags.DEFINE_string("image_dtype", "auto",
+                        "dtype of the image batch fed to the step; auto: uint8 for webdataset "
+                        "(the pipeline sends raw pixels), float32 for synthetic data.")
     flags.mark_flags_as_required(["config"])
 
 
