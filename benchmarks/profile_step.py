@@ -11,6 +11,13 @@ aten ops grouped the same way. Prints a Markdown table of milliseconds per step 
 The forward and backward of each part are counted together: XLA runs independent ops
 concurrently, so its sum of op durations exceeds its wall time; torch's CPU ops run one after
 another. Without torch/open_clip only the clip_jax column is printed.
+
+    python benchmarks/profile_step.py --ablate
+
+measures instead what each part really costs inside clip_jax's step, where the sum of op
+durations overstates element-wise ops that run beside a matmul: the step time with the layer
+norms, the GELUs or the attention core (scores, softmax, values) replaced by a pass-through
+(``x * scale + bias``, ``x``, ``v``), each in a fresh process, minus the full step's time.
 """
 
 from __future__ import annotations
@@ -102,12 +109,56 @@ def profile_torch(config_path: str, batch: int, steps: int) -> dict[str, float]:
     return parts
 
 
+ABLATIONS = ("none", "layer norm", "GELU", "attention core", "all three")
+
+
+def _ablated_step(what: str, config_path: str, batch: int, rounds: int, conn) -> None:
+    from clip_jax import models
+
+    if what in ("layer norm", "all three"):
+        models.layer_norm = lambda x, scale, bias, eps=1e-5: x * scale + bias
+    if what in ("GELU", "all three"):
+        models._ACTS["gelu"] = lambda x: x
+    if what in ("attention core", "all three"):
+        models.attention = lambda q, k, v, causal, implementation="auto": v
+    r = _JaxRunner(config_path, batch)
+    r.run(2)
+    conn.send(min(r.run(2)[0] / 2 for _ in range(rounds)))
+
+
+def ablate(config_path: str, batch: int, rounds: int = 4) -> dict[str, float]:
+    """Best step seconds of clip_jax's step with each part replaced by a pass-through."""
+    import multiprocessing as mp
+
+    ctx = mp.get_context("spawn")
+    out = {}
+    for what in ABLATIONS:
+        parent, child = ctx.Pipe()
+        proc = ctx.Process(target=_ablated_step, args=(what, config_path, batch, rounds, child))
+        proc.start()
+        out[what] = parent.recv()
+        proc.join()
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--preset", choices=sorted(PRESETS), default="tiny")
     ap.add_argument("--steps", type=int, default=2)
+    ap.add_argument("--ablate", action="store_true",
+                    help="marginal cost of each part in clip_jax's step (see above)")
     args = ap.parse_args()
     path, batch = PRESETS[args.preset]
+    if args.ablate:
+        t = ablate(path, batch)
+        print("| step with ... removed | step s | the part costs |")
+        print("| --- | ---: | ---: |")
+        for what, sec in t.items():
+            cost = t["none"] - sec
+            print(f"| {what} | {sec:.3f} | " + ("" if what == "none" else
+                  f"{cost:.3f} s ({cost / t['none']:.0%})") + " |")
+        print(json.dumps({"preset": args.preset, "batch": batch, "step_seconds": t}))
+        return
     cols = {"clip_jax": profile_jax(path, batch, args.steps)}
     try:
         import open_clip  # noqa: F401
