@@ -84,6 +84,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.data.synthetic_classes = 256  # synthetic: number of latent (image, text) classes
     c.data.synthetic_noise = 0.5
     c.data.prefetch = 2  # batches placed on devices ahead of the step
+    c.data.worker_mode = "process"  # data workers: "process" (spawned) or "thread"
+    c.data.worker_prefetch = 2  # batches queued per worker
+    c.data.jpeg_draft = True  # JPEGs decoded at a reduced DCT scale (>= 1.25x the image size)
 
     c.checkpoint = ml_collections.ConfigDict()
     c.checkpoint.every_steps = 0  # 0 = only at the end
@@ -135,6 +138,7 @@ _CHOICES = {
     "loss": ("clip", "siglip"),
     "loss_impl": ("dense", "blockwise"),
     "data.source": ("synthetic", "webdataset"),
+    "data.worker_mode": ("process", "thread"),
 }
 
 
