@@ -467,9 +467,7 @@ def _train_locked(config, workdir: str, devices, is_main: bool) -> dict:
     try:
         restored = ckpt.restore_latest(log=writer.log)
     except BaseException:
-        ckpt.close()
-        if hasattr(data, "close"):
-            data.close()
+        _close(ckpt, data)
         raise
     if is_main:
         workdir_lib.write_config(workdir, config.to_json_best_effort(indent=2))
@@ -532,9 +530,7 @@ def _train_locked(config, workdir: str, devices, is_main: bool) -> dict:
                     break
     finally:
         feed.close()
-        if hasattr(data, "close"):
-            data.close()
-        ckpt.close()
+        _close(ckpt, data)
     if is_main:
         from clip_jax.evaluate import plots
 
@@ -543,11 +539,16 @@ def _train_locked(config, workdir: str, devices, is_main: bool) -> dict:
     return last
 
 
-def _already_complete(step: int, config, workdir: str, writer, ckpt, data) -> dict:
-    """A finished run re-run: nothing to train; its last logged metrics."""
-    ckpt.close()
+def _close(ckpt, data) -> None:
+    """Stop the data workers and the checkpointer (waits for a save in flight)."""
     if hasattr(data, "close"):
         data.close()
+    ckpt.close()
+
+
+def _already_complete(step: int, config, workdir: str, writer, ckpt, data) -> dict:
+    """A finished run re-run: nothing to train; its last logged metrics."""
+    _close(ckpt, data)
     last = writer.last_record(step)
     writer.log(f"{workdir}: the run is already complete at step {step} "
                f"(total_steps={config.total_steps}); nothing to do")
