@@ -32,6 +32,8 @@ import json
 import os
 from collections.abc import Sequence
 
+DEFAULT_TEMPLATES = ("a photo of a {}.",)  # when a dataset or a user names no templates
+
 OPENAI_IMAGENET_TEMPLATES = (
     "a bad photo of a {}.",
     "a photo of many {}.",
