@@ -9,7 +9,8 @@
 * :func:`resize_center_crop` (evaluation / inference): shorter side to ``size`` (PIL bicubic)
   then center crop, exactly as CLIP's / open_clip's evaluation preprocessing; ``uint8``.
 * :func:`normalize`: ``(x / 255 - CLIP_MEAN) / CLIP_STD`` in float32, for one image or a batch
-  (the evaluation and inference paths, which still feed float32).
+  (the evaluation and inference paths, which still feed float32; another mean / std may be
+  given). The one place pixel normalisation is written on the host.
 * ``train_transform`` / ``eval_transform``: the composed one-image float32 versions.
 
 Decoding: :func:`decode_image` returns an RGB PIL image (evaluation, tools);
@@ -29,6 +30,7 @@ from __future__ import annotations
 
 import io
 import math
+from collections.abc import Sequence
 
 import cv2
 import numpy as np
@@ -194,12 +196,20 @@ def resize_center_crop(img: Image.Image, size: int) -> np.ndarray:
     return np.asarray(img, dtype=np.uint8)
 
 
-def normalize(images: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
-    """uint8 (..., 3) in [0, 255] -> float32 ``(x/255 - CLIP_MEAN) / CLIP_STD`` (into ``out``)."""
+def normalize(images: np.ndarray, out: np.ndarray | None = None,
+              mean: Sequence[float] | None = None,
+              std: Sequence[float] | None = None) -> np.ndarray:
+    """uint8 (..., 3) in [0, 255] -> float32 ``(x/255 - mean) / std`` (into ``out``).
+
+    ``mean`` / ``std`` are per channel in [0, 1] units (a bundle may carry its own); they
+    default to :data:`CLIP_MEAN` / :data:`CLIP_STD`.
+    """
+    mean255 = _MEAN255 if mean is None else np.asarray(mean, np.float32) * 255
+    inv_std255 = _INV_STD255 if std is None else 1 / (np.asarray(std, np.float32) * 255)
     if out is None:
         out = np.empty(images.shape, np.float32)
-    np.subtract(images, _MEAN255, out=out, dtype=np.float32)
-    np.multiply(out, _INV_STD255, out=out)
+    np.subtract(images, mean255, out=out, dtype=np.float32)
+    np.multiply(out, inv_std255, out=out)
     return out
 
 
