@@ -42,7 +42,7 @@ from PIL import Image
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from clip_jax.data import pipeline, transforms, write_shards  # noqa: E402
+from clip_jax.data import pipeline, shards, tario, transforms, write_shards  # noqa: E402
 
 WORDS = ("a photo of the red old car parked near green house with small dog on sunny day "
          "beautiful mountain landscape river lake city street night view people walking in "
@@ -107,9 +107,9 @@ def synthetic_shards(out_dir: str, n: int, size: tuple[int, int], per_shard: int
 def per_core(spec, tokenizer_spec, image_size: int, batch: int, limit: int,
              rounds: int) -> dict:
     raws = []
-    for url in pipeline.expand_shards(spec):
-        for group in pipeline.iter_groups(url, pipeline._wanted(())):
-            raw = pipeline.to_raw_sample(group, None)
+    for url in shards.expand_shards(spec):
+        for group in tario.iter_groups(url, tario.wanted_exts()):
+            raw = tario.to_raw_sample(group, None)
             if raw is not None:
                 raws.append(raw)
             if len(raws) >= limit:

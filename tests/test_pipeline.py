@@ -1,4 +1,5 @@
-"""Tests for the webdataset pipeline (clip_jax/data/pipeline.py) and transforms."""
+"""Tests for the webdataset train pipeline (clip_jax/data/: shards, tario, stream, workers,
+pipeline) and transforms."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from clip_jax.data import pipeline, transforms
+from clip_jax.data import pipeline, shards, stream, tario, transforms
 
 SIZE, L = 16, 16
 
@@ -88,20 +89,20 @@ def shards8(tmp_path_factory):
 
 
 def test_shard_specs():
-    assert pipeline.expand_braces("a/{08..11}.tar") == ["a/08.tar", "a/09.tar", "a/10.tar",
+    assert shards.expand_braces("a/{08..11}.tar") == ["a/08.tar", "a/09.tar", "a/10.tar",
                                                         "a/11.tar"]
-    assert pipeline.expand_braces("{a,b}{0..1}") == ["a0", "a1", "b0", "b1"]
-    assert pipeline.expand_shards(["x{1..2}", "y"]) == ["x1", "x2", "y"]
-    assert pipeline.expand_shards("pipe:cat /d/{0..1}.tar") == ["pipe:cat /d/0.tar",
+    assert shards.expand_braces("{a,b}{0..1}") == ["a0", "a1", "b0", "b1"]
+    assert shards.expand_shards(["x{1..2}", "y"]) == ["x1", "x2", "y"]
+    assert shards.expand_shards("pipe:cat /d/{0..1}.tar") == ["pipe:cat /d/0.tar",
                                                                  "pipe:cat /d/1.tar"]
-    src = pipeline.parse_sources("gs://b/{000..001}.tar@0.75::/l/{0..2}.tar")
+    src = shards.parse_sources("gs://b/{000..001}.tar@0.75::/l/{0..2}.tar")
     assert [s.shards for s in src] == [("gs://b/000.tar", "gs://b/001.tar"),
                                        ("/l/0.tar", "/l/1.tar", "/l/2.tar")]
     assert [s.weight for s in src] == [0.75, 1.0]
-    src = pipeline.parse_sources([{"shards": "a{0..1}", "weight": 2}, {"shards": ["c"]}])
+    src = shards.parse_sources([{"shards": "a{0..1}", "weight": 2}, {"shards": ["c"]}])
     assert [(s.shards, s.weight) for s in src] == [(("a0", "a1"), 2.0), (("c",), 1.0)]
     with pytest.raises(ValueError, match="weight"):
-        pipeline.parse_sources([{"shards": "a", "weight": 0}])
+        shards.parse_sources([{"shards": "a", "weight": 0}])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -255,8 +256,8 @@ def test_corrupt_data_counted_not_fatal(tmp_path):
         f.write(good[: third.offset + 100])
     spec = spec.replace("00004", "00008")
 
-    stats = pipeline._new_stats()
-    got = list(pipeline.iterate_samples(spec, stats=stats))
+    stats = tario.new_stats()
+    got = list(tario.iterate_samples(spec, stats=stats))
     caps = [c for _, _, c in got]
     assert caps[-6:] == ["json caption", "e ok", "s0-0", "s0-1", "s0-0", "s0-1"]
     assert len(got) == 4 * 5 + 2 + 2 + 2
@@ -283,7 +284,7 @@ def test_only_decoder_errors_count_as_corrupt(tmp_path, monkeypatch):
         raise TypeError("a programming error")
 
     with monkeypatch.context() as m:
-        m.setattr(pipeline.transforms, "random_resized_crop", broken_crop)
+        m.setattr(transforms, "random_resized_crop", broken_crop)
         it = pipeline.make_train_iterator(cfg(spec), FakeTokenizer(), SIZE, 2, seed=0)
         with pytest.raises(TypeError, match="programming error"):
             next(it)
@@ -293,54 +294,45 @@ def test_only_decoder_errors_count_as_corrupt(tmp_path, monkeypatch):
         raise AttributeError("another programming error")
 
     with monkeypatch.context() as m:
-        m.setattr(pipeline.transforms, "decode_image", broken_decode)
+        m.setattr(transforms, "decode_image", broken_decode)
         with pytest.raises(AttributeError):
-            list(pipeline.iterate_samples(spec))
-        with pytest.raises(AttributeError):
-            list(pipeline.make_eval_iterator(spec, FakeTokenizer(), SIZE, 2, context_length=L))
+            list(tario.iterate_samples(spec))
+        # (the evaluation path's counterpart: tests/test_datasets.py)
 
     bad = tmp_path / "bad"
     bad.mkdir()
     write_tar(os.path.join(bad, "00000.tar"),
               [m for i in range(6) for m in ((f"k{i}.jpg", b"\xff\xd8\xff not a jpeg"),
                                              (f"k{i}.txt", b"caption"))])
-    monkeypatch.setattr(pipeline, "_MAX_CONSECUTIVE_CORRUPT", 3)
+    monkeypatch.setattr(stream, "_MAX_CONSECUTIVE_CORRUPT", 3)
     it = pipeline.make_train_iterator(cfg(str(bad / "00000.tar")), FakeTokenizer(), SIZE, 2,
                                       seed=0)
     with pytest.raises(RuntimeError, match="4 undecodable images in a row") as info:
         next(it)
-    assert isinstance(info.value.__cause__, pipeline.transforms.DECODE_ERRORS)
+    assert isinstance(info.value.__cause__, transforms.DECODE_ERRORS)
     assert "cannot identify image" in str(info.value.__cause__)
     it.close()
 
 
 # ---------------------------------------------------------------------------------------------
-# eval iterator, iterate_samples, transforms
+# shard specs (braceexpand), iterate_samples, transforms
 
 
-def test_eval_iterator(tmp_path):
-    spec = make_shards(tmp_path, 2, 5)
-    write_tar(os.path.join(tmp_path, "00002.tar"),
-              [("k.png", png(7, 30, 20)), ("k.txt", b"last"), ("k.cls", b"3")])
-    spec = spec.replace("00001", "00002")
-    batches = list(pipeline.make_eval_iterator(spec, FakeTokenizer(), SIZE, 4,
-                                               context_length=L, extra_fields=("cls",)))
-    assert len(batches) == 3
-    last = batches[-1]
-    assert last["mask"].tolist() == [True, True, True, False]
-    assert captions(last)[:3] == ["s1-3", "s1-4", "last"] and captions(last)[3] == ""
-    assert last["cls"].tolist() == ["", "", "3", ""]
-    assert not last["image"][3].any()
-    img = Image.open(io.BytesIO(png(7, 30, 20))).convert("RGB")
-    np.testing.assert_array_equal(last["image"][2], transforms.eval_transform(img, SIZE))
-    keys = [k for b in batches for k, m in zip(b["key"], b["mask"], strict=True) if m]
-    assert keys == [f"{s:03d}{j:04d}" for s in range(2) for j in range(5)] + ["k"]
+def test_brace_zero_padding_keeps_width():
+    """braceexpand keeps the width of zero-padded bounds, as the former hand-written parser."""
+    assert shards.expand_braces("/d/{000000..000009}.tar") == [
+        f"/d/{i:06d}.tar" for i in range(10)]
+    assert shards.expand_braces("{0009..0011}") == ["0009", "0010", "0011"]
+    assert shards.expand_braces("{10..08}") == ["10", "09", "08"]
+    assert shards.expand_braces("{8..11}") == ["8", "9", "10", "11"]  # no padding: none added
+    assert shards.expand_shards("a/{00000..41407}.tar")[-1] == "a/41407.tar"
+    assert len(shards.expand_shards("a/{00000..41407}.tar")) == 41408
 
 
 def test_iterate_samples_pipe(tmp_path):
     spec = make_shards(tmp_path, 2, 3)
-    local = list(pipeline.iterate_samples(spec, decode=False))
-    piped = list(pipeline.iterate_samples(f"pipe:cat {spec}", decode=False))
+    local = list(tario.iterate_samples(spec, decode=False))
+    piped = list(tario.iterate_samples(f"pipe:cat {spec}", decode=False))
     assert local == piped and len(local) == 6
     key, data, caption = local[0]
     assert (key, caption) == ("0000000", "s0-0") and data == png(0, 16, 18)

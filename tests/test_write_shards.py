@@ -1,4 +1,5 @@
-"""Tests for the shard writer (clip_jax/data/write_shards.py), read back with the pipeline."""
+"""Tests for the shard writer (clip_jax/data/write_shards.py), read back with our tar reader
+(clip_jax/data/tario.py)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from clip_jax.data import pipeline, write_shards
+from clip_jax.data import tario, write_shards
 
 
 def image_bytes(seed: int, fmt: str = "PNG") -> bytes:
@@ -24,7 +25,7 @@ def image_bytes(seed: int, fmt: str = "PNG") -> bytes:
 
 def read_back(out_dir: str, n_shards: int) -> list[tuple[str, bytes, str]]:
     spec = os.path.join(out_dir, f"{{00000..{n_shards - 1:05d}}}.tar")
-    return list(pipeline.iterate_samples(spec, decode=False))
+    return list(tario.iterate_samples(spec, decode=False))
 
 
 def check_metadata(out_dir: str, expected_sizes: dict) -> None:
@@ -73,7 +74,7 @@ def test_csv_round_trip(tmp_path, csv_input, capsys):
     got = read_back(out, 3)
     assert [k for k, _, _ in got] == [f"{i:09d}" for i in range(11)]
     assert [(d, c) for _, d, c in got] == expected
-    decoded = list(pipeline.iterate_samples(summary["pattern"]))
+    decoded = list(tario.iterate_samples(summary["pattern"]))
     assert decoded[3][1].size == (10, 12 + 3 % 4)
 
 
@@ -125,7 +126,7 @@ def test_write_samples_api_and_resume(tmp_path):
     assert os.stat(os.path.join(out, "00003.tar")).st_mtime_ns == keep
     check_metadata(out, result)
     spec = os.path.join(out, "{00003..00005}.tar")
-    got = list(pipeline.iterate_samples(spec, decode=False))
+    got = list(tario.iterate_samples(spec, decode=False))
     assert got == [(f"k{i:04d}", image_bytes(i), f"sample {i}") for i in range(10)]
     # exactly one full shard: no empty shard after it
     assert write_shards.write_samples(samples(4), str(tmp_path / "x"), 4) == {"00000.tar": 4}
@@ -156,7 +157,7 @@ def test_folder_and_tsv_inputs(tmp_path, capsys):
     out = str(tmp_path / "o2")
     write_shards.main(["--input", str(tsv), "--out", out, "--samples-per-shard", "10",
                        "--image-column", "img", "--caption-column", "cap", "--quiet"])
-    got = list(pipeline.iterate_samples(os.path.join(out, "00000.tar")))
+    got = list(tario.iterate_samples(os.path.join(out, "00000.tar")))
     assert [c for _, _, c in got] == ["a bmp, re-encoded", "png"]
     assert got[0][1].getpixel((0, 0)) == (1, 2, 3)
     with pytest.raises(ValueError, match="no image column"):

@@ -15,12 +15,14 @@ A dataset is named by a *spec* string:
   "label_key": "cls"}``: webdataset shards whose ``KEY.<label_key>`` member holds the class
   index. The same card serves retrieval (captions from ``KEY.txt``, plus a ``"captions"``
   list in ``KEY.json`` when there are several per image).
-* ``folder:PATH`` or a directory: an image folder ``PATH/<class name>/*.jpg`` (underscores in
+* ``folder:PATH`` or a directory: an image folder ``PATH/<class name>/*.jpg`` (any of
+  :data:`clip_jax.data.tario.FOLDER_IMAGE_EXTS`: the shard image formats plus BMP; underscores in
   folder names become spaces in class names).
 * for retrieval only, a plain shard spec (``/data/coco/{000..004}.tar``).
 
 Samples come out as ``uint8`` (S, S, 3) arrays after the eval transform (shorter side resized to
-S, center crop); :func:`batches` normalises and pads them into fixed-size float32 batches.
+S, center crop); :func:`batches` normalises (:func:`clip_jax.data.transforms.normalize`) and
+zero-pads them into fixed-size float32 batches: the one collation of every evaluator.
 Undecodable images are skipped and counted in ``dataset.stats``.
 """
 
@@ -33,11 +35,11 @@ from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
 
-from clip_jax.data import pipeline, transforms
+from clip_jax.data import shards, tario, transforms
 from clip_jax.evaluate import templates as templates_lib
+from clip_jax.evaluate.templates import DEFAULT_TEMPLATES
 
-IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
-DEFAULT_TEMPLATES = ("a photo of a {}.",)
+_FOLDER_SUFFIXES = tuple(f".{e}" for e in tario.FOLDER_IMAGE_EXTS)
 _TFDS_CURATED = {"cifar10": "cifar10", "cifar100": "cifar100", "imagenet2012": "imagenet",
                  "imagenet2012_subset": "imagenet", "imagenet_v2": "imagenet",
                  "imagenet_a": "imagenet", "imagenet_r": "imagenet"}
@@ -66,10 +68,13 @@ class CaptionedSet:
 
 
 def _decode(data, size: int, stats: dict) -> np.ndarray | None:
+    """The eval transform of image bytes (or a PIL image); None, counted, if it does not decode.
+
+    Only the decoder's errors mean a bad image: anything else is a bug, raised."""
     try:
         img = data if not isinstance(data, bytes) else transforms.decode_image(data, size)
         return transforms.resize_center_crop(img, size)
-    except Exception:  # corrupt / truncated image: skip and count
+    except transforms.DECODE_ERRORS:  # corrupt / truncated image: skip and count
         stats["skipped_corrupt_image"] += 1
         return None
 
@@ -83,11 +88,11 @@ def read_card(path: str) -> dict:
         card = json.load(f)
     if not isinstance(card, dict):
         raise ValueError(f"{path}: a dataset card must be a JSON object")
-    shards = card.get("shards") or card.get("eval_shards")
-    if not shards:
+    shard_spec = card.get("shards") or card.get("eval_shards")
+    if not shard_spec:
         raise ValueError(f"{path}: the card names no 'shards' (or 'eval_shards')")
-    specs = [shards] if isinstance(shards, str) else list(shards) if isinstance(
-        shards, list) else None
+    specs = [shard_spec] if isinstance(shard_spec, str) else list(shard_spec) if isinstance(
+        shard_spec, list) else None
     if specs is None or not all(isinstance(s, str) for s in specs):
         raise ValueError(f"{path}: 'shards' must be a shard spec string or a list of them")
     if any(s.strip().startswith("pipe:") or "::pipe:" in s.replace(" ", "") for s in specs):
@@ -95,9 +100,10 @@ def read_card(path: str) -> dict:
                          "card may name files and URLs only (cards are downloaded: they must "
                          "not run commands). Pass a pipe: spec on the command line instead")
     base = os.path.dirname(os.path.abspath(path))
-    if isinstance(shards, str) and "://" not in shards:
-        shards = shards if os.path.isabs(shards) else os.path.join(base, shards)
-    card = dict(card, shards=shards)
+    if isinstance(shard_spec, str) and "://" not in shard_spec:
+        shard_spec = (shard_spec if os.path.isabs(shard_spec)
+                      else os.path.join(base, shard_spec))
+    card = dict(card, shards=shard_spec)
     return card
 
 
@@ -111,10 +117,10 @@ def _card_labelled(path: str, templates: Sequence[str] | None) -> LabelledSet:
                      list(templates or card.get("templates") or DEFAULT_TEMPLATES), None)
 
     def samples(size):
-        wanted = frozenset((*pipeline.IMAGE_EXTS, key))
-        for url in pipeline.expand_shards(card["shards"]):
-            for group in pipeline.iter_groups(url, wanted, 0, ds.stats):
-                image = next((group[e] for e in pipeline.IMAGE_EXTS if e in group), None)
+        wanted = frozenset((*tario.IMAGE_EXTS, key))
+        for url in shards.expand_shards(card["shards"]):
+            for group in tario.iter_groups(url, wanted, 0, ds.stats):
+                image = tario.image_of(group)
                 if image is None:
                     ds.stats["skipped_no_image"] += 1
                     continue
@@ -149,7 +155,7 @@ def _shards_captioned(spec, name: str) -> CaptionedSet:
     ds = CaptionedSet(name, None)
 
     def samples(size):
-        for _, image, caption, extras in pipeline.iterate_samples(
+        for _, image, caption, extras in tario.iterate_samples(
                 spec, decode=False, extra_fields=("json",), stats=ds.stats):
             arr = _decode(image, size, ds.stats)
             if arr is not None:
@@ -170,11 +176,11 @@ def _folder_labelled(root: str, templates: Sequence[str] | None) -> LabelledSet:
     files = []
     for label, c in enumerate(classes):
         for f in sorted(os.listdir(os.path.join(root, c))):
-            if f.lower().endswith(IMAGE_EXTS):
+            if f.lower().endswith(_FOLDER_SUFFIXES):
                 files.append((os.path.join(root, c, f), label))
     if not files:
         raise ValueError(f"image folder {root} holds no <class>/<image> files "
-                         f"({', '.join(IMAGE_EXTS)})")
+                         f"({', '.join(_FOLDER_SUFFIXES)})")
     ds = LabelledSet(os.path.basename(os.path.normpath(root)),
                      [c.replace("_", " ") for c in classes],
                      list(templates or DEFAULT_TEMPLATES), None)
@@ -307,7 +313,7 @@ def captioned(spec: str) -> CaptionedSet:
     if spec.startswith("tfds:") or spec.startswith("folder:"):
         raise ValueError(f"retrieval needs captions: {spec!r} is a labelled set; give a .json "
                          "card or a shard spec of (image, caption) samples")
-    pipeline.expand_shards(spec)  # validates the spec now, with a clear error
+    shards.expand_shards(spec)  # validates the spec now, with a clear error
     return _shards_captioned(spec, os.path.basename(spec.split("{")[0].rstrip("/")) or spec)
 
 
@@ -361,11 +367,6 @@ def _collate(chunk, batch_size: int, mean, std):
     images = np.zeros((batch_size, *chunk[0][0].shape), np.uint8)
     for i, (img, _) in enumerate(chunk):
         images[i] = img
-    if mean is None and std is None:
-        out = transforms.normalize(images)
-    else:
-        m = np.asarray(mean if mean is not None else transforms.CLIP_MEAN, np.float32) * 255
-        sd = np.asarray(std if std is not None else transforms.CLIP_STD, np.float32) * 255
-        out = (images.astype(np.float32) - m) / sd
+    out = transforms.normalize(images, mean=mean, std=std)
     out[len(chunk):] = 0
     return out, [x for _, x in chunk], len(chunk)

@@ -1,0 +1,329 @@
+"""The deterministic core of the train stream: shard assignment, source mixing, shuffle, batches.
+
+Everything here is a pure function of the configuration and runs in one thread: the worker
+pool (:mod:`clip_jax.data.workers`) only runs :class:`BatchMaker` objects somewhere else, so
+this module is tested without processes.
+
+Sharding and modes
+------------------
+Each of the ``process_count`` JAX processes runs ``workers`` loader workers (``0``: one, inside
+the calling thread); worker ``w`` of process ``p`` is *consumer* ``c = p * workers + w`` of
+``C = process_count * max(workers, 1)``.
+
+* epoch mode (``resampled=False``): in epoch ``e`` each source's shard list is permuted with
+  a generator seeded by ``(seed, source, e)`` and consumer ``c`` reads ``perm[c::C]``: every
+  epoch, the consumers read disjoint shard sets whose union is every shard exactly once.
+  Epochs follow each other forever; with a single source the shuffle below never mixes two
+  epochs, so each epoch yields every valid sample exactly once over all consumers.
+* resampled mode (``resampled=True``): consumer ``c`` draws its ``k``-th shard uniformly, with
+  replacement, from the source's full list with a generator seeded by ``(seed, source, c, k)``.
+
+Within a consumer, the source of its ``i``-th sample is drawn by weight from a hash of
+``(seed, c, i)``.
+
+Shuffle
+-------
+Consumer ``c``'s ``i``-th raw sample gets the priority ``(epoch, i + W * u_i)`` with
+``u_i = hash(seed, c, i)`` in [0, 1) and ``W = 2 * shuffle_buffer`` (``epoch`` is 0 in resampled
+mode or with several sources); samples leave in priority order. This is computed streaming with
+a heap: the smallest priority is final as soon as it is below ``(current epoch, next index)``,
+the lower bound of every sample not read yet. Samples move by at most ``W`` places (a uniform
+local shuffle) and the heap holds about ``shuffle_buffer`` raw (undecoded) samples.
+(webdataset's shuffle buffer cannot be rebuilt after a restart; this one can, see below.)
+
+Decode, augment and tokenise happen after the shuffle; the random crop of sample ``i`` uses a
+generator seeded by ``(seed, c, i)``. Workers decode (JPEG: libjpeg-turbo via simplejpeg, DCT
+downscaling) and crop + resize (OpenCV) to ``uint8`` images.
+
+Exact resume
+------------
+:meth:`BatchMaker.state` is a small JSON-able dict: its number of batches, its counters and its
+shuffle state:
+
+* ``next``: how many raw samples it has read; ``last``: ``[epoch, i]`` of the last sample that
+  left the heap (every sample read with a smaller priority has left, none with a larger one);
+* ``replay``: the read cursor (per source: epoch, position in the epoch's shard list or draw
+  number, sample groups already read in that shard) just before the oldest sample still in the
+  heap; ``epoch``: the epoch of the last sample read.
+
+Restoring restarts at ``replay``: it reopens that shard, skips the recorded number of groups
+without reading images (:func:`clip_jax.data.tario.iter_groups`), re-reads raw samples up to
+``next`` (at most ``W``) and puts back into the heap those with a priority above ``last``. The
+heap is then identical, so the next batches are byte-identical to those the original would have
+made.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from clip_jax.data import transforms
+from clip_jax.data.shards import Source
+from clip_jax.data.tario import RawSample, iter_groups, new_stats, to_raw_sample, wanted_exts
+
+_TAG_EPOCH, _TAG_DRAW, _TAG_MIX, _TAG_SHUFFLE, _TAG_CROP = 11, 12, 13, 14, 15
+_MAX_CONSECUTIVE_CORRUPT = 10000
+
+# ---------------------------------------------------------------------------------------------
+# Hashing (pure functions of integers, used for per-sample random decisions)
+
+_M64 = (1 << 64) - 1
+
+
+def _mix64(x: int) -> int:
+    """splitmix64 finaliser."""
+    x = (x + 0x9E3779B97F4A7C15) & _M64
+    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & _M64
+    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & _M64
+    return x ^ (x >> 31)
+
+
+def _hash(*values: int) -> int:
+    h = 0x243F6A8885A308D3
+    for v in values:
+        h = _mix64(h ^ (int(v) & _M64))
+    return h
+
+
+def _unit(*values: int) -> float:
+    """A uniform float in [0, 1) from a hash of ``values``."""
+    return (_hash(*values) >> 11) * (1.0 / (1 << 53))
+
+
+def _seed_seq(*values: int) -> list[int]:
+    return [int(v) & _M64 for v in values]
+
+
+
+@dataclass(frozen=True)
+class WorkerSpec:
+    """Everything a worker needs (picklable, sent to worker processes)."""
+
+    sources: tuple[Source, ...]
+    seed: int
+    consumer: int
+    num_consumers: int
+    resampled: bool
+    shuffle_window: int
+    batch_size: int
+    image_size: int
+    context_length: int
+    jpeg_draft: bool = True
+    name: str = "worker"
+
+
+class _SourceReader:
+    """Consumer ``c``'s walk over one source: cursor = [epoch, position, groups read in shard]."""
+
+    def __init__(self, spec: WorkerSpec, index: int):
+        self.src, self.index, self.spec = spec.sources[index], index, spec
+        self.epoch, self.pos, self.groups = 0, 0, 0
+        self._it = None
+        self._mine: tuple[int, list[str]] | None = None
+        self._empty_run, self._valid_in_shard = 0, False
+
+    def cursor(self) -> list[int]:
+        return [self.epoch, self.pos, self.groups]
+
+    def set_cursor(self, cursor: Sequence[int]) -> None:
+        self.close()
+        self.epoch, self.pos, self.groups = (int(v) for v in cursor)
+
+    def close(self) -> None:
+        if self._it is not None:
+            self._it.close()
+            self._it = None
+
+    def _epoch_shards(self) -> list[str]:
+        if self._mine is None or self._mine[0] != self.epoch:
+            n = len(self.src.shards)
+            rng = np.random.default_rng(_seed_seq(self.spec.seed, self.index, self.epoch,
+                                                  _TAG_EPOCH))
+            perm = rng.permutation(n)
+            mine = [self.src.shards[j] for j in perm[self.spec.consumer::self.spec.num_consumers]]
+            self._mine = (self.epoch, mine)
+        return self._mine[1]
+
+    def _url(self) -> str:
+        if self.spec.resampled:
+            rng = np.random.default_rng(_seed_seq(self.spec.seed, self.index, self.spec.consumer,
+                                                  self.pos, _TAG_DRAW))
+            return self.src.shards[int(rng.integers(len(self.src.shards)))]
+        return self._epoch_shards()[self.pos]
+
+    def _advance_shard(self, url: str) -> None:
+        self.close()
+        self._empty_run = 0 if self._valid_in_shard else self._empty_run + 1
+        limit = (2 * len(self.src.shards) + 16 if self.spec.resampled
+                 else 2 * len(self._epoch_shards()))
+        if self._empty_run > limit:
+            raise RuntimeError(f"{self.spec.name}: no valid sample in {self._empty_run} "
+                               f"consecutive shards (last: {url})")
+        self._valid_in_shard = False
+        self.pos, self.groups = self.pos + 1, 0
+        if not self.spec.resampled and self.pos >= len(self._epoch_shards()):
+            self.epoch, self.pos = self.epoch + 1, 0
+
+    def next_valid(self, stats: dict, extra_fields: Sequence[str] = ()) -> tuple[int, RawSample]:
+        """(epoch, raw sample) of the next valid sample, advancing over shards as needed."""
+        while True:
+            if self._it is None:
+                url = self._url()
+                stats["shards"] += 1
+                self._it = iter_groups(url, wanted_exts(extra_fields), self.groups, stats)
+            group = next(self._it, None)
+            if group is None:
+                self._advance_shard(self._url())
+                continue
+            self.groups += 1
+            raw = to_raw_sample(group, stats, extra_fields)
+            if raw is not None:
+                self._valid_in_shard = True
+                return self.epoch, raw
+
+
+class _Stream:
+    """Mixes the sources of one consumer; the ``index``-th sample's source is hashed."""
+
+    def __init__(self, spec: WorkerSpec):
+        self.spec = spec
+        self.readers = [_SourceReader(spec, i) for i in range(len(spec.sources))]
+        weights = np.asarray([s.weight for s in spec.sources], np.float64)
+        self.cum = np.cumsum(weights / weights.sum())
+        self.index = 0
+        self.epoch_keyed = not spec.resampled and len(spec.sources) == 1
+        self.base = _hash(spec.seed, spec.consumer, _TAG_MIX)
+
+    def cursor(self) -> dict:
+        return {"index": self.index, "sources": [r.cursor() for r in self.readers]}
+
+    def set_cursor(self, cursor: Mapping) -> None:
+        self.index = int(cursor["index"])
+        for r, c in zip(self.readers, cursor["sources"], strict=True):
+            r.set_cursor(c)
+
+    def close(self) -> None:
+        for r in self.readers:
+            r.close()
+
+    def next(self, stats: dict) -> tuple[int, int, RawSample]:
+        """(epoch key, index, raw sample)."""
+        s = 0
+        if len(self.readers) > 1:
+            s = min(int(np.searchsorted(self.cum, _unit(self.base, self.index), side="right")),
+                    len(self.readers) - 1)
+        epoch, raw = self.readers[s].next_valid(stats)
+        index = self.index
+        self.index += 1
+        return (epoch if self.epoch_keyed else 0), index, raw
+
+
+class _Shuffler:
+    """Priority ``(epoch, i + W * u_i)`` local shuffle with a reconstructible heap."""
+
+    def __init__(self, spec: WorkerSpec, stream: _Stream):
+        self.stream, self.window = stream, spec.shuffle_window
+        self.base = _hash(spec.seed, spec.consumer, _TAG_SHUFFLE)
+        self.heap: list[tuple] = []
+        self.last: tuple[int, float, int] | None = None
+        self.epoch = 0
+
+    def _priority(self, index: int) -> float:
+        return index + self.window * _unit(self.base, index) if self.window > 0 else float(index)
+
+    def _read(self, stats: dict) -> tuple:
+        cursor = self.stream.cursor()
+        epoch, index, raw = self.stream.next(stats)
+        self.epoch = epoch
+        return epoch, self._priority(index), index, cursor, raw
+
+    def pop(self, stats: dict) -> tuple[int, RawSample]:
+        """(index, raw sample) of the next sample in shuffled order."""
+        # the heap minimum is final once below (epoch, next index): no later sample can beat it
+        while not self.heap or self.heap[0][:2] >= (self.epoch, float(self.stream.index)):
+            heapq.heappush(self.heap, self._read(stats))
+        entry = heapq.heappop(self.heap)
+        self.last = entry[:3]
+        return entry[2], entry[4]
+
+    def state(self) -> dict:
+        if self.heap:
+            replay = min(self.heap, key=lambda e: e[2])[3]
+        else:
+            replay = self.stream.cursor()
+        return {"next": self.stream.index, "epoch": self.epoch, "replay": replay,
+                "last": None if self.last is None else [self.last[0], self.last[2]]}
+
+    def set_state(self, state: Mapping) -> None:
+        self.heap = []
+        self.epoch = int(state["epoch"])
+        last = state["last"]
+        self.last = None if last is None else (int(last[0]), self._priority(int(last[1])),
+                                               int(last[1]))
+        self.stream.set_cursor(state["replay"])
+        scratch = new_stats()
+        target = int(state["next"])
+        while self.stream.index < target:
+            entry = self._read(scratch)
+            if self.last is None or entry[:3] > self.last:
+                heapq.heappush(self.heap, entry)
+        if self.stream.index != target:
+            raise ValueError(f"inconsistent iterator state: replay reached sample "
+                             f"{self.stream.index}, expected {target}")
+        self.epoch = int(state["epoch"])
+
+
+class BatchMaker:
+    """Builds consumer ``c``'s batches: shuffle -> decode -> random crop -> tokenise."""
+
+    def __init__(self, spec: WorkerSpec, tokenizer, state: Mapping | None = None):
+        self.spec, self.tokenizer = spec, tokenizer
+        self.stream = _Stream(spec)
+        self.shuffler = _Shuffler(spec, self.stream)
+        self.batches, self.stats = 0, new_stats()
+        self.crop_base = (spec.seed, spec.consumer, _TAG_CROP)
+        self.min_size = math.ceil(spec.image_size * 1.25) if spec.jpeg_draft else None
+        if state is not None:
+            self.batches = int(state["batches"])
+            self.stats = {**new_stats(), **{k: int(v) for k, v in state["stats"].items()}}
+            self.shuffler.set_state(state["shuffle"])
+
+    def state(self) -> dict:
+        return {"batches": self.batches, "stats": dict(self.stats),
+                "shuffle": self.shuffler.state()}
+
+    def next_batch(self) -> dict[str, np.ndarray]:
+        spec = self.spec
+        images = np.empty((spec.batch_size, spec.image_size, spec.image_size, 3), np.uint8)
+        captions: list[str] = []
+        failures = 0
+        while len(captions) < spec.batch_size:
+            index, raw = self.shuffler.pop(self.stats)
+            try:  # only the decoder's errors mean a bad image: anything else is a bug, raised
+                pixels = transforms.decode_array(raw.image, self.min_size)
+            except transforms.DECODE_ERRORS as e:
+                self.stats["skipped_corrupt_image"] += 1
+                failures += 1
+                if failures > _MAX_CONSECUTIVE_CORRUPT:
+                    raise RuntimeError(f"{spec.name}: {failures} undecodable images in a row "
+                                       f"(last key {raw.key!r})") from e
+                continue
+            rng = np.random.default_rng(_seed_seq(*self.crop_base, index))
+            images[len(captions)] = transforms.random_resized_crop(pixels, spec.image_size, rng)
+            failures = 0
+            captions.append(raw.caption)
+        text = np.asarray(self.tokenizer(captions, spec.context_length), dtype=np.int32)
+        if text.shape != (spec.batch_size, spec.context_length):
+            raise ValueError(f"tokenizer returned shape {text.shape}, expected "
+                             f"{(spec.batch_size, spec.context_length)}")
+        self.batches += 1
+        self.stats["samples"] += spec.batch_size
+        return {"image": images, "text": text}
+
+    def close(self) -> None:
+        self.stream.close()
