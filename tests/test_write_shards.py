@@ -163,3 +163,34 @@ def test_folder_and_tsv_inputs(tmp_path, capsys):
     with pytest.raises(ValueError, match="no image column"):
         write_shards.main(["--input", str(tsv), "--out", out, "--quiet"])
     capsys.readouterr()
+
+
+def test_tarwriter_output_read_back_by_our_reader(tmp_path):
+    """Shards come from webdataset's TarWriter: members sorted by extension (a .webp image
+    after its .txt), long keys (pax headers), fixed metadata (same bytes every time)."""
+    webp = image_bytes(3, "WEBP")
+    long_key = "d/" + "x" * 150
+    rows = [("k0", image_bytes(0), "png", "a png"), ("k1", webp, "webp", "a webp"),
+            (long_key, image_bytes(1, "JPEG"), "jpg", "a long key")]
+    for out in ("a", "b"):
+        write_shards.write_samples(rows, str(tmp_path / out), 10)
+    data = (tmp_path / "a" / "00000.tar").read_bytes()
+    assert data == (tmp_path / "b" / "00000.tar").read_bytes()
+    got = list(tario.iterate_samples(str(tmp_path / "a" / "00000.tar"), decode=False))
+    assert got == [(k, d, c) for k, d, _, c in rows]
+    stats = tario.new_stats()
+    assert len(list(tario.iterate_samples(str(tmp_path / "a" / "00000.tar"), stats=stats))) == 3
+    assert stats["skipped_bad_tar"] == stats["skipped_corrupt_image"] == 0
+
+
+def test_folder_input_takes_bmp(tmp_path):
+    """Folders accept FOLDER_IMAGE_EXTS (the shard formats plus BMP, re-encoded as PNG)."""
+    assert set(tario.IMAGE_EXTS) < set(tario.FOLDER_IMAGE_EXTS)
+    root = tmp_path / "f"
+    root.mkdir()
+    Image.new("RGB", (5, 4), (9, 8, 7)).save(root / "x.bmp")
+    (root / "x.txt").write_text("bmp file")
+    summary = write_shards.main(["--input", str(root), "--out", str(tmp_path / "o"), "--quiet"])
+    assert summary["samples"] == 1
+    (key, img, caption), = tario.iterate_samples(str(tmp_path / "o" / "00000.tar"))
+    assert caption == "bmp file" and img.getpixel((0, 0)) == (9, 8, 7)

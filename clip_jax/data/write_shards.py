@@ -10,14 +10,16 @@ Inputs:
   path, filepath, file, filename) holds image paths, relative to the file's directory unless
   absolute; ``--caption-column`` (default: the first of caption, text, title) the captions;
 * a ``.parquet`` file with the same columns (needs pyarrow);
-* a directory: every ``*.jpg|jpeg|png|webp`` below it (sorted by path) with its caption in the
-  ``.txt`` file of the same name beside it.
+* a directory: every image below it (sorted by path; the extensions of
+  :data:`clip_jax.data.tario.FOLDER_IMAGE_EXTS`: jpg, jpeg, png, webp, bmp) with its caption in
+  the ``.txt`` file of the same name beside it.
 
 Rows with an empty caption, a missing image file or an image that does not decode are skipped
 (counted in the summary); an input with no usable sample is an error. Images are stored as they
 are (other formats, e.g. BMP or GIF, are re-encoded as PNG).
 
-Output (the img2dataset layout, read by :mod:`clip_jax.data.pipeline`)::
+Output (the img2dataset layout, written with ``webdataset.TarWriter``, read by
+:mod:`clip_jax.data.tario`)::
 
     DIR/00000.tar, DIR/00001.tar, ...   KEY.<image ext> + KEY.txt, KEY = 9-digit sample number
     DIR/sizes.json                      {"00000.tar": 1000, ...}
@@ -42,12 +44,11 @@ import itertools
 import json
 import os
 import sys
-import tarfile
 from collections.abc import Iterable, Iterator
 
 from clip_jax import cli
+from clip_jax.data.tario import FOLDER_IMAGE_EXTS, IMAGE_EXTS
 
-IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
 SIZES, CHECKSUMS, LOCK = "sizes.json", "checksums.json", ".write_shards.lock"
 IMAGE_COLUMNS = ("image", "image_path", "path", "filepath", "file", "filename")
 CAPTION_COLUMNS = ("caption", "text", "title")
@@ -149,12 +150,19 @@ def _remove_stale_tmp(out_dir: str, name: str) -> None:
                 os.remove(os.path.join(out_dir, entry))
 
 
-def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
-    info = tarfile.TarInfo(name)
-    info.size, info.mtime, info.mode = len(data), 0, 0o644
-    info.uid = info.gid = 0
-    info.uname = info.gname = ""
-    tar.addfile(info, io.BytesIO(data))
+def open_tar_writer(path: str):
+    """A ``webdataset.TarWriter`` writing ``path`` deterministically.
+
+    Fixed member metadata (mtime 0, mode 0644, uid / gid 0, no owner names), so the same samples
+    give byte-identical files; ``write({"__key__": key, ext: bytes, ...})`` adds a sample's
+    members sorted by extension. The tar format is Python's default, POSIX.1-2001 (pax; long
+    names are fine): webdataset 1.0's TarWriter does not pass its ``format`` on to tarfile.
+    """
+    # webdataset's package import loads torch when it is installed (~1 s, ~190 MB): done only
+    # when a shard is written, not by every importer of this module or of data.demo
+    import webdataset as wds
+
+    return wds.TarWriter(path, user="", group="", mode=0o644, mtime=0, encoder=False)
 
 
 def _check_sample(key: str, ext: str) -> str:
@@ -173,11 +181,10 @@ def _write_shard(out_dir: str, name: str, samples: Iterator[tuple[str, bytes, st
     tmp = _tmp_path(out_dir, name)
     count = 0
     try:
-        with tarfile.open(tmp, "w", format=tarfile.GNU_FORMAT) as tar:
+        with open_tar_writer(tmp) as sink:
             for key, image, ext, caption in samples:
                 ext = _check_sample(key, ext)
-                _add(tar, f"{key}.{ext}", bytes(image))
-                _add(tar, f"{key}.txt", caption.encode("utf-8"))
+                sink.write({"__key__": key, ext: bytes(image), "txt": caption.encode("utf-8")})
                 count += 1
                 if count >= limit:
                     break
@@ -289,7 +296,7 @@ def read_folder(root: str) -> list[tuple[str, str]]:
         dirnames.sort()
         for fn in sorted(filenames):
             stem, ext = os.path.splitext(fn)
-            if ext.lower().lstrip(".") not in IMAGE_EXTS:
+            if ext.lower().lstrip(".") not in FOLDER_IMAGE_EXTS:
                 continue
             txt = os.path.join(dirpath, stem + ".txt")
             caption = ""
@@ -408,7 +415,8 @@ def main(argv: list[str] | None = None) -> dict:
         ap.error(f"--input {args.input!r} is neither a file nor a directory")
     if not rows:
         raise cli.UserError(f"--input {args.input}: no images found (a folder needs "
-                            f"{'/'.join(IMAGE_EXTS)} files with a .txt caption beside each)")
+                            f"{'/'.join(FOLDER_IMAGE_EXTS)} files with a .txt caption beside "
+                            "each)")
     summary = write_from_rows(rows, args.out, args.samples_per_shard, args.start_index, log)
     print(json.dumps(summary))
     if summary["samples"] == 0:
