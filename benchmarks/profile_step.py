@@ -113,14 +113,14 @@ ABLATIONS = ("none", "layer norm", "GELU", "attention core", "all three")
 
 
 def _ablated_step(what: str, config_path: str, batch: int, rounds: int, conn) -> None:
-    from clip_jax import models
+    from clip_jax import layers
 
     if what in ("layer norm", "all three"):
-        models.layer_norm = lambda x, scale, bias, eps=1e-5: x * scale + bias
+        layers.layer_norm = lambda x, scale, bias, eps=1e-5: x * scale + bias
     if what in ("GELU", "all three"):
-        models._ACTS["gelu"] = lambda x: x
+        layers.ACTIVATIONS["gelu"] = lambda x: x
     if what in ("attention core", "all three"):
-        models.attention = lambda q, k, v, causal, implementation="auto": v
+        layers.attention = lambda q, k, v, causal, implementation="auto": v
     r = _JaxRunner(config_path, batch)
     r.run(2)
     conn.send(min(r.run(2)[0] / 2 for _ in range(rounds)))

@@ -23,6 +23,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import signal
 import tempfile
 import time
 from pathlib import Path
@@ -33,6 +34,7 @@ import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
 
 from clip_jax.cli import RunError, UserError
+from clip_jax.data import tokenizer as tokenizer_lib
 
 
 def _abstract_with_shardings(abstract_tree, shardings):
@@ -95,10 +97,59 @@ def _tokenizer_files(tokenizer) -> dict | None:
                 for p in sorted(Path(d).iterdir())}
 
 
+def save_policy(every_steps: int):
+    """When orbax saves unforced: every ``every_steps`` steps (0 = never) and at a preemption
+    sync point. Orbax's default policy also saves the first step of a fresh run
+    (``InitialSavePolicy``), which ours never did, so the policy is spelled out."""
+    policies = [ocp.checkpoint_managers.PreemptionCheckpointingPolicy()]
+    if every_steps > 0:  # what ``CheckpointManagerOptions(save_interval_steps=...)`` builds
+        policies.insert(0, ocp.checkpoint_managers.FixedIntervalPolicy(every_steps))
+    return ocp.checkpoint_managers.AnySavePolicy(policies)
+
+
+class Preemption:
+    """When to save and exit on a preemption notice (SIGTERM): ``reached(step)`` at each step
+    boundary; the run then saves that step (forced) and exits cleanly.
+
+    One process: a SIGTERM handler sets a flag, read at the next step boundary. Several
+    processes: each host may get the signal at a different step, and a save is a collective, so
+    they must agree on the step: JAX's preemption sync manager (which owns SIGTERM once
+    ``jax.distributed`` is initialised) propagates the notice and names the same sync step on
+    every host; orbax's ``CheckpointManager.reached_preemption`` reads it (a local check).
+    Without ``jax.distributed`` that manager does not exist, hence the handler of our own.
+    """
+
+    def __init__(self, checkpointer: Checkpointer):
+        self.checkpointer = checkpointer
+        self.requested = False
+        self._old = None
+        self._multi = jax.process_count() > 1
+
+    def __enter__(self):
+        if not self._multi:
+            try:
+                self._old = signal.signal(signal.SIGTERM, self._handle)
+            except ValueError:  # not the main thread
+                self._old = None
+        return self
+
+    def _handle(self, *_):
+        self.requested = True
+
+    def reached(self, step: int) -> bool:
+        if self._multi:
+            self.requested = self.requested or self.checkpointer.reached_preemption(step)
+        return self.requested
+
+    def __exit__(self, *exc):
+        if self._old is not None:
+            signal.signal(signal.SIGTERM, self._old)
+
+
 class Checkpointer:
     def __init__(self, workdir: str, ckpt_cfg, state_shardings, abstract_state, tokenizer=None):
         self.directory = os.path.abspath(os.path.join(workdir, "checkpoints"))
-        self.every = int(ckpt_cfg.every_steps)
+        self.every = int(ckpt_cfg.every_steps)  # 0 = only at the end (and on preemption)
         self.state_shardings, self.abstract_state = state_shardings, abstract_state
         self.tokenizer_files = _tokenizer_files(tokenizer)
         options = ocp.CheckpointManagerOptions(
@@ -106,13 +157,21 @@ class Checkpointer:
             keep_period=ckpt_cfg.keep_period or None,
             enable_async_checkpointing=bool(ckpt_cfg.async_save),
             create=True,
+            save_decision_policy=save_policy(self.every),
         )
         self.manager = ocp.CheckpointManager(self.directory, options=options, item_names=ITEMS)
         self._pending: int | None = None  # step of a save not yet known to be complete
         self.failed = False
 
     def should_save(self, step: int) -> bool:
-        return self.every > 0 and step % self.every == 0
+        """Orbax's decision (:func:`save_policy`): a multiple of ``every_steps``, or the step
+        all processes agreed on after a preemption notice; never a step already saved."""
+        return self.manager.should_save(step)
+
+    def reached_preemption(self, step: int) -> bool:
+        """Whether ``step`` is the agreed save-and-exit step after a preemption notice to any
+        process (orbax over JAX's preemption sync manager: only with ``jax.distributed``)."""
+        return self.manager.reached_preemption(step)
 
     def save(self, step: int, state, data_state: dict, config_json: str | None = None,
              force: bool = False) -> None:
@@ -229,32 +288,37 @@ class Checkpointer:
         self.manager.close()
 
 
-def load_params(path: str, abstract_params, shardings=None):
-    """Parameters only, from a training workdir/checkpoint dir (latest step) or a bundle."""
+CHECKPOINTS_SUBDIR = "checkpoints"  # where a training workdir keeps its orbax steps
+
+
+def checkpoints_dir(path: str | os.PathLike) -> str:
+    """The orbax directory of ``path``: ``path/checkpoints`` for a training workdir, else
+    ``path`` itself (the user named the checkpoints directory)."""
     path = os.path.abspath(path)
+    sub = os.path.join(path, CHECKPOINTS_SUBDIR)
+    return sub if os.path.isdir(sub) else path
+
+
+def _read_only(ckpt_dir: str) -> ocp.CheckpointManager:
+    return ocp.CheckpointManager(ckpt_dir, item_names=ITEMS,
+                                 options=ocp.CheckpointManagerOptions(read_only=True))
+
+
+def load_params(path: str, abstract_params, shardings=None):
+    """Parameters only, from a training workdir or its checkpoints directory (latest step),
+    restored straight into ``shardings``; the source run's optimizer state is never read."""
+    if not os.path.isdir(path):
+        raise FileNotFoundError(f"{path}: no such directory (expected a training workdir or "
+                                f"its {CHECKPOINTS_SUBDIR}/ directory)")
     if shardings is None:
         one = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
         shardings = jax.tree.map(lambda _: one, abstract_params)
-    if not os.path.isdir(path):
-        raise FileNotFoundError(f"{path}: no such directory (expected a training workdir, its "
-                                "checkpoints/ directory, a bundle or a Hugging Face CLIP "
-                                "directory)")
-    weights = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
-    if any(os.path.exists(os.path.join(path, w)) for w in weights):
-        from clip_jax import export
-
-        return export.load_bundle_params(path, abstract_params, shardings)
-    ckpt_dir = os.path.join(path, "checkpoints") if os.path.isdir(
-        os.path.join(path, "checkpoints")) else path
-    manager = ocp.CheckpointManager(ckpt_dir, item_names=ITEMS,
-                                    options=ocp.CheckpointManagerOptions(read_only=True))
+    ckpt_dir = checkpoints_dir(path)
+    manager = _read_only(ckpt_dir)
     step = manager.latest_step()
     if step is None:
-        raise FileNotFoundError(
-            f"{path}: no model weights found: looked for a bundle or Hugging Face directory "
-            f"({', '.join(weights)} with a config.json) and for a complete orbax checkpoint "
-            f"step under {ckpt_dir}")
-    # Restore the params subtree only; the source run's optimizer state is never read.
+        manager.close()
+        raise FileNotFoundError(f"{path}: no complete orbax checkpoint step under {ckpt_dir}")
     target = {"params": _abstract_with_shardings(abstract_params, shardings)}
     restore_args = jax.tree.map(lambda x: ocp.ArrayRestoreArgs(sharding=x.sharding), target)
     restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
@@ -263,14 +327,29 @@ def load_params(path: str, abstract_params, shardings=None):
     return restored["state"]["params"]
 
 
+def saved_config(path: str) -> dict | None:
+    """The run config saved with the latest step under ``path`` (workdir or checkpoints dir),
+    or None when there is no step or it carries no config with a model."""
+    ckpt_dir = checkpoints_dir(path)
+    if not os.path.isdir(ckpt_dir):
+        return None
+    manager = _read_only(ckpt_dir)
+    try:
+        step = manager.latest_step()
+        if step is None or not os.path.isdir(os.path.join(ckpt_dir, str(step), "config")):
+            return None
+        d = manager.restore(step, args=ocp.args.Composite(
+            config=ocp.args.JsonRestore()))["config"]
+    finally:
+        manager.close()
+    return d if isinstance(d, dict) and d.get("model") else None
+
+
 def load_tokenizer(path: str):
     """The tokenizer saved with the latest checkpoint under ``path`` (a workdir or its
     ``checkpoints`` directory), or None if that checkpoint carries none."""
-    path = os.path.abspath(path)
-    ckpt_dir = os.path.join(path, "checkpoints") if os.path.isdir(
-        os.path.join(path, "checkpoints")) else path
-    manager = ocp.CheckpointManager(ckpt_dir, item_names=ITEMS,
-                                    options=ocp.CheckpointManagerOptions(read_only=True))
+    ckpt_dir = checkpoints_dir(path)
+    manager = _read_only(ckpt_dir)
     try:
         step = manager.latest_step()
         if step is None or not os.path.isdir(os.path.join(ckpt_dir, str(step), "tokenizer")):
@@ -279,8 +358,6 @@ def load_tokenizer(path: str):
             tokenizer=ocp.args.JsonRestore()))["tokenizer"]
     finally:
         manager.close()
-    from clip_jax.data.tokenizer import load_tokenizer as load
-
     out = tempfile.mkdtemp(prefix="clip_jax_tokenizer_")
     for name, content in files.items():
         if os.path.basename(name) != name:
@@ -288,4 +365,4 @@ def load_tokenizer(path: str):
                              f"{name!r}")
         with open(os.path.join(out, name), "wb") as f:
             f.write(base64.b64decode(content))
-    return load(out)
+    return tokenizer_lib.load_tokenizer(out)

@@ -1,6 +1,6 @@
-"""Zero-shot prediction with an exported bundle.
+"""Zero-shot prediction with any model source (bundle, workdir, HF or open_clip weights).
 
-    python -m clip_jax.predict --model BUNDLE --image a.jpg [--image b.jpg] \\
+    python -m clip_jax.predict --model SOURCE --image a.jpg [--image b.jpg] \\
         --labels "cat,dog,zebra" [--templates "a photo of a {}." "a drawing of a {}."] \\
         [--top-k 3] [--json]
 
@@ -9,7 +9,7 @@
 ``{}`` (prompt-ensembled), or a dataset name / file for
 :func:`clip_jax.evaluate.templates.get_templates` (``imagenet`` = OpenAI's 80 templates); the
 default is ``"a photo of a {}."``. Prints, per image, the labels ranked by probability (softmax of
-``exp(logit_scale) * cosine similarity``).
+``exp(logit_scale) * cosine similarity``; for SigLIP models each label's own sigmoid).
 """
 
 from __future__ import annotations
@@ -20,20 +20,18 @@ import os
 import sys
 from collections.abc import Sequence
 
-from clip_jax import cli
+from PIL import Image
 
-DEFAULT_TEMPLATES = ("a photo of a {}.",)
+from clip_jax import cli, inference
+from clip_jax.data.transforms import to_rgb
+from clip_jax.evaluate.templates import DEFAULT_TEMPLATES, get_classnames, get_templates
 
 
 def parse_labels(spec: str) -> list[str]:
     if os.path.isfile(spec):
-        from clip_jax.evaluate.templates import get_classnames
-
         return get_classnames(spec)
     labels = [s.strip() for s in spec.split(",") if s.strip()]
     if len(labels) == 1 and "," not in spec:
-        from clip_jax.evaluate.templates import get_classnames
-
         try:  # a dataset name ("cifar10"...)
             return get_classnames(labels[0])
         except (ValueError, KeyError, FileNotFoundError):
@@ -51,17 +49,11 @@ def parse_templates(values: Sequence[str] | None) -> list[str]:
         if "{}" in v or "{c}" in v:
             out.append(v)
         else:
-            from clip_jax.evaluate.templates import get_templates
-
             out.extend(get_templates(v))
     return out
 
 
 def load_images(paths: Sequence[str]):
-    from PIL import Image
-
-    from clip_jax.data.transforms import to_rgb
-
     images = []
     for p in paths:
         try:
@@ -88,8 +80,9 @@ def format_ranking(name: str, probs, labels: Sequence[str], top_k: int = 0) -> s
 
 def _parser() -> argparse.ArgumentParser:
     p = cli.ArgumentParser(prog="python -m clip_jax.predict",
-                           description="Zero-shot classification of images with a bundle.")
-    p.add_argument("--model", required=True, help="bundle directory (python -m clip_jax.export)")
+                           description="Zero-shot classification of images.")
+    p.add_argument("--model", required=True, help="bundle, training workdir, HF CLIP directory "
+                   "or open_clip weights")
     p.add_argument("--image", action="append", required=True,
                    help="image file (repeat for several)")
     p.add_argument("--labels", required=True,
@@ -107,9 +100,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     labels = parse_labels(args.labels)
     templates = parse_templates(args.templates)
     images = load_images(args.image)
-    from clip_jax.export import load_bundle
-
-    model = load_bundle(args.model, batch_size=args.batch_size)
+    model = inference.load(args.model, batch_size=args.batch_size)
     probs = predict(model, images, labels, templates)
     if args.json:
         out = []

@@ -12,7 +12,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from clip_jax import export, models
+from clip_jax import bundle as bundle_lib
+from clip_jax import inference, models
+from clip_jax import params as params_lib
 from clip_jax.data import write_shards
 from clip_jax.evaluate import datasets
 
@@ -122,9 +124,9 @@ def test_write_shards_refuses_empty_input_and_skips_undecodable_images(tmp_path)
 @pytest.fixture(scope="module")
 def bundle(tmp_path_factory):
     cfg = models.get_model_config("tiny")
-    params = export.unflatten_params({k: np.zeros(v.shape, v.dtype) for k, v in
-                                      export.flatten_params(export.abstract_params(cfg)).items()})
-    return export.save_bundle(tmp_path_factory.mktemp("b") / "bundle", params, cfg)
+    params = params_lib.unflatten_params({k: np.zeros(v.shape, v.dtype) for k, v in
+                                      params_lib.flatten_params(models.abstract_params(cfg)).items()})
+    return bundle_lib.save_bundle(tmp_path_factory.mktemp("b") / "bundle", params, cfg)
 
 
 def _edited(bundle, tmp_path, edit):
@@ -148,16 +150,16 @@ def _edited(bundle, tmp_path, edit):
 def test_bad_bundle_metadata_is_refused_field_by_field(bundle, tmp_path, edit, message):
     bad = _edited(bundle, tmp_path, edit)
     with pytest.raises(ValueError) as e:
-        export.read_bundle(bad)
+        bundle_lib.read_bundle(bad)
     assert message in str(e.value)
-    export.read_bundle(bundle)  # the original is fine
+    bundle_lib.read_bundle(bundle)  # the original is fine
 
 
 def test_bundle_with_invalid_json_reports_the_parse_error(bundle, tmp_path):
     bad = _edited(bundle, tmp_path, lambda d: None)
     (bad / "config.json").write_text('{"format": "clip_jax.bundle", ')
     with pytest.raises(ValueError, match="cannot be read as JSON"):
-        export.load_bundle(bad)
+        inference.load(bad)
     out = _cli("clip_jax.predict", "--model", str(bad), "--image", str(bad / "x.png"),
                "--labels", "a,b")
     assert out.returncode == 2  # (the image is missing too: either is one line)
@@ -174,16 +176,16 @@ def test_eval_card_may_not_run_shell_commands(tmp_path):
 
 
 def test_glob_shard_spec_says_globs_are_not_expanded(tmp_path):
-    from clip_jax.data import pipeline
+    from clip_jax.data import tario
 
     with pytest.raises(FileNotFoundError, match=r"not glob patterns.*\{00000\.\.00099\}"):
-        list(pipeline.iterate_samples(str(tmp_path / "*.tar")))
+        list(tario.iterate_samples(str(tmp_path / "*.tar")))
 
 
 def test_init_from_a_folder_without_weights_names_what_it_looked_for(tmp_path):
-    from clip_jax import checkpoint
+    from clip_jax import sources
 
     (tmp_path / "config.json").write_text("{}")
     cfg = models.get_model_config("tiny")
     with pytest.raises(FileNotFoundError, match="looked for .*pytorch_model.bin"):
-        checkpoint.load_params(str(tmp_path), export.abstract_params(cfg))
+        sources.load_params(str(tmp_path), models.abstract_params(cfg))

@@ -8,6 +8,7 @@ import zlib
 import numpy as np
 import pytest
 
+from clip_jax import inference
 from clip_jax.evaluate import metrics as M
 from clip_jax.evaluate import plots, templates
 
@@ -122,7 +123,8 @@ def test_zeroshot_classifier_ensembling_matches_numpy():
     tmpls = ["a photo of a {}.", "a {} in a video game.", "itap of the {c}.",
              lambda c: f"art of {c}!"]
     calls = []
-    clf = M.build_zeroshot_classifier(_fake_encoder(calls=calls), classes, tmpls, batch_size=5)
+    clf = inference.build_zeroshot_classifier(_fake_encoder(calls=calls), classes, tmpls,
+                                              batch_size=5)
     enc = _fake_encoder()
     manual = []
     for c in classes:

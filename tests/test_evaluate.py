@@ -16,7 +16,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from clip_jax import export, models, train
+from clip_jax import bundle as bundle_lib
+from clip_jax import inference, models, train
 from clip_jax.config import base_config
 from clip_jax.data import demo, pipeline
 from clip_jax.data import tokenizer as tok_lib
@@ -165,7 +166,7 @@ def test_mesh_encoder_matches_inference_model_and_cli_report(tmp_path, demo_card
     the CLI's top-1 equals an accuracy computed directly from InferenceModel.zero_shot."""
     cfg, params, tok = _tiny_bundle(tmp_path, demo_card)
     bundle = str(tmp_path / "bundle")
-    export.save_bundle(bundle, params, cfg, tok)
+    bundle_lib.save_bundle(bundle, params, cfg, tok)
 
     c = base_config()
     c.model.name = "tiny"
@@ -174,7 +175,7 @@ def test_mesh_encoder_matches_inference_model_and_cli_report(tmp_path, demo_card
     c.eval.zeroshot = c.eval.retrieval = demo_card
     c.eval.batch_size = 20
     setup = train.build(c)
-    sharded = export.load_bundle_params(bundle, setup.abstract_state.params,
+    sharded = bundle_lib.load_params(bundle, setup.abstract_state.params,
                                         setup.state_shardings.params)
     assert any(len(x.sharding.device_set) == 8 and not x.sharding.is_fully_replicated
                for x in jax.tree.leaves(sharded))
@@ -183,7 +184,7 @@ def test_mesh_encoder_matches_inference_model_and_cli_report(tmp_path, demo_card
     assert os.path.isfile(tmp_path / "run" / "eval" / "step_7_report.json")
     assert os.path.isfile(tmp_path / "run" / "eval" / "step_7_zeroshot_confusion.png")
 
-    model = export.load_bundle(bundle, batch_size=16)
+    model = inference.load(bundle, batch_size=16)
     mesh_enc = evaluators.MeshEncoder(setup.model, setup.mesh, setup.state_shardings.params,
                                       tok, cfg.text.context_length, cfg.vision.image_size, 20)
     mesh_enc.bind(sharded)

@@ -20,7 +20,11 @@ import numpy as np
 import pytest
 
 import clip_jax
-from clip_jax import export, models
+from clip_jax import bundle as bundle_lib
+from clip_jax import export, models, sources
+from clip_jax import params as params_lib
+from clip_jax.interop import hf as hf_lib
+from clip_jax.interop import keymap, weights_io
 
 TINY = models.get_model_config("tiny")
 CAPTIONS = [f"a photo of a {c} {n}" for c in ("red", "green", "blue", "small", "big")
@@ -73,7 +77,7 @@ def _inputs(cfg, n=3, seed=1):
 
 
 def _assert_same_tree(a, b):
-    fa, fb = export.flatten_params(a), export.flatten_params(b)
+    fa, fb = params_lib.flatten_params(a), params_lib.flatten_params(b)
     assert sorted(fa) == sorted(fb)
     for k in fa:
         x, y = np.asarray(fa[k]), np.asarray(fb[k])
@@ -104,9 +108,9 @@ def _open_clip_b32_keys() -> set[str]:
 @pytest.mark.parametrize("scan", [False, True])
 def test_vit_b32_open_clip_keys_and_shapes_abstract(scan):
     cfg = models.get_model_config("ViT-B-32").replace(scan=scan)
-    abstract = export.flatten_params(export.abstract_params(cfg))  # ShapeDtypeStructs only
+    abstract = params_lib.flatten_params(models.abstract_params(cfg))  # ShapeDtypeStructs only
     assert all(isinstance(x, jax.ShapeDtypeStruct) for x in abstract.values())
-    sd = jax.eval_shape(lambda p: export.to_external(p, cfg, "open_clip"), abstract)
+    sd = jax.eval_shape(lambda p: keymap.to_external(p, cfg, "open_clip"), abstract)
     assert len(sd) == 302
     assert set(sd) == _open_clip_b32_keys()
     assert sum(math.prod(s.shape) for s in sd.values()) == 151_277_313
@@ -129,7 +133,7 @@ def test_vit_b32_open_clip_keys_and_shapes_abstract(scan):
     }
     for k, shape in want.items():
         assert sd[k].shape == shape, k
-    hf = export.external_shapes(cfg, "hf")
+    hf = keymap.external_shapes(cfg, "hf")
     assert len(hf) == 398  # q/k/v split: 4 more tensors per block
     assert sum(math.prod(s.shape) for s in hf.values()) == 151_277_313
     assert hf["vision_model.encoder.layers.0.self_attn.q_proj.weight"].shape == (768, 768)
@@ -142,9 +146,9 @@ def test_hf_keys_match_transformers_model_b32():
     transformers = pytest.importorskip("transformers", exc_type=ImportError)
     cfg = models.get_model_config("ViT-B-32")
     with torch.device("meta"):  # no allocation
-        m = transformers.CLIPModel(transformers.CLIPConfig.from_dict(export.hf_config(cfg)))
+        m = transformers.CLIPModel(transformers.CLIPConfig.from_dict(hf_lib.hf_config(cfg)))
     theirs = {k: tuple(v.shape) for k, v in m.state_dict().items()}
-    ours = {k: tuple(v.shape) for k, v in export.external_shapes(cfg, "hf").items()}
+    ours = {k: tuple(v.shape) for k, v in keymap.external_shapes(cfg, "hf").items()}
     assert ours == theirs
 
 
@@ -157,25 +161,25 @@ def test_hf_keys_match_transformers_model_b32():
 def test_round_trip_exact(fmt, scan, tmp_path):
     cfg = TINY.replace(scan=scan)
     params = _params(cfg)
-    sd = export.to_external(params, cfg, fmt)
-    assert set(sd) == set(export.external_shapes(cfg, fmt))
+    sd = keymap.to_external(params, cfg, fmt)
+    assert set(sd) == set(keymap.external_shapes(cfg, fmt))
     path = tmp_path / "w.safetensors"
-    export.save_safetensors(sd, path)
-    back = export.from_external(export.read_state_dict(path), cfg, fmt)
+    weights_io.save_safetensors(sd, path)
+    back = keymap.from_external(weights_io.read_state_dict(path), cfg, fmt)
     _assert_same_tree(params, back)
     # across layouts: exported from one block layout, imported into the other
     other = cfg.replace(scan=not scan)
-    back_other = export.from_external(sd, other, fmt)
-    _assert_same_tree(export.unstack_layers(export.flatten_params(back_other)),
-                      export.unstack_layers(export.flatten_params(params)))
+    back_other = keymap.from_external(sd, other, fmt)
+    _assert_same_tree(params_lib.unstack_layers(params_lib.flatten_params(back_other)),
+                      params_lib.unstack_layers(params_lib.flatten_params(params)))
 
 
 def test_round_trip_with_logit_bias_and_quick_gelu():
     cfg = TINY.replace(init_logit_bias=-10.0, act="quick_gelu")
     params = _params(cfg)
-    sd = export.to_external(params, cfg, "open_clip")
+    sd = keymap.to_external(params, cfg, "open_clip")
     assert "logit_bias" in sd
-    _assert_same_tree(params, export.from_external(sd, cfg, "open_clip"))
+    _assert_same_tree(params, keymap.from_external(sd, cfg, "open_clip"))
     oc = models.from_open_clip_config(models.to_open_clip_config(cfg))
     assert oc.act == "quick_gelu" and oc.init_logit_bias == -10.0
 
@@ -255,7 +259,7 @@ def test_open_clip_layout_numerics(act, scan):
     cfg = TINY.replace(act=act, scan=scan)
     params = _params(cfg, seed=3)
     sd = {k: np.asarray(v, np.float64) for k, v in
-          export.to_external(params, cfg, "open_clip").items()}
+          keymap.to_external(params, cfg, "open_clip").items()}
     images, ids = _inputs(cfg)
     np.testing.assert_allclose(_unit(_np_open_clip_image(sd, cfg, images)),
                                _apply(cfg, params, images=images), atol=2e-5)
@@ -265,8 +269,8 @@ def test_open_clip_layout_numerics(act, scan):
 
 def test_hf_layout_matches_open_clip_layout():
     params = _params(TINY)
-    oc = export.to_external(params, TINY, "open_clip")
-    hf = export.to_external(params, TINY, "hf")
+    oc = keymap.to_external(params, TINY, "open_clip")
+    hf = keymap.to_external(params, TINY, "hf")
     for ours, theirs in (("visual.transformer.resblocks.1", "vision_model.encoder.layers.1"),
                          ("transformer.resblocks.0", "text_model.encoder.layers.0")):
         a = f"{theirs}.self_attn"
@@ -293,49 +297,49 @@ def test_hf_layout_matches_open_clip_layout():
 
 def test_bad_inputs_name_the_keys(tmp_path, monkeypatch):
     params = _params(TINY)
-    sd = export.to_external(params, TINY, "open_clip")
+    sd = keymap.to_external(params, TINY, "open_clip")
 
     bad = dict(sd, **{"visual.conv1.weight": np.zeros((32, 3, 4, 4), np.float32)})
     with pytest.raises(ValueError, match=r"visual\.conv1\.weight has shape \(32, 3, 4, 4\), "
                                          r"expected \(32, 3, 8, 8\)"):
-        export.from_external(bad, TINY, "open_clip")
+        keymap.from_external(bad, TINY, "open_clip")
 
     bad = {k: v for k, v in sd.items() if k not in ("ln_final.bias", "visual.proj")}
     bad["visual.head.weight"] = np.zeros(3, np.float32)
     with pytest.raises(ValueError) as e:
-        export.from_external(bad, TINY, "open_clip")
+        keymap.from_external(bad, TINY, "open_clip")
     msg = str(e.value)
     assert "2 missing keys: ln_final.bias, visual.proj" in msg
     assert "1 unexpected keys: visual.head.weight" in msg
 
     bad = dict(sd, logit_scale=np.array(4, np.int32))
     with pytest.raises(ValueError, match="logit_scale has dtype int32"):
-        export.from_external(bad, TINY, "open_clip")
+        keymap.from_external(bad, TINY, "open_clip")
 
     # a config that does not fit (more heads): the error names the tensor
     with pytest.raises(ValueError, match="text_projection has shape"):
-        export.from_external(sd, TINY.replace(embed_dim=16), "open_clip")
+        keymap.from_external(sd, TINY.replace(embed_dim=16), "open_clip")
 
     # bundles loaded into a different architecture name our key
-    export.save_bundle(tmp_path / "b", params, TINY)
-    wrong = export.abstract_params(TINY.replace(text={"context_length": 8}))
+    bundle_lib.save_bundle(tmp_path / "b", params, TINY)
+    wrong = models.abstract_params(TINY.replace(text={"context_length": 8}))
     with pytest.raises(ValueError, match="text/positional_embedding has shape"):
-        export.load_bundle_params(tmp_path / "b", wrong)
+        bundle_lib.load_params(tmp_path / "b", wrong)
 
     # pickles need torch's weights_only loader; without torch the error says what to do
     (tmp_path / "x.pt").write_bytes(b"not read")
     monkeypatch.setitem(sys.modules, "torch", None)
     with pytest.raises(ImportError, match="safetensors"):
-        export.read_state_dict(tmp_path / "x.pt")
+        weights_io.read_state_dict(tmp_path / "x.pt")
 
 
 def test_torch_state_dict_weights_only(tmp_path):
     torch = pytest.importorskip("torch", exc_type=ImportError)
     params = _params(TINY)
-    sd = export.to_external(params, TINY, "open_clip")
+    sd = keymap.to_external(params, TINY, "open_clip")
     torch.save({"epoch": 3, "state_dict": {f"module.{k}": torch.from_numpy(np.array(v))
                                            for k, v in sd.items()}}, tmp_path / "epoch_3.pt")
-    back = export.from_external(export.read_state_dict(tmp_path / "epoch_3.pt"), TINY,
+    back = keymap.from_external(weights_io.read_state_dict(tmp_path / "epoch_3.pt"), TINY,
                                 "open_clip")
     _assert_same_tree(params, back)
 
@@ -347,11 +351,12 @@ def test_torch_state_dict_weights_only(tmp_path):
 def test_bundle_round_trip_and_inference(tmp_path, tok):
     cfg = TINY.replace(scan=True)
     params = _params(cfg, seed=5)
-    export.save_bundle(tmp_path / "b", params, cfg, tok)
+    bundle_lib.save_bundle(tmp_path / "b", params, cfg, tok)
     conf = json.loads((tmp_path / "b" / "config.json").read_text())
     assert conf["format"] == "clip_jax.bundle" and conf["version"] == 1
     assert set(conf["preprocess"]) == {"image_size", "mean", "std", "resize"}
-    assert "visual/conv1/kernel" in export.read_safetensors(tmp_path / "b" / "model.safetensors")
+    weights = weights_io.read_safetensors(tmp_path / "b" / "model.safetensors")
+    assert "visual/conv1/kernel" in weights
 
     m = clip_jax.load(str(tmp_path / "b"))
     _assert_same_tree(jax.device_get(m.params), params)
@@ -388,13 +393,12 @@ def test_bundle_round_trip_and_inference(tmp_path, tok):
     np.testing.assert_allclose(probs, ref / ref.sum(1, keepdims=True), atol=1e-5)
 
     # checkpoint.init_from: a bundle loads into either block layout, sharded as asked
-    from clip_jax import checkpoint
 
     flat_cfg = cfg.replace(scan=False)
-    loaded = checkpoint.load_params(str(tmp_path / "b"), export.abstract_params(flat_cfg))
+    loaded = sources.load_params(str(tmp_path / "b"), models.abstract_params(flat_cfg))
     _assert_same_tree(jax.device_get(loaded),
-                      export.unflatten_params(export.unstack_layers(
-                          export.flatten_params(params))))
+                      params_lib.unflatten_params(params_lib.unstack_layers(
+                          params_lib.flatten_params(params))))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -426,9 +430,9 @@ def test_export_cli_round_trips(tmp_path, workdir, tok):
         out[fmt] = tmp_path / fmt
         src = wd if fmt != "open_clip" else wd / "checkpoints"
         assert export.main([fmt, "--checkpoint", str(src), "--out", str(out[fmt])]) == 0
-    cfg, got, got_tok, _ = export.read_bundle(out["bundle"])
+    cfg, got, got_tok, _ = bundle_lib.read_bundle(out["bundle"])
     assert cfg == TINY
-    _assert_same_tree(export.unflatten_params(got), params)
+    _assert_same_tree(params_lib.unflatten_params(got), params)
     assert got_tok.vocab_size == tok.vocab_size
     assert (out["open_clip"] / "open_clip_model.safetensors").is_file()
     oc_conf = json.loads((out["open_clip"] / "open_clip_config.json").read_text())
@@ -436,33 +440,31 @@ def test_export_cli_round_trips(tmp_path, workdir, tok):
     assert oc_conf["preprocess_cfg"]["size"] == 32
     hf_conf = json.loads((out["hf"] / "config.json").read_text())
     assert hf_conf["text_config"]["eos_token_id"] == tok.eot_id
-    assert export.model_config_from_hf(hf_conf) == TINY
+    assert hf_lib.model_config_from_hf(hf_conf) == TINY
 
     for fmt in ("open_clip", "hf"):
         b = tmp_path / f"imported_{fmt}"
         assert export.main(["import", "--from", fmt, "--src", str(out[fmt]), "--scan",
                             "--out", str(b)]) == 0
-        cfg, got, got_tok, _ = export.read_bundle(b)
+        cfg, got, got_tok, _ = bundle_lib.read_bundle(b)
         assert cfg == TINY.replace(scan=True)
-        _assert_same_tree(export.unflatten_params(export.unstack_layers(got)), params)
+        _assert_same_tree(params_lib.unflatten_params(params_lib.unstack_layers(got)), params)
         assert got_tok is not None and got_tok.eot_id == tok.eot_id
     # open_clip weights file + an explicit model config (JSON text)
     b = tmp_path / "imported_file"
     export.main(["import", "--from", "open_clip", "--src",
                  str(out["open_clip"] / "open_clip_model.safetensors"), "--model-config",
                  json.dumps(models.to_open_clip_config(TINY)), "--out", str(b)])
-    _assert_same_tree(export.unflatten_params(export.read_bundle(b)[1]), params)
+    _assert_same_tree(params_lib.unflatten_params(bundle_lib.read_bundle(b)[1]), params)
     # an HF directory is also accepted directly as checkpoint.init_from
-    from clip_jax import checkpoint
-
-    _assert_same_tree(jax.device_get(checkpoint.load_params(
-        str(out["hf"]), export.abstract_params(TINY))), params)
+    _assert_same_tree(jax.device_get(sources.load_params(
+        str(out["hf"]), models.abstract_params(TINY))), params)
 
 
 def test_predict_cli(tmp_path, tok):
     from PIL import Image
 
-    export.save_bundle(tmp_path / "b", _params(TINY, seed=9), TINY, tok)
+    bundle_lib.save_bundle(tmp_path / "b", _params(TINY, seed=9), TINY, tok)
     rng = np.random.default_rng(0)
     for name in ("a.png", "b.png"):
         Image.fromarray(rng.integers(0, 256, (48, 40, 3), dtype=np.uint8)).save(tmp_path / name)
@@ -504,7 +506,7 @@ def test_hf_transformers_embeddings_match(tmp_path, tok, act):
     transformers = pytest.importorskip("transformers", exc_type=ImportError)
     cfg = TINY.replace(act=act)
     params = _params(cfg, seed=11)
-    export.export_hf(tmp_path / "hf", params, cfg, tok)
+    hf_lib.export_hf(tmp_path / "hf", params, cfg, tok)
     model = transformers.CLIPModel.from_pretrained(str(tmp_path / "hf")).eval()
     images, _ = _inputs(cfg, n=4)
     texts = ["a photo of a cat", "a big zebra", "green tree house", "dog"]
@@ -532,11 +534,11 @@ def test_hf_clip_bpe_tokenizer_files(tmp_path, bpe_vocab_path):
 
     clip_tok = load_tokenizer(f"clip_bpe:{bpe_vocab_path}")
     cfg = TINY.replace(text={"vocab_size": clip_tok.vocab_size})
-    export.export_hf(tmp_path / "hf", _params(cfg), cfg, clip_tok)
+    hf_lib.export_hf(tmp_path / "hf", _params(cfg), cfg, clip_tok)
     import shutil
 
     shutil.rmtree(tmp_path / "hf" / "tokenizer")  # rebuilt from vocab.json + merges.txt
-    _, _, tok2, _ = export.import_hf(tmp_path / "hf")
+    _, _, tok2, _ = hf_lib.import_hf(tmp_path / "hf")
     texts = ["A photo of a CAT!", "naïve café, 3 dogs"]
     np.testing.assert_array_equal(tok2(texts, 16), clip_tok(texts, 16))
     try:

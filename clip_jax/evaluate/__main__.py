@@ -3,11 +3,12 @@
     python -m clip_jax.evaluate --model BUNDLE_OR_WORKDIR --eval zeroshot --dataset SPEC \\
         [--eval retrieval ...] [--templates imagenet] [--data-dir TFDS_DIR] [--out DIR]
 
-``--model``: a bundle (``python -m clip_jax.export bundle``), a training workdir or its
-``checkpoints`` directory (latest complete step). ``--eval``: zeroshot, retrieval, fewshot,
-linear_probe (repeat the flag or give a comma list); each runs on ``--dataset`` (see
-:mod:`clip_jax.evaluate.datasets`: a ``.json`` card such as the demo corpus's ``zeroshot.json``,
-``tfds:cifar10``, ``folder:PATH``, or shards for retrieval). Writes ``DIR/report.json``, a
+``--model``: any model source (:mod:`clip_jax.sources`): a bundle, a training workdir or its
+``checkpoints`` directory (latest complete step), an HF CLIP directory or open_clip weights.
+``--eval``: zeroshot, retrieval, fewshot, linear_probe (repeat the flag or give a comma list);
+each runs on ``--dataset`` (see :mod:`clip_jax.evaluate.datasets`: a ``.json`` card such as
+the demo corpus's ``zeroshot.json``, ``tfds:cifar10``, ``folder:PATH``, or shards for
+retrieval). Writes ``DIR/report.json``, a
 zero-shot confusion-matrix PNG and, for a workdir, ``DIR/training_curves.png``; prints the
 headline numbers as one JSON line.
 """
@@ -20,15 +21,16 @@ import os
 import sys
 from collections.abc import Sequence
 
-from clip_jax import cli
+from clip_jax import cli, inference
+from clip_jax.evaluate import evaluators, plots
+from clip_jax.evaluate.evaluators import DEFAULT_SHOTS, EVALS
 
 
 def _parser() -> argparse.ArgumentParser:
-    from clip_jax.evaluate.evaluators import DEFAULT_SHOTS, EVALS
-
     p = cli.ArgumentParser(prog="python -m clip_jax.evaluate",
                            description=__doc__.split("\n")[0])
-    p.add_argument("--model", required=True, help="bundle, training workdir or checkpoints dir")
+    p.add_argument("--model", required=True, help="bundle, training workdir or checkpoints dir, "
+                   "HF CLIP directory, open_clip weights")
     p.add_argument("--eval", action="append", required=True,
                    help=f"evaluation(s): {', '.join(EVALS)} (repeat or comma-separate)")
     p.add_argument("--dataset", required=True, help="dataset spec used by every --eval")
@@ -47,8 +49,6 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    from clip_jax import export
-    from clip_jax.evaluate import evaluators, plots
 
     names = [n.strip() for e in args.eval for n in e.split(",") if n.strip()]
     bad = [n for n in names if n not in evaluators.EVALS]
@@ -64,12 +64,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     spec = evaluators.EvalSpec(templates=args.templates, data_dir=args.data_dir, shots=shots,
                                max_per_class=args.max_per_class, batch_size=args.batch_size,
                                **{n: args.dataset for n in names})
-    cfg, params, tokenizer, pre = export.load_source(args.model)
-    if tokenizer is None and ({"zeroshot", "retrieval"} & set(names)):
+    model = inference.load(args.model, batch_size=args.batch_size)
+    if model.tokenizer is None and ({"zeroshot", "retrieval"} & set(names)):
         print(f"error: {args.model} has no tokenizer, which zero-shot and retrieval need",
               file=sys.stderr)
         return 2
-    model = export.InferenceModel(cfg, params, tokenizer, pre, batch_size=args.batch_size)
     reports = evaluators.run(model, spec, names)
 
     workdir = args.model if os.path.isfile(os.path.join(args.model, "metrics.jsonl")) else None

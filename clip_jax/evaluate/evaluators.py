@@ -3,7 +3,7 @@
 An *encoder* is anything with ``encode_image(float32 NHWC pixels) -> (N, D)``,
 ``encode_text(list of strings) -> (N, D)`` (L2-normalised NumPy), ``image_size`` and
 ``batch_size``: :class:`MeshEncoder` (the training mesh, parameters left sharded as they are in
-training) or :class:`clip_jax.export.InferenceModel` (a bundle or checkpoint on the local
+training) or :class:`clip_jax.inference.InferenceModel` (a bundle or checkpoint on the local
 devices).
 
 Evaluations, by name (:data:`EVALS`)::
@@ -33,8 +33,8 @@ import flax.linen as nn
 import jax
 import numpy as np
 
-from clip_jax import models, sharding
-from clip_jax.evaluate import datasets, metrics, plots
+from clip_jax import inference, models, sharding
+from clip_jax.evaluate import datasets, metrics, plots, probes
 from clip_jax.evaluate import templates as templates_lib
 
 EVALS = ("zeroshot", "retrieval", "fewshot", "linear_probe")
@@ -117,7 +117,7 @@ def zeroshot(encoder, spec: EvalSpec) -> dict:
     t0 = time.perf_counter()
     ds = datasets.labelled(spec.zeroshot, spec.data_dir)
     templates = _templates(spec, ds)
-    classifier = metrics.build_zeroshot_classifier(encoder.encode_text, ds.class_names,
+    classifier = inference.build_zeroshot_classifier(encoder.encode_text, ds.class_names,
                                                    templates, batch_size=spec.batch_size)
     feats, labels = image_features(encoder, ds, spec.batch_size)
     topk = (1, 5) if len(ds.class_names) > 5 else (1,)
@@ -179,7 +179,7 @@ def fewshot(encoder, spec: EvalSpec) -> dict:
     if not shots:
         raise ValueError(f"fewshot on {name}: some class has fewer training images than the "
                          f"smallest k in {spec.shots}")
-    out = metrics.fewshot_lstsq(tr_x, tr_y, te_x, te_y, shots=shots, num_classes=len(names))
+    out = probes.fewshot_lstsq(tr_x, tr_y, te_x, te_y, shots=shots, num_classes=len(names))
     out.update(dataset=name, method="lstsq (ridge 2**10)", num_train=len(tr_y),
                num_test=len(te_y), chance=1.0 / len(names), seconds=time.perf_counter() - t0)
     return out
@@ -189,10 +189,10 @@ def linear_probe(encoder, spec: EvalSpec) -> dict:
     t0 = time.perf_counter()
     tr_x, tr_y, te_x, te_y, names, name = _probe_features(
         encoder, spec, spec.linear_probe, spec.max_per_class)
-    out = metrics.linear_probe(tr_x, tr_y, te_x, te_y, num_classes=len(names))
+    out = probes.linear_probe(tr_x, tr_y, te_x, te_y, num_classes=len(names))
     shots = _usable_shots(spec.shots, tr_y, len(names))
     if shots:
-        out["fewshot"] = metrics.fewshot_linear_probe(tr_x, tr_y, te_x, te_y, shots=shots,
+        out["fewshot"] = probes.fewshot_linear_probe(tr_x, tr_y, te_x, te_y, shots=shots,
                                                       num_classes=len(names))
     out.update(dataset=name, num_train=len(tr_y), num_test=len(te_y), chance=1.0 / len(names),
                seconds=time.perf_counter() - t0)
@@ -289,18 +289,13 @@ class MeshEncoder:
         return self
 
     def _call(self, fn, x: np.ndarray) -> np.ndarray:
-        outs = []
-        for s in range(0, len(x), self.batch_size):
-            chunk = x[s:s + self.batch_size]
-            n = len(chunk)
-            if n < self.batch_size:
-                chunk = np.concatenate([chunk, np.zeros((self.batch_size - n, *chunk.shape[1:]),
-                                                        chunk.dtype)])
+        def one(chunk):  # every process holds the whole chunk; each device takes its rows
             arr = jax.make_array_from_callback(chunk.shape, self._batch,
-                                               lambda idx, c=chunk: c[idx])
+                                               lambda idx: chunk[idx])
             with jax.set_mesh(self.mesh):
-                outs.append(np.asarray(fn(self.params, arr), np.float32)[:n])
-        return np.concatenate(outs)
+                return fn(self.params, arr)
+
+        return inference.run_batched(one, x, self.batch_size, self.batch_size, 0)
 
     def encode_image(self, images: np.ndarray) -> np.ndarray:
         return self._call(self._image, np.asarray(images, np.float32))

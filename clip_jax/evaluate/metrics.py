@@ -7,8 +7,6 @@ recalls are fractions in [0, 1]. Linear and few-shot probes are in
 
 API::
 
-    build_zeroshot_classifier(encode_text, class_names, templates, batch_size=256)
-        -> (num_classes, D) float32, L2-normalised rows (CLIP prompt ensembling)
     zeroshot_metrics(image_embeddings, classifier, labels, topk=(1, 5))
         -> {"top1", "top5", "per_class_accuracy", "mean_per_class_accuracy", "num_samples",
             "predictions", "confusion_matrix"}
@@ -34,10 +32,12 @@ exact ties the confusion-matrix diagonal can therefore exceed the pessimistic ``
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import jax
 import numpy as np
+
+from clip_jax.inference import l2_normalize
 
 # Score-matrix chunks hold at most this many float32 entries (64 MiB).
 _CHUNK_ELEMS = 1 << 24
@@ -76,13 +76,6 @@ def as_labels(y, name: str, n: int, num_classes: int | None = None) -> np.ndarra
     return a
 
 
-def l2_normalize(x, axis: int = -1, eps: float = 1e-12) -> np.ndarray:
-    """Row-wise L2 normalisation in float32 NumPy (zero rows stay zero)."""
-    x = np.asarray(x, dtype=np.float32)
-    norm = np.sqrt(np.sum(x * x, axis=axis, keepdims=True))
-    return x / np.maximum(norm, eps)
-
-
 def _chunk_rows(num_cols: int) -> int:
     return max(1, _CHUNK_ELEMS // max(1, num_cols))
 
@@ -111,53 +104,6 @@ def jsonable(metrics):
 # --------------------------------------------------------------------------------------------
 
 
-def format_prompt(template: str | Callable[[str], str], class_name: str) -> str:
-    """``template`` is a callable, or a ``str.format`` string with ``{}`` or ``{c}``."""
-    if callable(template):
-        return template(class_name)
-    if "{c}" in template:
-        return template.format(c=class_name)
-    return template.format(class_name)
-
-
-def build_zeroshot_classifier(
-    encode_text: Callable[[list[str]], np.ndarray],
-    class_names: Sequence[str],
-    templates: Sequence[str | Callable[[str], str]],
-    batch_size: int = 256,
-    pad_batches: bool = True,
-) -> np.ndarray:
-    """CLIP prompt ensembling: ``(num_classes, D)`` float32 classifier with unit-norm rows.
-
-    For each class every template is formatted and encoded; each prompt embedding is
-    L2-normalised (a no-op for the normalised output ``encode_text`` is expected to return), the
-    embeddings are averaged over templates and the mean is re-normalised (as open_clip's
-    ``build_zero_shot_classifier``). Prompts are encoded class-major in batches of
-    ``batch_size``; with ``pad_batches`` the last batch is padded (repeating its last prompt) to
-    ``batch_size`` so a jitted encoder sees a single shape, and the padding is discarded.
-    """
-    class_names = list(class_names)
-    templates = list(templates)
-    if not class_names or not templates:
-        raise ValueError("need at least one class name and one template")
-    if batch_size < 1:
-        raise ValueError("batch_size must be >= 1")
-    texts = [format_prompt(t, c) for c in class_names for t in templates]
-    chunks = []
-    for start in range(0, len(texts), batch_size):
-        batch = texts[start:start + batch_size]
-        n = len(batch)
-        if pad_batches and n < batch_size:
-            batch = batch + [batch[-1]] * (batch_size - n)
-        emb = np.asarray(encode_text(batch), dtype=np.float32)
-        if emb.ndim != 2 or emb.shape[0] != len(batch):
-            raise ValueError(f"encode_text returned shape {emb.shape} for {len(batch)} texts")
-        chunks.append(emb[:n])
-    emb = l2_normalize(np.concatenate(chunks, axis=0))
-    emb = emb.reshape(len(class_names), len(templates), -1).mean(axis=1)
-    return l2_normalize(emb)
-
-
 def zeroshot_metrics(
     image_embeddings,
     classifier,
@@ -167,7 +113,8 @@ def zeroshot_metrics(
 ) -> dict:
     """Zero-shot classification metrics of ``image_embeddings @ classifier.T``.
 
-    ``image_embeddings`` (N, D), ``classifier`` (C, D) (from :func:`build_zeroshot_classifier`),
+    ``image_embeddings`` (N, D), ``classifier`` (C, D) (from
+    :func:`clip_jax.inference.build_zeroshot_classifier`),
     ``labels`` (N,) ints in [0, C). Returns ``top{k}`` for each k (pessimistic tie rule, see the
     module docstring), ``per_class_accuracy`` (list of C top-1 accuracies, ``None`` for classes
     without samples), ``mean_per_class_accuracy`` (over classes with samples), ``num_samples``,

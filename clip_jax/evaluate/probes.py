@@ -28,7 +28,8 @@ import numpy as np
 import optax
 import optax.tree_utils as otu
 
-from clip_jax.evaluate.metrics import as_f32, as_labels, l2_normalize, pessimistic_rank
+from clip_jax.evaluate.metrics import as_f32, as_labels, pessimistic_rank
+from clip_jax.inference import l2_normalize
 
 
 def _infer_num_classes(num_classes, *label_arrays) -> int:

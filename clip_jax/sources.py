@@ -1,0 +1,148 @@
+"""The one place that turns "a path the user gave" into a model: config, params, tokenizer.
+
+Accepted everywhere a model is read (``checkpoint.init_from``, ``clip_jax.load``, the
+``evaluate``, ``predict`` and ``export`` CLIs):
+
+=============  ===============================================================================
+kind           what the path is
+=============  ===============================================================================
+``bundle``     a clip_jax bundle directory (``model.safetensors`` + ``config.json`` format
+               ``clip_jax.bundle``), see :mod:`clip_jax.bundle`
+``hf``         a Hugging Face ``CLIPModel`` directory (``config.json`` with ``text_config`` /
+               ``vision_config`` and safetensors or ``pytorch_model.bin`` weights)
+``open_clip``  an open_clip weights file (``.safetensors``, ``.pt``, ``.bin``) or a directory
+               holding ``open_clip_config.json`` and its weights
+``checkpoint`` a training workdir or its ``checkpoints/`` directory (latest complete step)
+=============  ===============================================================================
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+from typing import Any
+
+import jax
+
+from clip_jax import bundle, checkpoint, models
+from clip_jax import config as config_lib
+from clip_jax import params as params_lib
+from clip_jax.data.tokenizer import load_tokenizer
+from clip_jax.interop import hf, open_clip
+
+KINDS = ("bundle", "hf", "open_clip", "checkpoint")
+_WEIGHT_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin", ".ckpt")
+
+
+@dataclasses.dataclass
+class Source:
+    """A model read from disk: nested NumPy ``params`` in ``cfg``'s layout."""
+
+    kind: str
+    path: Path
+    cfg: models.ModelConfig
+    params: Any
+    tokenizer: Any = None
+    preprocess: dict = dataclasses.field(default_factory=dict)
+
+
+def kind_of(path: str | os.PathLike) -> str:
+    """Which of :data:`KINDS` ``path`` is; FileNotFoundError/ValueError say why none fits."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"no such checkpoint, workdir, bundle or weights file: {path}")
+    if path.is_file():
+        if path.suffix in _WEIGHT_SUFFIXES or path.name.endswith(".index.json"):
+            return "open_clip"
+        raise ValueError(f"{path} is a file but not a weights file ({', '.join(_WEIGHT_SUFFIXES)})")
+    if bundle.is_bundle(path):
+        return "bundle"
+    if hf.is_hf_dir(path):
+        return "hf"
+    if (path / open_clip.OPEN_CLIP_CONFIG).is_file():
+        return "open_clip"
+    ckpt = checkpoint.checkpoints_dir(path)
+    if not any(name.isdigit() for name in os.listdir(ckpt)):
+        raise FileNotFoundError(
+            f"{path}: no model weights found: looked for a bundle or Hugging Face CLIP directory "
+            f"({', '.join(hf.HF_WEIGHTS)} with a {bundle.CONFIG_FILE}), open_clip weights "
+            f"({open_clip.OPEN_CLIP_CONFIG} beside them) and orbax checkpoint steps in {ckpt}")
+    return "checkpoint"
+
+
+def _run_config(path: Path) -> dict:
+    """The run config of a workdir/checkpoints dir: the one saved with the latest step, else
+    ``config.json`` in the directory or in the workdir above ``checkpoints/``."""
+    run = checkpoint.saved_config(str(path))
+    for d in (path, path.parent):
+        if run is None:
+            c = bundle.read_config(d)
+            run = c if isinstance(c, dict) and "model" in c else None
+    if run is None:
+        raise FileNotFoundError(f"{path}: no run config found (neither {bundle.CONFIG_FILE} in "
+                                f"the workdir nor a config saved with the checkpoint)")
+    return run
+
+
+def _checkpoint_source(path: Path) -> Source:
+    cfg = config_lib.resolve_model_config(_run_config(path)["model"])
+    abstract = models.abstract_params(cfg)
+    cpu = jax.sharding.SingleDeviceSharding(jax.local_devices(backend="cpu")[0])
+    params = jax.device_get(checkpoint.load_params(
+        str(path), abstract, jax.tree.map(lambda _: cpu, abstract)))
+    tok = checkpoint.load_tokenizer(str(path))  # the one saved with these weights
+    for d in (path, path.parent):
+        tdir = bundle.tokenizer_dir(d) if tok is None else None
+        if tdir is not None:
+            tok = load_tokenizer(str(tdir))
+    return Source("checkpoint", path, cfg, params, tok,
+                  bundle.default_preprocess(cfg.vision.image_size))
+
+
+def resolve(path: str | os.PathLike, model_config: str | None = None,
+            scan: bool | None = None) -> Source:
+    """Read any of :data:`KINDS` into a :class:`Source` (params on the host).
+
+    ``model_config`` (open_clip only): a JSON path/text or preset name when no
+    ``open_clip_config.json`` sits next to the weights. ``scan`` overrides the block layout.
+    """
+    path = Path(path)
+    kind = kind_of(path)
+    if model_config and kind != "open_clip":
+        raise ValueError(f"a model config applies to open_clip weights only; {path} is a "
+                         f"{kind} and carries its own")
+    if kind == "bundle":
+        cfg, flat, tok, pre = bundle.read_bundle(path)
+        src = Source(kind, path, cfg, params_lib.unflatten_params(flat), tok, pre)
+    elif kind == "hf":
+        src = Source(kind, path, *hf.import_hf(path, scan=bool(scan)))
+    elif kind == "open_clip":
+        src = Source(kind, path, *open_clip.import_open_clip(path, model_config, bool(scan)))
+    else:
+        src = _checkpoint_source(path)
+    if scan is not None and src.cfg.scan != scan:
+        flat = params_lib.flatten_params(src.params)
+        src.cfg = src.cfg.replace(scan=scan)
+        src.params = params_lib.unflatten_params(params_lib.adapt(
+            flat, params_lib.flatten_params(models.abstract_params(src.cfg)), str(path)))
+    return src
+
+
+def load_params(path: str | os.PathLike, abstract_tree, shardings=None):
+    """Params of any source laid out, typed and sharded like ``abstract_tree`` (``init_from``).
+
+    Orbax checkpoints restore straight into the shardings; files are read on the host and
+    placed shard by shard. Shapes must match exactly (errors name the key).
+    """
+    kind = kind_of(path)
+    if kind == "checkpoint":
+        return checkpoint.load_params(str(path), abstract_tree, shardings)
+    if kind == "bundle":
+        return bundle.load_params(path, abstract_tree, shardings)
+    if kind == "hf":
+        return hf.load_params(path, abstract_tree, shardings)
+    src = resolve(path)
+    return params_lib.place(params_lib.flatten_params(src.params), abstract_tree, shardings,
+                            f"open_clip weights {path}")
+
