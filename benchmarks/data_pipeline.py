@@ -43,6 +43,7 @@ from PIL import Image
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from clip_jax.data import pipeline, shards, tario, transforms, write_shards  # noqa: E402
+from clip_jax.data.tokenizer import load_tokenizer as load_named_tokenizer  # noqa: E402
 
 WORDS = ("a photo of the red old car parked near green house with small dog on sunny day "
          "beautiful mountain landscape river lake city street night view people walking in "
@@ -63,25 +64,19 @@ class CharTokenizer:
 
 def load_tokenizer(spec: str | None):
     if spec:
-        from clip_jax.data.tokenizer import load_tokenizer as load
-
-        return load(spec), spec
+        return load_named_tokenizer(spec), spec
     vocab = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "..",
                          "shared", "data", "bpe_simple_vocab_16e6.txt.gz")
     if os.path.exists(vocab):
         try:
-            from clip_jax.data.tokenizer import load_tokenizer as load
-
-            return load(f"clip_bpe:{os.path.abspath(vocab)}"), "clip_bpe"
-        except Exception as e:  # tokenizer module missing or broken: still measure the rest
+            return load_named_tokenizer(f"clip_bpe:{os.path.abspath(vocab)}"), "clip_bpe"
+        except Exception as e:  # vocabulary unreadable: still measure the rest
             print(f"(CLIP BPE tokenizer unavailable: {e!r})", file=sys.stderr)
     return CharTokenizer(), "char (fallback)"
 
 
 def synthetic_shards(out_dir: str, n: int, size: tuple[int, int], per_shard: int) -> str:
     """Photo-like JPEGs: smooth random colour fields plus fine noise."""
-    from PIL import Image
-
     w, h = size
 
     def gen():

@@ -376,3 +376,24 @@ def test_resume_at_every_batch(tmp_path):
         it2 = pipeline.make_train_iterator(c, FakeTokenizer(), SIZE, 2, seed=9)
         it2.set_state(json.loads(states[k]))
         assert same(take(it2, 3), batches[k: k + 3]), k
+
+
+def test_stream_core_without_processes(tmp_path):
+    """stream.BatchMaker alone (no worker pool): its state restores the same next batches, and
+    the iterator's batches are exactly its batches."""
+    spec = _corrupt_shards(tmp_path / "a")
+    wspec = stream.WorkerSpec(tuple(shards.parse_sources(spec)), seed=2, consumer=0,
+                              num_consumers=1, resampled=False, shuffle_window=8, batch_size=3,
+                              image_size=SIZE, context_length=L)
+    maker = stream.BatchMaker(wspec, FakeTokenizer())
+    take_n = [maker.next_batch() for _ in range(4)]
+    state = json.loads(json.dumps(maker.state()))
+    expected = [maker.next_batch() for _ in range(6)]
+    maker.close()
+    again = stream.BatchMaker(wspec, FakeTokenizer(), state)
+    assert same([again.next_batch() for _ in range(6)], expected)
+    again.close()
+    it = pipeline.make_train_iterator(cfg(spec, shuffle_buffer=4), FakeTokenizer(), SIZE, 3,
+                                      seed=2)
+    assert same(take(it, 10), take_n + expected)
+    it.close()

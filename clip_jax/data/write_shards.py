@@ -46,6 +46,8 @@ import os
 import sys
 from collections.abc import Iterable, Iterator
 
+from PIL import Image
+
 from clip_jax import cli
 from clip_jax.data.tario import FOLDER_IMAGE_EXTS, IMAGE_EXTS
 
@@ -315,8 +317,6 @@ def load_image(path: str) -> tuple[bytes, str]:
         data = f.read()
     if ext in IMAGE_EXTS:
         return data, ext
-    from PIL import Image
-
     with Image.open(io.BytesIO(data)) as img:
         buf = io.BytesIO()
         img.save(buf, format="PNG")
@@ -325,8 +325,6 @@ def load_image(path: str) -> tuple[bytes, str]:
 
 def decodes(data: bytes) -> str | None:
     """None if ``data`` is an image PIL decodes completely, else the decoder's error."""
-    from PIL import Image
-
     try:
         with Image.open(io.BytesIO(data)) as img:
             img.load()

@@ -34,6 +34,7 @@ import os
 from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
+from PIL import Image
 
 from clip_jax.data import shards, tario, transforms
 from clip_jax.evaluate import templates as templates_lib
@@ -253,8 +254,6 @@ def _tfds_labelled(name: str, split: str | None, data_dir: str | None,
         yield from tfds.as_numpy(builder.as_dataset(split=split, shuffle_files=False))
 
     def samples(size):
-        from PIL import Image
-
         for ex in records():
             image = ex[image_key]
             if isinstance(image, np.ndarray):
