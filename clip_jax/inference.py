@@ -292,6 +292,9 @@ def create_model(name: str | os.PathLike, tokenizer: str | None = None, seed: in
         params = jax.jit(lambda k: nn.meta.unbox(
             model.init(k, *models.init_inputs(cfg))["params"]))(jax.random.key(seed))
         tok, pre = None, bundle.default_preprocess(cfg.vision.image_size)
+    elif not Path(spec).exists():
+        raise ValueError(f"{spec!r} is neither a model name ({', '.join(list_models())}), an "
+                         f"open_clip model-config JSON, nor an existing path")
     else:
         src = sources.resolve(spec, scan=overrides.pop("scan", None))
         cfg = src.cfg.replace(**overrides)
