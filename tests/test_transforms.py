@@ -252,3 +252,18 @@ def test_normalize():
     white = transforms.normalize(np.full((2, 1, 1, 3), 255, np.uint8))
     expect = (1 - np.array(transforms.CLIP_MEAN)) / np.array(transforms.CLIP_STD)
     np.testing.assert_allclose(white[0, 0, 0], expect, rtol=1e-6)
+
+
+def test_pixel_scale_is_normalize():
+    """pixel_scale (what the train step applies on the device) and normalize agree, for CLIP's
+    statistics and for a bundle's own."""
+    x = np.random.default_rng(0).integers(0, 256, (2, 3, 4, 3), dtype=np.uint8)
+    for mean, std in ((None, None), ((0.5, 0.4, 0.3), (0.2, 0.25, 0.3))):
+        m, s = transforms.pixel_scale(mean, std)
+        assert m.dtype == s.dtype == np.float32 and m.shape == (3,)
+        np.testing.assert_array_equal((x.astype(np.float32) - m) * s,
+                                      transforms.normalize(x, mean=mean, std=std))
+        ref_mean = np.array(mean or transforms.CLIP_MEAN)
+        ref_std = np.array(std or transforms.CLIP_STD)
+        np.testing.assert_allclose(transforms.normalize(x, mean=mean, std=std),
+                                   (x / 255 - ref_mean) / ref_std, rtol=1e-5, atol=1e-5)

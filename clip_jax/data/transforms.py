@@ -48,8 +48,6 @@ TRAIN_RATIO = (3 / 4, 4 / 3)
 # TypeError, an AttributeError, MemoryError...) is a bug or a real failure and must propagate.
 DECODE_ERRORS = (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError)
 
-_MEAN255 = np.asarray(CLIP_MEAN, np.float32) * 255
-_INV_STD255 = 1 / (np.asarray(CLIP_STD, np.float32) * 255)
 _JPEG_MAGIC = b"\xff\xd8\xff"
 
 
@@ -196,6 +194,19 @@ def resize_center_crop(img: Image.Image, size: int) -> np.ndarray:
     return np.asarray(img, dtype=np.uint8)
 
 
+def pixel_scale(mean: Sequence[float] | None = None,
+                std: Sequence[float] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """``(mean * 255, 1 / (std * 255))`` as float32 (3,) arrays: ``(x - m) * s`` normalises uint8
+    pixels ``x`` (per channel, ``mean`` / ``std`` in [0, 1] units, default CLIP's). The one
+    place this arithmetic is written: :func:`normalize` on the host, the train step on the
+    device (``jnp.asarray`` of these)."""
+    m = np.asarray(CLIP_MEAN if mean is None else mean, np.float32) * 255
+    return m, 1 / (np.asarray(CLIP_STD if std is None else std, np.float32) * 255)
+
+
+_MEAN255, _INV_STD255 = pixel_scale()
+
+
 def normalize(images: np.ndarray, out: np.ndarray | None = None,
               mean: Sequence[float] | None = None,
               std: Sequence[float] | None = None) -> np.ndarray:
@@ -204,8 +215,8 @@ def normalize(images: np.ndarray, out: np.ndarray | None = None,
     ``mean`` / ``std`` are per channel in [0, 1] units (a bundle may carry its own); they
     default to :data:`CLIP_MEAN` / :data:`CLIP_STD`.
     """
-    mean255 = _MEAN255 if mean is None else np.asarray(mean, np.float32) * 255
-    inv_std255 = _INV_STD255 if std is None else 1 / (np.asarray(std, np.float32) * 255)
+    mean255, inv_std255 = ((_MEAN255, _INV_STD255) if mean is None and std is None
+                           else pixel_scale(mean, std))
     if out is None:
         out = np.empty(images.shape, np.float32)
     np.subtract(images, mean255, out=out, dtype=np.float32)
