@@ -19,7 +19,7 @@ from PIL import Image
 from clip_jax import bundle as bundle_lib
 from clip_jax import inference, models, train
 from clip_jax.config import base_config
-from clip_jax.data import demo, pipeline
+from clip_jax.data import demo, tario
 from clip_jax.data import tokenizer as tok_lib
 from clip_jax.data.transforms import CLIP_MEAN, CLIP_STD, normalize
 from clip_jax.evaluate import datasets, evaluators
@@ -153,7 +153,7 @@ def test_demo_card_retrieval_groups_captions_per_image(demo_card):
 
 def _tiny_bundle(tmp_path, demo_card):
     shards = datasets.read_card(demo_card)["shards"]
-    captions = [c for _, _, c in pipeline.iterate_samples(shards, decode=False)]
+    captions = [c for _, _, c in tario.iterate_samples(shards, decode=False)]
     tok = tok_lib.train_tokenizer(captions * 4, 300, str(tmp_path / "tok"))
     cfg = models.get_model_config("tiny").replace(text={"vocab_size": tok.vocab_size})
     params = models.CLIP(cfg).init(jax.random.key(1), *models.init_inputs(cfg))["params"]

@@ -37,10 +37,11 @@ LAYERS = (
      "clip_jax.evaluate.__main__"),
 )
 
-# Optional heavy dependencies that may be imported inside a function.
+# May be imported inside a function: optional heavy dependencies, webdataset (its import loads
+# torch whenever torch is installed: only the shard writers need it) and fcntl (POSIX only).
 OPTIONAL = ("torch", "ml_dtypes", "tensorflow", "tensorflow_datasets", "tokenizers", "fsspec",
             "transformers", "open_clip", "pyarrow", "matplotlib", "jax.experimental.topologies",
-            "libtpu")
+            "libtpu", "webdataset", "fcntl")
 MAX_LINES = 460
 
 
