@@ -327,37 +327,36 @@ def load_params(path: str, abstract_params, shardings=None):
     return restored["state"]["params"]
 
 
-def saved_config(path: str) -> dict | None:
-    """The run config saved with the latest step under ``path`` (workdir or checkpoints dir),
-    or None when there is no step or it carries no config with a model."""
+def _latest_json_item(path: str, item: str):
+    """``(step, checkpoints dir, the JSON item)`` of the latest step under ``path``; the item is
+    None when there is no step or the step does not carry that item."""
     ckpt_dir = checkpoints_dir(path)
     if not os.path.isdir(ckpt_dir):
-        return None
+        return None, ckpt_dir, None
     manager = _read_only(ckpt_dir)
     try:
         step = manager.latest_step()
-        if step is None or not os.path.isdir(os.path.join(ckpt_dir, str(step), "config")):
-            return None
-        d = manager.restore(step, args=ocp.args.Composite(
-            config=ocp.args.JsonRestore()))["config"]
+        if step is None or not os.path.isdir(os.path.join(ckpt_dir, str(step), item)):
+            return step, ckpt_dir, None
+        return step, ckpt_dir, manager.restore(
+            step, args=ocp.args.Composite(**{item: ocp.args.JsonRestore()}))[item]
     finally:
         manager.close()
+
+
+def saved_config(path: str) -> dict | None:
+    """The run config saved with the latest step under ``path`` (workdir or checkpoints dir),
+    or None when there is no step or it carries no config with a model."""
+    d = _latest_json_item(path, "config")[2]
     return d if isinstance(d, dict) and d.get("model") else None
 
 
 def load_tokenizer(path: str):
     """The tokenizer saved with the latest checkpoint under ``path`` (a workdir or its
     ``checkpoints`` directory), or None if that checkpoint carries none."""
-    ckpt_dir = checkpoints_dir(path)
-    manager = _read_only(ckpt_dir)
-    try:
-        step = manager.latest_step()
-        if step is None or not os.path.isdir(os.path.join(ckpt_dir, str(step), "tokenizer")):
-            return None
-        files = manager.restore(step, args=ocp.args.Composite(
-            tokenizer=ocp.args.JsonRestore()))["tokenizer"]
-    finally:
-        manager.close()
+    step, ckpt_dir, files = _latest_json_item(path, "tokenizer")
+    if files is None:
+        return None
     out = tempfile.mkdtemp(prefix="clip_jax_tokenizer_")
     for name, content in files.items():
         if os.path.basename(name) != name:
