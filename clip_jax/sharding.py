@@ -23,6 +23,7 @@ from collections.abc import Mapping, Sequence
 import flax.linen as nn
 import jax
 import numpy as np
+import optax
 from jax.sharding import AxisType, Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
@@ -147,29 +148,18 @@ def param_specs(boxed_tree, mesh: Mesh | None = None, rules=RULES):
     return jax.tree.map(spec, boxed_tree, is_leaf=_is_boxed)
 
 
-def _path_keys(path) -> tuple[str, ...]:
-    return tuple(str(k.key) for k in path if isinstance(k, jax.tree_util.DictKey))
+def _is_spec_leaf(x) -> bool:
+    return isinstance(x, P | optax.MaskedNode)
 
 
-def opt_state_specs(opt_state, params, param_spec_tree):
-    """Specs for an optax state: each leaf whose trailing dict path and shape match a param
-    gets that param's spec (Adam's mu/nu...), everything else (counts, scalars) is replicated.
-    """
-    by_path = {}
-    for (path, x), spec in zip(jax.tree_util.tree_flatten_with_path(params)[0],
-                               jax.tree.leaves(param_spec_tree,
-                                               is_leaf=lambda s: isinstance(s, P))):
-        by_path[_path_keys(path)] = (tuple(x.shape), spec)
-
-    def spec_for(path, x):
-        keys = _path_keys(path)
-        for start in range(len(keys)):
-            hit = by_path.get(keys[start:])
-            if hit is not None and hit[0] == tuple(getattr(x, "shape", ())):
-                return hit[1]
-        return P()
-
-    return jax.tree_util.tree_map_with_path(spec_for, opt_state)
+def opt_state_specs(tx: optax.GradientTransformation, opt_state, param_spec_tree):
+    """Specs for the optax state of ``tx``: every param-shaped tree in it (Adam's mu/nu...)
+    gets the params' specs (``optax.tree_utils.tree_map_params``, which finds them by
+    re-running ``tx.init``), everything else (counts, scalars) is replicated. Parameters
+    masked out of a ``optax.masked`` state stay ``MaskedNode`` (no array, no spec)."""
+    return optax.tree_utils.tree_map_params(
+        tx, lambda x, spec: x if isinstance(x, optax.MaskedNode) else spec,
+        opt_state, param_spec_tree, transform_non_params=lambda _: P(), is_leaf=_is_spec_leaf)
 
 
 def to_shardings(spec_tree, mesh: Mesh):
