@@ -1,4 +1,5 @@
-"""Metrics: one JSON object per line in ``<workdir>/metrics.jsonl`` plus a progress line.
+"""What a run tells: the opening line, metrics (one JSON object per line in
+``<workdir>/metrics.jsonl``), a progress line per log step and the closing summary.
 
 On resume the file is cut back to the restored step, so a run that was killed and restarted
 leaves the same file as one that never stopped. Only process 0 writes and prints.
@@ -11,6 +12,10 @@ import math
 import os
 import sys
 import time
+
+import jax
+
+from clip_jax import sharding
 
 
 def _fmt_seconds(s: float) -> str:
@@ -99,3 +104,26 @@ class MetricsWriter:
     def log(self, message: str) -> None:
         if self.enabled:
             print(message, file=self.stream, flush=True)
+
+
+def welcome(config, mesh, num_params: int) -> str:
+    """The opening line: processes, devices, mesh, the batch split and the model."""
+    n_dev = jax.device_count()
+    return (f"clip_jax | process {jax.process_index()}/{jax.process_count()} | "
+            f"{jax.local_device_count()} local of {n_dev} {jax.devices()[0].platform} devices | "
+            f"mesh {sharding.describe(mesh)} | batch {config.batch_size} global = "
+            f"{config.batch_size // jax.process_count()}/process = "
+            f"{config.batch_size // n_dev}/device | "
+            f"model {config.model.open_clip_config or config.model.name} ({num_params:,} params)")
+
+
+def summary(last: dict, workdir: str) -> str:
+    """The closing lines a person reads: final loss and the evaluation headline numbers."""
+    lines = [f"done: {workdir} | loss {last.get('loss', float('nan')):.4f}"]
+    zs = last.get("eval/zeroshot/top1")
+    if zs is not None:
+        report = os.path.join(workdir, "eval")
+        lines.append(f"zero-shot top-1 accuracy: {zs:.1%} (reports and plots in {report})")
+    for key in sorted(k for k in last if k.startswith("eval/") and k != "eval/zeroshot/top1"):
+        lines.append(f"  {key[5:]}: {last[key]:.4f}")
+    return "\n".join(lines)

@@ -1,0 +1,74 @@
+"""What a run needs on disk before its first batch: the demo corpus and the tokenizer.
+
+Both are called by every process of a run; only process 0 writes shared files. They take plain
+arguments (paths, sizes), never the model or the run config, and return what they made: the
+caller decides what to do with it (e.g. point ``data.train`` at the demo shards).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import jax
+from jax.experimental import multihost_utils
+
+from clip_jax.data import demo, tario
+from clip_jax.data import tokenizer as tok_lib
+
+TOKENIZER_TRAIN_CAPTIONS = 100_000  # captions a "train" tokenizer is fitted on
+TOKENIZER_DIR = "tokenizer"  # under the workdir; reused on resume
+
+
+def prepare_demo(root: str, train_samples: int, image_size: int, seed: int) -> dict:
+    """Make sure the demo corpus exists in ``root`` (process 0 writes it, the others wait).
+
+    Returns ``{"train": the training shard pattern, "card": the zeroshot.json path}`` (the
+    card names its held-out eval pairs; zero-shot, retrieval and few-shot evals read it)."""
+    root = os.path.abspath(root)
+    card = os.path.join(root, "zeroshot.json")
+    if jax.process_index() == 0:
+        meta = demo.load_or_generate(root, train_samples=train_samples, image_size=image_size,
+                                     seed=seed)
+    if jax.process_count() > 1:
+        multihost_utils.sync_global_devices("demo corpus ready")
+    if jax.process_index() != 0:
+        with open(card) as f:
+            meta = json.load(f)
+    return {"train": os.path.join(root, meta["train_shards"]), "card": card}
+
+
+def _first_captions(spec: str, limit: int) -> list[str]:
+    captions = []
+    for _, _, caption in tario.iterate_samples(spec, decode=False):
+        if caption:
+            captions.append(caption)
+        if len(captions) >= limit:
+            break
+    return captions
+
+
+def prepare_tokenizer(data_cfg, workdir: str, vocab_size: int):
+    """The run's tokenizer, saved in ``<workdir>/tokenizer`` (and reused from there on resume);
+    None for synthetic data (token ids are made up).
+
+    ``data_cfg.tokenizer``: ``clip_bpe:PATH`` | ``hf:PATH`` | ``train`` (fit a byte-level BPE of
+    ``data_cfg.tokenizer_vocab_size`` tokens, else ``vocab_size``, on the first
+    :data:`TOKENIZER_TRAIN_CAPTIONS` captions of ``data_cfg.train``)."""
+    if data_cfg.source == "synthetic":
+        return None
+    tok_dir = os.path.join(workdir, TOKENIZER_DIR)
+    spec = data_cfg.tokenizer
+    if os.path.exists(os.path.join(tok_dir, tok_lib.CONFIG_FILE)):
+        return tok_lib.load_tokenizer(tok_dir)
+    if spec == "train":
+        captions = _first_captions(data_cfg.train, TOKENIZER_TRAIN_CAPTIONS)
+        # Every process fits the same tokenizer from the same captions (deterministic), so no
+        # shared filesystem is needed; process 0 keeps the copy in the workdir.
+        out = tok_dir if jax.process_index() == 0 else os.path.join(
+            workdir, f".{TOKENIZER_DIR}.{jax.process_index()}")
+        return tok_lib.train_tokenizer(captions, data_cfg.tokenizer_vocab_size or vocab_size, out)
+    tok = tok_lib.load_tokenizer(spec)
+    if jax.process_index() == 0:
+        tok.save(tok_dir)
+    return tok
