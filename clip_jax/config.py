@@ -12,12 +12,14 @@ fields below (``model.embed_dim``, ``model.vision.width``...) then overrides tha
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Mapping
 
 import ml_collections
-from ml_collections import config_dict
+from absl import flags
+from ml_collections import config_dict, config_flags
 
-from clip_jax import models
+from clip_jax import cli, models
 from clip_jax.cli import UserError
 
 P = config_dict.placeholder
@@ -232,6 +234,49 @@ def check_resume(saved, requested, workdir: str = "") -> list[tuple[str, object,
 
 
 # ---------------------------------------------------------------------------------------------
+# The command line: ``--config FILE[:ARG] --workdir DIR [--config.key=value ...] [--verbose]``
+
+
+HELP_FLAGS = ("-h", "--help", "--helpfull")
+
+
+def parse_flags(argv: list[str], usage: str = ""):
+    """``(config, workdir)`` from the command line, or a :class:`clip_jax.cli.UserError` in one
+    line (a mistyped key, a bad value, a missing or broken config file). ``--help`` prints
+    ``usage`` and the flags, and exits."""
+    if "config" not in flags.FLAGS:
+        _define_flags()
+    if any(a in HELP_FLAGS for a in argv[1:]):
+        print(f"{usage.strip()}\n{flags.FLAGS.module_help(__name__)}\n"
+              "  --config.KEY=VALUE: override any key of the config (clip_jax.config)")
+        raise SystemExit(0)
+    try:
+        flags.FLAGS(argv)
+    except Exception as e:  # absl raises KeyError/AttributeError for a mistyped key
+        what = "unknown config key" if isinstance(e, KeyError | AttributeError) else \
+            "command line"
+        raise cli.UserError(f"{what}: {cli.one_line(e)}") from None
+    config = flags.FLAGS.config
+    if not isinstance(config, ml_collections.ConfigDict):  # absl keeps the load error inside
+        path = config_flags.get_config_filename(flags.FLAGS["config"]).split(":")[0]
+        if not os.path.isfile(path):
+            raise cli.UserError(f"--config {path}: no such file")
+        error = object.__getattribute__(config, "_error")
+        cause = error.__cause__ or error
+        raise cli.UserError(f"--config {path} could not be loaded: "
+                            f"{cli.one_line(cause)}") from None
+    return config, flags.FLAGS.workdir
+
+
+def _define_flags():
+    config_flags.DEFINE_config_file("config", None, "Path to a config file with get_config().",
+                                    lock_config=True)
+    flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and logs.")
+    flags.DEFINE_bool("verbose", False, "Print the full traceback on errors.")
+    flags.mark_flags_as_required(["config", "workdir"])
+
+
+# ---------------------------------------------------------------------------------------------
 # Large-batch recipes: the platforms they are written for.
 
 PLATFORMS = {
@@ -242,9 +287,14 @@ PLATFORMS = {
 }
 
 
+LAION400M_SAMPLES = 400_000_000  # samples per epoch of LAION-400M
+
+
 def laion_recipe(model: str, batch_size: int, platform: str, mesh: tuple[int, int, int],
-                 accum_steps: int, epochs: int = 32, samples_per_epoch: int = 400_000_000):
-    """The shared shape of the LAION-400M-style recipes in ``configs/``."""
+                 accum_steps: int, *, train: str, tokenizer: str, epochs: int = 32,
+                 samples_per_epoch: int = LAION400M_SAMPLES):
+    """The shared shape of the LAION-400M-style recipes in ``configs/``; each recipe names its
+    shards (``train``, a shard spec) and its ``tokenizer`` (a ``data.tokenizer`` spec)."""
     if platform not in PLATFORMS:
         raise ValueError(f"unknown platform {platform!r}; choose one of {sorted(PLATFORMS)}")
     c = base_config()
@@ -261,8 +311,8 @@ def laion_recipe(model: str, batch_size: int, platform: str, mesh: tuple[int, in
     c.optimizer.weight_decay = 0.2
     c.mesh.data, c.mesh.fsdp, c.mesh.tensor = mesh
     c.data.source = "webdataset"
-    c.data.train = "/data/laion400m/{00000..41407}.tar"
-    c.data.tokenizer = "clip_bpe:/data/bpe_simple_vocab_16e6.txt.gz"
+    c.data.train = train
+    c.data.tokenizer = tokenizer
     c.data.resampled = True
     c.data.workers = 16
     c.data.shuffle_buffer = 5000

@@ -17,11 +17,15 @@ from clip_jax.config import laion_recipe
 MESH = {"v4-64": ((1, 32, 1), 8), "v5e-256": ((16, 16, 1), 1), "gpu-8x8": ((8, 8, 1), 4)}
 # The TPU topology of each platform (python -m clip_jax.plan compiles the step for it).
 TOPOLOGY = {"v4-64": "v4:4x4x2", "v5e-256": "v5e:16x16"}
+# Where the data lives: edit for your cluster (or override with --config.data.train=...).
+SHARDS = "/data/laion400m/{00000..41407}.tar"
+TOKENIZER = "clip_bpe:/data/bpe_simple_vocab_16e6.txt.gz"
 
 
 def get_config(platform="v4-64"):
     mesh, accum = MESH[platform]
-    c = laion_recipe("ViT-B-16", 81920, platform, mesh, accum, epochs=16)
+    c = laion_recipe("ViT-B-16", 81920, platform, mesh, accum, epochs=16,
+                     train=SHARDS, tokenizer=TOKENIZER)
     c.loss = "siglip"
     c.loss_impl = "blockwise"
     c.model.init_logit_scale = math.log(10.0)

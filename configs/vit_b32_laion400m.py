@@ -17,8 +17,12 @@ from clip_jax.config import laion_recipe
 MESH = {"v4-64": ((1, 32, 1), 1), "v5e-256": ((16, 16, 1), 1), "gpu-8x8": ((8, 8, 1), 1)}
 # The TPU topology of each platform (python -m clip_jax.plan compiles the step for it).
 TOPOLOGY = {"v4-64": "v4:4x4x2", "v5e-256": "v5e:16x16"}
+# Where the data lives: edit for your cluster (or override with --config.data.train=...).
+SHARDS = "/data/laion400m/{00000..41407}.tar"
+TOKENIZER = "clip_bpe:/data/bpe_simple_vocab_16e6.txt.gz"
 
 
 def get_config(platform="v4-64"):
     mesh, accum = MESH[platform]
-    return laion_recipe("ViT-B-32", 32768, platform, mesh, accum)
+    return laion_recipe("ViT-B-32", 32768, platform, mesh, accum,
+                        train=SHARDS, tokenizer=TOKENIZER)

@@ -15,10 +15,14 @@ from clip_jax.config import laion_recipe
 MESH = {"v4-64": ((1, 32, 1), 4), "v5e-256": ((4, 64, 1), 1), "gpu-8x8": ((8, 8, 1), 4)}
 # The TPU topology of each platform (python -m clip_jax.plan compiles the step for it).
 TOPOLOGY = {"v4-64": "v4:4x4x2", "v5e-256": "v5e:16x16"}
+# Where the data lives: edit for your cluster (or override with --config.data.train=...).
+SHARDS = "/data/laion400m/{00000..41407}.tar"
+TOKENIZER = "clip_bpe:/data/bpe_simple_vocab_16e6.txt.gz"
 
 
 def get_config(platform="v4-64"):
     mesh, accum = MESH[platform]
-    c = laion_recipe("ViT-L-14", 32768, platform, mesh, accum)
+    c = laion_recipe("ViT-L-14", 32768, platform, mesh, accum,
+                     train=SHARDS, tokenizer=TOKENIZER)
     c.optimizer.lr = 4e-4
     return c

@@ -6,7 +6,7 @@ import os
 import pytest
 
 from clip_jax import config as config_lib
-from clip_jax import train
+from clip_jax import plan
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG_DIR = os.path.join(REPO, "configs")
@@ -27,19 +27,21 @@ def test_config_plans_on_its_platforms(name):
     for platform in platforms:
         c = mod.get_config(platform) if platform else mod.get_config()
         devices, hosts, hbm_gib = config_lib.PLATFORMS.get(platform, (8, 1, 16))
-        p = train.plan(c, devices, hosts)
+        p = plan.abstract_plan(c, devices, hosts)
         state_gib = p["param_gib_per_device"] + p["opt_gib_per_device"]
         assert state_gib < 0.25 * hbm_gib, (name, platform, p)
         assert p["micro_batch_per_data_shard"] >= 1
         if platform:
             assert c.data.source == "webdataset" and c.batch_size >= 32768
             assert c.total_steps * c.batch_size >= 6_000_000_000
+            assert c.data.train == mod.SHARDS and c.data.tokenizer == mod.TOKENIZER
 
 
 def test_a_broken_recipe_fails_with_a_clear_error():
     c = _load("vit_l14_laion400m.py").get_config("v5e-256")
     c.accum_steps = 3
     with pytest.raises(ValueError, match="must be divisible"):
-        train.plan(c, 256, 64)
+        plan.abstract_plan(c, 256, 64)
     with pytest.raises(ValueError, match="unknown platform"):
-        config_lib.laion_recipe("ViT-B-32", 32768, "v9-1", (1, 1, 1), 1)
+        config_lib.laion_recipe("ViT-B-32", 32768, "v9-1", (1, 1, 1), 1, train="x.tar",
+                                tokenizer="train")
