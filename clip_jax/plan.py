@@ -7,7 +7,7 @@ CPU host (no TPU needed) and read the per-chip memory and cost XLA reports.
 The step compiled is the training one (``train.build`` + ``train.make_train_step``: the same
 shardings, loss, gradient cache, remat, scan and dtypes), lowered on abstract arrays for the
 compile-only devices of ``jax.experimental.topologies`` (libtpu: ``pip install
-clip_jax[tpu-aot]``). Without libtpu, it says so in one line and runs :func:`clip_jax.train.plan`
+clip_jax[tpu-aot]``). Without libtpu, it says so in one line and runs :func:`abstract_plan`
 (``jax.eval_shape`` arithmetic: parameters + optimizer state only).
 
 Figures, per chip: HBM = arguments + outputs + temporaries + code - aliased (the donated
@@ -25,6 +25,7 @@ from __future__ import annotations
 import dataclasses
 import glob
 import importlib.util
+import inspect
 import json
 import os
 import re
@@ -33,7 +34,12 @@ import time
 
 import jax
 import numpy as np
+from absl import app, flags, logging
+from jax.experimental import mesh_utils, topologies
+from jax.sharding import PartitionSpec as P
+from ml_collections import config_flags
 
+from clip_jax import config as config_lib
 from clip_jax import flops as flops_lib
 from clip_jax import models, sharding, train
 
@@ -102,8 +108,6 @@ def _quiet_libtpu() -> None:
 def topology_devices(name: str) -> list:
     """The compile-only TPU devices of a topology (needs libtpu, not a TPU)."""
     chip, dims = parse_topology(name)
-    from jax.experimental import topologies
-
     _quiet_libtpu()
     canonical = f"{chip}:{'x'.join(map(str, dims))}"
     try:
@@ -118,8 +122,6 @@ def topology_devices(name: str) -> list:
 def _ordered(devices, config) -> list:
     """Devices in the order ``mesh_utils`` gives for the config's mesh on this topology (axes
     laid along the physical torus), so that ``train.build`` reshapes them into a sensible mesh."""
-    from jax.experimental import mesh_utils
-
     shape = sharding.mesh_shape(config.mesh, len(devices))
     try:
         return list(mesh_utils.create_device_mesh(shape, devices).flat)
@@ -215,7 +217,7 @@ def compiled_plan(config, topology: str, image_dtype: str = "float32") -> dict:
     devices = topology_devices(topology)
     try:
         setup = train.build(config, devices=_ordered(devices, config))
-        train._check_batch(config, setup.mesh, max(1, len(devices) // CHIPS_PER_HOST))
+        train.check_batch(config, setup.mesh, max(1, len(devices) // CHIPS_PER_HOST))
     except ValueError as e:
         raise PlanError(str(e)) from e
     chips = len(devices)
@@ -280,13 +282,40 @@ def compiled_plan(config, topology: str, image_dtype: str = "float32") -> dict:
     }
 
 
+def abstract_plan(config, num_devices: int, num_processes: int = 1) -> dict:
+    """The memory/batch arithmetic of a run on ``num_devices`` devices, computed abstractly
+    (``jax.eval_shape`` on an AbstractMesh: no device, no allocation). Raises on a config
+    that cannot run there (mesh, batch divisibility)."""
+    config_lib.validate(config)
+    model_cfg = config_lib.resolve_model_config(config.model)
+    mesh = sharding.abstract_mesh(config.mesh, num_devices)
+    shards = train.check_batch(config, mesh, num_processes)
+    _, _, _, abstract, specs = train.plan_state(config, model_cfg, mesh)
+    replicated = jax.tree.map(lambda _: P(), abstract.params)
+    return {
+        "mesh": dict(mesh.shape),
+        "params": models.count_params(abstract.params),
+        "global_batch": config.batch_size,
+        "per_process_batch": config.batch_size // num_processes,
+        "batch_per_data_shard": config.batch_size // shards,
+        "micro_batch_per_data_shard": config.batch_size // shards // config.accum_steps,
+        "param_gib_per_device": sharding.bytes_per_device(
+            abstract.params, specs.params, mesh) / GIB,
+        "opt_gib_per_device": sharding.bytes_per_device(
+            abstract.opt_state, specs.opt_state, mesh) / GIB,
+        "param_gib_replicated": sharding.bytes_per_device(
+            abstract.params, replicated, mesh) / GIB,
+    }
+
+
+
 def shape_plan(config, topology: str) -> dict:
-    """The fallback without libtpu: :func:`clip_jax.train.plan` for the topology's chip count."""
+    """The fallback without libtpu: :func:`abstract_plan` for the topology's chip count."""
     chip_name, dims = parse_topology(topology)
     chip = CHIPS[chip_name]
     chips = int(np.prod(dims))
     try:
-        p = train.plan(config, chips, max(1, chips // CHIPS_PER_HOST))
+        p = abstract_plan(config, chips, max(1, chips // CHIPS_PER_HOST))
     except ValueError as e:
         raise PlanError(str(e)) from e
     state_gib = p["param_gib_per_device"] + p["opt_gib_per_device"]
@@ -363,8 +392,6 @@ def recipe_topology(config_arg: str) -> str | None:
     if not table:
         return None
     if not arg:
-        import inspect
-
         default = inspect.signature(mod.get_config).parameters
         arg = next((p.default for p in default.values()
                     if p.default is not inspect.Parameter.empty), "")
@@ -372,8 +399,6 @@ def recipe_topology(config_arg: str) -> str | None:
 
 
 def main(argv) -> None:
-    from absl import flags, logging
-
     del argv
     logging.set_verbosity(logging.WARNING)
     if not _tpu_attached() and jax.config.jax_platforms is None:
@@ -397,9 +422,6 @@ def main(argv) -> None:
 
 
 def _define_flags():
-    from absl import flags
-    from ml_collections import config_flags
-
     config_flags.DEFINE_config_file("config", None, "Path to a config file with get_config().",
                                     lock_config=True)
     flags.DEFINE_string("topology", None, "TPU topology, e.g. v5e:16x16 (default: the "
@@ -412,7 +434,5 @@ def _define_flags():
 
 
 if __name__ == "__main__":
-    from absl import app
-
     _define_flags()
     app.run(main)
