@@ -15,9 +15,7 @@ import functools
 import json
 import math
 import os
-import queue
-import signal
-import threading
+import sys
 import time
 from typing import Any
 
@@ -26,16 +24,28 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
-import numpy as np
 import optax
+from absl import logging
 from jax.sharding import PartitionSpec as P
 
-from clip_jax import cli, losses, models, monitor, optimizer, sharding
+from clip_jax import (
+    checkpoint,
+    cli,
+    distributed,
+    input_pipeline,
+    losses,
+    models,
+    monitor,
+    optimizer,
+    sharding,
+)
 from clip_jax import config as config_lib
 from clip_jax import workdir as workdir_lib
-from clip_jax.data import transforms
+from clip_jax.data import prepare
+from clip_jax.evaluate import evaluators, plots
 
-LOGIT_SCALE_MAX = math.log(100.0)
+LOGIT_SCALE_MAX = math.log(100.0)  # the learned temperature is clamped to 1/100 (CLIP)
+_MIN_SECONDS = 1e-9  # a time span's floor where it divides (a rate over no time)
 
 
 @flax.struct.dataclass
@@ -64,7 +74,7 @@ class Setup:
         return self.config.batch_size // jax.process_count()
 
 
-def _check_batch(config, mesh, num_processes: int) -> int:
+def check_batch(config, mesh, num_processes: int) -> int:
     """Raise unless the global batch splits over the batch shards, micro-batches and processes;
     returns the number of batch shards (data x fsdp)."""
     shards = sharding.batch_size_per_shard(mesh)
@@ -78,7 +88,7 @@ def _check_batch(config, mesh, num_processes: int) -> int:
     return shards
 
 
-def _plan_state(config, model_cfg, mesh):
+def plan_state(config, model_cfg, mesh):
     """(model, tx, schedule, abstract TrainState, TrainState of PartitionSpecs) for ``mesh``
     (a Mesh or an AbstractMesh): shapes from ``jax.eval_shape``, nothing allocated."""
     model = models.CLIP(model_cfg)
@@ -87,7 +97,7 @@ def _plan_state(config, model_cfg, mesh):
     boxed = jax.eval_shape(lambda r: model.init(r, *models.init_inputs(model_cfg))["params"], rng)
     param_specs = sharding.param_specs(boxed, mesh)
     abstract = jax.eval_shape(functools.partial(_init_state, model, model_cfg, tx), rng)
-    opt_specs = sharding.opt_state_specs(abstract.opt_state, abstract.params, param_specs)
+    opt_specs = sharding.opt_state_specs(tx, abstract.opt_state, param_specs)
     return model, tx, schedule, abstract, TrainState(P(), param_specs, opt_specs)
 
 
@@ -102,42 +112,15 @@ def check_config(config: ml_collections.ConfigDict, devices=None):
         raise ValueError(f"data.image_size={config.data.image_size} differs from the model's "
                          f"vision.image_size={model_cfg.vision.image_size}")
     mesh = sharding.make_mesh(config.mesh, devices)
-    _check_batch(config, mesh, jax.process_count())
+    check_batch(config, mesh, jax.process_count())
     return model_cfg, mesh
 
 
 def build(config: ml_collections.ConfigDict, devices=None) -> Setup:
     model_cfg, mesh = check_config(config, devices)
-    model, tx, schedule, abstract, specs = _plan_state(config, model_cfg, mesh)
+    model, tx, schedule, abstract, specs = plan_state(config, model_cfg, mesh)
     return Setup(config, model_cfg, model, mesh, tx, schedule,
                  sharding.to_shardings(specs, mesh), abstract, sharding.batch_sharding(mesh))
-
-
-def plan(config: ml_collections.ConfigDict, num_devices: int, num_processes: int = 1) -> dict:
-    """The memory/batch arithmetic of a run on ``num_devices`` devices, computed abstractly
-    (``jax.eval_shape`` on an AbstractMesh: no device, no allocation). Raises on a config
-    that cannot run there (mesh, batch divisibility)."""
-    config_lib.validate(config)
-    model_cfg = config_lib.resolve_model_config(config.model)
-    mesh = sharding.abstract_mesh(config.mesh, num_devices)
-    shards = _check_batch(config, mesh, num_processes)
-    _, _, _, abstract, specs = _plan_state(config, model_cfg, mesh)
-    replicated = jax.tree.map(lambda _: P(), abstract.params)
-    gib = 2.0**30
-    return {
-        "mesh": dict(mesh.shape),
-        "params": models.count_params(abstract.params),
-        "global_batch": config.batch_size,
-        "per_process_batch": config.batch_size // num_processes,
-        "batch_per_data_shard": config.batch_size // shards,
-        "micro_batch_per_data_shard": config.batch_size // shards // config.accum_steps,
-        "param_gib_per_device": sharding.bytes_per_device(
-            abstract.params, specs.params, mesh) / gib,
-        "opt_gib_per_device": sharding.bytes_per_device(
-            abstract.opt_state, specs.opt_state, mesh) / gib,
-        "param_gib_replicated": sharding.bytes_per_device(
-            abstract.params, replicated, mesh) / gib,
-    }
 
 
 def _init_state(model, model_cfg, tx, rng) -> TrainState:
@@ -174,20 +157,9 @@ def contrastive_loss(config, mesh, img, txt, logit_scale_param, logit_bias):
     return jax.shard_map(body, mesh=mesh, in_specs=specs, out_specs=P())(*args)
 
 
-def device_pixels(images: jax.Array) -> jax.Array:
-    """Batches may carry raw ``uint8`` pixels (4x less host-to-device traffic, no float work on
-    the input cores): they are CLIP-normalised here, inside the jitted step. Float images are
-    taken as already normalised."""
-    if images.dtype != jnp.uint8:
-        return images
-    mean = jnp.asarray(transforms.CLIP_MEAN, jnp.float32) * 255
-    inv_std = 1 / (jnp.asarray(transforms.CLIP_STD, jnp.float32) * 255)
-    return (images.astype(jnp.float32) - mean) * inv_std
-
-
 def _forward(model, params, images, text):
     with nn.logical_axis_rules(sharding.RULES):
-        return model.apply({"params": params}, device_pixels(images), text)
+        return model.apply({"params": params}, input_pipeline.device_pixels(images), text)
 
 
 def loss_and_grads(setup: Setup, params, batch):
@@ -262,10 +234,6 @@ def _loss_and_grads_cached(setup: Setup, params, batch):
     return loss, grads
 
 
-def _l2(tree) -> jax.Array:
-    return optax.tree.norm(tree)
-
-
 def train_step(setup: Setup, state: TrainState, batch) -> tuple[TrainState, dict]:
     loss, grads = loss_and_grads(setup, state.params, batch)
     updates, opt_state = setup.tx.update(grads, state.opt_state, state.params)
@@ -276,9 +244,9 @@ def train_step(setup: Setup, state: TrainState, batch) -> tuple[TrainState, dict
         "loss": loss,
         "logit_scale": jnp.exp(params["logit_scale"]),
         "lr": setup.schedule(state.step),
-        "grad_norm": _l2(grads),
-        "param_norm": _l2(params),
-        "update_norm": _l2(updates),
+        "grad_norm": optax.tree.norm(grads),
+        "param_norm": optax.tree.norm(params),
+        "update_norm": optax.tree.norm(updates),
     }
     if "logit_bias" in params:
         metrics["logit_bias"] = params["logit_bias"]
@@ -303,134 +271,7 @@ def make_train_step(setup: Setup):
 
 
 # ---------------------------------------------------------------------------------------------
-# Data
-
-
-def make_data(setup: Setup, workdir: str, tokenizer=None):
-    """The host-local batch iterator for this process (``get_state``/``set_state``)."""
-    c, m = setup.config, setup.model_cfg
-    if c.data.source == "synthetic":
-        from clip_jax.data.synthetic import SyntheticSource
-
-        return SyntheticSource(
-            setup.local_batch_size, m.vision.image_size, m.text.context_length,
-            m.text.vocab_size, c.data.synthetic_classes, c.data.synthetic_noise, c.seed,
-            jax.process_index())
-    from clip_jax.data import pipeline
-
-    return pipeline.make_train_iterator(
-        c.data, tokenizer, m.vision.image_size, setup.local_batch_size, c.seed,
-        jax.process_index(), jax.process_count(), context_length=m.text.context_length)
-
-
-def to_global(setup: Setup, local_batch: dict[str, np.ndarray]):
-    return {k: jax.make_array_from_process_local_data(setup.batch_sharding, v)
-            for k, v in local_batch.items() if k in ("image", "text")}
-
-
-class Prefetcher:
-    """Global batches placed on the devices ``depth`` steps ahead, by a background thread, so
-    input (host pipeline + host-to-device copy) overlaps compute.
-
-    Each item carries the iterator state *after* its batch, so a checkpoint saves the state of
-    what the loop has consumed, not of what was prefetched: resume stays exact. ``depth=0``
-    reads in the calling thread.
-    """
-
-    def __init__(self, setup: Setup, data, depth: int):
-        self.setup, self.data, self.depth = setup, data, int(depth)
-        self.state, self.stats = data.get_state(), dict(getattr(data, "stats", {}))
-        if self.depth > 0:
-            self._queue = queue.Queue(self.depth)
-            self._stop = threading.Event()
-            self._thread = threading.Thread(target=self._run, daemon=True,
-                                            name="clip_jax-prefetch")
-            self._thread.start()
-
-    def _produce(self):
-        batch = to_global(self.setup, next(self.data))
-        return batch, self.data.get_state(), dict(getattr(self.data, "stats", {}))
-
-    def _run(self):
-        while not self._stop.is_set():
-            try:
-                item = self._produce()
-            except BaseException as e:  # delivered to the consumer, raised there
-                item = e
-            while not self._stop.is_set():
-                try:
-                    self._queue.put(item, timeout=0.1)
-                    break
-                except queue.Full:
-                    continue
-            if isinstance(item, BaseException):
-                return
-
-    def __next__(self):
-        item = self._produce() if self.depth == 0 else self._queue.get()
-        if isinstance(item, BaseException):
-            raise item
-        batch, self.state, self.stats = item
-        return batch
-
-    def close(self):
-        if self.depth > 0:
-            self._stop.set()
-            self._thread.join(timeout=10)
-
-
-# ---------------------------------------------------------------------------------------------
 # The loop
-
-
-class _Preemption:
-    """When to save and exit on a preemption notice (SIGTERM).
-
-    One process: a SIGTERM handler sets a flag, read at the next step boundary. Several
-    processes: each host may get the signal at a different step, and a save is a collective, so
-    they must agree on the step: JAX's preemption sync manager (which owns SIGTERM once
-    ``jax.distributed`` is initialised) propagates the notice and names the same sync step on
-    every host (``reached_preemption_sync_point``, a local check each step).
-    """
-
-    def __init__(self):
-        self.requested = False
-        self._old = None
-        self._multi = jax.process_count() > 1
-
-    def __enter__(self):
-        if not self._multi:
-            try:
-                self._old = signal.signal(signal.SIGTERM, self._handle)
-            except ValueError:  # not the main thread
-                self._old = None
-        return self
-
-    def _handle(self, *_):
-        self.requested = True
-
-    def reached(self, step: int) -> bool:
-        if self._multi:
-            from jax.experimental import multihost_utils
-
-            self.requested = self.requested or multihost_utils.reached_preemption_sync_point(
-                step)
-        return self.requested
-
-    def __exit__(self, *exc):
-        if self._old is not None:
-            signal.signal(signal.SIGTERM, self._old)
-
-
-def welcome(setup: Setup) -> str:
-    c = setup.config
-    n_dev = jax.device_count()
-    return (f"clip_jax | process {jax.process_index()}/{jax.process_count()} | "
-            f"{jax.local_device_count()} local of {n_dev} {jax.devices()[0].platform} devices | "
-            f"mesh {sharding.describe(setup.mesh)} | batch {c.batch_size} global = "
-            f"{setup.local_batch_size}/process = {c.batch_size // n_dev}/device | "
-            f"model {c.model.open_clip_config or c.model.name} "
-            f"({models.count_params(setup.abstract_state.params):,} params)")
 
 
 def train(config: ml_collections.ConfigDict, workdir: str, devices=None) -> dict:
@@ -439,7 +280,9 @@ def train(config: ml_collections.ConfigDict, workdir: str, devices=None) -> dict
     Nothing is written to ``workdir`` before the config has passed :func:`check_config`; the
     workdir is then locked for this run (:class:`clip_jax.workdir.WorkdirLock`), and on resume
     the config is checked against the saved one (:func:`clip_jax.config.check_resume`) before
-    ``config.json`` is rewritten."""
+    ``config.json`` is rewritten. ``config`` itself is left as it was: the run works on a copy
+    (the demo corpus and the tokenizer fill in data paths and the vocabulary size)."""
+    config = config.copy_and_resolve_references()
     check_config(config, devices)
     is_main = jax.process_index() == 0
     with workdir_lib.WorkdirLock(workdir, enabled=is_main,
@@ -447,21 +290,43 @@ def train(config: ml_collections.ConfigDict, workdir: str, devices=None) -> dict
         return _train_locked(config, workdir, devices, is_main)
 
 
-def _train_locked(config, workdir: str, devices, is_main: bool) -> dict:
-    from clip_jax import checkpoint
-
-    saved_config = workdir_lib.saved_config(workdir)
+def prepare_data(config, workdir: str):
+    """The demo corpus (if configured) and the run's tokenizer, with ``config`` pointed at
+    them: ``data.train`` and the eval cards at the demo, ``model.text.vocab_size`` at the
+    tokenizer's (an explicit, different ``vocab_size`` is an error). Returns the tokenizer."""
+    model_cfg = config_lib.resolve_model_config(config.model)
     if config.data.demo and not config.data.train:  # shards of one's own replace the demo
-        prepare_demo(config)
-    tokenizer = prepare_tokenizer(config, workdir)
+        demo = prepare.prepare_demo(config.data.demo, config.data.demo_train_samples,
+                                    model_cfg.vision.image_size, config.seed)
+        config.data.train = demo["train"]
+        for key in ("zeroshot", "retrieval", "fewshot"):
+            if not config.eval[key]:
+                config.eval[key] = demo["card"]
+    tok = prepare.prepare_tokenizer(config.data, workdir, model_cfg.text.vocab_size)
+    if tok is None:
+        return None
+    explicit = config.model.text.vocab_size
+    if explicit is not None and explicit != tok.vocab_size:
+        raise ValueError(f"the tokenizer ({config.data.tokenizer}) has {tok.vocab_size} tokens "
+                         f"but model.text.vocab_size={explicit}; drop the override or make them "
+                         "equal")
+    if model_cfg.text.vocab_size != tok.vocab_size:
+        config.model.text.vocab_size = tok.vocab_size
+    return tok
+
+
+def _train_locked(config, workdir: str, devices, is_main: bool) -> dict:
+    saved_config = workdir_lib.saved_config(workdir)
+    tokenizer = prepare_data(config, workdir)
     changes = [] if saved_config is None else config_lib.check_resume(
         saved_config, config, workdir)
     setup = build(config, devices)
     writer = monitor.MetricsWriter(workdir, config.total_steps, enabled=is_main)
-    writer.log(welcome(setup))
+    writer.log(monitor.welcome(config, setup.mesh,
+                               models.count_params(setup.abstract_state.params)))
     if changes:
         writer.log(f"config changed on resume: {config_lib.format_diff(changes)}")
-    data = make_data(setup, workdir, tokenizer)
+    data = input_pipeline.make_data(config, setup.model_cfg, setup.local_batch_size, tokenizer)
     ckpt = checkpoint.Checkpointer(workdir, config.checkpoint, setup.state_shardings,
                                    setup.abstract_state, tokenizer)
     try:
@@ -481,14 +346,14 @@ def _train_locked(config, workdir: str, devices, is_main: bool) -> dict:
         state = init_from(setup, config) if config.checkpoint.init_from else init_state(setup)
     start_step = int(state.step)
     writer.truncate_after(start_step)
-    evaluator = _make_evaluator(setup, workdir, tokenizer)
+    evaluator = evaluators.make_train_evaluator(setup, tokenizer, workdir)
 
     step_fn = make_train_step(setup)
-    feed = Prefetcher(setup, data, config.data.prefetch)
+    feed = input_pipeline.Prefetcher(setup.batch_sharding, data, config.data.prefetch)
     last: dict = {}
     t_mark, step_mark, compile_s = time.time(), start_step, None
     try:
-        with _Preemption() as preempt:
+        with checkpoint.Preemption(ckpt) as preempt:
             for step in range(start_step + 1, config.total_steps + 1):
                 batch = next(feed)
                 t0 = time.time()
@@ -502,8 +367,8 @@ def _train_locked(config, workdir: str, devices, is_main: bool) -> dict:
                 if log:
                     metrics = jax.device_get(metrics)
                     now = time.time()
-                    rate = (step - step_mark) / max(now - t_mark, 1e-9) if step > step_mark \
-                        else float("nan")
+                    rate = (step - step_mark) / max(now - t_mark, _MIN_SECONDS) \
+                        if step > step_mark else float("nan")
                     last = {k: float(v) for k, v in metrics.items()}
                     last.update(steps_per_sec=rate, samples_per_sec=rate * config.batch_size,
                                 compile_seconds=compile_s)
@@ -521,10 +386,11 @@ def _train_locked(config, workdir: str, devices, is_main: bool) -> dict:
                     writer.write(step, last)
                     writer.progress(step, last)
                 stop = preempt.reached(step)
+                final = step == config.total_steps
                 ckpt.check()  # a failed background save stops the run here
-                if ckpt.should_save(step) or stop or step == config.total_steps:
+                if stop or final or ckpt.should_save(step):
                     ckpt.save(step, state, feed.state, config.to_json_best_effort(),
-                              force=stop or step == config.total_steps)
+                              force=stop or final)
                 if stop:
                     writer.log(f"SIGTERM: saved step {step}, exiting")
                     break
@@ -532,8 +398,6 @@ def _train_locked(config, workdir: str, devices, is_main: bool) -> dict:
         feed.close()
         _close(ckpt, data)
     if is_main:
-        from clip_jax.evaluate import plots
-
         plots.plot_training_curves(os.path.join(workdir, "metrics.jsonl"),
                                    os.path.join(workdir, "training_curves.png"))
     return last
@@ -555,94 +419,12 @@ def _already_complete(step: int, config, workdir: str, writer, ckpt, data) -> di
     return last
 
 
-def prepare_demo(config) -> None:
-    """Make sure the demo corpus exists (process 0 writes it), and point ``data.train`` /
-    ``eval.zeroshot`` / ``retrieval`` / ``fewshot`` at it unless they were given."""
-    from clip_jax.data import demo
-
-    root = os.path.abspath(config.data.demo)
-    kwargs = dict(train_samples=config.data.demo_train_samples,
-                  image_size=config_lib.resolve_model_config(config.model).vision.image_size,
-                  seed=config.seed)
-    if jax.process_index() == 0:
-        meta = demo.load_or_generate(root, **kwargs)
-    if jax.process_count() > 1:
-        from jax.experimental import multihost_utils
-
-        multihost_utils.sync_global_devices("demo corpus ready")
-    if jax.process_index() != 0:
-        with open(os.path.join(root, "zeroshot.json")) as f:
-            meta = json.load(f)
-    if not config.data.train:
-        config.data.train = os.path.join(root, meta["train_shards"])
-    card = os.path.join(root, "zeroshot.json")
-    for key in ("zeroshot", "retrieval", "fewshot"):
-        if not config.eval[key]:
-            config.eval[key] = card
-
-
 def _due(every: int, step: int, total: int, at_end: bool) -> bool:
     return (every > 0 and step % every == 0) or (at_end and step == total)
 
 
-TOKENIZER_TRAIN_CAPTIONS = 100_000
-
-
-def prepare_tokenizer(config, workdir: str):
-    """The run's tokenizer, saved in ``<workdir>/tokenizer`` (and reused from there on resume).
-
-    ``data.tokenizer``: ``clip_bpe:PATH`` | ``hf:PATH`` | ``train`` (fit a byte-level BPE on the
-    first captions of ``data.train``). The model's ``text.vocab_size`` follows the tokenizer
-    unless it was set explicitly, in which case a mismatch is an error.
-    """
-    if config.data.source == "synthetic":
-        return None
-    from clip_jax.data import tokenizer as tok_lib
-
-    tok_dir = os.path.join(workdir, "tokenizer")
-    spec = config.data.tokenizer
-    if os.path.exists(os.path.join(tok_dir, "tokenizer_config.json")):
-        tok = tok_lib.load_tokenizer(tok_dir)
-    elif spec == "train":
-        from clip_jax.data import pipeline
-
-        size = config.data.tokenizer_vocab_size or config_lib.resolve_model_config(
-            config.model).text.vocab_size
-        captions = []
-        for _, _, caption in pipeline.iterate_samples(config.data.train, decode=False):
-            if caption:
-                captions.append(caption)
-            if len(captions) >= TOKENIZER_TRAIN_CAPTIONS:
-                break
-        # Every process fits the same tokenizer from the same captions (deterministic), so no
-        # shared filesystem is needed; process 0 keeps the copy in the workdir.
-        out = tok_dir if jax.process_index() == 0 else os.path.join(
-            workdir, f".tokenizer.{jax.process_index()}")
-        tok = tok_lib.train_tokenizer(captions, size, out)
-    else:
-        tok = tok_lib.load_tokenizer(spec)
-        if jax.process_index() == 0:
-            tok.save(tok_dir)
-    explicit = config.model.text.vocab_size
-    if explicit is not None and explicit != tok.vocab_size:
-        raise ValueError(f"the tokenizer ({spec}) has {tok.vocab_size} tokens but "
-                         f"model.text.vocab_size={explicit}; drop the override or make them equal")
-    preset = config_lib.resolve_model_config(config.model).text.vocab_size
-    if preset != tok.vocab_size:
-        config.model.text.vocab_size = tok.vocab_size
-    return tok
-
-
-def _make_evaluator(setup: Setup, workdir: str, tokenizer):
-    from clip_jax.evaluate import evaluators
-
-    return evaluators.make_train_evaluator(setup, tokenizer, workdir)
-
-
 def init_from(setup: Setup, config) -> TrainState:
     """Fresh optimizer state, parameters from a checkpoint/bundle (fine-tuning)."""
-    from clip_jax import checkpoint
-
     params = checkpoint.load_params(config.checkpoint.init_from, setup.abstract_state.params,
                                     setup.state_shardings.params)
     state = init_state(setup)
@@ -656,70 +438,15 @@ def init_from(setup: Setup, config) -> TrainState:
 def main(argv: list[str]) -> int:
     """``python -m clip_jax.train --config FILE --workdir DIR [--config.key=value ...]
     [--verbose]``; errors are reported by :func:`clip_jax.cli.run`."""
-    from absl import logging
-
     logging.set_verbosity(logging.WARNING)  # orbax is chatty at INFO
-    config, workdir = parse_flags(["clip_jax.train", *argv])
-    from clip_jax import distributed
-
+    config, workdir = config_lib.parse_flags(["clip_jax.train", *argv], __doc__)
     distributed.initialize()
     last = train(config, workdir)
     if jax.process_index() == 0:
         print(json.dumps({"final": last}, sort_keys=True))
-        print(summary(last, workdir))
+        print(monitor.summary(last, workdir))
     return 0
 
 
-def parse_flags(argv: list[str]):
-    """``(config, workdir)`` from the command line, or a :class:`clip_jax.cli.UserError` in one
-    line (a mistyped key, a bad value, a missing or broken config file)."""
-    from absl import flags
-    from ml_collections.config_flags import config_flags
-
-    if "config" not in flags.FLAGS:
-        _define_flags()
-    try:
-        flags.FLAGS(argv)
-    except Exception as e:  # absl raises KeyError/AttributeError for a mistyped key
-        what = "unknown config key" if isinstance(e, KeyError | AttributeError) else \
-            "command line"
-        raise cli.UserError(f"{what}: {cli.one_line(e)}") from None
-    config = flags.FLAGS.config
-    if not isinstance(config, ml_collections.ConfigDict):  # absl keeps the load error inside
-        path = config_flags.get_config_filename(flags.FLAGS["config"]).split(":")[0]
-        if not os.path.isfile(path):
-            raise cli.UserError(f"--config {path}: no such file")
-        error = object.__getattribute__(config, "_error")
-        cause = error.__cause__ or error
-        raise cli.UserError(f"--config {path} could not be loaded: "
-                            f"{cli.one_line(cause)}") from None
-    return config, flags.FLAGS.workdir
-
-
-def summary(last: dict, workdir: str) -> str:
-    """The closing lines a person reads: final loss and the evaluation headline numbers."""
-    lines = [f"done: {workdir} | loss {last.get('loss', float('nan')):.4f}"]
-    zs = last.get("eval/zeroshot/top1")
-    if zs is not None:
-        report = os.path.join(workdir, "eval")
-        lines.append(f"zero-shot top-1 accuracy: {zs:.1%} (reports and plots in {report})")
-    for key in sorted(k for k in last if k.startswith("eval/") and k != "eval/zeroshot/top1"):
-        lines.append(f"  {key[5:]}: {last[key]:.4f}")
-    return "\n".join(lines)
-
-
-def _define_flags():
-    from absl import flags
-    from ml_collections import config_flags
-
-    config_flags.DEFINE_config_file("config", None, "Path to a config file with get_config().",
-                                    lock_config=True)
-    flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and logs.")
-    flags.DEFINE_bool("verbose", False, "Print the full traceback on errors.")
-    flags.mark_flags_as_required(["config", "workdir"])
-
-
 if __name__ == "__main__":
-    import sys
-
     sys.exit(cli.run(main))

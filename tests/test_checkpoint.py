@@ -10,7 +10,7 @@ import time
 import jax
 import numpy as np
 
-from clip_jax import checkpoint, train
+from clip_jax import checkpoint, input_pipeline, train
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(REPO, "configs"))
@@ -121,7 +121,8 @@ def test_full_state_restores_onto_a_different_mesh(tmp_path):
 
     m = src.model_cfg
     data = SyntheticSource(32, m.vision.image_size, m.text.context_length, m.text.vocab_size)
-    state, _ = step(state, train.to_global(src, next(data)))  # non-trivial optimizer state
+    # a step, so the optimizer state is non-trivial
+    state, _ = step(state, input_pipeline.to_global(src.batch_sharding, next(data)))
     from clip_jax.data.tokenizer import train_tokenizer
 
     captions = ["a red star on a white background", "two blue circles", "one green cross"]

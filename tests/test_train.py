@@ -6,11 +6,14 @@ import subprocess
 import sys
 
 import jax
+import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 from jax.sharding import PartitionSpec as P
 
-from clip_jax import models, sharding, train
+from clip_jax import config as config_lib
+from clip_jax import input_pipeline, models, optimizer, sharding, train
 from clip_jax.data.synthetic import SyntheticSource
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -27,7 +30,7 @@ def _run(config, devices, steps):
                            m.text.vocab_size, config.data.synthetic_classes, 0.5, config.seed)
     losses = []
     for _ in range(steps):
-        state, metrics = step(state, train.to_global(setup, next(data)))
+        state, metrics = step(state, input_pipeline.to_global(setup.batch_sharding, next(data)))
         losses.append(float(metrics["loss"]))
     return setup, state, np.array(losses)
 
@@ -122,7 +125,7 @@ def test_gradient_cache_accumulation_equals_global_batch_gradients(loss):
         m = setup.model_cfg
         data = SyntheticSource(c.batch_size, m.vision.image_size, m.text.context_length,
                                m.text.vocab_size, 64, 0.5, 0)
-        batch = train.to_global(setup, next(data))
+        batch = input_pipeline.to_global(setup.batch_sharding, next(data))
         with jax.set_mesh(setup.mesh):
             fn = jax.jit(lambda p, b, s=setup: train.loss_and_grads(s, p, b))
             grads[k] = jax.device_get(fn(state.params, batch))
@@ -150,3 +153,48 @@ def test_fsdp_falls_back_to_the_largest_divisible_dim():
     mesh4 = sharding.abstract_mesh({"data": 1, "fsdp": 4, "tensor": 1}, 4)
     assert sharding.param_specs(boxed, mesh4)["visual"]["transformer"]["resblocks_0"]["mlp"][
         "c_fc"]["kernel"] == P("fsdp", None)
+
+
+def _is_spec(x):
+    return isinstance(x, P)
+
+
+def test_opt_state_specs_follow_the_params_through_adamw_and_masks():
+    params = {"dense": {"kernel": jnp.zeros((4, 8)), "bias": jnp.zeros(8)},
+              "logit_scale": jnp.zeros(())}
+    specs = {"dense": {"kernel": P("fsdp", "tensor"), "bias": P("tensor")}, "logit_scale": P()}
+    # ours: clipping + AdamW whose weight decay is masked (no decay of biases, logit scale)
+    tx, _ = optimizer.make_optimizer(config_lib.base_config().optimizer, 10)
+    state = jax.eval_shape(tx.init, params)
+    out = sharding.opt_state_specs(tx, state, specs)
+    assert jax.tree.structure(out, is_leaf=_is_spec) == jax.tree.structure(
+        jax.tree.map(lambda _: 0, state))
+    adam, decay, schedule = out[1]
+    assert adam.mu == specs and adam.nu == specs and adam.count == P()
+    assert decay == optax.MaskedState(optax.EmptyState()) and schedule.count == P()
+    # a masked optimizer keeps no moments for masked-out params: they stay MaskedNode
+    masked = optax.masked(optax.adam(1e-3), {"dense": {"kernel": True, "bias": False},
+                                              "logit_scale": False})
+    out = sharding.opt_state_specs(masked, jax.eval_shape(masked.init, params), specs)
+    assert out.inner_state[0].mu == {"dense": {"kernel": P("fsdp", "tensor"),
+                                               "bias": optax.MaskedNode()},
+                                     "logit_scale": optax.MaskedNode()}
+    assert out.inner_state[0].count == P()
+
+
+def test_train_leaves_the_callers_config_unchanged(tmp_path):
+    """The demo corpus and the tokenizer fill in data paths, eval cards and the vocabulary
+    size: on the run's own copy, never on the config passed in."""
+    c = tiny.get_config()
+    c.total_steps, c.log_every_steps, c.batch_size = 2, 1, 8
+    c.mesh.data = 1
+    c.data.source, c.data.demo, c.data.demo_train_samples = "webdataset", str(
+        tmp_path / "demo"), 64
+    c.data.tokenizer, c.data.tokenizer_vocab_size, c.data.workers = "train", 300, 0
+    c.eval.at_end = False
+    before = c.to_json_best_effort(sort_keys=True)
+    last = train.train(c, str(tmp_path / "run"), devices=jax.devices()[:1])
+    assert np.isfinite(last["loss"])
+    assert c.to_json_best_effort(sort_keys=True) == before
+    saved = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert saved["model"]["text"]["vocab_size"] == 300 and saved["data"]["train"]
