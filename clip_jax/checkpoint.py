@@ -73,6 +73,9 @@ class ProcessCountError(UserError):
     """The checkpoint was written by a different number of processes."""
 
 
+_MAX_MESSAGE = 300  # characters of an error cause in a one-line report
+
+
 def root_cause(e: BaseException) -> str:
     """The innermost OS error in ``e``'s chain (what a person can act on), else ``e`` itself,
     as one line."""
@@ -84,7 +87,7 @@ def root_cause(e: BaseException) -> str:
         cur = cur.__cause__ or cur.__context__
     msg = " ".join((str(found or e) or type(e).__name__).split())
     msg = msg.split(" See full TensorStore details")[0]  # a page of spec JSON follows
-    return msg if len(msg) <= 300 else msg[:297] + "..."
+    return msg if len(msg) <= _MAX_MESSAGE else msg[:_MAX_MESSAGE - 3] + "..."
 
 
 def _tokenizer_files(tokenizer) -> dict | None:

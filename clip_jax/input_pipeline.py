@@ -50,9 +50,8 @@ def device_pixels(images: jax.Array) -> jax.Array:
     taken as already normalised."""
     if images.dtype != jnp.uint8:
         return images
-    mean = jnp.asarray(transforms.CLIP_MEAN, jnp.float32) * 255
-    inv_std = 1 / (jnp.asarray(transforms.CLIP_STD, jnp.float32) * 255)
-    return (images.astype(jnp.float32) - mean) * inv_std
+    mean, inv_std = transforms.pixel_scale()  # the host's normalize, the same arithmetic
+    return (images.astype(jnp.float32) - jnp.asarray(mean)) * jnp.asarray(inv_std)
 
 
 class Prefetcher:

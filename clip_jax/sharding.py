@@ -28,6 +28,7 @@ from jax.sharding import AxisType, Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 MESH_AXES = ("data", "fsdp", "tensor")
+_AUTO_AXES = (AxisType.Auto,) * len(MESH_AXES)  # GSPMD propagates; see the module docstring
 BATCH_AXES = ("data", "fsdp")  # the batch is split over both; losses all-gather over them
 
 # Logical axis -> mesh axis (or None = replicated).
@@ -74,15 +75,15 @@ def make_mesh(mesh_cfg: Mapping[str, int], devices: Sequence[jax.Device] | None 
     devices = list(jax.devices() if devices is None else devices)
     shape = mesh_shape(mesh_cfg, len(devices))
     if devices == list(jax.devices()):
-        return jax.make_mesh(shape, MESH_AXES, axis_types=(AxisType.Auto,) * 3)
+        return jax.make_mesh(shape, MESH_AXES, axis_types=_AUTO_AXES)
     return Mesh(np.asarray(devices).reshape(shape), MESH_AXES,
-                axis_types=(AxisType.Auto,) * 3)
+                axis_types=_AUTO_AXES)
 
 
 def abstract_mesh(mesh_cfg: Mapping[str, int], num_devices: int) -> jax.sharding.AbstractMesh:
     """A mesh of the given size without devices: plan a pod's shardings from a laptop."""
     shape = mesh_shape(mesh_cfg, num_devices)
-    return jax.sharding.AbstractMesh(shape, MESH_AXES, axis_types=(AxisType.Auto,) * 3)
+    return jax.sharding.AbstractMesh(shape, MESH_AXES, axis_types=_AUTO_AXES)
 
 
 def batch_size_per_shard(mesh: Mesh) -> int:

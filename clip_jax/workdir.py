@@ -22,6 +22,8 @@ from jax.experimental import multihost_utils
 
 from clip_jax.cli import UserError
 
+_MAX_HOLDER_BYTES = 4096  # a lock file's holder line (host, pid, time) is far shorter
+
 LOCK_FILE = ".lock"
 CONFIG_FILE = "config.json"
 
@@ -53,13 +55,13 @@ class WorkdirLock:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
-            holder = os.pread(fd, 4096, 0).decode(errors="replace")
+            holder = os.pread(fd, _MAX_HOLDER_BYTES, 0).decode(errors="replace")
             os.close(fd)
             raise WorkdirInUse(
                 f"workdir {os.path.dirname(self.path)} is in use by another run "
                 f"({_owner(holder)}; lock file {self.path}); wait for it, stop it, or use "
                 f"another workdir") from None
-        old = os.pread(fd, 4096, 0).decode(errors="replace").strip()
+        old = os.pread(fd, _MAX_HOLDER_BYTES, 0).decode(errors="replace").strip()
         if old:
             self.took_over = _owner(old)
             self.log(f"taking over the lock of a run that is no longer running "
