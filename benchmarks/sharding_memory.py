@@ -25,7 +25,7 @@ def main():
     args = ap.parse_args()
 
     from clip_jax import config as config_lib
-    from clip_jax import train
+    from clip_jax import plan
 
     rows = []
     for triple in args.meshes:
@@ -34,7 +34,7 @@ def main():
         c.model.param_dtype = args.param_dtype
         c.mesh.data, c.mesh.fsdp, c.mesh.tensor = (int(x) for x in triple.split(","))
         c.batch_size = args.devices * 8
-        p = train.plan(c, args.devices)
+        p = plan.abstract_plan(c, args.devices)
         total = p["param_gib_per_device"] + p["opt_gib_per_device"]
         replicated = 3 * p["param_gib_replicated"]  # params + Adam mu + nu
         rows.append((triple, p, total, replicated))

@@ -99,7 +99,7 @@ def main():
 
     from clip_jax import config as config_lib
     from clip_jax import flops as flops_lib
-    from clip_jax import train
+    from clip_jax import input_pipeline, train
     from clip_jax.data.synthetic import SyntheticSource
 
     c = config_lib.base_config()
@@ -123,7 +123,7 @@ def main():
     m = setup.model_cfg
     data = SyntheticSource(setup.local_batch_size, m.vision.image_size, m.text.context_length,
                            m.text.vocab_size, 256, 0.5, 0)
-    batch = train.to_global(setup, _as_uint8(next(data)))
+    batch = input_pipeline.to_global(setup.batch_sharding, _as_uint8(next(data)))
     peak_measured = measured_peak_tflops(args.dtype, args.peak_size)
 
     t0 = time.perf_counter()
@@ -142,7 +142,7 @@ def main():
     jax.block_until_ready(metrics)
     times, cpu = [], []
     for _ in range(args.steps):
-        batch = train.to_global(setup, _as_uint8(next(data)))
+        batch = input_pipeline.to_global(setup.batch_sharding, _as_uint8(next(data)))
         t, c0 = time.perf_counter(), time.process_time()
         state, metrics = step(state, batch)
         jax.block_until_ready(metrics)

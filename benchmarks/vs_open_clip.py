@@ -59,7 +59,7 @@ class _JaxRunner:
         import jax
 
         from clip_jax import config as config_lib
-        from clip_jax import models, train
+        from clip_jax import input_pipeline, models, train
 
         c = config_lib.base_config()
         c.model.open_clip_config = config_path
@@ -74,7 +74,8 @@ class _JaxRunner:
         self.step = train.make_train_step(self.setup)
         with open(config_path) as f:
             images, text = _batch(json.load(f), batch)
-        self.batch = train.to_global(self.setup, {"image": images, "text": text})
+        self.batch = input_pipeline.to_global(self.setup.batch_sharding,
+                                              {"image": images, "text": text})
         self.params = models.count_params(self.state.params)
         self._jax = jax
 

@@ -38,6 +38,7 @@ from clip_jax import (
     monitor,
     optimizer,
     sharding,
+    sources,
 )
 from clip_jax import config as config_lib
 from clip_jax import workdir as workdir_lib
@@ -424,8 +425,9 @@ def _due(every: int, step: int, total: int, at_end: bool) -> bool:
 
 
 def init_from(setup: Setup, config) -> TrainState:
-    """Fresh optimizer state, parameters from a checkpoint/bundle (fine-tuning)."""
-    params = checkpoint.load_params(config.checkpoint.init_from, setup.abstract_state.params,
+    """Fresh optimizer state, parameters from any model source (fine-tuning): a workdir or its
+    checkpoints, a bundle, an HF CLIP directory, open_clip weights (:mod:`clip_jax.sources`)."""
+    params = sources.load_params(config.checkpoint.init_from, setup.abstract_state.params,
                                     setup.state_shardings.params)
     state = init_state(setup)
     return state.replace(params=params)
