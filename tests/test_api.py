@@ -111,3 +111,26 @@ def test_siglip_zero_shot_is_a_sigmoid_with_the_learned_bias(tmp_path, bpe_vocab
     logits = math.exp(float(params["logit_scale"])) * img @ txt.T + float(params["logit_bias"])
     np.testing.assert_allclose(probs, 1 / (1 + np.exp(-logits)), rtol=1e-5, atol=1e-7)
     assert not np.allclose(probs.sum(1), 1)  # independent per class, not a softmax
+
+
+@pytest.mark.parametrize("kind", ["bundle", "open_clip"])
+def test_init_from_any_source_starts_training_from_its_params(tmp_path, kind):
+    from clip_jax import config as config_lib
+    from clip_jax import train
+
+    params = _perturbed(TINY, seed=4)
+    if kind == "bundle":
+        path = bundle.save_bundle(tmp_path / "b", params, TINY)
+    else:
+        path = open_clip.export_open_clip(tmp_path / "oc", params, TINY)
+    config = config_lib.base_config()  # tiny, synthetic
+    config.mesh.data, config.mesh.fsdp = 2, 4  # the params land sharded over fsdp
+    config.checkpoint.init_from = str(path)
+    setup = train.build(config)
+    state = train.init_from(setup, config)
+    got = params_lib.flatten_params(jax.device_get(state.params))
+    for k, v in params_lib.flatten_params(params).items():
+        np.testing.assert_array_equal(got[k], v, err_msg=k)
+    for k, x in params_lib.flatten_params(state.params).items():
+        want = params_lib.flatten_params(setup.state_shardings.params)[k]
+        assert x.sharding.is_equivalent_to(want, x.ndim), k
