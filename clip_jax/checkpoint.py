@@ -55,6 +55,7 @@ def _allgather_json(obj) -> list:
     return [json.loads(bytes(r).rstrip(b"\0").decode()) for r in np.asarray(rows)]
 
 
+CHECKPOINTS_SUBDIR = "checkpoints"  # where a training workdir keeps its orbax steps
 ITEMS = ("state", "data", "config", "tokenizer")
 
 
@@ -151,7 +152,7 @@ class Preemption:
 
 class Checkpointer:
     def __init__(self, workdir: str, ckpt_cfg, state_shardings, abstract_state, tokenizer=None):
-        self.directory = os.path.abspath(os.path.join(workdir, "checkpoints"))
+        self.directory = os.path.abspath(os.path.join(workdir, CHECKPOINTS_SUBDIR))
         self.every = int(ckpt_cfg.every_steps)  # 0 = only at the end (and on preemption)
         self.state_shardings, self.abstract_state = state_shardings, abstract_state
         self.tokenizer_files = _tokenizer_files(tokenizer)
@@ -289,9 +290,6 @@ class Checkpointer:
             return
         self.wait()
         self.manager.close()
-
-
-CHECKPOINTS_SUBDIR = "checkpoints"  # where a training workdir keeps its orbax steps
 
 
 def checkpoints_dir(path: str | os.PathLike) -> str:
