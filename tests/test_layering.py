@@ -34,7 +34,7 @@ LAYERS = (
     ("clip_jax.evaluate.*", "clip_jax.input_pipeline"),
     # entry points: parse, build, call
     ("clip_jax.train", "clip_jax.export", "clip_jax.predict", "clip_jax.plan",
-     "clip_jax.evaluate.__main__"),
+     "clip_jax.evaluate.__main__", "clip_jax.embed", "clip_jax.filter"),
 )
 
 # May be imported inside a function: optional heavy dependencies, webdataset (its import loads
