@@ -9,11 +9,12 @@ import re
 import tarfile
 from collections import Counter, defaultdict
 
+import ml_collections
 import numpy as np
 import pytest
 from PIL import Image
 
-from clip_jax.data import demo
+from clip_jax.data import demo, prepare
 
 N_TRAIN, N_EVAL, PER_SHARD, SIZE, SEED = 300, 60, 100, 64, 3
 
@@ -226,3 +227,31 @@ def test_webdataset_reads_shards(corpus):
     assert len(rows) == N_EVAL
     img, text, cls = rows[0]
     assert img.size == (SIZE, SIZE) and isinstance(text, str) and int(cls) == 0
+
+
+def test_generation_and_the_tokenizer_fit_say_what_they_do(corpus, tmp_path, capsys):
+    """Off a terminal: a progress line per ~10% of the images, then one closing line; the
+    tokenizer fit: one line on stdout with its seconds."""
+    root = str(tmp_path / "talk")
+    demo.generate(root, train_samples=100, eval_samples=12, image_size=32, seed=0,
+                  samples_per_shard=10, workers=1, verbose=True)
+    err = capsys.readouterr().err.splitlines()
+    steps = [line for line in err if re.fullmatch(
+        r"demo corpus: [\d,]+/112 images \(\d+%\) \d+ s(, ~\d+ s left)?", line)]
+    assert 8 <= len(steps) <= 10 and len(err) == len(steps) + 1, err
+    pcts = [int(re.search(r"\((\d+)%\)", line).group(1)) for line in steps]
+    assert pcts == sorted(pcts) and len(set(p // 10 for p in pcts)) == len(pcts)
+    assert re.fullmatch(r"demo corpus: 100 train / 12 eval samples \(10 \+ 2 shards, 32px\) "
+                        rf"in {re.escape(root)} with 1 worker\(s\): [\d.]+ s", err[-1])
+
+    corpus_root, info = corpus
+    data = ml_collections.ConfigDict({
+        "source": "webdataset", "tokenizer": "train", "tokenizer_vocab_size": 300,
+        "train": os.path.join(corpus_root, info["train_shards"])})
+    tok = prepare.prepare_tokenizer(data, str(tmp_path / "run"), 1000)
+    out = capsys.readouterr().out.splitlines()
+    assert len(out) == 1 and re.fullmatch(
+        rf"tokenizer: fitted a byte-level BPE of {tok.vocab_size} tokens on {N_TRAIN} captions "
+        rf"in [\d.]+ s \({re.escape(str(tmp_path / 'run' / 'tokenizer'))}\)", out[0]), out
+    prepare.prepare_tokenizer(data, str(tmp_path / "run"), 1000)  # reused: nothing to say
+    assert capsys.readouterr().out == ""

@@ -38,13 +38,13 @@ import json
 import multiprocessing
 import os
 import re
-import sys
 import time
 from collections.abc import Iterable, Sequence
 
 import numpy as np
 
 from clip_jax.data.demo_render import BACKGROUNDS, COLOURS, caption, plural_of, render
+from clip_jax.data.progress import Progress
 from clip_jax.data.write_shards import open_tar_writer
 
 VERSION = 1
@@ -206,13 +206,22 @@ def generate(out_dir: str, train_samples: int = DEFAULT_TRAIN_SAMPLES,
     if workers is None:
         workers = min(2, os.cpu_count() or 1)
     workers = max(1, min(workers, len(jobs)))
+    progress = Progress("demo corpus", train_samples + eval_samples, "images") \
+        if verbose else None
+
+    def done(results):  # shards in job order, counted as they come
+        for job, result in zip(jobs, results):
+            if progress:
+                progress.update(job[3] - job[2])
+            yield result
+
     if workers == 1:
-        results = [_write_shard_job(j) for j in jobs]
+        results = list(done(_write_shard_job(j) for j in jobs))
     else:
         # spawn, not fork: the caller (the train entry point) may have JAX threads running.
         ctx = multiprocessing.get_context("spawn")
         with ctx.Pool(workers) as pool:
-            results = pool.map(_write_shard_job, jobs, chunksize=1)
+            results = list(done(pool.imap(_write_shard_job, jobs, chunksize=1)))
     sizes: dict[str, dict[str, int]] = {"train": {}, "eval": {}}
     for job, (name, count) in zip(jobs, results):
         sizes[job[0]][name] = count
@@ -248,10 +257,10 @@ def generate(out_dir: str, train_samples: int = DEFAULT_TRAIN_SAMPLES,
         "seed": seed,
     }
     _atomic_json(os.path.join(out_dir, "zeroshot.json"), info)
-    if verbose:
-        print(f"demo corpus: {train_samples} train / {eval_samples} eval samples "
-              f"({n_shards['train']} + {n_shards['eval']} shards, {image_size}px) in {out_dir} "
-              f"with {workers} worker(s): {time.time() - t0:.1f} s", file=sys.stderr)
+    if progress:
+        progress.close(f"demo corpus: {train_samples} train / {eval_samples} eval samples "
+                       f"({n_shards['train']} + {n_shards['eval']} shards, {image_size}px) in "
+                       f"{out_dir} with {workers} worker(s): {time.time() - t0:.1f} s")
     return info
 
 

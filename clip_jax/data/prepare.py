@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 
 import jax
 from jax.experimental import multihost_utils
@@ -29,7 +30,7 @@ def prepare_demo(root: str, train_samples: int, image_size: int, seed: int) -> d
     card = os.path.join(root, "zeroshot.json")
     if jax.process_index() == 0:
         meta = demo.load_or_generate(root, train_samples=train_samples, image_size=image_size,
-                                     seed=seed)
+                                     seed=seed, verbose=True)
     if jax.process_count() > 1:
         multihost_utils.sync_global_devices("demo corpus ready")
     if jax.process_index() != 0:
@@ -62,12 +63,17 @@ def prepare_tokenizer(data_cfg, workdir: str, vocab_size: int):
     if os.path.exists(os.path.join(tok_dir, tok_lib.CONFIG_FILE)):
         return tok_lib.load_tokenizer(tok_dir)
     if spec == "train":
+        t0 = time.time()
         captions = _first_captions(data_cfg.train, TOKENIZER_TRAIN_CAPTIONS)
         # Every process fits the same tokenizer from the same captions (deterministic), so no
         # shared filesystem is needed; process 0 keeps the copy in the workdir.
         out = tok_dir if jax.process_index() == 0 else os.path.join(
             workdir, f".{TOKENIZER_DIR}.{jax.process_index()}")
-        return tok_lib.train_tokenizer(captions, data_cfg.tokenizer_vocab_size or vocab_size, out)
+        tok = tok_lib.train_tokenizer(captions, data_cfg.tokenizer_vocab_size or vocab_size, out)
+        if jax.process_index() == 0:
+            print(f"tokenizer: fitted a byte-level BPE of {tok.vocab_size:,} tokens on "
+                  f"{len(captions):,} captions in {time.time() - t0:.1f} s ({out})", flush=True)
+        return tok
     tok = tok_lib.load_tokenizer(spec)
     if jax.process_index() == 0:
         tok.save(tok_dir)

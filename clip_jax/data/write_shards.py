@@ -44,11 +44,13 @@ import itertools
 import json
 import os
 import sys
+import time
 from collections.abc import Iterable, Iterator
 
 from PIL import Image
 
 from clip_jax import cli
+from clip_jax.data.progress import Progress
 from clip_jax.data.tario import FOLDER_IMAGE_EXTS, IMAGE_EXTS
 
 SIZES, CHECKSUMS, LOCK = "sizes.json", "checksums.json", ".write_shards.lock"
@@ -334,10 +336,11 @@ def decodes(data: bytes) -> str | None:
 
 
 def write_from_rows(rows: list[tuple[str, str]], out_dir: str, samples_per_shard: int,
-                    start_index: int = 0, log=None) -> dict:
+                    start_index: int = 0, log=None, progress: bool = False) -> dict:
     """Shard ``(image path, caption)`` rows; returns a summary dict (see the module docstring).
     Every image is decoded before it is stored; one that does not decode is skipped (a shard
-    then holds fewer samples; keys keep their row numbers)."""
+    then holds fewer samples; keys keep their row numbers). ``progress``: a progress display on
+    stderr (:class:`clip_jax.data.progress.Progress`) instead of a ``log`` line per shard."""
     os.makedirs(out_dir, exist_ok=True)
     summary = {"rows": len(rows), "samples": 0, "shards": 0, "written": 0, "kept": 0,
                "skipped_empty_caption": 0, "skipped_missing_image": 0,
@@ -353,10 +356,16 @@ def write_from_rows(rows: list[tuple[str, str]], out_dir: str, samples_per_shard
                 log(f"missing image, skipped: {path}")
         else:
             plan.append((path, caption))
+    bar = Progress("writing shards", len(plan), "images") if progress else None
+    if bar and log:
+        log = bar.print  # skipped images: lines of their own beside the progress line
+
     def checked(first, chunk):
         for j, (p, c) in enumerate(chunk):
             data, ext = load_image(p)
             error = decodes(data)
+            if bar:
+                bar.update()
             if error is None:
                 yield f"{first + j:09d}", data, ext, c
                 continue
@@ -372,6 +381,8 @@ def write_from_rows(rows: list[tuple[str, str]], out_dir: str, samples_per_shard
         if recorded is not None and recorded <= len(chunk) and is_complete(out_dir, name):
             summary["kept"] += 1
             count = recorded
+            if bar:
+                bar.update(len(chunk))
         else:
             count, tmp, digest = _write_shard(out_dir, name, checked(first, chunk), len(chunk))
             if count == 0:
@@ -380,10 +391,13 @@ def write_from_rows(rows: list[tuple[str, str]], out_dir: str, samples_per_shard
             os.replace(tmp, os.path.join(out_dir, name))
             _record(out_dir, name, count, digest)
             summary["written"] += 1
-            if log:
+            if log and not bar:
                 log(f"wrote {name} ({count} samples)")
         sizes[name] = count
     summary["samples"], summary["shards"] = sum(sizes.values()), len(sizes)
+    if bar:
+        bar.close(f"wrote {summary['written']} and kept {summary['kept']} shard(s) of "
+                  f"{len(plan):,} images in {out_dir}: {time.monotonic() - bar.start:.1f} s")
     if sizes:
         last = start_index + len(sizes) - 1
         summary["pattern"] = os.path.join(out_dir, f"{{{start_index:05d}..{last:05d}}}.tar")
@@ -415,7 +429,8 @@ def main(argv: list[str] | None = None) -> dict:
         raise cli.UserError(f"--input {args.input}: no images found (a folder needs "
                             f"{'/'.join(FOLDER_IMAGE_EXTS)} files with a .txt caption beside "
                             "each)")
-    summary = write_from_rows(rows, args.out, args.samples_per_shard, args.start_index, log)
+    summary = write_from_rows(rows, args.out, args.samples_per_shard, args.start_index, log,
+                              progress=not args.quiet)
     print(json.dumps(summary))
     if summary["samples"] == 0:
         skipped = {k: v for k, v in summary.items() if k.startswith("skipped_") and v}
