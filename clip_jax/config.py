@@ -11,15 +11,17 @@ fields below (``model.embed_dim``, ``model.vision.width``...) then overrides tha
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
+import re
 from collections.abc import Mapping
 
 import ml_collections
 from absl import flags
 from ml_collections import config_dict, config_flags
 
-from clip_jax import cli, models
+from clip_jax import cli, models, optimizer
 from clip_jax.cli import UserError
 
 P = config_dict.placeholder
@@ -50,6 +52,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.model.init_logit_bias = P(float)
     c.model.vision = ml_collections.ConfigDict(
         {k: P(int) for k in ("image_size", "patch_size", "width", "layers", "heads", "mlp_dim")})
+    c.model.vision.patch_dropout = P(float)  # FLIP: fraction of patches dropped in training
+    # with optimizer.frozen 'image': open_clip's last K groups of the image tower stay trainable
+    c.model.lock_image_unlocked_groups = P(int)
     c.model.text = ml_collections.ConfigDict(
         {k: P(int) for k in ("context_length", "vocab_size", "width", "layers", "heads",
                              "mlp_dim")})
@@ -65,6 +70,10 @@ def base_config() -> ml_collections.ConfigDict:
     c.optimizer.eps = 1e-6
     c.optimizer.grad_clip_norm = 1.0
     c.optimizer.decay_embeddings = False
+    # regexes over parameter paths (visual/transformer/resblocks_3/attn/kernel_in) or the
+    # presets 'image' / 'text': no optimizer state, no update (LiT locks 'image')
+    c.optimizer.frozen = ()
+    c.optimizer.lr_multipliers = ()  # ((regex, factor), ...): first match scales the update
 
     c.mesh = ml_collections.ConfigDict()
     c.mesh.data = -1
@@ -96,12 +105,14 @@ def base_config() -> ml_collections.ConfigDict:
     c.checkpoint.keep_period = 0  # also keep every K-th step forever (0 = off)
     c.checkpoint.async_save = True
     c.checkpoint.init_from = ""  # a checkpoint dir or bundle to start from (fine-tuning)
+    c.checkpoint.init_from_params = ""  # regex of the param paths taken from it ("" = all)
 
-    c.eval = ml_collections.ConfigDict()
+    c.eval = ml_collections.ConfigDict()  # what every evaluation shares (see eval_sets)
     c.eval.every_steps = 0  # 0 = only at the end (if any evals are configured)
     c.eval.at_end = True
-    # Datasets (clip_jax.evaluate.datasets specs: a .json card such as the demo's
-    # zeroshot.json, tfds:NAME[:SPLIT], folder:PATH, or shards for retrieval); "" = off.
+    # One dataset per kind, the short form: each set key is an evaluation named after its kind
+    # (eval/zeroshot/top1...). Datasets are clip_jax.evaluate.datasets specs: a .json card such
+    # as the demo's zeroshot.json, tfds:NAME[:SPLIT], folder:PATH, or shards for retrieval.
     c.eval.zeroshot = ""
     c.eval.retrieval = ""
     c.eval.fewshot = ""  # k-shot ridge probes (cheap enough for every eval)
@@ -111,8 +122,21 @@ def base_config() -> ml_collections.ConfigDict:
     c.eval.fewshot_shots = (1, 2, 4, 8, 16)
     c.eval.probe_max_per_class = 0  # probes: cap on training images per class (0 = all)
     c.eval.batch_size = 256
+    # Several named evaluations (big_vision's shape), logged as eval/<name>/<metric>:
+    # c.evals.cifar10 = dict(kind="zeroshot", dataset="tfds:cifar10", every_steps=1000);
+    # keys: EVAL_ENTRY_KEYS; templates, data_dir, shots, max_per_class default to eval.*.
+    c.evals = ml_collections.ConfigDict()
+
+    # Experiment tracking beside metrics.jsonl (the source of truth); process 0 only.
+    c.logging = ml_collections.ConfigDict()
+    c.logging.tensorboard = True  # event files in <workdir>/tensorboard/ (tensorboardX)
+    c.logging.wandb = False  # Weights & Biases (pip install 'clip_jax[wandb]')
+    c.logging.wandb_project = "clip_jax"
+    c.logging.wandb_name = ""  # "" = the workdir's name
+    c.logging.wandb_mode = "offline"  # "offline" (no network; `wandb sync` later) or "online"
 
     c.lock()
+    c.evals.unlock()  # a config file adds names; eval_sets checks every entry
     return c
 
 
@@ -125,7 +149,7 @@ def resolve_model_config(model_cfg: Mapping) -> models.ModelConfig:
         model_cfg["name"])
     overrides = {}
     for key, value in model_cfg.items():
-        if key in ("name", "open_clip_config") or value is None:
+        if key in ("name", "open_clip_config", "lock_image_unlocked_groups") or value is None:
             continue
         if isinstance(value, Mapping):
             sub = {k: v for k, v in value.items() if v is not None}
@@ -141,6 +165,7 @@ _CHOICES = {
     "loss_impl": ("dense", "blockwise"),
     "data.source": ("synthetic", "webdataset"),
     "data.worker_mode": ("process", "thread"),
+    "logging.wandb_mode": ("offline", "online"),
 }
 
 
@@ -155,12 +180,92 @@ def validate(c: ml_collections.ConfigDict) -> None:
     for key in ("batch_size", "total_steps", "log_every_steps", "accum_steps"):
         if c[key] <= 0:
             raise ValueError(f"config {key}={c[key]} must be positive")
+    if c.logging.wandb and importlib.util.find_spec("wandb") is None:
+        raise ValueError("config logging.wandb=True needs the wandb package: "
+                         "pip install 'clip_jax[wandb]' (or wandb)")
     if c.data.source == "webdataset" and not c.data.train and not c.data.demo:
         raise ValueError("config data.source='webdataset' needs data.train (a shard spec)")
+    optimizer.check_settings(c.optimizer.frozen, c.optimizer.lr_multipliers,
+                             c.model.lock_image_unlocked_groups)
+    if c.optimizer.frozen or c.optimizer.lr_multipliers:  # each pattern names parameters
+        optimizer.check_params(models.abstract_params(resolve_model_config(c.model)),
+                               c.optimizer, c.model.lock_image_unlocked_groups)
+    if c.checkpoint.init_from_params:
+        if not c.checkpoint.init_from:
+            raise ValueError("config checkpoint.init_from_params needs checkpoint.init_from")
+        try:
+            re.compile(c.checkpoint.init_from_params)
+        except re.error as e:
+            raise ValueError(f"config checkpoint.init_from_params="
+                             f"{c.checkpoint.init_from_params!r}: not a valid regex: {e}"
+                             ) from None
     if c.loss == "siglip":
         m = resolve_model_config(c.model)
         if m.init_logit_bias is None:
             raise ValueError("config loss='siglip' needs model.init_logit_bias (e.g. -10.0)")
+    eval_sets(c)
+
+
+# ---------------------------------------------------------------------------------------------
+# Evaluations: ``evals`` (named) and the single-dataset ``eval.<kind>`` keys, as one table.
+
+EVAL_KINDS = ("zeroshot", "retrieval", "fewshot", "linear_probe")
+EVAL_ENTRY_KEYS = ("kind", "dataset", "every_steps", "templates", "data_dir", "shots",
+                   "max_per_class")
+
+
+def _is_count(v, minimum: int) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= minimum
+
+
+def eval_sets(c: ml_collections.ConfigDict) -> dict[str, dict]:
+    """``{name: entry}``, every key of :data:`EVAL_ENTRY_KEYS` filled: each ``eval.<kind>``
+    that is set, named after its kind, then each entry of ``evals``; ``every_steps`` 0 and unset
+    fields take the ``eval.*`` values. A bad entry is a ValueError naming it."""
+    e = c.eval
+    if not _is_count(e.every_steps, 0):
+        raise ValueError(f"config eval.every_steps={e.every_steps!r} must be an integer >= 0")
+    shared = {"every_steps": e.every_steps, "templates": e.templates, "data_dir": e.data_dir,
+              "shots": tuple(e.fewshot_shots), "max_per_class": e.probe_max_per_class}
+    out = {k: {**shared, "kind": k, "dataset": e[k]} for k in EVAL_KINDS if e[k]}
+    for name, entry in c.get("evals", {}).items():
+        where = f"config evals.{name}"
+        if not (name.isascii() and name[:1].isalnum()
+                and name.replace("_", "").replace("-", "").replace(".", "").isalnum()):
+            raise ValueError(f"{where}: an evaluation's name is letters, digits, '_', '-', '.' "
+                             "(it names metrics and report files)")
+        if name in out:
+            raise ValueError(f"{where} and eval.{name} both define the evaluation {name!r}: "
+                             f"keep one (or rename evals.{name})")
+        entry = entry.to_dict() if isinstance(entry, ml_collections.ConfigDict) else entry
+        if not isinstance(entry, Mapping):
+            raise ValueError(f"{where}={entry!r}: expected a dict such as "
+                             "{'kind': 'zeroshot', 'dataset': 'tfds:cifar10'}")
+        unknown = sorted(set(entry) - set(EVAL_ENTRY_KEYS))
+        if unknown:
+            raise ValueError(f"{where}: unknown key(s) {unknown}; an entry takes "
+                             f"{list(EVAL_ENTRY_KEYS)}")
+        if entry.get("kind") not in EVAL_KINDS:
+            raise ValueError(f"{where}.kind={entry.get('kind')!r}: choose one of {EVAL_KINDS}")
+        dataset = entry.get("dataset")
+        if not isinstance(dataset, str) or not dataset.strip():
+            raise ValueError(f"{where}.dataset is missing: give a dataset spec (a .json card, "
+                             "tfds:NAME[:SPLIT], folder:PATH, or shards for retrieval)")
+        if not _is_count(entry.get("every_steps", 0), 0):
+            raise ValueError(f"{where}.every_steps={entry['every_steps']!r} must be an integer "
+                             ">= 0 (0 = eval.every_steps)")
+        shots = entry.get("shots", shared["shots"])
+        if not isinstance(shots, list | tuple) or not all(_is_count(k, 1) for k in shots):
+            raise ValueError(f"{where}.shots={shots!r} must be a list of positive integers")
+        if not _is_count(entry.get("max_per_class", 0), 0):
+            raise ValueError(f"{where}.max_per_class={entry['max_per_class']!r} must be an "
+                             "integer >= 0 (0 = all)")
+        for key in ("templates", "data_dir"):
+            if not isinstance(entry.get(key, ""), str):
+                raise ValueError(f"{where}.{key}={entry[key]!r} must be a string")
+        out[name] = {**shared, **entry, "shots": tuple(shots),
+                     "every_steps": entry.get("every_steps") or e.every_steps}
+    return out
 
 
 # ---------------------------------------------------------------------------------------------
@@ -169,7 +274,7 @@ def validate(c: ml_collections.ConfigDict) -> None:
 # Keys whose change alters the saved train state's structure or shapes (or how the saved data
 # iterator/tokenizer state is read), so a resume under them cannot restore what was saved.
 # ``model.*`` counts as a whole, except compute-only keys.
-_RESUME_SAFE_MODEL_KEYS = {"model.remat", "model.dtype"}
+_RESUME_SAFE_MODEL_KEYS = {"model.remat", "model.dtype", "model.vision.patch_dropout"}
 _RESUME_REFUSED_KEYS = {"loss", "data.source", "data.tokenizer", "data.tokenizer_vocab_size"}
 
 
@@ -201,6 +306,8 @@ def _changes_state(key: str, old, new) -> bool:
         return key not in _RESUME_SAFE_MODEL_KEYS
     if key == "optimizer.grad_clip_norm":  # clipping on/off adds or removes a state entry
         return bool(old and old > 0) != bool(new and new > 0)
+    if key == "optimizer.frozen":  # frozen parameters have no optimizer state
+        return list(old or []) != list(new or [])
     return key in _RESUME_REFUSED_KEYS
 
 

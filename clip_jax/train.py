@@ -12,9 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import json
 import math
-import os
 import sys
 import time
 from typing import Any
@@ -41,9 +39,10 @@ from clip_jax import (
     sources,
 )
 from clip_jax import config as config_lib
+from clip_jax import params as params_lib
 from clip_jax import workdir as workdir_lib
 from clip_jax.data import prepare
-from clip_jax.evaluate import evaluators, plots
+from clip_jax.evaluate import evaluators
 
 LOGIT_SCALE_MAX = math.log(100.0)  # the learned temperature is clamped to 1/100 (CLIP)
 _MIN_SECONDS = 1e-9  # a time span's floor where it divides (a rate over no time)
@@ -93,7 +92,8 @@ def plan_state(config, model_cfg, mesh):
     """(model, tx, schedule, abstract TrainState, TrainState of PartitionSpecs) for ``mesh``
     (a Mesh or an AbstractMesh): shapes from ``jax.eval_shape``, nothing allocated."""
     model = models.CLIP(model_cfg)
-    tx, schedule = optimizer.make_optimizer(config.optimizer, config.total_steps)
+    tx, schedule = optimizer.make_optimizer(config.optimizer, config.total_steps,
+                                            config.model.lock_image_unlocked_groups)
     rng = jax.random.key(config.seed)
     boxed = jax.eval_shape(lambda r: model.init(r, *models.init_inputs(model_cfg))["params"], rng)
     param_specs = sharding.param_specs(boxed, mesh)
@@ -158,21 +158,25 @@ def contrastive_loss(config, mesh, img, txt, logit_scale_param, logit_bias):
     return jax.shard_map(body, mesh=mesh, in_specs=specs, out_specs=P())(*args)
 
 
-def _forward(model, params, images, text):
+def _forward(setup: Setup, params, images, text, rng):
+    """Training forward: frozen params behind stop_gradient, patch dropout drawn from rng."""
+    params = optimizer.stop_frozen(params, setup.config.optimizer,
+                                   setup.config.model.lock_image_unlocked_groups)
     with nn.logical_axis_rules(sharding.RULES):
-        return model.apply({"params": params}, input_pipeline.device_pixels(images), text)
+        return setup.model.apply({"params": params}, input_pipeline.device_pixels(images), text,
+                                 train=True, rngs={"patch_dropout": rng})
 
 
-def loss_and_grads(setup: Setup, params, batch):
+def loss_and_grads(setup: Setup, params, batch, step=0):
     """Loss of the whole global batch and its gradient (with gradient caching if
-    ``accum_steps > 1``)."""
+    ``accum_steps > 1``); the step seeds the patch dropout, so a resume redraws it exactly."""
+    rng = jax.random.fold_in(jax.random.key(setup.config.seed), step)
     if setup.config.accum_steps > 1:
-        return _loss_and_grads_cached(setup, params, batch)
-    config = setup.config
+        return _loss_and_grads_cached(setup, params, batch, rng)
 
     def loss_fn(p):
-        img, txt, log_scale, bias = _forward(setup.model, p, batch["image"], batch["text"])
-        return contrastive_loss(config, setup.mesh, img, txt, log_scale, bias)
+        img, txt, log_scale, bias = _forward(setup, p, batch["image"], batch["text"], rng)
+        return contrastive_loss(setup.config, setup.mesh, img, txt, log_scale, bias)
 
     return jax.value_and_grad(loss_fn)(params)
 
@@ -195,7 +199,7 @@ def _merge_micro(y, shards: int, mesh):
     return jax.lax.with_sharding_constraint(x, sharding.batch_sharding(mesh))
 
 
-def _loss_and_grads_cached(setup: Setup, params, batch):
+def _loss_and_grads_cached(setup: Setup, params, batch, rng):
     """Gradient cache (Gao et al. 2021): the exact global-batch loss with the activation memory
     of one micro-batch. 1) embed every micro-batch, keeping no activations; 2) the contrastive
     loss of all embeddings and its gradient w.r.t. them; 3) re-run each micro-batch forward
@@ -204,18 +208,17 @@ def _loss_and_grads_cached(setup: Setup, params, batch):
     config, mesh, k = setup.config, setup.mesh, setup.config.accum_steps
     shards = sharding.batch_size_per_shard(mesh)
     micro = {key: _split_micro(batch[key], shards, k, mesh) for key in ("image", "text")}
+    micro["rng"] = jax.random.split(rng, k)  # each micro-batch's patch dropout, in both passes
 
     def embed(p, mb):
-        img, txt, _, _ = _forward(setup.model, p, mb["image"], mb["text"])
+        img, txt, _, _ = _forward(setup, p, mb["image"], mb["text"], mb["rng"])
         return img, txt
 
     _, (img, txt) = jax.lax.scan(lambda c, mb: (c, embed(params, mb)), None, micro)
     img, txt = _merge_micro(img, shards, mesh), _merge_micro(txt, shards, mesh)
     bias = params.get("logit_bias")
 
-    def head_loss(i, t, log_scale, b):
-        return contrastive_loss(config, mesh, i, t, log_scale, b)
-
+    head_loss = lambda i, t, log_scale, b: contrastive_loss(config, mesh, i, t, log_scale, b)
     loss, (g_img, g_txt, g_scale, g_bias) = jax.value_and_grad(head_loss, argnums=(0, 1, 2, 3))(
         img, txt, params["logit_scale"], bias)
     g_img, g_txt = _split_micro(g_img, shards, k, mesh), _split_micro(g_txt, shards, k, mesh)
@@ -236,7 +239,7 @@ def _loss_and_grads_cached(setup: Setup, params, batch):
 
 
 def train_step(setup: Setup, state: TrainState, batch) -> tuple[TrainState, dict]:
-    loss, grads = loss_and_grads(setup, state.params, batch)
+    loss, grads = loss_and_grads(setup, state.params, batch, state.step)
     updates, opt_state = setup.tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     params = dict(params)
@@ -322,7 +325,7 @@ def _train_locked(config, workdir: str, devices, is_main: bool) -> dict:
     changes = [] if saved_config is None else config_lib.check_resume(
         saved_config, config, workdir)
     setup = build(config, devices)
-    writer = monitor.MetricsWriter(workdir, config.total_steps, enabled=is_main)
+    writer = monitor.MetricsWriter.from_config(config, workdir, enabled=is_main)
     writer.log(monitor.welcome(config, setup.mesh,
                                models.count_params(setup.abstract_state.params)))
     if changes:
@@ -363,6 +366,7 @@ def _train_locked(config, workdir: str, devices, is_main: bool) -> dict:
                 if compile_s is None:
                     jax.block_until_ready(metrics)
                     compile_s = time.time() - t0
+                    writer.log(f"first step (XLA compile + run): {compile_s:.1f} s")
                     t_mark, step_mark = time.time(), step
                 log = step % config.log_every_steps == 0 or step == config.total_steps
                 if log:
@@ -375,8 +379,7 @@ def _train_locked(config, workdir: str, devices, is_main: bool) -> dict:
                                 compile_seconds=compile_s)
                     last.update({f"data/{k}": v for k, v in feed.stats.items()})
                     t_mark, step_mark = now, step
-                if evaluator and _due(config.eval.every_steps, step, config.total_steps,
-                                      config.eval.at_end):
+                if evaluator and evaluator.due(step):  # each eval at its own every_steps
                     t_eval = time.time()
                     extra = evaluator(state.params, step)
                     last.update(extra)
@@ -398,10 +401,8 @@ def _train_locked(config, workdir: str, devices, is_main: bool) -> dict:
     finally:
         feed.close()
         _close(ckpt, data)
-    if is_main:
-        plots.plot_training_curves(os.path.join(workdir, "metrics.jsonl"),
-                                   os.path.join(workdir, "training_curves.png"))
-    return last
+        writer.close()
+    return writer.finish(last)
 
 
 def _close(ckpt, data) -> None:
@@ -420,17 +421,15 @@ def _already_complete(step: int, config, workdir: str, writer, ckpt, data) -> di
     return last
 
 
-def _due(every: int, step: int, total: int, at_end: bool) -> bool:
-    return (every > 0 and step % every == 0) or (at_end and step == total)
-
-
 def init_from(setup: Setup, config) -> TrainState:
-    """Fresh optimizer state, parameters from any model source (fine-tuning): a workdir or its
-    checkpoints, a bundle, an HF CLIP directory, open_clip weights (:mod:`clip_jax.sources`)."""
-    params = sources.load_params(config.checkpoint.init_from, setup.abstract_state.params,
-                                    setup.state_shardings.params)
-    state = init_state(setup)
-    return state.replace(params=params)
+    """Fresh optimizer state; parameters from any model source (:mod:`clip_jax.sources`): all,
+    or those matching ``checkpoint.init_from_params`` (LiT: ``^visual/``), the rest fresh."""
+    state, ck = init_state(setup), config.checkpoint
+    if ck.init_from_params:
+        return state.replace(params=params_lib.take(
+            state.params, sources.resolve(ck.init_from).params, ck.init_from_params, ck.init_from))
+    return state.replace(params=sources.load_params(ck.init_from, setup.abstract_state.params,
+                                                    setup.state_shardings.params))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -445,8 +444,7 @@ def main(argv: list[str]) -> int:
     distributed.initialize()
     last = train(config, workdir)
     if jax.process_index() == 0:
-        print(json.dumps({"final": last}, sort_keys=True))
-        print(monitor.summary(last, workdir))
+        print(monitor.summary(last, workdir))  # all of ``last``: <workdir>/final_metrics.json
     return 0
 
 

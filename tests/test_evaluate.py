@@ -1,6 +1,7 @@
 """Evaluators end to end: datasets (tfds built offline, demo card, image folder), the encoder
 plumbing checked with an oracle encoder, the sharded MeshEncoder against the single-device
-InferenceModel, the CLI report, and evaluation inside a training run."""
+InferenceModel, several named eval sets (``config.evals``) beside the single-dataset keys, the
+CLI report over one and over several datasets, and evaluation inside a training run."""
 
 from __future__ import annotations
 
@@ -17,7 +18,8 @@ import pytest
 from PIL import Image
 
 from clip_jax import bundle as bundle_lib
-from clip_jax import inference, models, train
+from clip_jax import cli, inference, models, train
+from clip_jax import config as config_lib
 from clip_jax.config import base_config
 from clip_jax.data import demo, tario
 from clip_jax.data import tokenizer as tok_lib
@@ -93,9 +95,9 @@ class OracleEncoder:
 def test_tfds_oracle_zeroshot_and_probes_are_perfect(tfds_dir):
     ds = datasets.labelled("tfds:tiny_colours", tfds_dir)
     assert ds.class_names == COLOURS and ds.name == "tiny_colours:test"
-    spec = evaluators.EvalSpec(zeroshot="tfds:tiny_colours", fewshot="tfds:tiny_colours",
-                               data_dir=tfds_dir, shots=(1, 2, 4), batch_size=5)
-    rep = evaluators.run(OracleEncoder(), spec)
+    specs = [evaluators.EvalSpec(kind, "tfds:tiny_colours", data_dir=tfds_dir, shots=(1, 2, 4),
+                                 batch_size=5) for kind in ("zeroshot", "fewshot")]
+    rep = evaluators.run(OracleEncoder(), specs)
     zs = rep["zeroshot"]
     assert zs["top1"] == 1.0 and zs["num_samples"] == 12  # 12 test images, batches of 5 padded
     assert np.trace(np.array(zs["confusion_matrix"])) == 12
@@ -125,8 +127,8 @@ def test_folder_set_skips_corrupt_images_and_splits_per_class(tmp_path):
     assert np.bincount(labels[te]).tolist() == [3, 3, 3, 3]
     tr2, _ = datasets.split_per_class(labels)
     np.testing.assert_array_equal(tr, tr2)
-    rep = evaluators.run(OracleEncoder(), evaluators.EvalSpec(
-        linear_probe=f"folder:{tmp_path}", shots=(1, 2)), ["linear_probe"])["linear_probe"]
+    rep = evaluators.run(OracleEncoder(), [evaluators.EvalSpec(
+        "linear_probe", f"folder:{tmp_path}", shots=(1, 2))])["linear_probe"]
     assert rep["top1"] == 1.0 and rep["fewshot"]["2shot"] == 1.0
 
 
@@ -160,13 +162,28 @@ def _tiny_bundle(tmp_path, demo_card):
     return cfg, jax.device_get(nn.unbox(params)), tok
 
 
+def _folder_of(demo_card, image_size, root) -> str:
+    """The card's images, eval-transformed, as an image folder ``root/<class>/<i>.png``: the same
+    pixels and labels read another way."""
+    ds = datasets.labelled(demo_card)
+    for i, (img, label) in enumerate(ds.samples(image_size)):
+        d = os.path.join(root, ds.class_names[label].replace(" ", "_"))
+        os.makedirs(d, exist_ok=True)
+        Image.fromarray(img).save(os.path.join(d, f"{i}.png"))
+    return f"folder:{root}"
+
+
 def test_mesh_encoder_matches_inference_model_and_cli_report(tmp_path, demo_card):
     """The sharded train-time encoder (8 devices, 2x2x2 mesh, params sharded by the rules) and
     the bundle's single-process InferenceModel give the same embeddings and the same report;
-    the CLI's top-1 equals an accuracy computed directly from InferenceModel.zero_shot."""
+    the CLI's top-1 equals an accuracy computed directly from InferenceModel.zero_shot. An
+    old-style config (``eval.zeroshot``...) logs exactly the kinds' names; ``config.evals`` with
+    two zero-shot sets (the card, and its images as a folder) logs both under their names, with
+    the old-style numbers; the CLI over the same two datasets writes one report with both."""
     cfg, params, tok = _tiny_bundle(tmp_path, demo_card)
     bundle = str(tmp_path / "bundle")
     bundle_lib.save_bundle(bundle, params, cfg, tok)
+    folder = _folder_of(demo_card, cfg.vision.image_size, str(tmp_path / "folder"))
 
     c = base_config()
     c.model.name = "tiny"
@@ -174,13 +191,16 @@ def test_mesh_encoder_matches_inference_model_and_cli_report(tmp_path, demo_card
     c.mesh.data, c.mesh.fsdp, c.mesh.tensor = 2, 2, 2
     c.eval.zeroshot = c.eval.retrieval = demo_card
     c.eval.batch_size = 20
+    c.total_steps = 7
     setup = train.build(c)
     sharded = bundle_lib.load_params(bundle, setup.abstract_state.params,
                                         setup.state_shardings.params)
     assert any(len(x.sharding.device_set) == 8 and not x.sharding.is_fully_replicated
                for x in jax.tree.leaves(sharded))
     evaluate = evaluators.make_train_evaluator(setup, tok, str(tmp_path / "run"))
+    assert evaluate.due(6) == [] and evaluate(sharded, 6) == {}  # eval.every_steps=0: at end
     train_scalars = evaluate(sharded, 7)
+    assert {k.rsplit("/", 1)[0] for k in train_scalars} == {"eval/zeroshot", "eval/retrieval"}
     assert os.path.isfile(tmp_path / "run" / "eval" / "step_7_report.json")
     assert os.path.isfile(tmp_path / "run" / "eval" / "step_7_zeroshot_confusion.png")
 
@@ -194,6 +214,22 @@ def test_mesh_encoder_matches_inference_model_and_cli_report(tmp_path, demo_card
                                atol=2e-5)
     texts = ["a red star", "two green circles on black"] * 11
     np.testing.assert_allclose(mesh_enc.encode_text(texts), model.encode_text(texts), atol=2e-5)
+
+    c2 = base_config()
+    c2.evals.demo = {"kind": "zeroshot", "dataset": demo_card}
+    c2.evals.colours = {"kind": "zeroshot", "dataset": folder, "templates": demo_card}
+    two = evaluators.TrainEvaluator(evaluators.specs_from_config(c2), mesh_enc,
+                                    str(tmp_path / "run2"), total_steps=7, at_end=True)
+    named = two(sharded, 7)
+    assert {k.rsplit("/", 1)[0] for k in named} == {"eval/demo", "eval/colours"}
+    for metric in ("top1", "top5", "mean_per_class_accuracy"):
+        old = train_scalars[f"eval/zeroshot/{metric}"]
+        assert named[f"eval/demo/{metric}"] == pytest.approx(old, abs=1e-9), metric
+        assert named[f"eval/colours/{metric}"] == pytest.approx(old, abs=1e-9), metric
+    with open(tmp_path / "run2" / "eval" / "step_7_report.json") as f:
+        assert sorted(json.load(f)["evals"]) == ["colours", "demo"]
+    for name in ("demo", "colours"):
+        assert os.path.isfile(tmp_path / "run2" / "eval" / f"step_7_{name}_confusion.png")
 
     out = str(tmp_path / "report")
     proc = subprocess.run(
@@ -215,6 +251,24 @@ def test_mesh_encoder_matches_inference_model_and_cli_report(tmp_path, demo_card
     assert report["evals"]["zeroshot"]["top1"] == pytest.approx(direct)
     assert report["evals"]["zeroshot"]["num_samples"] == 48
 
+    out2 = str(tmp_path / "report2")
+    proc = subprocess.run(
+        [sys.executable, "-m", "clip_jax.evaluate", "--model", bundle, "--eval", "zeroshot",
+         "--dataset", demo_card, "--dataset", f"colours={folder}", "--templates", demo_card,
+         "--batch-size", "16", "--out", out2],
+        cwd=REPO, capture_output=True, text=True, timeout=600, env=ENV_2_DEVICES)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    printed = json.loads(proc.stdout.strip().splitlines()[-1])
+    with open(os.path.join(out2, "report.json")) as f:
+        report = json.load(f)
+    dname = datasets.short_name(demo_card)  # the card's directory: demo0 here
+    assert report["datasets"] == {dname: demo_card, "colours": folder}
+    assert list(report["evals"]) == [f"zeroshot_{dname}", "zeroshot_colours"]
+    for name in report["evals"]:
+        assert report["evals"][name]["top1"] == pytest.approx(direct)
+        assert printed[f"eval/{name}/top1"] == pytest.approx(direct)
+        assert os.path.isfile(os.path.join(out2, f"{name}_confusion.png"))
+
 
 def test_cli_rejects_unknown_eval(tmp_path):
     from clip_jax.evaluate.__main__ import main
@@ -222,14 +276,88 @@ def test_cli_rejects_unknown_eval(tmp_path):
     assert main(["--model", str(tmp_path), "--eval", "zeroshoot", "--dataset", "x.json"]) == 2
 
 
+def test_cli_names_evals_per_dataset_and_rejects_two_datasets_of_one_name(tmp_path):
+    from clip_jax.evaluate.__main__ import eval_specs, main
+
+    kinds = ["zeroshot", "fewshot"]
+    named, specs = eval_specs(kinds, ["data/demo/zeroshot.json"])
+    assert named == {"demo": "data/demo/zeroshot.json"} and [s.name for s in specs] == kinds
+    named, specs = eval_specs(kinds, ["tfds:cifar10", "pets=folder:/x/p", "/d/q=1.tar"])
+    assert named == {"cifar10": "tfds:cifar10", "pets": "folder:/x/p", "q_1.tar": "/d/q=1.tar"}
+    assert [s.name for s in specs] == ["zeroshot_cifar10", "fewshot_cifar10", "zeroshot_pets",
+                                       "fewshot_pets", "zeroshot_q_1.tar", "fewshot_q_1.tar"]
+    assert eval_specs(["zeroshot"], ["c=tfds:cifar10"])[1][0].name == "zeroshot_c"
+    with pytest.raises(cli.UserError, match="two datasets are named 'demo'"):
+        main(["--model", str(tmp_path), "--eval", "zeroshot", "--dataset", "a/demo/x.json",
+              "--dataset", "b/demo/y.json"])
+
+
+@pytest.mark.parametrize("entry, message", [
+    ({"kind": "zeroshoot", "dataset": "a.json"}, r"evals\.bad\.kind='zeroshoot': choose one"),
+    ({"kind": "zeroshot"}, r"evals\.bad\.dataset is missing"),
+    ({"kind": "zeroshot", "dataset": " "}, r"evals\.bad\.dataset is missing"),
+    ({"kind": "zeroshot", "dataset": "a.json", "every_steps": -5}, r"evals\.bad\.every_steps=-5"),
+    ({"kind": "zeroshot", "dataset": "a.json", "every_steps": 2.5}, r"evals\.bad\.every_steps"),
+    ({"kind": "zeroshot", "dataset": "a.json", "evry_steps": 5},
+     r"evals\.bad: unknown key\(s\) \['evry_steps'\]"),
+    ({"kind": "fewshot", "dataset": "a.json", "shots": [1, 0]}, r"evals\.bad\.shots"),
+    ({"kind": "fewshot", "dataset": "a.json", "max_per_class": -1}, r"evals\.bad\.max_per_cl"),
+    ("tfds:cifar10", r"evals\.bad='tfds:cifar10': expected a dict"),
+])
+def test_bad_eval_entries_fail_naming_them(entry, message):
+    c = base_config()
+    c.evals.bad = entry
+    with pytest.raises(ValueError, match=message):
+        config_lib.validate(c)
+
+
+def test_eval_sets_map_the_single_dataset_keys_and_check_names():
+    c = base_config()
+    c.eval.zeroshot, c.eval.fewshot, c.eval.every_steps = "a.json", "folder:x", 50
+    c.evals.cifar = {"kind": "zeroshot", "dataset": "tfds:cifar10", "every_steps": 10}
+    sets = config_lib.eval_sets(c)
+    assert list(sets) == ["zeroshot", "fewshot", "cifar"]
+    assert sets["zeroshot"]["kind"] == "zeroshot" and sets["fewshot"]["dataset"] == "folder:x"
+    assert sets["fewshot"]["every_steps"] == 50 and sets["cifar"]["every_steps"] == 10
+    assert [s.name for s in evaluators.specs_from_config(c)] == list(sets)
+    c.evals.zeroshot = {"kind": "zeroshot", "dataset": "b.json"}
+    with pytest.raises(ValueError, match="evals.zeroshot and eval.zeroshot both define"):
+        config_lib.eval_sets(c)
+    c = base_config()
+    c.evals["a b"] = {"kind": "zeroshot", "dataset": "b.json"}
+    with pytest.raises(ValueError, match="evals.a b: an evaluation's name is letters"):
+        config_lib.eval_sets(c)
+
+
+def test_each_eval_is_due_at_its_own_every_steps():
+    specs = [evaluators.EvalSpec("zeroshot", "a.json", name="a", every_steps=2),
+             evaluators.EvalSpec("fewshot", "b.json", name="b", every_steps=3),
+             evaluators.EvalSpec("retrieval", "c.json", name="c")]
+    ev = evaluators.TrainEvaluator(specs, None, None, total_steps=7, at_end=True)
+    assert {s: [x.name for x in ev.due(s)] for s in range(1, 8)} == {
+        1: [], 2: ["a"], 3: ["b"], 4: ["a"], 5: [], 6: ["a", "b"], 7: ["a", "b", "c"]}
+    assert ev(None, 5) == {}  # nothing due: no encoder call
+    assert evaluators.TrainEvaluator(specs, None, None, 7, at_end=False).due(7) == []
+
+
 def test_training_run_with_demo_corpus_logs_evals(tmp_path):
     """configs/demo.py's path at toy scale: demo corpus generated, tokenizer fitted, webdataset
-    training, evaluation logged to metrics.jsonl and reported."""
-    work = tmp_path / "run"
-    cmd = [sys.executable, "-m", "clip_jax.train", "--config", "configs/demo.py",
+    training, evaluation logged to metrics.jsonl and reported; the demo's evals keep their old
+    names (eval/zeroshot/...), at eval.every_steps, beside a named eval of ``config.evals`` run
+    at its own every_steps."""
+    work, corpus = tmp_path / "run", tmp_path / "corpus"
+    config = tmp_path / "demo_plus.py"
+    config.write_text(
+        "from configs.demo import get_config as demo_config\n\n\n"
+        "def get_config():\n"
+        "    c = demo_config()\n"
+        f"    c.evals.early = dict(kind='zeroshot', dataset={str(corpus / 'zeroshot.json')!r},\n"
+        "                         every_steps=2)\n"
+        "    return c\n")
+    cmd = [sys.executable, "-m", "clip_jax.train", "--config", str(config),
            "--workdir", str(work), "--config.model.name=tiny", "--config.batch_size=16",
            "--config.total_steps=4", "--config.log_every_steps=2", "--config.eval.every_steps=4",
-           f"--config.data.demo={tmp_path / 'corpus'}", "--config.data.demo_train_samples=300",
+           f"--config.data.demo={corpus}", "--config.data.demo_train_samples=300",
            "--config.data.tokenizer_vocab_size=300", "--config.eval.batch_size=40",
            "--config.checkpoint.every_steps=0", "--config.eval.fewshot_shots=(1,2)",
            "--config.data.workers=0"]
@@ -238,7 +366,10 @@ def test_training_run_with_demo_corpus_logs_evals(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     lines = [json.loads(x) for x in (work / "metrics.jsonl").read_text().splitlines()]
     assert [x["step"] for x in lines] == [2, 4]
+    assert [k for k in lines[0] if k.startswith("eval/")] == [
+        "eval/early/top1", "eval/early/top5", "eval/early/mean_per_class_accuracy"]
     last = lines[-1]
+    assert last["eval/early/top1"] == last["eval/zeroshot/top1"]  # same set, same params
     for key in ("eval/zeroshot/top1", "eval/retrieval/text_to_image_recall@1",
                 "eval/fewshot/2shot", "data/samples"):
         assert key in last, key

@@ -31,6 +31,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
@@ -326,6 +327,25 @@ def probe_sets(spec: str, data_dir: str | None = None) -> tuple[LabelledSet, Lab
             return (labelled(spec, data_dir, split="train"),
                     labelled(spec, data_dir, split=default_tfds_split(name)))
     return labelled(spec, data_dir), None
+
+
+def short_name(spec: str) -> str:
+    """A name for a dataset spec, made of letters, digits, ``_ - .``: ``tfds:cifar10`` ->
+    ``cifar10`` (``tfds:cifar10:train`` -> ``cifar10_train``), a card ``data/demo/zeroshot.json``
+    -> ``demo`` (its directory), ``folder:/x/pets`` -> ``pets``, shards
+    ``/data/coco/{000..004}.tar`` -> ``coco``."""
+    spec = str(spec).strip()
+    if spec.startswith("tfds:"):
+        name, split = _split_spec(spec)
+        base = f"{name}_{split}" if split else name
+    elif spec.endswith(".json"):
+        base = os.path.basename(os.path.dirname(os.path.abspath(spec)))
+    else:
+        path = os.path.normpath(spec.removeprefix("folder:").split("{")[0].split("::")[0] or ".")
+        base = os.path.basename(path)
+        if base.endswith(".tar"):
+            base = os.path.basename(os.path.dirname(path))
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", base).strip("_.-") or "dataset"
 
 
 def split_per_class(labels: np.ndarray, test_fraction: float = 0.5,

@@ -6,7 +6,7 @@ An *encoder* is anything with ``encode_image(float32 NHWC pixels) -> (N, D)``,
 training) or :class:`clip_jax.inference.InferenceModel` (a bundle or checkpoint on the local
 devices).
 
-Evaluations, by name (:data:`EVALS`)::
+Evaluation kinds (:data:`EVALS`)::
 
     zeroshot      labelled set: prompt-ensembled classifier, top-1/top-5, per-class, confusion
     retrieval     captioned set: image->text / text->image recall@1/5/10 (several captions each)
@@ -15,10 +15,12 @@ Evaluations, by name (:data:`EVALS`)::
     linear_probe  labelled set(s): full logistic regression with a validation sweep of the L2
                   strength (the CLIP paper's protocol), plus k-shot logistic-regression probes
 
-:func:`run` takes an :class:`EvalSpec` and returns a full report per evaluation;
-:func:`scalars` flattens reports into ``eval/<name>/<metric>`` numbers for ``metrics.jsonl``;
-:func:`write_report` writes the JSON report and its plots. :func:`make_train_evaluator` is what
-the train loop calls.
+An evaluation is an :class:`EvalSpec`: a kind run on one dataset under a name (a run's come
+from ``config.evals`` and the single-dataset ``config.eval.<kind>`` keys, through
+:func:`clip_jax.config.eval_sets`). :func:`run` takes several and returns a full report per
+name; :func:`scalars` flattens reports into ``eval/<name>/<metric>`` numbers for
+``metrics.jsonl``; :func:`write_report` writes the JSON report and its plots (a confusion-matrix
+PNG per zero-shot evaluation). :func:`make_train_evaluator` is what the train loop calls.
 """
 
 from __future__ import annotations
@@ -33,39 +35,43 @@ import flax.linen as nn
 import jax
 import numpy as np
 
+from clip_jax import config as config_lib
 from clip_jax import inference, models, sharding
 from clip_jax.evaluate import datasets, metrics, plots, probes
 from clip_jax.evaluate import templates as templates_lib
 
-EVALS = ("zeroshot", "retrieval", "fewshot", "linear_probe")
+EVALS = config_lib.EVAL_KINDS
 DEFAULT_SHOTS = (1, 2, 4, 8, 16)
 
 
 @dataclasses.dataclass
 class EvalSpec:
-    """Which evaluations to run on which datasets (the ``eval.*`` config keys)."""
+    """One evaluation: a ``kind`` (:data:`EVALS`) on a ``dataset`` spec, reported as ``name``."""
 
-    zeroshot: str = ""  # labelled set spec
-    retrieval: str = ""  # captioned set spec
-    fewshot: str = ""  # labelled set spec (tfds:NAME -> train/test splits; else split per class)
-    linear_probe: str = ""
-    templates: str = ""  # "" = each dataset's own; a name (imagenet, cifar10) or a file
+    kind: str
+    dataset: str  # zeroshot/probes: a labelled set (tfds:NAME -> its train/test splits for
+    # probes, else split per class); retrieval: a captioned set
+    name: str = ""  # "" = the kind
+    templates: str = ""  # "" = the dataset's own; a name (imagenet, cifar10) or a file
     data_dir: str = ""  # tfds data_dir
     shots: tuple[int, ...] = DEFAULT_SHOTS
     max_per_class: int = 0  # probes: at most this many training images per class (0 = all)
     batch_size: int = 256
+    every_steps: int = 0  # during training: run every that many steps (0 = only at the end)
 
-    @classmethod
-    def from_config(cls, eval_cfg) -> EvalSpec:
-        return cls(zeroshot=eval_cfg.zeroshot, retrieval=eval_cfg.retrieval,
-                   fewshot=eval_cfg.fewshot, linear_probe=eval_cfg.linear_probe,
-                   templates=eval_cfg.templates, data_dir=eval_cfg.data_dir,
-                   shots=tuple(int(k) for k in eval_cfg.fewshot_shots),
-                   max_per_class=int(eval_cfg.probe_max_per_class),
-                   batch_size=int(eval_cfg.batch_size))
+    def __post_init__(self):
+        if self.kind not in EVALS:
+            raise ValueError(f"unknown evaluation {self.kind!r}; choose from {EVALS}")
+        if not self.dataset:
+            raise ValueError(f"evaluation {self.name or self.kind!r} needs a dataset")
+        self.name = self.name or self.kind
+        self.shots = tuple(int(k) for k in self.shots)
 
-    def names(self) -> list[str]:
-        return [n for n in EVALS if getattr(self, n)]
+
+def specs_from_config(config) -> list[EvalSpec]:
+    """The run's evaluations: :func:`clip_jax.config.eval_sets` (``evals`` and ``eval.<kind>``)."""
+    return [EvalSpec(name=name, batch_size=int(config.eval.batch_size), **entry)
+            for name, entry in config_lib.eval_sets(config).items()]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -115,7 +121,7 @@ def _templates(spec: EvalSpec, dataset: datasets.LabelledSet) -> list[str]:
 
 def zeroshot(encoder, spec: EvalSpec) -> dict:
     t0 = time.perf_counter()
-    ds = datasets.labelled(spec.zeroshot, spec.data_dir)
+    ds = datasets.labelled(spec.dataset, spec.data_dir)
     templates = _templates(spec, ds)
     classifier = inference.build_zeroshot_classifier(encoder.encode_text, ds.class_names,
                                                    templates, batch_size=spec.batch_size)
@@ -131,14 +137,14 @@ def zeroshot(encoder, spec: EvalSpec) -> dict:
 
 def retrieval(encoder, spec: EvalSpec) -> dict:
     t0 = time.perf_counter()
-    ds = datasets.captioned(spec.retrieval)
+    ds = datasets.captioned(spec.dataset)
     feats, captions = [], []
     for images, caps, n in datasets.batches(ds.samples(encoder.image_size), spec.batch_size,
                                             *_mean_std(encoder)):
         feats.append(encoder.encode_image(images)[:n])
         captions.extend(caps)
     if not feats:
-        raise ValueError(f"retrieval set {spec.retrieval} yielded no images ({ds.stats})")
+        raise ValueError(f"retrieval set {spec.dataset} yielded no images ({ds.stats})")
     texts = [c for caps in captions for c in caps]
     text_to_image = np.repeat(np.arange(len(captions)), [len(c) for c in captions])
     text_feats = np.concatenate([
@@ -155,10 +161,10 @@ def _pad_encode(encoder, texts: list[str], batch_size: int) -> np.ndarray:
     return encoder.encode_text(texts + [texts[-1]] * (batch_size - n))[:n]
 
 
-def _probe_features(encoder, spec: EvalSpec, dataset_spec: str, max_per_class: int = 0):
+def _probe_features(encoder, spec: EvalSpec):
     """(train x, train y, test x, test y, class names, dataset name)."""
-    train_set, test_set = datasets.probe_sets(dataset_spec, spec.data_dir)
-    x, y = image_features(encoder, train_set, spec.batch_size, max_per_class)
+    train_set, test_set = datasets.probe_sets(spec.dataset, spec.data_dir)
+    x, y = image_features(encoder, train_set, spec.batch_size, spec.max_per_class)
     if test_set is None:
         tr, te = datasets.split_per_class(y)
         return x[tr], y[tr], x[te], y[te], train_set.class_names, train_set.name
@@ -173,8 +179,7 @@ def _usable_shots(shots: Sequence[int], train_y: np.ndarray, num_classes: int) -
 
 def fewshot(encoder, spec: EvalSpec) -> dict:
     t0 = time.perf_counter()
-    tr_x, tr_y, te_x, te_y, names, name = _probe_features(encoder, spec, spec.fewshot,
-                                                          spec.max_per_class)
+    tr_x, tr_y, te_x, te_y, names, name = _probe_features(encoder, spec)
     shots = _usable_shots(spec.shots, tr_y, len(names))
     if not shots:
         raise ValueError(f"fewshot on {name}: some class has fewer training images than the "
@@ -187,8 +192,7 @@ def fewshot(encoder, spec: EvalSpec) -> dict:
 
 def linear_probe(encoder, spec: EvalSpec) -> dict:
     t0 = time.perf_counter()
-    tr_x, tr_y, te_x, te_y, names, name = _probe_features(
-        encoder, spec, spec.linear_probe, spec.max_per_class)
+    tr_x, tr_y, te_x, te_y, names, name = _probe_features(encoder, spec)
     out = probes.linear_probe(tr_x, tr_y, te_x, te_y, num_classes=len(names))
     shots = _usable_shots(spec.shots, tr_y, len(names))
     if shots:
@@ -203,15 +207,15 @@ _RUN = {"zeroshot": zeroshot, "retrieval": retrieval, "fewshot": fewshot,
         "linear_probe": linear_probe}
 
 
-def run(encoder, spec: EvalSpec, names: Sequence[str] | None = None) -> dict[str, dict]:
-    """Run the named evaluations (default: every one whose dataset is set)."""
-    names = list(names or spec.names())
-    for n in names:
-        if n not in _RUN:
-            raise ValueError(f"unknown evaluation {n!r}; choose from {EVALS}")
-        if not getattr(spec, n):
-            raise ValueError(f"evaluation {n!r} needs a dataset (eval.{n} / --dataset)")
-    return {n: metrics.jsonable(_RUN[n](encoder, spec)) for n in names}
+def run(encoder, specs: Sequence[EvalSpec]) -> dict[str, dict]:
+    """``{name: report}`` of each evaluation, in order; a report names its ``kind`` and the
+    ``dataset_spec`` it ran on."""
+    names = [s.name for s in specs]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise ValueError(f"evaluation name(s) {twice} given twice: each needs its own name")
+    return {s.name: metrics.jsonable({"kind": s.kind, "dataset_spec": s.dataset,
+                                      **_RUN[s.kind](encoder, s)}) for s in specs}
 
 
 _SCALARS = {
@@ -223,35 +227,37 @@ _SCALARS = {
 
 
 def scalars(reports: dict[str, dict]) -> dict[str, float]:
-    """``eval/<evaluation>/<metric>`` numbers (the headline metrics) for metrics.jsonl."""
+    """``eval/<name>/<metric>`` numbers (each kind's headline metrics) for metrics.jsonl."""
     out = {}
     for name, rep in reports.items():
-        keys = _SCALARS.get(name) or [k for k in rep if k.endswith("shot")]
+        keys = _SCALARS.get(rep["kind"]) or [k for k in rep if k.endswith("shot")]
         for k in keys:
             if isinstance(rep.get(k), int | float):
                 out[f"eval/{name}/{k}"] = float(rep[k])
-        if name == "linear_probe":
+        if rep["kind"] == "linear_probe":
             for k, v in (rep.get("fewshot") or {}).items():
                 if k.endswith("shot"):
-                    out[f"eval/linear_probe/{k}"] = float(v)
+                    out[f"eval/{name}/{k}"] = float(v)
     return out
 
 
 def write_report(reports: dict[str, dict], out_dir: str, prefix: str = "",
                  extra: dict | None = None) -> list[str]:
-    """``<out_dir>/<prefix>report.json`` (+ a zero-shot confusion-matrix PNG); returns paths."""
+    """``<out_dir>/<prefix>report.json`` and, per zero-shot evaluation (200 classes at most),
+    ``<out_dir>/<prefix><name>_confusion.png``; returns the paths, the report first."""
     os.makedirs(out_dir, exist_ok=True)
     path = os.path.join(out_dir, f"{prefix}report.json")
     with open(path + ".tmp", "w") as f:
         json.dump({**(extra or {}), "evals": reports}, f, indent=1)
     os.replace(path + ".tmp", path)
     written = [path]
-    zs = reports.get("zeroshot")
-    if zs and len(zs["class_names"]) <= 200:
-        png = os.path.join(out_dir, f"{prefix}zeroshot_confusion.png")
-        plots.plot_confusion_matrix(zs["confusion_matrix"], zs["class_names"], png,
-                                    title=f"zero-shot {zs['dataset']}: top-1 {zs['top1']:.3f}")
-        written.append(png)
+    for name, zs in reports.items():
+        if zs["kind"] == "zeroshot" and len(zs["class_names"]) <= 200:
+            png = os.path.join(out_dir, f"{prefix}{name}_confusion.png")
+            plots.plot_confusion_matrix(
+                zs["confusion_matrix"], zs["class_names"], png,
+                title=f"{name}: zero-shot {zs['dataset']}, top-1 {zs['top1']:.3f}")
+            written.append(png)
     return written
 
 
@@ -306,26 +312,45 @@ class MeshEncoder:
         return self._call(self._text, ids.astype(np.int32))
 
 
-def make_train_evaluator(setup, tokenizer, workdir: str | None = None):
-    """``evaluate(params, step) -> {"eval/...": float}`` for the train loop, or None when no
-    evaluation is configured. Process 0 writes ``<workdir>/eval/step_<N>_report.json`` and its
-    plots."""
-    spec = EvalSpec.from_config(setup.config.eval)
-    if not spec.names():
-        return None
-    if tokenizer is None and (spec.zeroshot or spec.retrieval):
-        raise ValueError("zero-shot and retrieval evaluation need a tokenizer: they cannot run "
-                         "on data.source='synthetic'")
-    m = setup.model_cfg
-    encoder = MeshEncoder(setup.model, setup.mesh, setup.state_shardings.params, tokenizer,
-                          m.text.context_length, m.vision.image_size, spec.batch_size)
+class TrainEvaluator:
+    """The run's evaluations on the training mesh. ``due(step)``: the evaluations to run at
+    ``step`` (each every its ``every_steps``, all at the last step when ``eval.at_end``);
+    ``evaluator(params, step)`` runs them and returns their ``eval/<name>/<metric>`` numbers.
+    Process 0 writes ``<workdir>/eval/step_<N>_report.json`` and its plots."""
 
-    def evaluate(params, step: int) -> dict[str, float]:
-        reports = run(encoder.bind(params), spec)
-        encoder.bind(None)
-        if workdir and jax.process_index() == 0:
-            write_report(reports, os.path.join(workdir, "eval"), prefix=f"step_{step}_",
+    def __init__(self, specs: Sequence[EvalSpec], encoder: MeshEncoder, workdir: str | None,
+                 total_steps: int, at_end: bool):
+        self.specs, self.encoder, self.workdir = list(specs), encoder, workdir
+        self.total_steps, self.at_end = int(total_steps), bool(at_end)
+
+    def due(self, step: int) -> list[EvalSpec]:
+        last = self.at_end and step == self.total_steps
+        return [s for s in self.specs
+                if last or (s.every_steps > 0 and step % s.every_steps == 0)]
+
+    def __call__(self, params, step: int) -> dict[str, float]:
+        specs = self.due(step)
+        if not specs:
+            return {}
+        reports = run(self.encoder.bind(params), specs)
+        self.encoder.bind(None)
+        if self.workdir and jax.process_index() == 0:
+            write_report(reports, os.path.join(self.workdir, "eval"), prefix=f"step_{step}_",
                          extra={"step": int(step)})
         return scalars(reports)
 
-    return evaluate
+
+def make_train_evaluator(setup, tokenizer, workdir: str | None = None) -> TrainEvaluator | None:
+    """The train loop's :class:`TrainEvaluator`, or None when no evaluation is configured."""
+    specs = specs_from_config(setup.config)
+    if not specs:
+        return None
+    text = sorted(s.name for s in specs if s.kind in ("zeroshot", "retrieval"))
+    if tokenizer is None and text:
+        raise ValueError(f"evaluations {text} (zero-shot, retrieval) need a tokenizer: they "
+                         "cannot run on data.source='synthetic'")
+    m = setup.model_cfg
+    encoder = MeshEncoder(setup.model, setup.mesh, setup.state_shardings.params, tokenizer,
+                          m.text.context_length, m.vision.image_size, setup.config.eval.batch_size)
+    return TrainEvaluator(specs, encoder, workdir, setup.config.total_steps,
+                          setup.config.eval.at_end)
