@@ -1,6 +1,7 @@
 """Training-curve and confusion-matrix plots (matplotlib, Agg canvas; no pyplot global state).
 
     plot_training_curves(metrics_jsonl_path, out_png) -> out_png
+    training_curves_figure(records) -> Figure   (what it draws: one axis per panel)
     plot_confusion_matrix(confusion, class_names, out_png, normalize=True) -> out_png
     read_metrics_jsonl(path) -> list[dict]   (one dict per step, sorted, last record per step wins)
 """
@@ -60,49 +61,75 @@ def _series(records: list[dict], key: str):
     return np.asarray(steps), np.asarray(vals, dtype=np.float64)
 
 
-def plot_training_curves(metrics_jsonl_path: str, out_png: str, title: str | None = None) -> str:
-    """Plot loss (log scale), logit_scale, lr, samples/s and every numeric ``eval/*`` key vs
-    step into ``out_png`` (panels with no data are left out; eval keys containing "loss" get
-    their own panel). Raises ``ValueError`` if the file holds no records."""
-    records = read_metrics_jsonl(metrics_jsonl_path)
-    if not records:
-        raise ValueError(f"no metrics records in {metrics_jsonl_path}")
+def _eval_panels(records: list[dict]) -> list[tuple[str, list, bool]]:
+    """One panel per eval kind (``eval/<kind>/<metric>``: every metric of that kind in it),
+    losses of a kind apart from its accuracies (another scale); ``eval/<metric>`` keys without
+    a kind share an ``eval`` panel."""
+    keys = sorted({k for r in records for k, v in r.items()
+                   if k.startswith("eval/") and _is_number(v)})
+    groups: dict[tuple[str, bool], list] = {}
+    for key in keys:
+        s = _series(records, key)
+        if s is None:
+            continue
+        kind, _, metric = key[len("eval/"):].rpartition("/")
+        groups.setdefault((kind, "loss" in metric), []).append((metric, *s))
+    return [((f"eval: {kind}" if kind else "eval") + (" (loss)" if is_loss else ""), lines, False)
+            for (kind, is_loss), lines in sorted(groups.items())]
+
+
+def training_curves_figure(records: list[dict], title: str | None = None) -> Figure:
+    """The figure of :func:`plot_training_curves` from parsed records: one axis per train
+    metric present (loss on a log scale, logit scale, lr, samples/s), then one small axis per
+    eval kind. Raises ``ValueError`` when there is nothing to plot."""
     panels = []  # (title, [(label, steps, values)], log_y)
     for key, label, log_y in _TRAIN_PANELS:
         s = _series(records, key)
         if s is not None:
             use_log = log_y and bool(np.all(s[1] > 0))
             panels.append((label, [(key, *s)], use_log))
-    eval_keys = sorted({k for r in records for k, v in r.items()
-                        if k.startswith("eval/") and _is_number(v)})
-    eval_acc = [k for k in eval_keys if "loss" not in k]
-    eval_loss = [k for k in eval_keys if "loss" in k]
-    for keys, label in ((eval_acc, "eval metrics"), (eval_loss, "eval loss")):
-        lines = [(k[len("eval/"):], *s) for k in keys if (s := _series(records, k)) is not None]
-        if lines:
-            panels.append((label, lines, False))
+    n_train = len(panels)
+    panels += _eval_panels(records)
     if not panels:
-        raise ValueError(f"no numeric metrics to plot in {metrics_jsonl_path}")
-
-    ncols = 2 if len(panels) > 1 else 1
-    nrows = math.ceil(len(panels) / ncols)
-    fig = Figure(figsize=(6.0 * ncols, 3.6 * nrows), dpi=100)
+        raise ValueError("no numeric metrics to plot")
+    ncols = 1 if len(panels) == 1 else 2 if len(panels) <= 6 else 3
+    # train panels take full-size rows, eval panels pack into smaller ones after them
+    train_rows = math.ceil(n_train / ncols)
+    eval_rows = math.ceil((len(panels) - n_train) / ncols)
+    fig = Figure(figsize=(5.0 * ncols, 3.4 * train_rows + 2.8 * eval_rows), dpi=100)
     FigureCanvasAgg(fig)
+    grid = fig.add_gridspec(train_rows + eval_rows, ncols,
+                            height_ratios=[3.4] * train_rows + [2.8] * eval_rows)
     for i, (label, lines, log_y) in enumerate(panels):
-        ax = fig.add_subplot(nrows, ncols, i + 1)
+        j = i if i < n_train else (train_rows * ncols + i - n_train)
+        ax = fig.add_subplot(grid[j // ncols, j % ncols])
         for name, steps, vals in lines:
             marker = "o" if len(steps) <= 50 else None
             ax.plot(steps, vals, label=name, marker=marker, markersize=3, linewidth=1.2)
         if log_y:
             ax.set_yscale("log")
-        ax.set_title(label)
-        ax.set_xlabel("step")
+        ax.set_title(label, fontsize="medium" if i < n_train else "small")
+        ax.set_xlabel("step", fontsize="small")
         ax.grid(True, alpha=0.3)
         if len(lines) > 1:
-            ax.legend(fontsize="x-small", ncol=1 if len(lines) <= 8 else 2)
+            ax.legend(fontsize="xx-small", ncol=1 if len(lines) <= 4 else 2)
     if title:
         fig.suptitle(title)
     fig.tight_layout()
+    return fig
+
+
+def plot_training_curves(metrics_jsonl_path: str, out_png: str, title: str | None = None) -> str:
+    """Plot loss (log scale), logit_scale, lr, samples/s and one small panel per eval kind
+    (``eval/<kind>/*``: zeroshot, retrieval, fewshot, ...) vs step into ``out_png`` (panels
+    with no data are left out). Raises ``ValueError`` if the file holds no records."""
+    records = read_metrics_jsonl(metrics_jsonl_path)
+    if not records:
+        raise ValueError(f"no metrics records in {metrics_jsonl_path}")
+    try:
+        fig = training_curves_figure(records, title)
+    except ValueError as e:
+        raise ValueError(f"{e} in {metrics_jsonl_path}") from None
     _ensure_parent(out_png)
     fig.savefig(out_png)
     return out_png
