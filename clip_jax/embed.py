@@ -86,7 +86,9 @@ def shard_names(urls: Sequence[str]) -> list[str]:
     when two shards share a name, ``NNNNN_NAME`` (position in the list) for all of them."""
     names = []
     for url in urls:
-        base = url.rstrip("/").rsplit("/", 1)[-1].split()[-1] if url.strip() else "shard"
+        words = url.split() or ["shard"]  # a pipe: command names its shard in some word
+        base = next((w for w in reversed(words) if ".tar" in w), words[-1])
+        base = base.rstrip("/").rsplit("/", 1)[-1]
         base = re.sub(r"\.tar(\.\w+)?$", "", base)
         names.append(_UNSAFE.sub("_", base).strip("._") or "shard")
     if len(set(names)) < len(names):
@@ -200,6 +202,13 @@ def load_shard(out_dir: str, name: str) -> ShardEmbeddings:
                            np.load(p + ".txt.npy"))
 
 
+def shard_scores(out_dir: str, name: str) -> np.ndarray:
+    """A finished shard's image-text cosines (float32), the arrays read memory-mapped."""
+    p = os.path.join(out_dir, name)
+    return ShardEmbeddings([], np.load(p + ".img.npy", mmap_mode="r"),
+                           np.load(p + ".txt.npy", mmap_mode="r")).scores()
+
+
 def _check_model(out_dir: str, model_spec: str, embed_dim: int) -> None:
     path = os.path.join(out_dir, REPORT)
     if not os.path.isfile(path):
@@ -252,8 +261,10 @@ def embed_shards(model: inference.InferenceModel, urls: Sequence[str], out_dir: 
             report["embedded_now"] += 1
             done_now += stats["samples"]
             skipped = sum(v for k, v in stats.items() if k.startswith("skipped"))
+            elapsed = time.time() - t0
+            eta = elapsed / report["embedded_now"] * (len(urls) - i - 1)
             log(f"embed [{i + 1}/{len(urls)}] {name}: {stats['samples']} samples, {skipped} "
-                f"skipped, {_rate(stats['samples'], info['seconds'])}")
+                f"skipped, {_rate(stats['samples'], info['seconds'])}, eta {eta:.0f} s")
         report["shards"][name] = {k: info[k] for k in ("shard", *tario.STAT_KEYS)}
         for k in tario.STAT_KEYS:
             report["totals"][k] += info[k]

@@ -138,8 +138,7 @@ def filter_shards(model: inference.InferenceModel, urls: Sequence[str], out_dir:
     emb_dir = os.path.join(out_dir, EMBEDDINGS)
     emb_report = embed.embed_shards(model, urls, emb_dir, model_spec, batch_size, log)
     names = embed.shard_names(urls)
-    shards = [embed.load_shard(emb_dir, n) for n in names]
-    scores = [s.scores() for s in shards]
+    scores = [embed.shard_scores(emb_dir, n) for n in names]  # 4 bytes a sample in memory
     everything = np.concatenate(scores) if scores else np.zeros(0, np.float32)
     if not len(everything):
         raise cli.UserError(f"no valid sample (image + caption) in the {len(urls)} shard(s): "
@@ -147,7 +146,7 @@ def filter_shards(model: inference.InferenceModel, urls: Sequence[str], out_dir:
     cut, t_f = threshold(everything, min_score, top_fraction)
     os.makedirs(os.path.join(out_dir, DONE), exist_ok=True)
     sizes, per_shard = {}, {}
-    for i, (url, name, emb, s) in enumerate(zip(urls, names, shards, scores, strict=True)):
+    for i, (url, name, s) in enumerate(zip(urls, names, scores, strict=True)):
         marker = os.path.join(out_dir, DONE, name + ".json")
         tar = os.path.join(out_dir, name + ".tar")
         keep = s >= cut
@@ -155,7 +154,8 @@ def filter_shards(model: inference.InferenceModel, urls: Sequence[str], out_dir:
                 and embed.read_json(marker).get("threshold") == cut):
             kept = embed.read_json(marker)["kept"]
         else:
-            kept = write_kept(url, emb.keys, keep, tar)
+            keys = embed.read_json(os.path.join(emb_dir, name + ".keys.json"))
+            kept = write_kept(url, keys, keep, tar)
             embed.write_json(marker, {"shard": url, "threshold": cut, "kept": kept,
                                       "total": len(s)})
             log(f"filter [{i + 1}/{len(urls)}] {name}.tar: kept {kept} of {len(s)}")

@@ -126,8 +126,8 @@ def test_a_half_written_shard_is_redone_and_another_model_is_refused(setup, tmp_
 
 
 def test_shard_names_are_file_names_unless_two_collide():
-    assert embed.shard_names(["/a/00000.tar", "gs://b/x-1.tar.gz", "pipe:cat /c/y.tar"]) == [
-        "00000", "x-1", "y"]
+    assert embed.shard_names(["/a/00000.tar", "gs://b/x-1.tar.gz", "pipe:cat /c/y.tar",
+                              "pipe:gsutil cat gs://d/z.tar -"]) == ["00000", "x-1", "y", "z"]
     assert embed.shard_names(["/a/00000.tar", "/b/00000.tar"]) == ["00000_00000", "00001_00000"]
 
 
