@@ -15,8 +15,9 @@ LAION-5B English) and DataComp's CLIP-score baselines (keep the best 30%). Steps
 3. ``DIR/NAME.tar`` (one per input shard, in order, empty if nothing is kept, so the input's
    brace pattern names the output too) holds the kept samples, every member of each sample
    byte for byte (image, caption, ``.json``, anything else; extensions lower-cased as the
-   reader sees them), written by :func:`clip_jax.data.write_shards.open_tar_writer`
-   (deterministic metadata) to a temporary name and renamed;
+   reader sees them; members named ``__*``, which webdataset ignores, are not copied),
+   written by :func:`clip_jax.data.write_shards.open_tar_writer` (deterministic metadata)
+   to a temporary name and renamed;
 4. ``DIR/sizes.json`` (kept per shard), ``DIR/filter_report.json`` (kept / total, thresholds,
    score quantiles, skipped counts, per-shard counts) and ``DIR/score_histogram.png``.
 
