@@ -242,11 +242,14 @@ def embed_shards(model: inference.InferenceModel, urls: Sequence[str], out_dir: 
     report = {"model": model_spec, "embed_dim": d, "dtype": "float16", "shards": {},
               "totals": tario.new_stats(), "embedded_now": 0, "resumed": 0}
     write_json(os.path.join(out_dir, REPORT), report)
-    t0, done_now = time.time(), 0
+    t0 = time.time()
     for i, (url, name) in enumerate(zip(urls, names, strict=True)):
         base = os.path.join(out_dir, name)
         if is_done(out_dir, name):
             info = read_json(base + ".done.json")
+            if info["shard"] != url:
+                raise cli.UserError(f"{base}.done.json holds the embeddings of {info['shard']}, "
+                                    f"not of {url}: use another --out for other shards")
             report["resumed"] += 1
         else:
             stats = tario.new_stats()
@@ -259,7 +262,6 @@ def embed_shards(model: inference.InferenceModel, urls: Sequence[str], out_dir: 
             info = {"shard": url, "name": name, **stats, "seconds": round(time.time() - t, 3)}
             write_json(base + ".done.json", info)
             report["embedded_now"] += 1
-            done_now += stats["samples"]
             skipped = sum(v for k, v in stats.items() if k.startswith("skipped"))
             elapsed = time.time() - t0
             eta = elapsed / report["embedded_now"] * (len(urls) - i - 1)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import shutil
 
 import jax
 import numpy as np
@@ -123,6 +124,11 @@ def test_a_half_written_shard_is_redone_and_another_model_is_refused(setup, tmp_
     assert (report["embedded_now"], report["resumed"]) == (2, 0)
     with pytest.raises(cli.UserError, match="holds embeddings of model 'model-a'"):
         embed.embed_shards(model, urls, out, "model-b")
+    other = tmp_path / "other" / "00000.tar"  # same name, another shard
+    other.parent.mkdir()
+    shutil.copy(urls[1], other)
+    with pytest.raises(cli.UserError, match=f"holds the embeddings of {urls[0]}, not of "):
+        embed.embed_shards(model, [str(other)], out, "model-a")
 
 
 def test_shard_names_are_file_names_unless_two_collide():
