@@ -131,8 +131,9 @@ class MetricsWriter:
         self.total_steps, self.enabled, self._stream = total_steps, enabled, stream
         self.start = time.time()
         self._tensorboard, self._wandb_cfg, self._config = tensorboard, wandb, config or {}
-        self._trackers: list | None = None  # opened at the first write
+        self._trackers: list | None = None  # opened by truncate_after, else the first write
         self._resumed_at: int | None = None
+        self._config_logged = False
 
     @classmethod
     def from_config(cls, config, workdir: str, enabled: bool = True, stream=None):
@@ -163,9 +164,10 @@ class MetricsWriter:
             return
         if self._resumed_at is not None and step <= self._resumed_at:
             return  # already in the event files of the run that logged it
-        first = self._trackers is None
         scalars = {k: v for k, v in record.items() if k != "step" and not isinstance(v, str)}
-        text = {"config": _markdown_code(json.dumps(self._config, indent=2))} if first else {}
+        text = {} if self._config_logged else {
+            "config": _markdown_code(json.dumps(self._config, indent=2))}
+        self._config_logged = True
         images = {}
         if any(k.startswith("eval/") for k in record):  # the evaluator's confusion matrices
             prefix = f"step_{step}_"
@@ -196,12 +198,18 @@ class MetricsWriter:
         return last
 
     def truncate_after(self, step: int) -> None:
-        """Drop lines logged after ``step`` (they belong to work a restart will redo); the
-        trackers will log only steps after it, a resume (``step > 0``) in a new event file that
-        hides the old files' points from ``step + 1`` on."""
+        """Drop lines logged after ``step`` (they belong to work a restart will redo) and open
+        the trackers, which log only steps after it: a resume (``step > 0``) in a new event file
+        that hides the old files' points from ``step + 1`` on. The train loop calls this before
+        its first step, so opening them (tensorboardX's import loads torch when it is installed:
+        seconds) does not fall into a measured step rate."""
         if step > 0:
             self._resumed_at = step
-        if not self.enabled or not os.path.exists(self.path):
+        if not self.enabled:
+            return
+        if self._tensorboard or self._wandb_cfg is not None:
+            self._open_trackers()
+        if not os.path.exists(self.path):
             return
         with open(self.path) as f:
             lines = f.readlines()
