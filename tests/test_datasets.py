@@ -83,3 +83,15 @@ def test_only_decoder_errors_count_as_corrupt(card, monkeypatch):
               [("k.jpg", b"\xff\xd8\xff not a jpeg"), ("k.txt", b"bad"), ("k.cls", b"1")])
     ds = datasets.labelled(path)
     assert len(list(ds.samples(SIZE))) == 10 and ds.stats["skipped_corrupt_image"] == 1
+
+
+@pytest.mark.parametrize("spec, name", [
+    ("tfds:cifar10", "cifar10"), ("tfds:cifar10:train", "cifar10_train"),
+    ("tfds:imagenet2012/subset", "imagenet2012_subset"), ("data/demo/zeroshot.json", "demo"),
+    ("folder:/x/oxford pets/", "oxford_pets"), ("/d/coco/{000..004}.tar", "coco"),
+    ("/d/coco/000.tar", "coco"), ("gs://b/laion/{0..9}.tar::gs://b/cc/{0..3}.tar", "laion"),
+    ("", "dataset"),
+])
+def test_short_name_of_a_spec(spec, name):
+    """The names the evaluate CLI gives unnamed --datasets (eval/zeroshot_<name>/...)."""
+    assert datasets.short_name(spec) == name

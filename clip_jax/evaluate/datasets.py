@@ -3,9 +3,12 @@
 A dataset is named by a *spec* string:
 
 * ``tfds:NAME[:SPLIT]``: a tensorflow-datasets builder read from ``data_dir`` (nothing is ever
-  downloaded: prepare it first, e.g. ``tfds build cifar10 --data_dir D`` or, for ImageNet,
-  with its manual dir). Datasets prepared as ``array_record`` are read without TensorFlow
-  (``builder.as_data_source``); ``tfrecord`` ones need ``tensorflow`` installed. Image and
+  downloaded: prepare it first where there is internet and TensorFlow, e.g.
+  ``tfds build cifar10 --data_dir D --file_format array_record`` or, for ImageNet, with
+  ``--manual_dir``, and copy ``D/<name>/``; README "Evaluation"). Datasets prepared as
+  ``array_record`` are read without TensorFlow (``builder.as_data_source``; a dataset whose
+  builder code is not installed is read from its files' metadata); ``tfrecord`` ones need
+  ``tensorflow`` installed. Image and
   label come from the builder's ``supervised_keys``; class names from its ``ClassLabel``
   (for cifar10 / cifar100 / imagenet2012 the curated CLIP names and templates of
   :mod:`clip_jax.evaluate.templates` are used instead). SPLIT defaults to ``test``
