@@ -169,3 +169,26 @@ def place(flat_src: Mapping[str, Any], abstract_tree, shardings=None, source: st
         h = host[key_str(p)]
         arrays.append(jax.make_array_from_callback(x.shape, s, lambda idx, h=h: h[idx]))
     return jax.tree_util.tree_unflatten(treedef, arrays)
+
+
+def take(target_tree, source_tree, pattern: str, source: str = "source"):
+    """``target_tree`` (device arrays) with the parameters whose paths match ``pattern``
+    (``re.search``, e.g. ``^visual/``) replaced by ``source_tree``'s (nested or flat, NumPy, any
+    block layout), cast to the target's dtypes and placed with its shardings; the others are
+    kept (LiT: a pretrained image tower beside a fresh text tower). A ValueError names a pattern
+    that matches nothing, and each missing or mis-shaped key of the source."""
+    rx = re.compile(pattern)
+    leaves, treedef = jax.tree_util.tree_flatten_with_path(nn.meta.unbox(target_tree))
+    keys = [key_str(p) for p, _ in leaves]
+    chosen = {k: x for k, (_, x) in zip(keys, leaves, strict=True) if rx.search(k)}
+    if not chosen:
+        raise ValueError(f"checkpoint.init_from_params={pattern!r} matches no parameter of the "
+                         f"model; parameters look like {_fmt_keys(keys, 3)}")
+    src = unstack_layers(flatten_params(source_tree))
+    if is_stacked(keys):
+        src = stack_layers(src)
+    host = check({k: src[k] for k in chosen if k in src}, chosen,
+                 f"{source} (parameters matching {pattern!r})", cast=True)
+    out = [x if k not in host else jax.make_array_from_callback(
+        x.shape, x.sharding, lambda idx, h=host[k]: h[idx]) for k, (_, x) in zip(keys, leaves)]
+    return jax.tree_util.tree_unflatten(treedef, out)

@@ -1,0 +1,221 @@
+"""Frozen parameters (LiT, locked towers), lr multipliers and partial init_from."""
+
+import os
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from clip_jax import bundle, input_pipeline, models, optimizer, sources, train
+from clip_jax import config as config_lib
+from clip_jax import params as params_lib
+from clip_jax.data.synthetic import SyntheticSource
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(REPO, "configs"))
+import lit_demo  # noqa: E402
+import tiny  # noqa: E402
+
+
+def _config(**opt):
+    c = tiny.get_config()
+    c.mesh.data, c.mesh.fsdp = 1, 2  # params and optimizer state sharded over 2 devices
+    c.batch_size = 16
+    for k, v in opt.items():
+        c.optimizer[k] = v
+    return c
+
+
+def _run(c, steps=3):
+    setup = train.build(c, jax.devices()[:2])
+    state = train.init_state(setup)
+    init = jax.device_get(state.params)
+    step = train.make_train_step(setup)
+    m = setup.model_cfg
+    data = SyntheticSource(c.batch_size, m.vision.image_size, m.text.context_length,
+                           m.text.vocab_size, 16, 0.5, 0)
+    for _ in range(steps):
+        state, metrics = step(state, input_pipeline.to_global(setup.batch_sharding, next(data)))
+    return setup, init, state, metrics
+
+
+def _flat(tree):
+    return params_lib.flatten_params(jax.device_get(tree))
+
+
+def _init(cfg, seed):
+    """Random parameters of ``cfg``'s shapes (no model init to compile)."""
+    rng = np.random.default_rng(seed)
+    return jax.tree.map(lambda x: (0.05 * rng.normal(size=x.shape)).astype(x.dtype),
+                        models.abstract_params(cfg))
+
+
+@pytest.fixture(scope="module")
+def frozen_run():
+    return _run(_config(frozen=("image",), grad_clip_norm=0.0))
+
+
+def test_frozen_image_tower_is_bit_identical_has_no_state_and_the_rest_trains(frozen_run):
+    setup, init, state, metrics = frozen_run
+    before, after = _flat(init), _flat(state.params)
+    for k in before:
+        if k.startswith("visual/"):
+            np.testing.assert_array_equal(after[k], before[k], err_msg=k)
+        elif k.endswith("kernel") or k.endswith("embedding"):
+            assert not np.array_equal(after[k], before[k]), k
+    assert np.isfinite(float(metrics["loss"]))
+    # no optimizer state for the image tower: Adam's mu and nu cover the other params only
+    n_all = models.count_params(init)
+    n_vis = sum(x.size for k, x in before.items() if k.startswith("visual/"))
+    moments = sum(x.size for x in jax.tree.leaves(state.opt_state) if x.dtype == jnp.float32)
+    assert moments == 2 * (n_all - n_vis)
+    # and that state is sharded like its parameters
+    mu = optax.tree_utils.tree_get(state.opt_state.inner_states["trainable"], "mu")
+    assert mu["text"]["token_embedding"].sharding.spec == \
+        state.params["text"]["token_embedding"].sharding.spec
+    assert isinstance(mu["visual"]["proj"], optax.MaskedNode)
+
+
+def test_factor_zero_equals_freezing_in_its_effect_on_params(frozen_run):
+    frozen = frozen_run[2]
+    _, _, zero, _ = _run(_config(lr_multipliers=(("^visual/", 0.0),), grad_clip_norm=0.0))
+    a, b = _flat(frozen.params), _flat(zero.params)
+    for k in a:
+        np.testing.assert_allclose(a[k], b[k], rtol=1e-6, atol=1e-7, err_msg=k)
+
+
+def test_half_factor_is_half_the_first_adamw_update_computed_by_hand():
+    c = _config(lr_multipliers=(("^text/", 0.5), ("^text/ln_final", 3.0)), grad_clip_norm=0.0,
+                warmup_steps=0, schedule="constant", weight_decay=0.1)
+    params = jax.tree.map(np.asarray, _init(models.get_model_config("tiny"), 0))
+    grads = jax.tree.map(lambda x: np.random.default_rng(x.size).normal(size=x.shape)
+                         .astype(np.float32), params)
+    tx, schedule = optimizer.make_optimizer(c.optimizer, 10)
+    updates, _ = jax.jit(tx.update)(grads, tx.init(params), params)
+    o = c.optimizer
+    decay = _flat(optimizer.decay_mask(params))
+    g, p, u = _flat(grads), _flat(params), _flat(updates)
+    lr = float(schedule(0))
+    for k in p:
+        # AdamW's first step: m_hat = g, v_hat = g^2 -> g / (|g| + eps), plus decoupled decay
+        want = -lr * (g[k] / (np.abs(g[k]) + o.eps) + (o.weight_decay * p[k] if decay[k] else 0))
+        factor = 0.5 if k.startswith("text/") else 1.0  # first match wins: ln_final is 0.5
+        np.testing.assert_allclose(u[k], factor * want, rtol=1e-5, atol=1e-9, err_msg=k)
+    # exactly half of the factor-1 update (the multiplier scales the update, nothing else)
+    plain, _ = optimizer.make_optimizer(_config(grad_clip_norm=0.0, warmup_steps=0,
+                                                schedule="constant",
+                                                weight_decay=0.1).optimizer, 10)
+    u1 = _flat(jax.jit(plain.update)(grads, plain.init(params), params)[0])
+    for k in u:
+        np.testing.assert_array_equal(u[k], u1[k] * (0.5 if k.startswith("text/") else 1.0))
+
+
+def test_lock_image_unlocked_groups_follows_open_clip_and_needs_scan_false():
+    abstract = models.abstract_params(models.get_model_config("tiny"))  # 2 vision blocks
+    mask = _flat(optimizer.frozen_mask(abstract, ("image",), 2))
+    frozen = sorted({k.split("/")[1] if "resblocks" not in k else k.split("/")[2]
+                     for k, f in mask.items() if f})
+    assert frozen == ["class_embedding", "conv1", "ln_pre", "positional_embedding",
+                      "resblocks_0"]
+    trainable_visual = {k for k, f in mask.items() if not f and k.startswith("visual/")}
+    assert {k.split("/")[1] for k in trainable_visual} == {"transformer", "ln_post", "proj"}
+    assert all("resblocks_1" in k for k in trainable_visual if "transformer" in k)
+    one = _flat(optimizer.frozen_mask(abstract, ("image",), 1))
+    assert [k for k, f in one.items() if k.startswith("visual/") and not f] == ["visual/proj"]
+    with pytest.raises(ValueError, match="nothing would be frozen"):
+        optimizer.frozen_mask(abstract, ("image",), 4)
+    scanned = models.abstract_params(models.get_model_config("tiny").replace(scan=True))
+    with pytest.raises(ValueError, match="set model.scan=False"):
+        optimizer.frozen_mask(scanned, ("image",), 2)
+    # a whole tower freezes by path with scan too
+    assert all(f for k, f in _flat(optimizer.frozen_mask(scanned, ("image",))).items()
+               if k.startswith("visual/"))
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda c: setattr(c.optimizer, "frozen", ("visual/transformer/resblocks_[",)),
+     "not a valid regex"),
+    (lambda c: setattr(c.optimizer, "frozen", ("^vision/",)), "matches no parameter"),
+    (lambda c: setattr(c.optimizer, "frozen", ("image", "text", "logit")), "every parameter"),
+    (lambda c: setattr(c.optimizer, "lr_multipliers", (("^text/", -1.0),)), "finite number"),
+    (lambda c: setattr(c.optimizer, "lr_multipliers", (("^text/",),)), "(regex, factor)"),
+    (lambda c: setattr(c.model, "lock_image_unlocked_groups", 2), "add 'image'"),
+    (lambda c: (setattr(c.model, "scan", True),
+                setattr(c.optimizer, "frozen", ("visual/transformer/resblocks_1/",))),
+     "set model.scan=False"),
+    (lambda c: setattr(c.checkpoint, "init_from_params", "^visual/"), "needs checkpoint.init"),
+])
+def test_bad_settings_fail_validation_naming_the_key(edit, message):
+    c = tiny.get_config()
+    edit(c)
+    with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        config_lib.validate(c)
+
+
+def test_a_resume_refuses_a_frozen_change_and_takes_multipliers():
+    a, b = tiny.get_config(), tiny.get_config()
+    b.optimizer.frozen = ("image",)
+    with pytest.raises(config_lib.ResumeConfigError, match="optimizer.frozen"):
+        config_lib.check_resume(a, b)
+    b = tiny.get_config()
+    b.optimizer.lr_multipliers = (("^visual/", 0.1),)
+    b.model.vision.patch_dropout = 0.5
+    assert {k for k, _, _ in config_lib.check_resume(a, b)} == {
+        "optimizer.lr_multipliers", "model.vision.patch_dropout"}
+    saved = config_lib._as_plain(a)  # a run saved before the key existed resumes
+    del saved["optimizer"]["frozen"]
+    config_lib.check_resume(saved, a)
+
+
+def test_take_merges_the_matching_source_params_any_layout():
+    cfg = models.get_model_config("tiny")
+    other = cfg.replace(text={"vocab_size": 100}, scan=True)  # another text tower, scanned
+    src = jax.tree.map(np.asarray, _init(other, 1))
+    mesh = jax.make_mesh((2,), ("fsdp",))
+    sh = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+    target = jax.device_put(_init(cfg, 0), sh)
+    out = params_lib.take(target, src, "^visual/", "src")
+    got, want_src, want_tgt = _flat(out), params_lib.unstack_layers(_flat(src)), _flat(target)
+    for k, x in got.items():
+        np.testing.assert_array_equal(x, want_src[k] if k.startswith("visual/") else want_tgt[k])
+    assert jax.tree.leaves(out)[0].sharding == jax.tree.leaves(target)[0].sharding
+    with pytest.raises(ValueError, match="matches no parameter"):
+        params_lib.take(target, src, "^vision/", "src")
+    with pytest.raises(ValueError, match="shape"):  # the source's text tower does not fit
+        params_lib.take(target, src, "^text/", "src")
+
+
+def test_lit_run_keeps_the_image_tower_of_its_source_bit_identical(tmp_path):
+    """LiT from a model source (a bundle): image tower taken and frozen, text tower fresh and
+    trained; the image tower after the run equals the source's bit for bit."""
+    tiny_cfg = models.get_model_config("tiny")
+    bundle.save_bundle(tmp_path / "pre", _init(tiny_cfg, 5), tiny_cfg)
+    lit = _config(frozen=("image",))
+    lit.seed = 1
+    lit.total_steps, lit.log_every_steps, lit.checkpoint.async_save = 3, 1, False
+    lit.eval.at_end = False
+    lit.checkpoint.init_from, lit.checkpoint.init_from_params = str(tmp_path / "pre"), "^visual/"
+    train.train(lit, str(tmp_path / "lit"), devices=jax.devices()[:2])
+    pre = _flat(sources.resolve(tmp_path / "pre").params)
+    out = _flat(sources.resolve(tmp_path / "lit").params)
+    fresh = _flat(train.init_state(train.build(lit, jax.devices()[:2])).params)  # seed 1
+    for k in pre:
+        if k.startswith("visual/"):
+            np.testing.assert_array_equal(out[k], pre[k], err_msg=k)
+        elif k == "text/token_embedding":  # fresh (seed 1), then trained: neither source's
+            assert not np.allclose(out[k], pre[k]) and not np.allclose(out[k], fresh[k])
+
+
+def test_lit_demo_config_builds_and_validates():
+    c = lit_demo.get_config()
+    config_lib.validate(c)
+    assert c.optimizer.frozen == ("image",) and c.checkpoint.init_from_params == "^visual/"
+    model_cfg, mesh = train.check_config(c, jax.devices()[:1])
+    _, tx, _, abstract, specs = train.plan_state(c, model_cfg, mesh)
+    n_vis = sum(x.size for k, x in _flat(abstract.params).items() if k.startswith("visual/"))
+    moments = sum(x.size for x in jax.tree.leaves(abstract.opt_state)
+                  if x.dtype == jnp.float32)
+    assert moments == 2 * (models.count_params(abstract.params) - n_vis)
