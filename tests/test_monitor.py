@@ -305,7 +305,8 @@ def test_training_curves_draw_one_panel_per_eval_kind():
             rec.update({"eval/zeroshot/top1": 0.1, "eval/zeroshot/top5": 0.3,
                         "eval/retrieval/mean_recall": 0.2,
                         "eval/retrieval/text_to_image_recall@1": 0.1,
-                        "eval/fewshot/1shot": 0.2, "eval/fewshot/2shot": 0.3,
+                        "eval/fewshot/16shot": 0.4, "eval/fewshot/2shot": 0.3,
+                        "eval/fewshot/1shot": 0.2,
                         "eval/val_loss": 1.0})
         records.append(rec)
     fig = plots.training_curves_figure(records)
@@ -316,5 +317,7 @@ def test_training_curves_draw_one_panel_per_eval_kind():
              for ax in fig.axes}
     assert lines["eval: zeroshot"] == ["top1", "top5"]
     assert lines["eval: retrieval"] == ["mean_recall", "text_to_image_recall@1"]
+    fewshot = next(ax for ax in fig.axes if ax.get_title() == "eval: fewshot")
+    assert [line.get_label() for line in fewshot.get_lines()] == ["1shot", "2shot", "16shot"]
     with pytest.raises(ValueError, match="no numeric metrics"):
         plots.training_curves_figure([{"step": 1, "note": "x"}])

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 from collections.abc import Sequence
 
 import numpy as np
@@ -66,7 +67,8 @@ def _eval_panels(records: list[dict]) -> list[tuple[str, list, bool]]:
     losses of a kind apart from its accuracies (another scale); ``eval/<metric>`` keys without
     a kind share an ``eval`` panel."""
     keys = sorted({k for r in records for k, v in r.items()
-                   if k.startswith("eval/") and _is_number(v)})
+                   if k.startswith("eval/") and _is_number(v)},
+                  key=lambda k: [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", k)])
     groups: dict[tuple[str, bool], list] = {}
     for key in keys:
         s = _series(records, key)
