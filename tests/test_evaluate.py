@@ -282,10 +282,11 @@ def test_cli_names_evals_per_dataset_and_rejects_two_datasets_of_one_name(tmp_pa
     kinds = ["zeroshot", "fewshot"]
     named, specs = eval_specs(kinds, ["data/demo/zeroshot.json"])
     assert named == {"demo": "data/demo/zeroshot.json"} and [s.name for s in specs] == kinds
-    named, specs = eval_specs(kinds, ["tfds:cifar10", "pets=folder:/x/p", "/d/q=1.tar"])
-    assert named == {"cifar10": "tfds:cifar10", "pets": "folder:/x/p", "q_1.tar": "/d/q=1.tar"}
+    named, specs = eval_specs(kinds, ["tfds:cifar10", "pets=folder:/x/p", "/d/a=1/{0..3}.tar"])
+    assert named == {"cifar10": "tfds:cifar10", "pets": "folder:/x/p",  # '/d/a' is no name
+                     "a_1": "/d/a=1/{0..3}.tar"}
     assert [s.name for s in specs] == ["zeroshot_cifar10", "fewshot_cifar10", "zeroshot_pets",
-                                       "fewshot_pets", "zeroshot_q_1.tar", "fewshot_q_1.tar"]
+                                       "fewshot_pets", "zeroshot_a_1", "fewshot_a_1"]
     assert eval_specs(["zeroshot"], ["c=tfds:cifar10"])[1][0].name == "zeroshot_c"
     with pytest.raises(cli.UserError, match="two datasets are named 'demo'"):
         main(["--model", str(tmp_path), "--eval", "zeroshot", "--dataset", "a/demo/x.json",
