@@ -304,7 +304,7 @@ def prepare_data(config, workdir: str):
                                     model_cfg.vision.image_size, config.seed)
         config.data.train = demo["train"]
         for key in ("zeroshot", "retrieval", "fewshot"):
-            if not config.eval[key]:
+            if not config.eval[key] and key not in config.evals:
                 config.eval[key] = demo["card"]
     tok = prepare.prepare_tokenizer(config.data, workdir, model_cfg.text.vocab_size)
     if tok is None:
