@@ -128,7 +128,10 @@ def bundle_config(path: str | os.PathLike) -> tuple[models.ModelConfig, dict]:
             errors.append(f"model.{sub}: must be an object")
             continue
         for k, v in m.get(sub, {}).items():
-            if not (_is_int(v) and v > 0):
+            if sub == "vision" and k == "patch_dropout":  # a training setting, kept for export
+                if not (_is_num(v) and 0 <= v < 1):
+                    errors.append(f"model.vision.patch_dropout={v!r}: must be a number in [0, 1)")
+            elif not (_is_int(v) and v > 0):
                 errors.append(f"model.{sub}.{k}={v!r}: must be a positive integer")
     checks = {
         "embed_dim": (lambda v: _is_int(v) and v > 0, "a positive integer"),

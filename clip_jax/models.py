@@ -49,6 +49,17 @@ class VisionConfig:
     layers: int = 12
     heads: int = 12
     mlp_dim: int = 3072
+    patch_dropout: float = 0.0  # FLIP: fraction of patch tokens dropped in training (CLS kept)
+
+    def __post_init__(self):
+        p = self.patch_dropout
+        if isinstance(p, bool) or not isinstance(p, int | float) or not 0 <= p < 1:
+            raise ValueError(f"model.vision.patch_dropout={p!r}: must be a number in [0, 1)")
+
+    def kept_patches(self) -> int:
+        """Patch tokens kept per image in training: ``round((1 - p) * n)``, at least one."""
+        n = (self.image_size // self.patch_size) ** 2
+        return n if not self.patch_dropout else max(1, round((1 - self.patch_dropout) * n))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -136,11 +147,12 @@ def get_model_config(name: str) -> ModelConfig:
     return PRESETS[name]
 
 
-_OPEN_CLIP_VISION_OK = {"image_size", "layers", "width", "patch_size", "head_width", "mlp_ratio"}
+_OPEN_CLIP_VISION_OK = {"image_size", "layers", "width", "patch_size", "head_width", "mlp_ratio",
+                        "patch_dropout"}
 _OPEN_CLIP_TEXT_OK = {"context_length", "vocab_size", "width", "heads", "layers", "mlp_ratio"}
 # Keys whose default value we support; any other value is a different architecture.
 _OPEN_CLIP_DEFAULTS = {
-    "ls_init_value": None, "patch_dropout": 0.0, "attentional_pool": False,
+    "ls_init_value": None, "attentional_pool": False,
     "no_ln_pre": False, "pool_type": None, "final_ln_after_pool": False, "output_tokens": False,
     "proj_bias": False, "embed_cls": False, "pad_id": 0, "no_causal_mask": False,
     "hf_model_name": None, "timm_model_name": None, "act_kwargs": None, "norm_kwargs": None,
@@ -199,6 +211,7 @@ def from_open_clip_config(cfg: Mapping[str, Any] | str) -> ModelConfig:
             layers=vc.get("layers", 12),
             heads=vwidth // head_width,
             mlp_dim=int(vwidth * vc.get("mlp_ratio", 4.0)),
+            patch_dropout=float(vc.get("patch_dropout", 0.0)),
         ),
         text=TextConfig(
             context_length=tc.get("context_length", 77),
@@ -229,6 +242,8 @@ def to_open_clip_config(cfg: ModelConfig) -> dict:
             "heads": t.heads, "layers": t.layers, "mlp_ratio": t.mlp_dim / t.width,
         },
     }
+    if v.patch_dropout:
+        out["vision_cfg"]["patch_dropout"] = v.patch_dropout
     if cfg.act == "quick_gelu":
         out["quick_gelu"] = True
     if cfg.init_logit_bias is not None:
@@ -240,12 +255,25 @@ def to_open_clip_config(cfg: ModelConfig) -> dict:
 # Towers
 
 
+def drop_patches(x, keep: int, rng):
+    """FLIP patch dropout: of x (B, 1 + n, D) keep the CLS token and ``keep`` of the n patch
+    tokens of each image, chosen by a random permutation per image (one key per image, split
+    from ``rng``; with ``jax_threefry_partitionable`` the draw does not depend on how the batch
+    is sharded). Static shapes: (B, 1 + keep, D)."""
+    b, n = x.shape[0], x.shape[1] - 1
+    idx = jax.vmap(lambda k: jax.random.permutation(k, n)[:keep])(jax.random.split(rng, b))
+    patches = jnp.take_along_axis(x[:, 1:], idx[:, :, None], axis=1)
+    return jnp.concatenate([x[:, :1], patches], axis=1)
+
+
 class VisionTransformer(nn.Module):
     cfg: ModelConfig
 
     @nn.compact
-    def __call__(self, images):
-        """images: (B, H, W, 3) float, CLIP-normalised. Returns (B, embed_dim), unnormalised."""
+    def __call__(self, images, train: bool = False):
+        """images: (B, H, W, 3) float, CLIP-normalised. Returns (B, embed_dim), unnormalised.
+        ``train`` with ``vision.patch_dropout`` > 0 drops patch tokens after the positional
+        embedding (the ``patch_dropout`` rng collection); evaluation sees every patch."""
         c, v = self.cfg, self.cfg.vision
         dtype, pdtype = jnp.dtype(c.dtype), jnp.dtype(c.param_dtype)
         if images.shape[1:3] != (v.image_size, v.image_size):
@@ -262,6 +290,8 @@ class VisionTransformer(nn.Module):
                          (n, v.width), pdtype)
         x = jnp.concatenate([jnp.broadcast_to(cls.astype(dtype), (b, 1, v.width)), x], axis=1)
         x = x + pos.astype(dtype)
+        if train and v.patch_dropout:
+            x = drop_patches(x, v.kept_patches(), self.make_rng("patch_dropout"))
         x = LayerNorm(c.ln_eps, name="ln_pre", dtype=dtype, param_dtype=pdtype)(x)
         x = Transformer(v.layers, v.heads, v.mlp_dim, c.act, False, c.ln_eps, c.remat, c.scan,
                         c.attention, dtype, pdtype, name="transformer")(x)
@@ -320,22 +350,24 @@ class CLIP(nn.Module):
                 "logit_bias", logical_init(nn.initializers.constant(self.cfg.init_logit_bias), ()),
                 (), jnp.float32)
 
-    def encode_image(self, images, normalize: bool = True):
-        x = self.visual(images)
+    def encode_image(self, images, normalize: bool = True, train: bool = False):
+        x = self.visual(images, train)
         return l2_normalize(x) if normalize else x
 
     def encode_text(self, text, normalize: bool = True):
         x = self.text(text)
         return l2_normalize(x) if normalize else x
 
-    def __call__(self, images, text):
+    def __call__(self, images, text, train: bool = False):
         """Returns (image_features, text_features, logit_scale_param, logit_bias or None).
+        ``train``: patch dropout on (needs the ``patch_dropout`` rng when it is configured).
 
         Features are L2-normalised float32; ``logit_scale_param`` is the log-temperature
         parameter (exponentiate, clamped at ln 100 by the optimiser step, for the loss).
         """
         bias = self.logit_bias if self.cfg.init_logit_bias is not None else None
-        return self.encode_image(images), self.encode_text(text), self.logit_scale, bias
+        return (self.encode_image(images, train=train), self.encode_text(text),
+                self.logit_scale, bias)
 
 
 def init_inputs(cfg: ModelConfig, batch: int = 1):
