@@ -37,11 +37,11 @@ LAYERS = (
      "clip_jax.evaluate.__main__", "clip_jax.embed", "clip_jax.filter"),
 )
 
-# May be imported inside a function: optional heavy dependencies, webdataset (its import loads
-# torch whenever torch is installed: only the shard writers need it) and fcntl (POSIX only).
+# May be imported inside a function: optional heavy dependencies (wandb), webdataset and
+# tensorboardX (their imports load torch whenever torch is installed) and fcntl (POSIX only).
 OPTIONAL = ("torch", "ml_dtypes", "tensorflow", "tensorflow_datasets", "tokenizers", "fsspec",
             "transformers", "open_clip", "pyarrow", "matplotlib", "jax.experimental.topologies",
-            "libtpu", "webdataset", "fcntl")
+            "libtpu", "webdataset", "tensorboardX", "wandb", "fcntl")
 MAX_LINES = 460
 
 

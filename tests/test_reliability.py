@@ -244,7 +244,7 @@ def test_resume_refuses_a_model_change_accepts_safe_changes_and_a_done_run_says_
     again = _run(work, "--config.log_every_steps=1", total=EVERY + 2)
     assert again.returncode == 0, again.stderr[-3000:]
     assert f"already complete at step {EVERY + 2}" in again.stdout
-    last = json.loads(next(x for x in again.stdout.splitlines() if x.startswith('{"final"')))
-    assert np.isfinite(last["final"]["loss"]) and "loss nan" not in again.stdout
+    last = json.loads((work / "final_metrics.json").read_text())
+    assert np.isfinite(last["loss"]) and "loss nan" not in again.stdout
     steps = [json.loads(x)["step"] for x in open(work / "metrics.jsonl")]
     assert steps[-1] == EVERY + 2 and len(steps) == len(set(steps))
