@@ -1,6 +1,8 @@
 """Per-device parameter + optimizer memory under FSDP / tensor-parallel meshes.
 
     python benchmarks/sharding_memory.py --model ViT-L-14 --devices 8
+    python benchmarks/sharding_memory.py --model ViT-B-16 --devices 1 --meshes 1,1,1 \
+        --frozen image                       # LiT: no optimizer state for the image tower
     python benchmarks/sharding_memory.py --model ViT-bigG-14 --devices 256 \\
         --meshes 256,1,1 1,256,1 1,64,4 4,64,1
 
@@ -22,6 +24,9 @@ def main():
     ap.add_argument("--meshes", nargs="*", default=["8,1,1", "1,8,1", "2,4,1", "1,4,2", "1,2,4"],
                     help="data,fsdp,tensor triples")
     ap.add_argument("--param-dtype", default="float32")
+    ap.add_argument("--frozen", nargs="*", default=[],
+                    help="optimizer.frozen (regexes or presets image / text): also report the "
+                         "optimizer state with those parameters frozen")
     args = ap.parse_args()
 
     from clip_jax import config as config_lib
@@ -38,6 +43,17 @@ def main():
         total = p["param_gib_per_device"] + p["opt_gib_per_device"]
         replicated = 3 * p["param_gib_replicated"]  # params + Adam mu + nu
         rows.append((triple, p, total, replicated))
+        if args.frozen:
+            c.optimizer.frozen = tuple(args.frozen)
+            f = plan.abstract_plan(c, args.devices)
+            print(json.dumps({"model": args.model, "mesh": p["mesh"], "frozen": args.frozen,
+                              "opt_bytes_per_device": round(p["opt_gib_per_device"] * 2**30),
+                              "opt_bytes_per_device_frozen": round(
+                                  f["opt_gib_per_device"] * 2**30),
+                              "opt_gib_saved_per_device": round(
+                                  p["opt_gib_per_device"] - f["opt_gib_per_device"], 4),
+                              "opt_state_fraction_left": round(
+                                  f["opt_gib_per_device"] / p["opt_gib_per_device"], 4)}))
         print(json.dumps({"model": args.model, "mesh": p["mesh"], "params": p["params"],
                           "param_gib_per_device": round(p["param_gib_per_device"], 4),
                           "opt_gib_per_device": round(p["opt_gib_per_device"], 4),

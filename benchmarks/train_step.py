@@ -6,6 +6,10 @@
     python benchmarks/train_step.py --model ViT-B-32 --batch 256 --dtype bfloat16 --remat \\
         --mesh 1,-1,1                              # e.g. on one H100
 
+``--patch-dropout P`` (FLIP) and ``--frozen image`` (LiT) time those steps; FLOPs and MFU are
+still counted for the full model (every patch, both towers' backward), so compare their
+``step_seconds``, not their MFU.
+
 FLOPs per step are counted analytically (``clip_jax.flops``: the matmuls of forward + backward,
 the standard MFU numerator; XLA's cost analysis counts a scanned block once, so it is printed
 only as a cross-check, ``xla_tflops_per_step``, valid without ``--scan``). MFU is reported
@@ -89,6 +93,10 @@ def main():
     ap.add_argument("--peak-size", type=int, default=2048,
                     help="matmul size (n x n @ n x n) timed for the measured peak")
     ap.add_argument("--attention", default="auto", choices=["auto", "xla", "cudnn"])
+    ap.add_argument("--patch-dropout", type=float, default=0.0,
+                    help="FLIP: fraction of image patches dropped in training (0 = off)")
+    ap.add_argument("--frozen", nargs="*", default=[],
+                    help="optimizer.frozen: regexes or the presets image / text (LiT: image)")
     args = ap.parse_args()
     if args.devices:
         os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
@@ -110,6 +118,8 @@ def main():
     c.model.dtype = args.dtype
     c.model.remat = args.remat
     c.model.scan = args.scan
+    c.model.vision.patch_dropout = args.patch_dropout
+    c.optimizer.frozen = tuple(args.frozen)
     c.batch_size = args.batch
     c.total_steps = args.steps
     c.loss, c.loss_impl = args.loss, args.loss_impl
@@ -158,6 +168,7 @@ def main():
     achieved = flops / step_s / 1e12
     print(json.dumps({
         "model": os.path.basename(args.model_config) if args.model_config else args.model,
+        "patch_dropout": args.patch_dropout, "frozen": args.frozen,
         "batch": args.batch, "dtype": args.dtype, "remat": args.remat, "scan": args.scan,
         "mesh": dict(setup.mesh.shape), "device": kind, "devices": jax.device_count(),
         "params": int(sum(x.size for x in jax.tree.leaves(state.params))),

@@ -157,7 +157,9 @@ def opt_state_specs(tx: optax.GradientTransformation, opt_state, param_spec_tree
     """Specs for the optax state of ``tx``: every param-shaped tree in it (Adam's mu/nu...)
     gets the params' specs (``optax.tree_utils.tree_map_params``, which finds them by
     re-running ``tx.init``), everything else (counts, scalars) is replicated. Parameters
-    masked out of a ``optax.masked`` state stay ``MaskedNode`` (no array, no spec)."""
+    masked out of a ``optax.masked`` state stay ``MaskedNode`` (no array, no spec): so do
+    frozen parameters (``optimizer.frozen``: ``optax.multi_transform``, whose labels function
+    sends ``tx.init``'s placeholder to the trainable branch)."""
     return optax.tree_utils.tree_map_params(
         tx, lambda x, spec: x if isinstance(x, optax.MaskedNode) else spec,
         opt_state, param_spec_tree, transform_non_params=lambda _: P(), is_leaf=_is_spec_leaf)
