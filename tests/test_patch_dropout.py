@@ -131,3 +131,33 @@ def test_the_train_step_drops_patches_seeded_by_the_step():
         params, jnp.int32(3)))
     assert "f32[4,9,32]" in jaxpr and "f32[4,17,32]" in jaxpr  # 16 patches + CLS -> 8 + CLS
     assert "random_fold_in" in jaxpr  # the draw depends on the step
+
+
+def test_gradient_cache_draws_each_micro_batch_once_for_both_of_its_passes():
+    """accum_steps=2 with patch dropout: the cached loss and gradients equal plain autodiff of
+    the loss of the two micro-batches' embeddings, each drawn with its own key (the embedding
+    pass and the re-run under vjp must drop the same patches)."""
+    c = tiny.get_config()
+    c.batch_size, c.mesh.data, c.accum_steps, c.model.vision.patch_dropout = 8, 1, 2, 0.5
+    setup = train.build(c, jax.devices()[:1])
+    params = train.init_state(setup).params
+    data = SyntheticSource(8, 32, 16, 512, 16, 0.5, 0)
+    batch = input_pipeline.to_global(setup.batch_sharding, next(data))
+    step = jnp.int32(5)
+
+    def reference(p):
+        keys = jax.random.split(jax.random.fold_in(jax.random.key(c.seed), step), 2)
+        outs = [train._forward(setup, p, batch["image"][4 * j:4 * j + 4],
+                               batch["text"][4 * j:4 * j + 4], keys[j]) for j in range(2)]
+        img = jnp.concatenate([o[0] for o in outs])
+        txt = jnp.concatenate([o[1] for o in outs])
+        return train.contrastive_loss(c, setup.mesh, img, txt, p["logit_scale"], None)
+
+    with jax.set_mesh(setup.mesh):
+        loss, grads = jax.jit(lambda p: train.loss_and_grads(setup, p, batch, step))(params)
+        ref_loss, ref_grads = jax.jit(jax.value_and_grad(reference))(params)
+        other = jax.jit(lambda p: train.loss_and_grads(setup, p, batch, step + 1))(params)[0]
+    np.testing.assert_allclose(float(loss), float(ref_loss), rtol=1e-5)
+    for a, b in zip(jax.tree.leaves(grads), jax.tree.leaves(ref_grads)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-6)
+    assert float(other) != float(loss)  # the next step draws other patches
