@@ -58,12 +58,14 @@ def _block_flops(tokens: int, width: int, mlp_dim: int) -> tuple[float, float]:
     return total, total - c_proj
 
 
-def tower_flops(cfg: models.ModelConfig) -> dict[str, float]:
+def tower_flops(cfg: models.ModelConfig, train: bool = False) -> dict[str, float]:
     """Forward matmul FLOPs per sample, ``{"vision", "text"}``, and what ``remat`` recomputes
-    of them per sample, ``{"vision_remat", "text_remat"}``."""
+    of them per sample, ``{"vision_remat", "text_remat"}``. ``train``: the vision blocks see
+    only the patches that ``vision.patch_dropout`` keeps (every patch is still embedded)."""
     v, t = cfg.vision, cfg.text
     patches = (v.image_size // v.patch_size) ** 2
-    v_block, v_redo = _block_flops(patches + 1, v.width, v.mlp_dim)
+    tokens = (v.kept_patches() if train else patches) + 1
+    v_block, v_redo = _block_flops(tokens, v.width, v.mlp_dim)
     vision = (2 * patches * (v.patch_size**2 * 3) * v.width + v.layers * v_block
               + 2 * v.width * cfg.embed_dim)
     t_block, t_redo = _block_flops(t.context_length, t.width, t.mlp_dim)
@@ -96,7 +98,7 @@ def train_step_flops(model_cfg: models.ModelConfig, batch: int, remat: bool | No
     remat = model_cfg.remat if remat is None else remat
     if (loss, loss_impl) not in _LOSS_MATMULS:
         raise ValueError(f"unknown loss {loss!r} / loss_impl {loss_impl!r}")
-    per = tower_flops(model_cfg)
+    per = tower_flops(model_cfg, train=True)
     forward = batch * (per["vision"] + per["text"])
     redo = batch * (per["vision_remat"] + per["text_remat"]) if remat else 0.0
     sim = 2.0 * batch * batch * model_cfg.embed_dim

@@ -64,13 +64,16 @@ def _small(remat, accum, loss, impl, batch=64):
     return c
 
 
-@pytest.mark.parametrize("remat,accum,loss,impl", [
-    (False, 1, "clip", "dense"),
-    (True, 1, "siglip", "blockwise"),
-    (True, 2, "clip", "dense"),
+@pytest.mark.parametrize("remat,accum,loss,impl,patch_dropout", [
+    (False, 1, "clip", "dense", 0.0),
+    (True, 1, "siglip", "blockwise", 0.0),
+    (True, 2, "clip", "dense", 0.0),
+    (False, 1, "clip", "dense", 0.5),  # the vision blocks see 9 of 17 tokens
 ])
-def test_analytic_flops_match_xla_on_an_unrolled_compile(remat, accum, loss, impl):
+def test_analytic_flops_match_xla_on_an_unrolled_compile(remat, accum, loss, impl,
+                                                        patch_dropout):
     c = _small(remat, accum, loss, impl)
+    c.model.vision.patch_dropout = patch_dropout
     setup = train.build(c, devices=jax.devices()[:1])
     state, batch = plan.abstract_inputs(setup)
     with jax.set_mesh(setup.mesh):
