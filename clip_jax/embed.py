@@ -275,20 +275,26 @@ def embed_shards(model: inference.InferenceModel, urls: Sequence[str], out_dir: 
     return report
 
 
-def _parser() -> cli.ArgumentParser:
-    p = cli.ArgumentParser(prog="python -m clip_jax.embed", description=__doc__.split("\n")[0])
+def shard_parser(prog: str, description: str, out_help: str) -> cli.ArgumentParser:
+    """The arguments every shard-scoring command takes (embed, filter)."""
+    p = cli.ArgumentParser(prog=prog, description=description)
     p.add_argument("--model", required=True, help="bundle, training workdir, HF CLIP directory "
                    "or open_clip weights")
     p.add_argument("--data", required=True, help="shard spec, e.g. '/data/{00000..00099}.tar'")
-    p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("--out", required=True, help=out_help)
     p.add_argument("--batch-size", type=int, default=256, help="samples per encoder call")
     return p
 
 
+def check_batch_size(batch_size: int) -> None:
+    if batch_size < 1:
+        raise cli.UserError(f"--batch-size must be >= 1, got {batch_size}")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
-    if args.batch_size < 1:
-        raise cli.UserError(f"--batch-size must be >= 1, got {args.batch_size}")
+    args = shard_parser("python -m clip_jax.embed", __doc__.split("\n")[0],
+                        "output directory").parse_args(argv)
+    check_batch_size(args.batch_size)
     urls = list_shards(args.data)
     model = inference.load(args.model, batch_size=args.batch_size)
     report = embed_shards(model, urls, args.out, os.path.abspath(args.model), args.batch_size)

@@ -183,25 +183,20 @@ def filter_shards(model: inference.InferenceModel, urls: Sequence[str], out_dir:
 
 
 def _parser() -> cli.ArgumentParser:
-    p = cli.ArgumentParser(prog="python -m clip_jax.filter", description=__doc__.split("\n")[0])
-    p.add_argument("--model", required=True, help="bundle, training workdir, HF CLIP directory "
-                   "or open_clip weights")
-    p.add_argument("--data", required=True, help="shard spec, e.g. '/data/{00000..00099}.tar'")
-    p.add_argument("--out", required=True, help="output directory (not the input's)")
+    p = embed.shard_parser("python -m clip_jax.filter", __doc__.split("\n")[0],
+                           "output directory (not the input's)")
     p.add_argument("--min-score", type=float, default=None,
                    help="keep pairs with image-text cosine >= this (LAION-5B: 0.28)")
     p.add_argument("--top-fraction", type=float, default=None,
                    help="keep only the best fraction of pairs by score (with --min-score: both "
                    "must hold)")
-    p.add_argument("--batch-size", type=int, default=256, help="samples per encoder call")
     return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     check_thresholds(args.min_score, args.top_fraction)
-    if args.batch_size < 1:
-        raise cli.UserError(f"--batch-size must be >= 1, got {args.batch_size}")
+    embed.check_batch_size(args.batch_size)
     urls = embed.list_shards(args.data)
     check_out_dir(urls, args.out)
     model = inference.load(args.model, batch_size=args.batch_size)
