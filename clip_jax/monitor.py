@@ -283,14 +283,23 @@ class MetricsWriter:
 
 
 def welcome(config, mesh, num_params: int) -> str:
-    """The opening line: processes, devices, mesh, the batch split and the model."""
-    n_dev = jax.device_count()
-    return (f"clip_jax | process {jax.process_index()}/{jax.process_count()} | "
-            f"{jax.local_device_count()} local of {n_dev} {jax.devices()[0].platform} devices | "
+    """The opening line: processes, the mesh's devices, the batch split, the model, and what
+    changes the training recipe (frozen parameters, lr multipliers, patch dropout)."""
+    devices = list(mesh.devices.flat)
+    local = sum(d.process_index == jax.process_index() for d in devices)
+    line = (f"clip_jax | process {jax.process_index()}/{jax.process_count()} | "
+            f"{local} local of {len(devices)} {devices[0].platform} devices | "
             f"mesh {sharding.describe(mesh)} | batch {config.batch_size} global = "
             f"{config.batch_size // jax.process_count()}/process = "
-            f"{config.batch_size // n_dev}/device | "
+            f"{config.batch_size // len(devices)}/device | "
             f"model {config.model.open_clip_config or config.model.name} ({num_params:,} params)")
+    if config.optimizer.frozen:
+        line += f" | frozen {', '.join(config.optimizer.frozen)}"
+    if config.optimizer.lr_multipliers:
+        line += " | lr x " + ", ".join(f"{f:g} on {r}" for r, f in config.optimizer.lr_multipliers)
+    if config.model.vision.patch_dropout:
+        line += f" | patch dropout {config.model.vision.patch_dropout:g}"
+    return line
 
 
 def _markdown_code(text: str) -> str:

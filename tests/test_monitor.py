@@ -321,3 +321,18 @@ def test_training_curves_draw_one_panel_per_eval_kind():
     assert [line.get_label() for line in fewshot.get_lines()] == ["1shot", "2shot", "16shot"]
     with pytest.raises(ValueError, match="no numeric metrics"):
         plots.training_curves_figure([{"step": 1, "note": "x"}])
+
+
+def test_welcome_counts_the_mesh_devices_and_names_recipe_changes():
+    from clip_jax import sharding
+
+    c = config_lib.base_config()  # batch 64
+    mesh = sharding.make_mesh(c.mesh, jax.devices()[:2])  # 2 of the 8 simulated devices
+    line = monitor.welcome(c, mesh, 1234)
+    assert "2 local of 2 cpu devices" in line and "64 global" in line and "32/device" in line
+    assert "frozen" not in line and "patch dropout" not in line
+    c.optimizer.frozen = ("image",)
+    c.optimizer.lr_multipliers = (("^text/", 0.1),)
+    c.model.vision.patch_dropout = 0.5
+    line = monitor.welcome(c, mesh, 1234)
+    assert line.endswith("| frozen image | lr x 0.1 on ^text/ | patch dropout 0.5"), line
