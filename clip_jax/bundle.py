@@ -18,11 +18,11 @@ from pathlib import Path
 
 import jax
 
-from clip_jax import layers, models
+from clip_jax import files, layers, models
 from clip_jax import params as params_lib
 from clip_jax.data.tokenizer import load_tokenizer
 from clip_jax.data.transforms import CLIP_MEAN, CLIP_STD
-from clip_jax.interop.weights_io import read_safetensors, save_safetensors, write_json
+from clip_jax.interop.weights_io import read_safetensors, save_safetensors
 
 BUNDLE_FORMAT = "clip_jax.bundle"
 BUNDLE_VERSION = 1
@@ -64,8 +64,8 @@ def save_bundle(out_dir: str | os.PathLike, params, cfg: models.ModelConfig, tok
     save_safetensors(flat, out / WEIGHTS_FILE, {"format": BUNDLE_FORMAT})
     pre = dict(preprocess or default_preprocess(cfg.vision.image_size))
     pre["image_size"] = cfg.vision.image_size
-    write_json(out / CONFIG_FILE, {"format": BUNDLE_FORMAT, "version": BUNDLE_VERSION,
-                                   "model": cfg.to_dict(), "preprocess": pre})
+    files.write_json(out / CONFIG_FILE, {"format": BUNDLE_FORMAT, "version": BUNDLE_VERSION,
+                                         "model": cfg.to_dict(), "preprocess": pre})
     if tokenizer is not None:
         tokenizer.save(out)
     return out

@@ -42,7 +42,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from clip_jax import cli, inference
+from clip_jax import cli, files, inference
 from clip_jax.data import tario, transforms
 from clip_jax.data.shards import expand_shards
 
@@ -171,14 +171,6 @@ def embed_shard(model: inference.InferenceModel, url: str, batch_size: int = 256
                            np.concatenate(text) if text else empty)
 
 
-def write_json(path: str, obj) -> None:
-    """``obj`` as JSON at ``path``, atomically (temporary file + rename)."""
-    tmp = f"{path}.{os.getpid()}.tmp"
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=1)
-    os.replace(tmp, path)
-
-
 def _save_npy(path: str, array: np.ndarray) -> None:
     tmp = f"{path}.{os.getpid()}.tmp"
     with open(tmp, "wb") as f:
@@ -241,7 +233,7 @@ def embed_shards(model: inference.InferenceModel, urls: Sequence[str], out_dir: 
     names = shard_names(urls)
     report = {"model": model_spec, "embed_dim": d, "dtype": "float16", "shards": {},
               "totals": tario.new_stats(), "embedded_now": 0, "resumed": 0}
-    write_json(os.path.join(out_dir, REPORT), report)
+    files.write_json(os.path.join(out_dir, REPORT), report)
     t0 = time.time()
     for i, (url, name) in enumerate(zip(urls, names, strict=True)):
         base = os.path.join(out_dir, name)
@@ -258,9 +250,9 @@ def embed_shards(model: inference.InferenceModel, urls: Sequence[str], out_dir: 
             emb = embed_shard(model, url, batch_size, stats)
             _save_npy(base + ".img.npy", emb.image)
             _save_npy(base + ".txt.npy", emb.text)
-            write_json(base + ".keys.json", emb.keys)
+            files.write_json(base + ".keys.json", emb.keys)
             info = {"shard": url, "name": name, **stats, "seconds": round(time.time() - t, 3)}
-            write_json(base + ".done.json", info)
+            files.write_json(base + ".done.json", info)
             report["embedded_now"] += 1
             skipped = sum(v for k, v in stats.items() if k.startswith("skipped"))
             elapsed = time.time() - t0
@@ -271,7 +263,7 @@ def embed_shards(model: inference.InferenceModel, urls: Sequence[str], out_dir: 
         for k in tario.STAT_KEYS:
             report["totals"][k] += info[k]
     report["seconds"] = round(time.time() - t0, 3)
-    write_json(os.path.join(out_dir, REPORT), report)
+    files.write_json(os.path.join(out_dir, REPORT), report)
     return report
 
 

@@ -37,7 +37,7 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from clip_jax import cli, embed, inference
+from clip_jax import cli, embed, files, inference
 from clip_jax.data import tario
 from clip_jax.data.write_shards import open_tar_writer
 
@@ -157,7 +157,7 @@ def filter_shards(model: inference.InferenceModel, urls: Sequence[str], out_dir:
         else:
             keys = embed.read_json(os.path.join(emb_dir, name + ".keys.json"))
             kept = write_kept(url, keys, keep, tar)
-            embed.write_json(marker, {"shard": url, "threshold": cut, "kept": kept,
+            files.write_json(marker, {"shard": url, "threshold": cut, "kept": kept,
                                       "total": len(s)})
             log(f"filter [{i + 1}/{len(urls)}] {name}.tar: kept {kept} of {len(s)}")
         sizes[name + ".tar"] = kept
@@ -177,8 +177,8 @@ def filter_shards(model: inference.InferenceModel, urls: Sequence[str], out_dir:
         "histogram": plot_histogram(everything, cuts, os.path.join(out_dir, HISTOGRAM)),
         "shards": per_shard,
     }
-    embed.write_json(os.path.join(out_dir, SIZES), sizes)
-    embed.write_json(os.path.join(out_dir, REPORT), report)
+    files.write_json(os.path.join(out_dir, SIZES), sizes)
+    files.write_json(os.path.join(out_dir, REPORT), report)
     return report
 
 

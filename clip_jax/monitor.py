@@ -27,7 +27,7 @@ import time
 import jax
 from PIL import Image
 
-from clip_jax import sharding
+from clip_jax import files, sharding
 from clip_jax.evaluate import plots
 
 TENSORBOARD_DIR = "tensorboard"  # under the workdir
@@ -188,10 +188,7 @@ class MetricsWriter:
         logged step) and ``training_curves.png``; returns ``last``."""
         if self.enabled:
             path = os.path.join(self.workdir, FINAL_METRICS)
-            with open(path + ".tmp", "w") as f:
-                json.dump(last, f, indent=1, sort_keys=True)
-                f.write("\n")
-            os.replace(path + ".tmp", path)
+            files.write_json(path, last, sort_keys=True)
             if os.path.exists(self.path):
                 plots.plot_training_curves(self.path,
                                            os.path.join(self.workdir, "training_curves.png"))

@@ -20,6 +20,7 @@ import jax
 import numpy as np
 from jax.experimental import multihost_utils
 
+from clip_jax import files
 from clip_jax.cli import UserError
 
 _MAX_HOLDER_BYTES = 4096  # a lock file's holder line (host, pid, time) is far shorter
@@ -119,8 +120,4 @@ def saved_config(workdir: str) -> dict | None:
 
 def write_config(workdir: str, config_json: str) -> None:
     """``config.json``, replaced atomically."""
-    path = os.path.join(workdir, CONFIG_FILE)
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        f.write(config_json)
-    os.replace(tmp, path)
+    files.write_atomic(os.path.join(workdir, CONFIG_FILE), config_json)

@@ -19,8 +19,8 @@ PACKAGE = pathlib.Path(__file__).resolve().parents[1] / "clip_jax"
 # Lowest first: a module may import from its own layer and from the layers listed before it.
 LAYERS = (
     # foundations: errors, workdir lock, process setup; input data knows no model
-    ("clip_jax", "clip_jax.cli", "clip_jax.workdir", "clip_jax.distributed", "clip_jax.data",
-     "clip_jax.data.*", "clip_jax.evaluate", "clip_jax.evaluate.templates",
+    ("clip_jax", "clip_jax.cli", "clip_jax.files", "clip_jax.workdir", "clip_jax.distributed",
+     "clip_jax.data", "clip_jax.data.*", "clip_jax.evaluate", "clip_jax.evaluate.templates",
      "clip_jax.evaluate.plots"),
     # the model, its math and its placement
     ("clip_jax.layers", "clip_jax.models", "clip_jax.losses", "clip_jax.sharding",

@@ -49,7 +49,7 @@ from collections.abc import Iterable, Iterator
 
 from PIL import Image
 
-from clip_jax import cli
+from clip_jax import cli, files
 from clip_jax.data.progress import Progress
 from clip_jax.data.tario import FOLDER_IMAGE_EXTS, IMAGE_EXTS
 
@@ -96,11 +96,7 @@ def _read_json(path: str) -> dict:
 
 
 def _write_json(path: str, obj: dict) -> None:
-    tmp = f"{path}.{os.getpid()}.tmp"
-    with open(tmp, "w") as f:
-        json.dump(dict(sorted(obj.items())), f, indent=1)
-        f.write("\n")
-    os.replace(tmp, path)
+    files.write_json(path, dict(sorted(obj.items())))
 
 
 def read_metadata(out_dir: str) -> tuple[dict, dict]:

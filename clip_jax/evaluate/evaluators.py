@@ -26,7 +26,6 @@ PNG per zero-shot evaluation). :func:`make_train_evaluator` is what the train lo
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import time
 from collections.abc import Sequence
@@ -36,7 +35,7 @@ import jax
 import numpy as np
 
 from clip_jax import config as config_lib
-from clip_jax import inference, models, sharding
+from clip_jax import files, inference, models, sharding
 from clip_jax.evaluate import datasets, metrics, plots, probes
 from clip_jax.evaluate import templates as templates_lib
 
@@ -247,9 +246,7 @@ def write_report(reports: dict[str, dict], out_dir: str, prefix: str = "",
     ``<out_dir>/<prefix><name>_confusion.png``; returns the paths, the report first."""
     os.makedirs(out_dir, exist_ok=True)
     path = os.path.join(out_dir, f"{prefix}report.json")
-    with open(path + ".tmp", "w") as f:
-        json.dump({**(extra or {}), "evals": reports}, f, indent=1)
-    os.replace(path + ".tmp", path)
+    files.write_json(path, {**(extra or {}), "evals": reports})
     written = [path]
     for name, zs in reports.items():
         if zs["kind"] == "zeroshot" and len(zs["class_names"]) <= 200:

@@ -21,12 +21,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from clip_jax import bundle, models
+from clip_jax import bundle, files, models
 from clip_jax import params as params_lib
 from clip_jax.data import tokenizer as tok_lib
 from clip_jax.data.tokenizer import HF_EOT, HF_SOT, load_tokenizer
 from clip_jax.interop import keymap
-from clip_jax.interop.weights_io import read_state_dict, save_safetensors, write_json
+from clip_jax.interop.weights_io import read_state_dict, save_safetensors
 
 HF_PREPROCESSOR = "preprocessor_config.json"
 HF_WEIGHTS = (bundle.WEIGHTS_FILE, "model.safetensors.index.json", "pytorch_model.bin")
@@ -137,23 +137,23 @@ def _write_hf_tokenizer(out: Path, tokenizer, context_length: int) -> bool:
     kind = getattr(tokenizer, "kind", None)
     if kind == "clip_bpe":
         merges = sorted(tokenizer.bpe_ranks, key=tokenizer.bpe_ranks.get)
-        write_json(out / "vocab.json", tokenizer.encoder)
+        files.write_json(out / "vocab.json", tokenizer.encoder)
         (out / "merges.txt").write_text(
             "#version: 0.2\n" + "\n".join(" ".join(m) for m in merges) + "\n", encoding="utf-8")
         specials = {"bos_token": "<|startoftext|>", "eos_token": "<|endoftext|>",
                     "unk_token": "<|endoftext|>", "pad_token": "<|endoftext|>"}
-        write_json(out / "tokenizer_config.json", {
+        files.write_json(out / "tokenizer_config.json", {
             "tokenizer_class": "CLIPTokenizer", "model_max_length": context_length,
             "do_lower_case": True, "errors": "replace", **specials})
-        write_json(out / "special_tokens_map.json", specials)
+        files.write_json(out / "special_tokens_map.json", specials)
         return True
     if kind == "hf":
         tokenizer.backend.save(str(out / "tokenizer.json"))
         specials = {"bos_token": HF_SOT, "eos_token": HF_EOT, "pad_token": HF_EOT}
-        write_json(out / "tokenizer_config.json", {
+        files.write_json(out / "tokenizer_config.json", {
             "tokenizer_class": "PreTrainedTokenizerFast", "model_max_length": context_length,
             **specials})
-        write_json(out / "special_tokens_map.json", specials)
+        files.write_json(out / "special_tokens_map.json", specials)
         return True
     return False
 
@@ -171,10 +171,10 @@ def export_hf(out_dir: str | os.PathLike, params, cfg: models.ModelConfig, token
                       stacklevel=2)
     sd = keymap.to_external(params, cfg, "hf")
     save_safetensors(sd, out / bundle.WEIGHTS_FILE, {"format": "pt"})
-    write_json(out / bundle.CONFIG_FILE, hf_config(cfg, tokenizer, bias))
+    files.write_json(out / bundle.CONFIG_FILE, hf_config(cfg, tokenizer, bias))
     pre = dict(preprocess or bundle.default_preprocess(cfg.vision.image_size))
     s = cfg.vision.image_size
-    write_json(out / HF_PREPROCESSOR, {
+    files.write_json(out / HF_PREPROCESSOR, {
         "image_processor_type": "CLIPImageProcessor", "do_resize": True,
         "size": {"shortest_edge": s}, "resample": 3, "do_center_crop": True,
         "crop_size": {"height": s, "width": s}, "do_rescale": True, "rescale_factor": 1 / 255,

@@ -16,10 +16,10 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from clip_jax import bundle, models
+from clip_jax import bundle, files, models
 from clip_jax.data.tokenizer import load_tokenizer
 from clip_jax.interop import keymap
-from clip_jax.interop.weights_io import read_state_dict, save_safetensors, write_json
+from clip_jax.interop.weights_io import read_state_dict, save_safetensors
 
 OPEN_CLIP_WEIGHTS = "open_clip_model.safetensors"
 OPEN_CLIP_CONFIG = "open_clip_config.json"
@@ -37,8 +37,8 @@ def export_open_clip(out_dir: str | os.PathLike, params, cfg: models.ModelConfig
     sd = keymap.to_external(jax.device_get(params), cfg, "open_clip")
     save_safetensors(sd, out / OPEN_CLIP_WEIGHTS, {"format": "pt"})
     pre = dict(preprocess or bundle.default_preprocess(cfg.vision.image_size))
-    write_json(out / OPEN_CLIP_CONFIG, {"model_cfg": models.to_open_clip_config(cfg),
-                                         "preprocess_cfg": _open_clip_preprocess(pre)})
+    files.write_json(out / OPEN_CLIP_CONFIG, {"model_cfg": models.to_open_clip_config(cfg),
+                                               "preprocess_cfg": _open_clip_preprocess(pre)})
     if tokenizer is not None:
         tokenizer.save(out / bundle.TOKENIZER_SUBDIR)
     return out

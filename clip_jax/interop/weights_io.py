@@ -84,7 +84,3 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
         return read_torch_state_dict(path)
     raise ValueError(f"{path}: unknown weights format (expected .safetensors, a "
                      f".safetensors.index.json, or a .pt/.pth/.bin PyTorch state dict)")
-
-
-def write_json(path: Path, obj) -> None:
-    path.write_text(json.dumps(obj, indent=2) + "\n")
