@@ -126,19 +126,41 @@ def _ablated_step(what: str, config_path: str, batch: int, rounds: int, conn) ->
     conn.send(min(r.run(2)[0] / 2 for _ in range(rounds)))
 
 
+def _flops_and_peak(config_path: str, batch: int, conn) -> None:
+    """Analytic model FLOPs of one step (the MFU numerator of ``train_step.py``) and the
+    measured matmul peak (TFLOP/s), in a fresh process like the ablations."""
+    from train_step import measured_peak_tflops
+
+    from clip_jax import flops, models
+
+    with open(config_path) as f:
+        cfg = models.from_open_clip_config(json.load(f))
+    conn.send((flops.train_step_flops(cfg, batch).model / 1e12, measured_peak_tflops("float32")))
+
+
 def ablate(config_path: str, batch: int, rounds: int = 4) -> dict[str, float]:
     """Best step seconds of clip_jax's step with each part replaced by a pass-through."""
+
+    return {what: _in_child(_ablated_step, what, config_path, batch, rounds)
+            for what in ABLATIONS}
+
+
+def _in_child(target, *args):
+    """``target(*args, conn)`` in a fresh spawned process; what it sends back."""
     import multiprocessing as mp
 
-    ctx = mp.get_context("spawn")
-    out = {}
-    for what in ABLATIONS:
-        parent, child = ctx.Pipe()
-        proc = ctx.Process(target=_ablated_step, args=(what, config_path, batch, rounds, child))
-        proc.start()
-        out[what] = parent.recv()
+    parent, child = mp.get_context("spawn").Pipe()
+    proc = mp.get_context("spawn").Process(target=target, args=(*args, child))
+    proc.start()
+    child.close()  # so recv() raises EOFError, not waits forever, if the child dies
+    try:
+        return parent.recv()
+    except EOFError:
         proc.join()
-    return out
+        raise SystemExit(f"{target.__name__}{args[:1]} died (exit code {proc.exitcode}); "
+                         "run it alone to see its error") from None
+    finally:
+        proc.join()
 
 
 def main() -> None:
@@ -151,13 +173,18 @@ def main() -> None:
     path, batch = PRESETS[args.preset]
     if args.ablate:
         t = ablate(path, batch)
-        print("| step with ... removed | step s | the part costs |")
-        print("| --- | ---: | ---: |")
+        tflop, peak = _in_child(_flops_and_peak, path, batch)
+        # MFU with the part removed: the ceiling if that part cost nothing
+        print("| step with ... removed | step s | the part costs | MFU |")
+        print("| --- | ---: | ---: | ---: |")
         for what, sec in t.items():
             cost = t["none"] - sec
             print(f"| {what} | {sec:.3f} | " + ("" if what == "none" else
-                  f"{cost:.3f} s ({cost / t['none']:.0%})") + " |")
-        print(json.dumps({"preset": args.preset, "batch": batch, "step_seconds": t}))
+                  f"{cost:.3f} s ({cost / t['none']:.0%})") + f" | {tflop / sec / peak:.0%} |")
+        print(json.dumps({"preset": args.preset, "batch": batch, "step_seconds": t,
+                          "model_tflop_per_step": round(tflop, 4),
+                          "peak_tflops_measured": round(peak, 4),
+                          "mfu": {k: round(tflop / v / peak, 3) for k, v in t.items()}}))
         return
     cols = {"clip_jax": profile_jax(path, batch, args.steps)}
     try:
