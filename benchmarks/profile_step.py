@@ -17,7 +17,9 @@ another. Without torch/open_clip only the clip_jax column is printed.
 measures instead what each part really costs inside clip_jax's step, where the sum of op
 durations overstates element-wise ops that run beside a matmul: the step time with the layer
 norms, the GELUs or the attention core (scores, softmax, values) replaced by a pass-through
-(``x * scale + bias``, ``x``, ``v``), each in a fresh process, minus the full step's time.
+(``x * scale + bias``, ``x``, ``v``), each in a fresh process, minus the full step's time,
+and the MFU each ablated step reaches (analytic FLOPs of :mod:`clip_jax.flops` over the
+measured matmul peak, as ``train_step.py`` reports it): the ceiling if that part were free.
 """
 
 from __future__ import annotations
