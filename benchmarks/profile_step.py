@@ -142,7 +142,6 @@ def _flops_and_peak(config_path: str, batch: int, conn) -> None:
 
 def ablate(config_path: str, batch: int, rounds: int = 4) -> dict[str, float]:
     """Best step seconds of clip_jax's step with each part replaced by a pass-through."""
-
     return {what: _in_child(_ablated_step, what, config_path, batch, rounds)
             for what in ABLATIONS}
 
@@ -151,15 +150,16 @@ def _in_child(target, *args):
     """``target(*args, conn)`` in a fresh spawned process; what it sends back."""
     import multiprocessing as mp
 
-    parent, child = mp.get_context("spawn").Pipe()
-    proc = mp.get_context("spawn").Process(target=target, args=(*args, child))
+    ctx = mp.get_context("spawn")
+    parent, child = ctx.Pipe()
+    proc = ctx.Process(target=target, args=(*args, child))
     proc.start()
     child.close()  # so recv() raises EOFError, not waits forever, if the child dies
     try:
         return parent.recv()
     except EOFError:
         proc.join()
-        raise SystemExit(f"{target.__name__}{args[:1]} died (exit code {proc.exitcode}); "
+        raise SystemExit(f"{target.__name__} {args[0]!r} died (exit code {proc.exitcode}); "
                          "run it alone to see its error") from None
     finally:
         proc.join()
