@@ -38,9 +38,8 @@ import re
 from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
-from PIL import Image
 
-from clip_jax.data import shards, tario, transforms
+from clip_jax.data import shards, tario, tfds_reader, transforms
 from clip_jax.evaluate import templates as templates_lib
 from clip_jax.evaluate.templates import DEFAULT_TEMPLATES
 
@@ -210,63 +209,46 @@ def default_tfds_split(name: str) -> str:
 
 
 def _tfds_labelled(name: str, split: str | None, data_dir: str | None,
-                   templates: Sequence[str] | None) -> LabelledSet:
-    try:
-        import tensorflow_datasets as tfds
-    except ImportError as e:  # pragma: no cover - tfds is a dependency
-        raise ImportError("tfds: datasets need tensorflow-datasets (pip install "
-                          "tensorflow-datasets)") from e
+                   templates: Sequence[str] | None, class_names: Sequence[str] | None = None,
+                   label: str | Callable[[dict], int] | None = None,
+                   display: str | None = None) -> LabelledSet:
+    """A tfds split as a labelled set. ``label``: the label feature's key (default: the
+    builder's supervised label) or a function of the example (a derived label, e.g. a count);
+    ``class_names`` (default: the curated CLIP names, else the ``ClassLabel``'s)."""
     split = split or default_tfds_split(name)
-    try:
-        builder = tfds.builder(name, data_dir=data_dir or None)
-    except Exception as e:
-        raise ValueError(f"tfds dataset {name!r} could not be opened from data_dir="
-                         f"{data_dir!r}: {e}") from e
-    if not builder.is_prepared():
-        raise FileNotFoundError(
-            f"tfds dataset {name!r} is not prepared under data_dir={data_dir!r} (clip_jax never "
-            f"downloads): run `tfds build {name} --data_dir DIR` where it can, then pass DIR")
+    builder = tfds_reader.open_builder(name, data_dir)
     info = builder.info
-    if split not in info.splits:
-        raise ValueError(f"tfds dataset {name!r} has no split {split!r}: "
-                         f"{sorted(info.splits)}")
+    tfds_reader.num_examples(builder, split)  # the split exists (one-line error otherwise)
     image_key, label_key = info.supervised_keys or ("image", "label")
-    names = list(info.features[label_key].names)
-    curated = _TFDS_CURATED.get(name.split("/")[0].split(":")[0])
-    if curated and len(templates_lib.get_classnames(curated)) == len(names):
-        names = templates_lib.get_classnames(curated)
-        default_templates = templates_lib.get_templates(curated)
+    if isinstance(label, str):
+        label_key = label
+    if class_names is not None:
+        names, default_templates = list(class_names), list(DEFAULT_TEMPLATES)
     else:
-        names = [n.replace("_", " ") for n in names]
-        default_templates = list(DEFAULT_TEMPLATES)
-    ds = LabelledSet(f"{name}:{split}", names, list(templates or default_templates), None)
-    file_format = str(getattr(info, "file_format", "")).lower()
-
-    def records():
-        if "array_record" in file_format:
-            source = builder.as_data_source(split)
-            for i in range(len(source)):
-                yield source[i]
-            return
-        try:
-            import tensorflow  # noqa: F401
-        except ImportError as e:
-            raise ImportError(
-                f"tfds dataset {name!r} is stored as {file_format or 'tfrecord'}, which needs "
-                "tensorflow to read; install tensorflow-cpu, or prepare it with "
-                "file_format='array_record' (read without TensorFlow)") from e
-        yield from tfds.as_numpy(builder.as_dataset(split=split, shuffle_files=False))
+        names = list(info.features[label_key].names)
+        curated = _TFDS_CURATED.get(name.split("/")[0].split(":")[0])
+        if curated and len(templates_lib.get_classnames(curated)) == len(names):
+            names = templates_lib.get_classnames(curated)
+            default_templates = templates_lib.get_templates(curated)
+        else:
+            names = [n.replace("_", " ") for n in names]
+            default_templates = list(DEFAULT_TEMPLATES)
+    label_of = label if callable(label) else (lambda ex: int(ex[label_key]))
+    ds = LabelledSet(display or f"{name}:{split}", names, list(templates or default_templates),
+                     None)
 
     def samples(size):
-        for ex in records():
-            image = ex[image_key]
-            if isinstance(image, np.ndarray):
-                if image.ndim == 3 and image.shape[-1] == 1:
-                    image = image[..., 0]
-                image = Image.fromarray(image)
-            arr = _decode(image, size, ds.stats)
+        for ex in tfds_reader.records(builder, split):
+            y = label_of(ex)
+            if y is None or y < 0:  # a derived label this example has none of (e.g. no car)
+                ds.stats["skipped_no_label"] = ds.stats.get("skipped_no_label", 0) + 1
+                continue
+            if y >= len(names):
+                raise ValueError(f"tfds dataset {name!r} split {split!r}: label {y} is outside "
+                                 f"the {len(names)} class names")
+            arr = _decode(tfds_reader.to_pil(ex[image_key]), size, ds.stats)
             if arr is not None:
-                yield arr, int(ex[label_key])
+                yield arr, int(y)
 
     ds.samples = samples
     return ds
