@@ -1,0 +1,74 @@
+"""The two towers with the logit parameters (:class:`CLIP`), and helpers on its parameter tree."""
+
+from __future__ import annotations
+
+import functools
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from clip_jax.layers import logical_init
+from clip_jax.models.config import ModelConfig
+from clip_jax.models.text import TextTransformer
+from clip_jax.models.vit import VisionTransformer
+
+
+def l2_normalize(x, eps: float = 1e-12):
+    x = x.astype(jnp.float32)
+    return x * jax.lax.rsqrt(jnp.maximum(jnp.sum(x * x, axis=-1, keepdims=True), eps))
+
+
+class CLIP(nn.Module):
+    """Two towers + learned temperature (and optional bias for the sigmoid loss)."""
+
+    cfg: ModelConfig
+
+    def setup(self):
+        self.visual = VisionTransformer(self.cfg)
+        self.text = TextTransformer(self.cfg)
+        self.logit_scale = self.param(
+            "logit_scale", logical_init(nn.initializers.constant(self.cfg.init_logit_scale), ()),
+            (), jnp.float32)
+        if self.cfg.init_logit_bias is not None:
+            self.logit_bias = self.param(
+                "logit_bias", logical_init(nn.initializers.constant(self.cfg.init_logit_bias), ()),
+                (), jnp.float32)
+
+    def encode_image(self, images, normalize: bool = True, train: bool = False):
+        x = self.visual(images, train)
+        return l2_normalize(x) if normalize else x
+
+    def encode_text(self, text, normalize: bool = True):
+        x = self.text(text)
+        return l2_normalize(x) if normalize else x
+
+    def __call__(self, images, text, train: bool = False):
+        """Returns (image_features, text_features, logit_scale_param, logit_bias or None).
+        ``train``: patch dropout on (needs the ``patch_dropout`` rng when it is configured).
+
+        Features are L2-normalised float32; ``logit_scale_param`` is the log-temperature
+        parameter (exponentiate, clamped at ln 100 by the optimiser step, for the loss).
+        """
+        bias = self.logit_bias if self.cfg.init_logit_bias is not None else None
+        return (self.encode_image(images, train=train), self.encode_text(text),
+                self.logit_scale, bias)
+
+
+def init_inputs(cfg: ModelConfig, batch: int = 1):
+    """Dummy inputs of the right shapes, for init and eval_shape."""
+    v, t = cfg.vision, cfg.text
+    return (jnp.zeros((batch, v.image_size, v.image_size, 3), jnp.float32),
+            jnp.zeros((batch, t.context_length), jnp.int32))
+
+
+def count_params(params) -> int:
+    return sum(int(x.size) for x in jax.tree.leaves(params))
+
+
+@functools.lru_cache(maxsize=16)
+def abstract_params(cfg: ModelConfig):
+    """The unboxed parameter tree of ``cfg`` as ShapeDtypeStructs (nothing is allocated)."""
+    model = CLIP(cfg)
+    boxed = jax.eval_shape(lambda: model.init(jax.random.key(0), *init_inputs(cfg))["params"])
+    return nn.meta.unbox(boxed)
