@@ -21,7 +21,7 @@ import ml_collections
 from absl import flags
 from ml_collections import config_dict, config_flags
 
-from clip_jax import cli, models, optimizer
+from clip_jax import cli, models, optimizer, stability
 from clip_jax.cli import UserError
 
 P = config_dict.placeholder
@@ -81,7 +81,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.mesh.tensor = 1
 
     c.data = ml_collections.ConfigDict()
-    c.data.source = "synthetic"  # "synthetic" or "webdataset"
+    c.data.source = "synthetic"  # "synthetic", "webdataset", "tfds" or "mix" (both, by weight)
     c.data.demo = ""  # a directory: generate the demo corpus there if missing and train on it
     # (unless data.train names other shards), evaluating on its held-out pairs
     c.data.demo_train_samples = 30000
@@ -98,6 +98,14 @@ def base_config() -> ml_collections.ConfigDict:
     c.data.worker_mode = "process"  # data workers: "process" (spawned) or "thread"
     c.data.worker_prefetch = 2  # batches queued per worker
     c.data.jpeg_draft = True  # JPEGs decoded at a reduced DCT scale (>= 1.25x the image size)
+    # A tfds image-text dataset prepared as array_record (tfds build NAME --file_format
+    # array_record, elsewhere; never downloaded), read without TensorFlow (data/tfds_source.py)
+    c.data.tfds_name = ""  # builder[/config][:version], e.g. "coco_captions"
+    c.data.tfds_data_dir = ""  # "" = tfds's default (TFDS_DATA_DIR or ~/tensorflow_datasets)
+    c.data.tfds_split = "train"  # a tfds split expression ("train", "train+restval", "train[:90%]")
+    c.data.tfds_image_key = "image"  # an Image feature
+    c.data.tfds_caption_key = "captions/text"  # a Text, or a Sequence of them (one per epoch)
+    c.data.tfds_weight = 1.0  # "mix": its weight beside data.train's sources (their @weights)
 
     c.checkpoint = ml_collections.ConfigDict()
     c.checkpoint.every_steps = 0  # 0 = only at the end
@@ -135,6 +143,21 @@ def base_config() -> ml_collections.ConfigDict:
     c.logging.wandb_name = ""  # "" = the workdir's name
     c.logging.wandb_mode = "offline"  # "offline" (no network; `wandb sync` later) or "online"
 
+    # Runs that cannot diverge silently (clip_jax/stability.py; README "What survives what")
+    c.stability = ml_collections.ConfigDict()
+    c.stability.skip_nonfinite = True  # a non-finite loss/gradient norm: the update is skipped
+    c.stability.max_skips_in_a_row = 10  # that many skipped in a row: the run stops (0 = never)
+    c.stability.spike_factor = 0.0  # skip if loss > factor x running mean of losses (0 = off)
+    c.stability.spike_warmup_steps = 100  # no spike check up to this step
+    c.stability.spike_ema_decay = 0.99  # the running mean: an EMA of the applied steps' losses
+    c.stability.rollback = False  # a spike: restore the last checkpoint (PaLM) instead
+    c.stability.rollback_skip_steps = 200  # ... and skip the data of that many steps after it
+    c.stability.max_rollbacks = 3  # restores of one checkpoint before the run stops
+    c.debug = ml_collections.ConfigDict()  # the fire drill: check the guard before a long run
+    c.debug.nonfinite_steps = ()  # steps whose gradients are made NaN inside the step
+    c.debug.spike_steps = ()  # steps whose loss and gradients are scaled by debug.spike_scale
+    c.debug.spike_scale = 1000.0
+
     c.lock()
     c.evals.unlock()  # a config file adds names; eval_sets checks every entry
     return c
@@ -163,7 +186,7 @@ def resolve_model_config(model_cfg: Mapping) -> models.ModelConfig:
 _CHOICES = {
     "loss": ("clip", "siglip"),
     "loss_impl": ("dense", "blockwise"),
-    "data.source": ("synthetic", "webdataset"),
+    "data.source": ("synthetic", "webdataset", "tfds", "mix"),
     "data.worker_mode": ("process", "thread"),
     "logging.wandb_mode": ("offline", "online"),
 }
@@ -183,8 +206,13 @@ def validate(c: ml_collections.ConfigDict) -> None:
     if c.logging.wandb and importlib.util.find_spec("wandb") is None:
         raise ValueError("config logging.wandb=True needs the wandb package: "
                          "pip install 'clip_jax[wandb]' (or wandb)")
-    if c.data.source == "webdataset" and not c.data.train and not c.data.demo:
-        raise ValueError("config data.source='webdataset' needs data.train (a shard spec)")
+    if c.data.source in ("webdataset", "mix") and not c.data.train and not c.data.demo:
+        raise ValueError(f"config data.source={c.data.source!r} needs data.train (a shard spec)")
+    if c.data.source in ("tfds", "mix") and not c.data.tfds_name:
+        raise ValueError(f"config data.source={c.data.source!r} needs data.tfds_name (a tfds "
+                         "dataset prepared as array_record, e.g. coco_captions)")
+    if c.data.source == "mix" and not c.data.tfds_weight > 0:
+        raise ValueError(f"config data.tfds_weight={c.data.tfds_weight} must be > 0")
     optimizer.check_settings(c.optimizer.frozen, c.optimizer.lr_multipliers,
                              c.model.lock_image_unlocked_groups)
     if c.optimizer.frozen or c.optimizer.lr_multipliers:  # each pattern names parameters
@@ -203,6 +231,7 @@ def validate(c: ml_collections.ConfigDict) -> None:
         m = resolve_model_config(c.model)
         if m.init_logit_bias is None:
             raise ValueError("config loss='siglip' needs model.init_logit_bias (e.g. -10.0)")
+    stability.check_config(c)
     eval_sets(c)
 
 
