@@ -13,6 +13,8 @@ API::
     retrieval_metrics(image_embeddings, text_embeddings, text_to_image, ks=(1, 5, 10))
         -> {"image_to_text_recall@k", "text_to_image_recall@k", "mean_recall",
             "image_to_text_median_rank", "text_to_image_median_rank", ...}
+    classification_metrics(scores, labels) -> {"acc1", "acc5" (5 classes or more),
+        "mean_per_class_recall"}   (CLIP_benchmark's names; the suite's per-dataset numbers)
     jsonable(metrics) -> the same dict with NumPy arrays / scalars turned into lists / floats
 
 Tie rule (one rule for every ranking metric here)
@@ -156,6 +158,29 @@ def zeroshot_metrics(
     out["confusion_matrix"] = np.bincount(
         y * num_classes + preds, minlength=num_classes * num_classes
     ).reshape(num_classes, num_classes)
+    return out
+
+
+def classification_metrics(scores, labels) -> dict:
+    """``acc1``, ``acc5`` (only with 5 classes or more) and ``mean_per_class_recall`` of class
+    ``scores`` (N, C) (logits, similarities: any monotone score) against ``labels`` (N,):
+    the mean over the classes that have samples of the fraction of each class's samples whose
+    top-1 is right (pessimistic tie rule, as everywhere here)."""
+    s = as_f32(scores, "scores")
+    num_classes = s.shape[1]
+    y = as_labels(labels, "labels", s.shape[0], num_classes)
+    if s.shape[0] == 0:
+        raise ValueError("no samples")
+    ranks = np.concatenate([pessimistic_rank(s[i:i + _chunk_rows(num_classes)],
+                                             y[i:i + _chunk_rows(num_classes)])
+                            for i in range(0, s.shape[0], _chunk_rows(num_classes))])
+    hit = (ranks < 1).astype(np.float64)
+    support = np.bincount(y, minlength=num_classes)
+    correct = np.bincount(y, weights=hit, minlength=num_classes)
+    out = {"acc1": float(hit.mean())}
+    if num_classes >= 5:
+        out["acc5"] = float(np.mean(ranks < 5))
+    out["mean_per_class_recall"] = float(np.mean(correct[support > 0] / support[support > 0]))
     return out
 
 

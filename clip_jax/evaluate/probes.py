@@ -28,7 +28,7 @@ import numpy as np
 import optax
 import optax.tree_utils as otu
 
-from clip_jax.evaluate.metrics import as_f32, as_labels, pessimistic_rank
+from clip_jax.evaluate.metrics import as_f32, as_labels, classification_metrics, pessimistic_rank
 from clip_jax.inference import l2_normalize
 
 
@@ -171,7 +171,8 @@ def linear_probe(
     has the highest validation top-1; ties are broken by the lower validation cross-entropy
     (then the larger l2). With ``refit`` the final model is re-fitted with the best l2 on
     train + validation (warm-started from the selected model). Returns ``{"top1", "best_l2",
-    "val_top1", "sweep": [{"l2", "val_top1", "val_loss", "iterations"}, ...], "iterations",
+    "val_top1", "sweep": [{"l2", "val_top1", "val_loss", "iterations"}, ...], "test_metrics"
+    (:func:`~clip_jax.evaluate.metrics.classification_metrics` on test), "iterations",
     "num_classes", "seconds"}``.
     """
     t0 = time.perf_counter()
@@ -228,11 +229,12 @@ def linear_probe(
         stats = _preprocess_stats(all_x, preprocess)
         model = fit_logistic_regression(_preprocess(all_x, preprocess, stats), all_y, C, b,
                                         init=model, max_iter=max_iter, tol=tol)
-    tx = _preprocess(te_x, preprocess, stats)
-    top1 = _accuracy_from_logits(tx @ model["w"] + model["b"], te_y)
+    logits = _preprocess(te_x, preprocess, stats) @ model["w"] + model["b"]
+    top1 = _accuracy_from_logits(logits, te_y)
     sweep = [{"l2": v, "val_top1": results[v][0], "val_loss": results[v][1],
               "iterations": results[v][2]["iterations"]} for v in sorted(results)]
-    return {"top1": top1, "best_l2": b, "val_top1": val_top1, "sweep": sweep,
+    return {"top1": top1, "test_metrics": classification_metrics(logits, te_y),
+            "best_l2": b, "val_top1": val_top1, "sweep": sweep,
             "iterations": model["iterations"], "num_classes": C,
             "seconds": time.perf_counter() - t0}
 
@@ -257,12 +259,16 @@ def sample_few_shot(labels, k: int, seed: int, num_classes: int | None = None) -
     return np.sort(np.concatenate(picked))
 
 
-def _fewshot_summary(accs: dict[int, list[float]]) -> dict:
+def _fewshot_summary(accs: dict[int, list[float]], per_k: dict[int, list[dict]]) -> dict:
+    """Per k: mean / std / per-seed top-1, and ``metrics``: {k: the seeds' mean of each
+    :func:`~clip_jax.evaluate.metrics.classification_metrics` number}."""
     out: dict = {}
     for k, vals in accs.items():
         out[f"{k}shot"] = float(np.mean(vals))
         out[f"{k}shot_std"] = float(np.std(vals))
         out[f"{k}shot_per_seed"] = [float(v) for v in vals]
+    out["metrics"] = {k: {m: float(np.mean([d[m] for d in ds])) for m in ds[0]}
+                      for k, ds in per_k.items() if ds}
     return out
 
 
@@ -301,6 +307,7 @@ def fewshot_linear_probe(
     shots = [int(k) for k in shots]
     n_pad = max(shots) * C
     accs: dict[int, list[float]] = {k: [] for k in shots}
+    per_k: dict[int, list[dict]] = {k: [] for k in shots}
     chosen: dict[int, list[float]] = {k: [] for k in shots}
     for seed in seeds:
         for k in shots:
@@ -320,10 +327,11 @@ def fewshot_linear_probe(
                 if best is None or score > best[0]:  # ties: the larger l2 (tried first)
                     best = (score, v, m)
             _, v, m = best
-            tx = _preprocess(te_x, preprocess, stats)
-            accs[k].append(_accuracy_from_logits(tx @ m["w"] + m["b"], te_y))
+            logits = _preprocess(te_x, preprocess, stats) @ m["w"] + m["b"]
+            accs[k].append(_accuracy_from_logits(logits, te_y))
+            per_k[k].append(classification_metrics(logits, te_y))
             chosen[k].append(v)
-    out = _fewshot_summary(accs)
+    out = _fewshot_summary(accs, per_k)
     out["l2"] = chosen
     return out
 
@@ -368,9 +376,11 @@ def fewshot_lstsq(
     te_y = as_labels(test_y, "test_y", te_x.shape[0])
     C = _infer_num_classes(num_classes, tr_y, te_y)
     accs: dict[int, list[float]] = {int(k): [] for k in shots}
+    per_k: dict[int, list[dict]] = {int(k): [] for k in shots}
     for seed in seeds:
         for k in accs:
             idx = sample_few_shot(tr_y, k, seed, C)
             logits = _lstsq_fit_predict(tr_x[idx], tr_y[idx], C, te_x, float(l2_reg))
             accs[k].append(_accuracy_from_logits(logits, te_y))
-    return _fewshot_summary(accs)
+            per_k[k].append(classification_metrics(logits, te_y))
+    return _fewshot_summary(accs, per_k)
