@@ -1,4 +1,5 @@
-"""The training data iterator: webdataset shards in, deterministic, exactly resumable batches out.
+"""The training data iterator: webdataset shards and/or a prepared tfds split in, deterministic,
+exactly resumable batches out.
 
 ``make_train_iterator(data_cfg, tokenizer, image_size, batch_size, seed, process_index,
 process_count)``: infinite, shuffled ``{"image": uint8 (b, s, s, 3), "text": int32 (b, L)}``
@@ -14,7 +15,9 @@ The layers below it, each usable on its own:
 * :mod:`clip_jax.data.stream`: the pure core, per consumer: shard assignment (epoch or
   resampled mode), source mixing, the reconstructible shuffle, decode + crop + tokenise into
   batches, and the state that resumes it exactly;
-* :mod:`clip_jax.data.workers`: running the consumers inline, in threads or in processes.
+* :mod:`clip_jax.data.workers`: running the consumers inline, in threads or in processes;
+* :mod:`clip_jax.data.tfds_source`: a prepared tfds image-text split (``data.source="tfds"``,
+  or ``"mix"`` beside the shards) read by record through the same stream, shuffle and state.
 
 The iterator returns the workers' batches round robin (batch ``k`` from worker ``k % workers``),
 so the batch sequence is a pure function of ``(shards, seed, process_index, process_count,
@@ -39,9 +42,10 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from clip_jax.data.shards import parse_sources
+from clip_jax.data.shards import Source, parse_sources
 from clip_jax.data.stream import WorkerSpec
 from clip_jax.data.tario import new_stats
+from clip_jax.data.tfds_source import TfdsSource, open_source
 from clip_jax.data.workers import Background, Collector, Inline
 
 STATE_VERSION = 1
@@ -57,6 +61,42 @@ def _cfg(cfg, key: str, default):
         value = getattr(cfg, key, default)
     return default if value is None else value
 
+
+def _sources(spec) -> list:
+    """A shard spec, or a list of already-built sources (:class:`Source`, :class:`TfdsSource`)."""
+    if isinstance(spec, list | tuple) and spec and all(
+            isinstance(s, Source | TfdsSource) for s in spec):
+        return list(spec)
+    return parse_sources(spec)
+
+
+def tfds_source(data_cfg) -> TfdsSource:
+    """The ``data.tfds_*`` keys as a checked :class:`TfdsSource`."""
+    return open_source(str(_cfg(data_cfg, "tfds_name", "")),
+                       str(_cfg(data_cfg, "tfds_data_dir", "")) or None,
+                       str(_cfg(data_cfg, "tfds_split", "train")),
+                       str(_cfg(data_cfg, "tfds_image_key", "image")),
+                       str(_cfg(data_cfg, "tfds_caption_key", "captions/text")),
+                       float(_cfg(data_cfg, "tfds_weight", 1.0)))
+
+
+def train_sources(data_cfg) -> list:
+    """The run's sources by ``data.source``: ``webdataset`` the shards of ``data.train``,
+    ``tfds`` the tfds split of the ``data.tfds_*`` keys, ``mix`` both (the shards with their
+    ``@weight``s, the tfds split with ``data.tfds_weight``), mixed sample by sample."""
+    kind = str(_cfg(data_cfg, "source", "webdataset"))
+    if kind not in ("webdataset", "tfds", "mix"):
+        raise ValueError(f"data.source={kind!r}: the train iterator reads 'webdataset', 'tfds' "
+                         "or 'mix'")
+    out = []
+    if kind in ("webdataset", "mix"):
+        spec = _cfg(data_cfg, "train", None)
+        if not spec:
+            raise ValueError(f"data.source={kind!r} needs data.train (a shard spec)")
+        out += parse_sources(spec)
+    if kind in ("tfds", "mix"):
+        out.append(tfds_source(data_cfg))
+    return out
 
 
 class TrainIterator:
@@ -79,13 +119,19 @@ class TrainIterator:
         if batch_size < 1 or image_size < 1 or workers < 0 or shuffle_buffer < 0:
             raise ValueError(f"invalid batch_size={batch_size}, image_size={image_size}, "
                              f"workers={workers} or shuffle_buffer={shuffle_buffer}")
-        self.sources = tuple(parse_sources(spec))
+        self.sources = tuple(_sources(spec))
         self.tokenizer = tokenizer
         self.num_workers = max(int(workers), 1)
         self.inline = int(workers) == 0
         num_consumers = process_count * self.num_workers
-        if not resampled:
-            for i, src in enumerate(self.sources):
+        for i, src in enumerate(self.sources):
+            if isinstance(src, TfdsSource):
+                if src.num_examples < num_consumers:
+                    raise ValueError(
+                        f"too few records: tfds source {i} ({src.name} {src.split}) has "
+                        f"{src.num_examples} but process_count x workers = {process_count} x "
+                        f"{self.num_workers} = {num_consumers} readers each need one")
+            elif not resampled:
                 if len(src.shards) < num_consumers:
                     raise ValueError(
                         f"too few shards: source {i} has {len(src.shards)} shard(s) but "
@@ -99,8 +145,9 @@ class TrainIterator:
                        int(image_size), int(context_length), bool(jpeg_draft),
                        name=f"worker {w} of process {process_index}")
             for w in range(self.num_workers)]
-        digest = hashlib.sha256(json.dumps([[s.shards, s.weight] for s in self.sources])
-                                .encode()).hexdigest()[:16]
+        digest = hashlib.sha256(json.dumps([
+            s.describe() if isinstance(s, TfdsSource) else [s.shards, s.weight]
+            for s in self.sources]).encode()).hexdigest()[:16]
         self.fingerprint = {
             "shards": digest, "seed": int(seed), "process_index": process_index,
             "process_count": process_count, "workers": self.num_workers,
@@ -217,18 +264,18 @@ def make_train_iterator(data_cfg, tokenizer, image_size: int, batch_size: int, s
                         context_length: int | None = None) -> TrainIterator:
     """The training iterator for this process from ``data_cfg`` (ConfigDict or mapping).
 
-    Keys: ``train`` (shard spec), ``shuffle_buffer`` (int, default 1000), ``workers`` (int,
+    Keys: ``source`` ("webdataset", "tfds" or "mix", see :func:`train_sources`; default
+    webdataset), ``train`` (shard spec), ``tfds_name``, ``tfds_data_dir``, ``tfds_split``
+    (train), ``tfds_image_key`` (image), ``tfds_caption_key`` (captions/text), ``tfds_weight``
+    (1.0), ``shuffle_buffer`` (int, default 1000), ``workers`` (int,
     0 = in the calling thread), ``resampled`` (bool), ``context_length`` (77; the
     ``context_length`` argument, e.g. the model's, overrides it); optional ``worker_mode``
     ("process" | "thread"), ``worker_prefetch`` (batches queued per worker, 2), ``jpeg_draft``
     (let the JPEG decoder downscale large images, True).
     """
-    spec = _cfg(data_cfg, "train", None)
-    if not spec:
-        raise ValueError("data config has no 'train' shard spec")
     return TrainIterator(
-        spec, tokenizer, int(image_size), int(batch_size), int(seed), int(process_index),
-        int(process_count), workers=int(_cfg(data_cfg, "workers", 0)),
+        train_sources(data_cfg), tokenizer, int(image_size), int(batch_size), int(seed),
+        int(process_index), int(process_count), workers=int(_cfg(data_cfg, "workers", 0)),
         shuffle_buffer=int(_cfg(data_cfg, "shuffle_buffer", 1000)),
         resampled=bool(_cfg(data_cfg, "resampled", False)),
         context_length=int(context_length or _cfg(data_cfg, "context_length", 77)),

@@ -14,7 +14,7 @@ import time
 import jax
 from jax.experimental import multihost_utils
 
-from clip_jax.data import demo, tario
+from clip_jax.data import demo, pipeline, tario, tfds_source
 from clip_jax.data import tokenizer as tok_lib
 
 TOKENIZER_TRAIN_CAPTIONS = 100_000  # captions a "train" tokenizer is fitted on
@@ -49,13 +49,28 @@ def _first_captions(spec: str, limit: int) -> list[str]:
     return captions
 
 
+def _train_captions(data_cfg, limit: int) -> list[str]:
+    """The first captions of ``data.train`` (webdataset) or, with a tfds split among the
+    sources, of each source in turn (an equal share each, in order)."""
+    if data_cfg.source == "webdataset":
+        return _first_captions(data_cfg.train, limit)
+    sources = pipeline.train_sources(data_cfg)
+    captions = []
+    for i, src in enumerate(sources):
+        share = (limit - len(captions)) // (len(sources) - i)
+        captions += (tfds_source.first_captions(src, share) if isinstance(
+            src, tfds_source.TfdsSource) else _first_captions(list(src.shards), share))
+    return captions
+
+
 def prepare_tokenizer(data_cfg, workdir: str, vocab_size: int):
     """The run's tokenizer, saved in ``<workdir>/tokenizer`` (and reused from there on resume);
     None for synthetic data (token ids are made up).
 
     ``data_cfg.tokenizer``: ``clip_bpe:PATH`` | ``hf:PATH`` | ``train`` (fit a byte-level BPE of
     ``data_cfg.tokenizer_vocab_size`` tokens, else ``vocab_size``, on the first
-    :data:`TOKENIZER_TRAIN_CAPTIONS` captions of ``data_cfg.train``)."""
+    :data:`TOKENIZER_TRAIN_CAPTIONS` captions of the sources, ``data_cfg.train``'s shards
+    and/or the tfds split of ``data_cfg.tfds_*``)."""
     if data_cfg.source == "synthetic":
         return None
     tok_dir = os.path.join(workdir, TOKENIZER_DIR)
@@ -64,7 +79,7 @@ def prepare_tokenizer(data_cfg, workdir: str, vocab_size: int):
         return tok_lib.load_tokenizer(tok_dir)
     if spec == "train":
         t0 = time.time()
-        captions = _first_captions(data_cfg.train, TOKENIZER_TRAIN_CAPTIONS)
+        captions = _train_captions(data_cfg, TOKENIZER_TRAIN_CAPTIONS)
         # Every process fits the same tokenizer from the same captions (deterministic), so no
         # shared filesystem is needed; process 0 keeps the copy in the workdir.
         out = tok_dir if jax.process_index() == 0 else os.path.join(

@@ -17,6 +17,9 @@ the calling thread); worker ``w`` of process ``p`` is *consumer* ``c = p * worke
   epochs, so each epoch yields every valid sample exactly once over all consumers.
 * resampled mode (``resampled=True``): consumer ``c`` draws its ``k``-th shard uniformly, with
   replacement, from the source's full list with a generator seeded by ``(seed, source, c, k)``.
+* a tfds source (:mod:`clip_jax.data.tfds_source`) is read by record, not by shard, in either
+  mode: epoch ``e`` permutes its records by ``(seed, source, e)`` and consumer ``c`` reads
+  positions ``c::C`` of that order (disjoint consumers covering the split every epoch).
 
 Within a consumer, the source of its ``i``-th sample is drawn by weight from a hash of
 ``(seed, c, i)``.
@@ -63,48 +66,21 @@ from dataclasses import dataclass
 import numpy as np
 
 from clip_jax.data import transforms
+from clip_jax.data.hashing import hash_ints as _hash
+from clip_jax.data.hashing import seed_seq as _seed_seq
+from clip_jax.data.hashing import unit as _unit
 from clip_jax.data.shards import Source
 from clip_jax.data.tario import RawSample, iter_groups, new_stats, to_raw_sample, wanted_exts
+from clip_jax.data.tfds_source import RecordReader, TfdsSource
 
 _TAG_EPOCH, _TAG_DRAW, _TAG_MIX, _TAG_SHUFFLE, _TAG_CROP = 11, 12, 13, 14, 15
 _MAX_CONSECUTIVE_CORRUPT = 10000
-
-# ---------------------------------------------------------------------------------------------
-# Hashing (pure functions of integers, used for per-sample random decisions)
-
-_M64 = (1 << 64) - 1
-
-
-def _mix64(x: int) -> int:
-    """splitmix64 finaliser."""
-    x = (x + 0x9E3779B97F4A7C15) & _M64
-    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & _M64
-    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & _M64
-    return x ^ (x >> 31)
-
-
-def _hash(*values: int) -> int:
-    h = 0x243F6A8885A308D3
-    for v in values:
-        h = _mix64(h ^ (int(v) & _M64))
-    return h
-
-
-def _unit(*values: int) -> float:
-    """A uniform float in [0, 1) from a hash of ``values``."""
-    return (_hash(*values) >> 11) * (1.0 / (1 << 53))
-
-
-def _seed_seq(*values: int) -> list[int]:
-    return [int(v) & _M64 for v in values]
-
-
 
 @dataclass(frozen=True)
 class WorkerSpec:
     """Everything a worker needs (picklable, sent to worker processes)."""
 
-    sources: tuple[Source, ...]
+    sources: tuple[Source | TfdsSource, ...]
     seed: int
     consumer: int
     num_consumers: int
@@ -192,7 +168,8 @@ class _Stream:
 
     def __init__(self, spec: WorkerSpec):
         self.spec = spec
-        self.readers = [_SourceReader(spec, i) for i in range(len(spec.sources))]
+        self.readers = [RecordReader(spec, i) if isinstance(src, TfdsSource)
+                        else _SourceReader(spec, i) for i, src in enumerate(spec.sources)]
         weights = np.asarray([s.weight for s in spec.sources], np.float64)
         self.cum = np.cumsum(weights / weights.sum())
         self.index = 0
