@@ -441,8 +441,8 @@ def test_load_tokenizer_errors(tmp_path, hf_tok):
 
     bad = tmp_path / "bad_kind"
     bad.mkdir()
-    (bad / T.CONFIG_FILE).write_text(json.dumps({"kind": "sentencepiece"}))
-    with pytest.raises(ValueError, match="unknown tokenizer kind 'sentencepiece'"):
+    (bad / T.CONFIG_FILE).write_text(json.dumps({"kind": "wordpiece"}))
+    with pytest.raises(ValueError, match="unknown tokenizer kind 'wordpiece'"):
         T.load_tokenizer(bad)
     (bad / T.CONFIG_FILE).write_text("not json")
     with pytest.raises(ValueError, match="not a valid tokenizer config"):

@@ -1,8 +1,11 @@
-"""Text tokenizers: CLIP's byte-level BPE (``clip_bpe``) and a trainable byte-level BPE (``hf``).
+"""Text tokenizers: CLIP's byte-level BPE (``clip_bpe``), a trainable byte-level BPE (``hf``),
+and SigLIP's SentencePiece models (``sentencepiece``: ``spiece.model`` / ``tokenizer.model``;
+``json``: SigLIP 2's Gemma ``tokenizer.json``) with their text recipe.
 
-Both turn captions into fixed-length int32 rows, ``[sot] tokens... [eot] 0 0 ...``, with the end
-token kept last when a caption is too long, and both put the end token at the largest id
-(``eot_id == vocab_size - 1``): the text tower pools at ``argmax(token ids)``, as CLIP does.
+All turn captions into fixed-length int32 rows, ``[sot] tokens... [eot] pad ...``, with the end
+token kept last when a caption is too long. ``clip_bpe`` and ``hf`` put the end token at the
+largest id and pad with 0 (CLIP pools at the end token); SigLIP's have no start token and pad with
+the source's pad id (its text tower pools at the last position).
 
     tok = load_tokenizer("clip_bpe:/path/bpe_simple_vocab_16e6.txt.gz")  # or "hf:PATH", or a dir
     ids = tok(["a photo of a cat", "a dog"], context_length=77)  # np.int32 (2, 77)
@@ -11,8 +14,10 @@ token kept last when a caption is too long, and both put the end token at the la
 
 ``clip_bpe`` lives in :mod:`clip_jax.data.clip_bpe` (parity with OpenAI's ``simple_tokenizer.py``,
 and why it is faster), ``hf`` and ``train_tokenizer`` in :mod:`clip_jax.data.hf_tokenizer`, the
-shared padding and truncation in :mod:`clip_jax.data.tokenizer_base`. This module resolves a
-spec into one of them and re-exports the names callers use.
+SentencePiece ones in :mod:`clip_jax.data.sentencepiece_tokenizer`, the shared padding and
+truncation in :mod:`clip_jax.data.tokenizer_base`. This module resolves a spec into one of them,
+finds a preset's standard tokenizer (:func:`preset_tokenizer`), and re-exports the names callers
+use.
 """
 
 from __future__ import annotations
@@ -35,20 +40,41 @@ from clip_jax.data.clip_bpe import (
     clip_clean,
     whitespace_clean,
 )
-from clip_jax.data.hf_tokenizer import HF_EOT, HF_FILE, HF_SOT, HFTokenizer, train_tokenizer
+from clip_jax.data.hf_tokenizer import (
+    HF_EOT,
+    HF_FILE,
+    HF_SOT,
+    HFTokenizer,
+    read_hf_tokenizer,
+    train_tokenizer,
+    write_hf_tokenizer,
+)
+from clip_jax.data.sentencepiece_tokenizer import (
+    SIGLIP2_RECIPE,
+    SIGLIP_RECIPE,
+    SPM_FILES,
+    JSONTokenizer,
+    SentencePieceTokenizer,
+    load_recipe_tokenizer,
+)
 from clip_jax.data.tokenizer_base import CONFIG_FILE
 
 __all__ = [
     "CLIP_EOT", "CLIP_NUM_MERGES", "CLIP_PATTERN", "CLIP_SOT", "CLIP_VOCAB_FILE", "CLIP_VOCAB_SIZE",
-    "CONFIG_FILE", "HF_EOT", "HF_FILE", "HF_SOT", "ClipBPETokenizer", "HFTokenizer",
-    "TextTokenizer", "basic_clean", "bytes_to_unicode", "clip_clean", "load_tokenizer",
-    "train_tokenizer", "whitespace_clean",
+    "CONFIG_FILE", "HF_EOT", "HF_FILE", "HF_SOT", "KINDS", "SIGLIP2_RECIPE", "SIGLIP_RECIPE",
+    "ClipBPETokenizer", "HFTokenizer", "JSONTokenizer", "SentencePieceTokenizer", "TextTokenizer",
+    "basic_clean", "bytes_to_unicode", "clip_clean", "load_tokenizer", "read_hf_tokenizer",
+    "train_tokenizer", "whitespace_clean", "write_hf_tokenizer",
 ]
 
-TextTokenizer = ClipBPETokenizer | HFTokenizer
+TextTokenizer = ClipBPETokenizer | HFTokenizer | SentencePieceTokenizer | JSONTokenizer
+_CLASSES = (ClipBPETokenizer, HFTokenizer, SentencePieceTokenizer, JSONTokenizer)
+KINDS = tuple(c.kind for c in _CLASSES)  # what a saved tokenizer_config.json's 'kind' may be
 
 _SPEC_HELP = ("expected 'clip_bpe:PATH_TO_bpe_simple_vocab_16e6.txt.gz', 'hf:PATH' (tokenizer.json "
-              "or a directory containing it) or a directory written by tok.save()")
+              "or a directory containing it), 'sentencepiece:PATH' (spiece.model / "
+              "tokenizer.model), 'json:PATH' (a Gemma-style tokenizer.json) or a directory "
+              "written by tok.save()")
 
 
 def _load_dir(directory: Path) -> TextTokenizer:
@@ -68,10 +94,12 @@ def _load_dir(directory: Path) -> TextTokenizer:
         tok: TextTokenizer = ClipBPETokenizer(directory / config.get("vocab_file", CLIP_VOCAB_FILE))
     elif kind == HFTokenizer.kind:
         tok = HFTokenizer.from_file(directory / config.get("tokenizer_file", HF_FILE))
+    elif kind in (SentencePieceTokenizer.kind, JSONTokenizer.kind):
+        tok = load_recipe_tokenizer(directory, config)
     else:
         raise ValueError(f"{config_path}: unknown tokenizer kind {kind!r} "
-                         f"(expected 'clip_bpe' or 'hf')")
-    for key in ("vocab_size", "sot_id", "eot_id"):
+                         f"(expected one of {list(KINDS)})")
+    for key in ("vocab_size", "sot_id", "eot_id", "pad_id"):
         if key in config and config[key] != getattr(tok, key):
             raise ValueError(f"{config_path} records {key}={config[key]} but the loaded "
                              f"tokenizer has {getattr(tok, key)}")
@@ -79,9 +107,11 @@ def _load_dir(directory: Path) -> TextTokenizer:
 
 
 def load_tokenizer(spec: str | os.PathLike | TextTokenizer) -> TextTokenizer:
-    """``"clip_bpe:PATH"``, ``"hf:PATH"``, a directory saved by ``tok.save()``, or a path to a
-    ``*.txt.gz`` CLIP vocabulary / ``tokenizer.json`` file. A tokenizer is returned as is."""
-    if isinstance(spec, ClipBPETokenizer | HFTokenizer):
+    """``"clip_bpe:PATH"``, ``"hf:PATH"``, ``"sentencepiece:PATH"``, ``"json:PATH"``, a
+    directory saved by ``tok.save()``, or a path to a ``*.txt.gz`` CLIP vocabulary,
+    ``tokenizer.json`` (clip_jax-trained) or ``*.model`` SentencePiece file (SigLIP's recipe, or
+    SigLIP 2's when the vocabulary has ``<eos>``). A tokenizer is returned as is."""
+    if isinstance(spec, _CLASSES):
         return spec
     if not isinstance(spec, str | os.PathLike):
         raise TypeError(f"tokenizer spec must be a string or path, got {type(spec).__name__}")
@@ -89,13 +119,20 @@ def load_tokenizer(spec: str | os.PathLike | TextTokenizer) -> TextTokenizer:
     if not text:
         raise ValueError(f"empty tokenizer spec; {_SPEC_HELP}")
     kind, sep, rest = text.partition(":")
-    if sep and kind in (ClipBPETokenizer.kind, HFTokenizer.kind):
+    if sep and kind in KINDS:
         if not rest:
             raise ValueError(f"tokenizer spec {text!r} has no path after '{kind}:'; {_SPEC_HELP}")
+        path = Path(rest).expanduser()
         if kind == ClipBPETokenizer.kind:
-            path = Path(rest).expanduser()
             return ClipBPETokenizer(path / CLIP_VOCAB_FILE if path.is_dir() else path)
-        return HFTokenizer.from_file(Path(rest).expanduser())
+        if kind == SentencePieceTokenizer.kind:
+            if path.is_dir():
+                path = next((path / f for f in SPM_FILES if (path / f).is_file()),
+                            path / SPM_FILES[0])
+            return SentencePieceTokenizer(path)
+        if kind == JSONTokenizer.kind:
+            return JSONTokenizer(path)
+        return HFTokenizer.from_file(path)
     path = Path(text).expanduser()
     if path.is_dir():
         return _load_dir(path)
@@ -104,6 +141,8 @@ def load_tokenizer(spec: str | os.PathLike | TextTokenizer) -> TextTokenizer:
             return ClipBPETokenizer(path)
         if path.suffix == ".json":
             return HFTokenizer.from_file(path)
+        if path.suffix == ".model":
+            return SentencePieceTokenizer(path)
         raise ValueError(f"cannot tell the tokenizer kind of file {path}; {_SPEC_HELP}")
     if sep and re.fullmatch(r"[A-Za-z_]\w*", kind) and len(kind) > 1:
         raise ValueError(f"unknown tokenizer kind {kind!r} in spec {text!r}; {_SPEC_HELP}")
