@@ -222,3 +222,33 @@ def test_recipe_errors_are_one_line(spiece, tmp_path):
         T.load_tokenizer(tmp_path / "t")
     np.testing.assert_array_equal(T.load_tokenizer(f"sentencepiece:{spiece}")("a cat"),
                                   tok("a cat"))
+
+
+def test_siglip_presets_find_their_tokenizer(spiece, gemma_json, tmp_path, monkeypatch):
+    for var in ("CLIP_JAX_SIGLIP_SPM", "CLIP_JAX_GEMMA_TOKENIZER", "HF_HOME"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    # a Hugging Face cache of google/siglip-*: the preset's (open_clip's) recipe on its model
+    snap = tmp_path / "hub/models--google--siglip-base-patch16-224/snapshots/abc"
+    snap.mkdir(parents=True)
+    (snap / "spiece.model").write_bytes(spiece.read_bytes())
+    tok = T.preset_tokenizer("ViT-B-16-SigLIP", vocab_size=56)
+    assert isinstance(tok, T.SentencePieceTokenizer) and tok.recipe == T.SentencePieceTokenizer(
+        spiece).recipe
+    np.testing.assert_array_equal(tok(CAPTIONS), T.SentencePieceTokenizer(spiece)(CAPTIONS))
+    with pytest.raises(ValueError, match="no SigLIP's spiece.model"):  # another vocab size
+        T.preset_tokenizer("ViT-B-16-SigLIP", vocab_size=32000)
+    with pytest.raises(ValueError, match="CLIP_JAX_GEMMA_TOKENIZER"):  # siglip-* is not Gemma
+        T.preset_tokenizer("ViT-B-16-SigLIP2")
+    # the environment variables, SigLIP 2's Gemma tokenizer.json
+    monkeypatch.setenv("CLIP_JAX_GEMMA_TOKENIZER", str(gemma_json.parent))
+    tok = T.preset_tokenizer("ViT-SO400M-14-SigLIP2")
+    assert isinstance(tok, T.JSONTokenizer) and (tok.eot_id, tok.pad_id, tok.sot_id) == (
+        1, 0, None) and tok.canonicalize == "big_vision"
+    monkeypatch.setenv("CLIP_JAX_SIGLIP_SPM", str(spiece))
+    with pytest.raises(ValueError, match="CLIP_JAX_SIGLIP_SPM=.*56 tokens, the model 32000"):
+        T.preset_tokenizer("ViT-B-16-SigLIP", vocab_size=32000)
+    monkeypatch.setenv("CLIP_JAX_SIGLIP_SPM", str(tmp_path))
+    with pytest.raises(ValueError, match="no SigLIP's spiece.model there"):
+        T.preset_tokenizer("ViT-B-16-SigLIP")

@@ -469,3 +469,85 @@ def test_load_tokenizer_errors(tmp_path, hf_tok):
     backend.save(str(tmp_path / "shifted.json"))
     with pytest.raises(ValueError, match="two largest ids"):
         T.load_tokenizer(f"hf:{tmp_path / 'shifted.json'}")
+
+
+# --- a preset's standard tokenizer -----------------------------------------------------------
+
+
+@pytest.fixture
+def bare_machine(tmp_path, monkeypatch):
+    """No CLIP_JAX_* variable, empty Hugging Face caches, and fake open_clip / clip packages
+    without the vocabulary shadowing any installed ones (their __init__ raises if imported)."""
+    import importlib
+    import sys
+
+    for var in ("CLIP_JAX_BPE", "CLIP_JAX_SIGLIP_SPM", "CLIP_JAX_GEMMA_TOKENIZER", "HF_HOME"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    site = tmp_path / "site"
+    for package in ("open_clip", "clip"):
+        (site / package).mkdir(parents=True)
+        (site / package / "__init__.py").write_text(f"raise RuntimeError('{package} imported')\n")
+        monkeypatch.delitem(sys.modules, package, raising=False)
+    monkeypatch.syspath_prepend(str(site))
+    importlib.invalidate_caches()
+    return tmp_path
+
+
+def test_preset_tokenizer_from_env_and_explicit_argument(bare_machine, monkeypatch, vocab_path,
+                                                         tok, hf_tok, hf_dir):
+    assert T.preset_tokenizer("tiny") is None and T.preset_tokenizer("small-demo") is None
+    monkeypatch.setenv("CLIP_JAX_BPE", str(vocab_path))
+    found = T.preset_tokenizer("ViT-B-32")
+    assert isinstance(found, T.ClipBPETokenizer) and found.vocab_path == vocab_path
+    np.testing.assert_array_equal(found(CORPUS[:20]), tok(CORPUS[:20]))
+    assert T.preset_tokenizer("ViT-B-32", tokenizer=str(hf_dir)).kind == "hf"  # argument first
+    monkeypatch.setenv("CLIP_JAX_BPE", str(bare_machine / "nope.txt.gz"))
+    with pytest.raises(ValueError, match="CLIP_JAX_BPE=.*nope.txt.gz: no such file"):
+        T.preset_tokenizer("ViT-B-16")
+
+
+def test_preset_tokenizer_error_names_every_way(bare_machine):
+    with pytest.raises(ValueError) as e:
+        T.preset_tokenizer("ViT-L-14")
+    msg = str(e.value)
+    assert "\n" not in msg and "'ViT-L-14'" in msg
+    for way in ("CLIP_JAX_BPE", "open_clip", "openai/clip-*", "Hugging Face cache", "tokenizer="):
+        assert way in msg
+    with pytest.raises(ValueError, match="CLIP_JAX_SIGLIP_SPM.*google/siglip-\\*"):
+        T.preset_tokenizer("ViT-B-16-SigLIP")
+    with pytest.raises(ValueError, match="CLIP_JAX_GEMMA_TOKENIZER.*google/siglip2-\\*"):
+        T.preset_tokenizer("ViT-B-16-SigLIP2")
+
+
+def test_preset_tokenizer_from_a_hugging_face_cache(bare_machine, tok):
+    snap = bare_machine / "hub/models--openai--clip-vit-base-patch32/snapshots/0123abcd"
+    assert T.write_hf_tokenizer(snap, tok, 77) is None  # vocab.json + merges.txt, as HF's
+    found = T.preset_tokenizer("ViT-B-32", vocab_size=49408)
+    assert isinstance(found, T.ClipBPETokenizer)
+    np.testing.assert_array_equal(found(CORPUS[:20]), tok(CORPUS[:20]))
+
+
+def test_preset_tokenizer_from_an_installed_package_without_importing_it(bare_machine,
+                                                                         vocab_path):
+    """open_clip's package layout (its vocabulary beside __init__.py), found without importing
+    open_clip (its __init__ raises here) or torch, in a fresh interpreter."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    fake = bare_machine / "site" / "open_clip"
+    shutil.copy(vocab_path, fake / T.CLIP_VOCAB_FILE)
+    code = ("import sys; from clip_jax.data import tokenizer as T; "
+            "tok = T.preset_tokenizer('ViT-B-32'); "
+            "print(tok.vocab_path, tok.vocab_size, 'torch' in sys.modules, "
+            "'open_clip' in sys.modules)")
+    repo = Path(__file__).resolve().parents[1]
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(bare_machine / "site"), str(repo)]))
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split() == [str(fake / T.CLIP_VOCAB_FILE), "49408", "False", "False"]

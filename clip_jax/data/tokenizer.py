@@ -22,6 +22,7 @@ use.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import re
@@ -63,8 +64,8 @@ __all__ = [
     "CLIP_EOT", "CLIP_NUM_MERGES", "CLIP_PATTERN", "CLIP_SOT", "CLIP_VOCAB_FILE", "CLIP_VOCAB_SIZE",
     "CONFIG_FILE", "HF_EOT", "HF_FILE", "HF_SOT", "KINDS", "SIGLIP2_RECIPE", "SIGLIP_RECIPE",
     "ClipBPETokenizer", "HFTokenizer", "JSONTokenizer", "SentencePieceTokenizer", "TextTokenizer",
-    "basic_clean", "bytes_to_unicode", "clip_clean", "load_tokenizer", "read_hf_tokenizer",
-    "train_tokenizer", "whitespace_clean", "write_hf_tokenizer",
+    "basic_clean", "bytes_to_unicode", "clip_clean", "load_tokenizer", "preset_tokenizer",
+    "read_hf_tokenizer", "train_tokenizer", "whitespace_clean", "write_hf_tokenizer",
 ]
 
 TextTokenizer = ClipBPETokenizer | HFTokenizer | SentencePieceTokenizer | JSONTokenizer
@@ -147,3 +148,154 @@ def load_tokenizer(spec: str | os.PathLike | TextTokenizer) -> TextTokenizer:
     if sep and re.fullmatch(r"[A-Za-z_]\w*", kind) and len(kind) > 1:
         raise ValueError(f"unknown tokenizer kind {kind!r} in spec {text!r}; {_SPEC_HELP}")
     raise FileNotFoundError(f"tokenizer spec {text!r}: no such file or directory; {_SPEC_HELP}")
+
+
+# ---------------------------------------------------------------------------------------------
+# A preset's standard tokenizer, found on this machine (nothing is downloaded).
+
+BPE_ENV = "CLIP_JAX_BPE"  # path to bpe_simple_vocab_16e6.txt.gz
+SIGLIP_ENV = "CLIP_JAX_SIGLIP_SPM"  # SigLIP's spiece.model (or a directory holding it)
+GEMMA_ENV = "CLIP_JAX_GEMMA_TOKENIZER"  # SigLIP 2's tokenizer.json / tokenizer.model (or a dir)
+FITTED_PRESETS = ("tiny", "small-demo")  # their vocabulary is fitted per run: no standard one
+_HF_REPOS = {"clip": ("openai--clip-*",), "siglip": ("google--siglip-*", "timm--ViT-*SigLIP*"),
+             "siglip2": ("google--siglip2-*", "timm--ViT-*SigLIP2*")}
+
+
+def _family(name: str) -> str | None:
+    if name in FITTED_PRESETS:
+        return None
+    low = name.lower()
+    return "siglip2" if "siglip2" in low else "siglip" if "siglip" in low else "clip"
+
+
+def _hub_dirs() -> list[Path]:
+    """Hugging Face hub caches, as huggingface_hub finds them."""
+    dirs = []
+    if os.environ.get("HF_HUB_CACHE"):
+        dirs.append(Path(os.environ["HF_HUB_CACHE"]))
+    if os.environ.get("HF_HOME"):
+        dirs.append(Path(os.environ["HF_HOME"]) / "hub")
+    xdg = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    dirs.append(Path(xdg) / "huggingface" / "hub")
+    return list(dict.fromkeys(d.expanduser() for d in dirs))
+
+
+def _hf_snapshots(family: str) -> list[Path]:
+    found = []
+    for hub in _hub_dirs():
+        for pattern in _HF_REPOS[family]:
+            for snap in sorted(hub.glob(f"models--{pattern}/snapshots/*")):
+                name = snap.parent.parent.name.lower()
+                if ("siglip2" in name) == (family == "siglip2") and snap.is_dir():
+                    found.append(snap)
+    return found
+
+
+def _package_vocab() -> Path | None:
+    """CLIP's vocabulary inside an installed open_clip or OpenAI clip package, located with
+    ``importlib.util.find_spec`` (importing open_clip would load torch)."""
+    for package in ("open_clip", "clip"):
+        try:
+            spec = importlib.util.find_spec(package)
+        except (ImportError, ValueError):
+            continue
+        for d in (spec.submodule_search_locations or []) if spec else []:
+            if (Path(d) / CLIP_VOCAB_FILE).is_file():
+                return Path(d) / CLIP_VOCAB_FILE
+    return None
+
+
+def _env_path(var: str) -> Path | None:
+    value = os.environ.get(var, "").strip()
+    if not value:
+        return None
+    path = Path(value).expanduser()
+    if not path.exists():
+        raise ValueError(f"{var}={value}: no such file or directory")
+    return path
+
+
+def _checked(tok: TextTokenizer, vocab_size: int | None, where: str) -> TextTokenizer:
+    if vocab_size is not None and tok.vocab_size != vocab_size:
+        raise ValueError(f"{where}: its tokenizer has {tok.vocab_size} tokens, the model "
+                         f"{vocab_size}")
+    return tok
+
+
+def _clip_preset_tokenizer(name: str, vocab_size: int | None) -> TextTokenizer:
+    path = _env_path(BPE_ENV)
+    if path is not None:
+        tok = ClipBPETokenizer(path / CLIP_VOCAB_FILE if path.is_dir() else path)
+        return _checked(tok, vocab_size, f"{BPE_ENV}={path}")
+    path = _package_vocab()
+    if path is not None:
+        return _checked(ClipBPETokenizer(path), vocab_size, str(path))
+    for snap in _hf_snapshots("clip"):
+        tok, _ = read_hf_tokenizer(snap, vocab_size or CLIP_VOCAB_SIZE)
+        if isinstance(tok, ClipBPETokenizer):
+            return tok
+    raise ValueError(f"no CLIP BPE vocabulary for {name!r}: set {BPE_ENV}=/path/to/"
+                     f"{CLIP_VOCAB_FILE}, install open_clip (pip install open-clip-torch) or "
+                     f"OpenAI's clip, keep an openai/clip-* tokenizer in the Hugging Face cache "
+                     f"({_hub_dirs()[0]}), or pass tokenizer=")
+
+
+def _siglip_file(path: Path, family: str) -> Path | None:
+    names = ((HF_FILE,) + SPM_FILES[::-1]) if family == "siglip2" else SPM_FILES
+    if path.is_file():
+        return path
+    return next((path / n for n in names if (path / n).is_file()), None)
+
+
+def _siglip_tokenizer(file: Path, family: str) -> TextTokenizer:
+    recipe = SIGLIP2_RECIPE if family == "siglip2" else SIGLIP_RECIPE
+    if file.suffix == ".json":
+        return JSONTokenizer(file, **recipe)
+    return SentencePieceTokenizer(file, **recipe)
+
+
+def _siglip_preset_tokenizer(name: str, family: str, vocab_size: int | None) -> TextTokenizer:
+    var = GEMMA_ENV if family == "siglip2" else SIGLIP_ENV
+    what = ("Gemma's tokenizer.json / tokenizer.model" if family == "siglip2"
+            else "SigLIP's spiece.model")
+    path = _env_path(var)
+    if path is not None:
+        file = _siglip_file(path, family)
+        if file is None:
+            raise ValueError(f"{var}={path}: no {what} there")
+        return _checked(_siglip_tokenizer(file, family), vocab_size, f"{var}={path}")
+    for snap in _hf_snapshots(family):
+        if "i18n" in snap.parent.parent.name.lower() and "i18n" not in name.lower():
+            continue
+        file = _siglip_file(snap, family)
+        if file is not None:
+            try:
+                tok = _siglip_tokenizer(file, family)
+            except ValueError:
+                continue
+            if vocab_size is None or tok.vocab_size == vocab_size:
+                return tok
+    repo = "google/siglip2-*" if family == "siglip2" else "google/siglip-*"
+    raise ValueError(f"no {what} for {name!r}: set {var}=/path/to/it, keep a {repo} tokenizer "
+                     f"in the Hugging Face cache ({_hub_dirs()[0]}), or pass tokenizer=")
+
+
+def preset_tokenizer(preset_name: str, tokenizer=None,
+                     vocab_size: int | None = None) -> TextTokenizer | None:
+    """The standard tokenizer of a preset, in this order: ``tokenizer`` (a spec for
+    :func:`load_tokenizer`, or a tokenizer); for CLIP presets ``$CLIP_JAX_BPE``, the vocabulary
+    file inside an installed ``open_clip`` or ``clip`` package (not imported: no torch), an
+    ``openai/clip-*`` tokenizer in the Hugging Face cache; for SigLIP presets
+    ``$CLIP_JAX_SIGLIP_SPM`` / a ``google/siglip-*`` cache, for SigLIP 2 ones
+    ``$CLIP_JAX_GEMMA_TOKENIZER`` / a ``google/siglip2-*`` cache (open_clip's recipe: ftfy,
+    big_vision's canonicalisation, end token, 64 positions). ``tiny`` and ``small-demo`` fit
+    their vocabulary per run: None. Otherwise a one-line ValueError naming those ways.
+    ``vocab_size`` (the model's) skips cached tokenizers of another size."""
+    if tokenizer is not None:
+        return load_tokenizer(tokenizer)
+    family = _family(os.fspath(preset_name))
+    if family is None:
+        return None
+    if family == "clip":
+        return _clip_preset_tokenizer(preset_name, vocab_size)
+    return _siglip_preset_tokenizer(preset_name, family, vocab_size)
