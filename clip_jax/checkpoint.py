@@ -16,11 +16,14 @@ the step directory and the OS error; orbax only deletes old steps after a save i
 last good checkpoint stays. :meth:`Checkpointer.restore_latest` reads the newest step that can be
 read: unreadable newer steps are moved aside to ``<step>.corrupt-<time>`` (never deleted), and
 only if no step can be read does it raise :class:`CheckpointRestoreError` (moving nothing).
+A state holding a non-finite value (NaN, inf) is never saved (:class:`NonFiniteStateError`, one
+reduction over the state per save), so ``keep`` cannot rotate the good checkpoints away.
 """
 
 from __future__ import annotations
 
 import base64
+import functools
 import json
 import os
 import signal
@@ -29,6 +32,7 @@ import time
 from pathlib import Path
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
@@ -68,6 +72,31 @@ class CheckpointSaveError(RunError):
 
 class CheckpointRestoreError(RunError):
     """No checkpoint step in the directory can be read."""
+
+
+class NonFiniteStateError(RunError):
+    """The state to save holds NaN or inf: the save is refused and the run stops."""
+
+
+def nonfinite_leaves(tree) -> list[str]:
+    """The ``/``-joined paths of the floating-point leaves of ``tree`` holding a NaN or inf:
+    one jitted reduction per leaf, one small transfer (cached per tree structure)."""
+    named = [(jax.tree_util.keystr(p, simple=True, separator="/"), x)
+             for p, x in jax.tree_util.tree_leaves_with_path(tree)
+             if jnp.issubdtype(x.dtype, jnp.inexact)]
+    if not named:
+        return []
+    sh = getattr(named[0][1], "sharding", None)
+    out = jax.sharding.NamedSharding(sh.mesh, jax.sharding.PartitionSpec()) \
+        if isinstance(sh, jax.sharding.NamedSharding) else None
+    ok = np.asarray(jax.device_get(_all_finite(out)([x for _, x in named])))
+    return [name for (name, _), good in zip(named, ok) if not good]
+
+
+@functools.cache
+def _all_finite(out_sharding):
+    return jax.jit(lambda xs: jnp.stack([jnp.all(jnp.isfinite(x)) for x in xs]),
+                   out_shardings=out_sharding)
 
 
 class ProcessCountError(UserError):
@@ -179,6 +208,15 @@ class Checkpointer:
 
     def save(self, step: int, state, data_state: dict, config_json: str | None = None,
              force: bool = False) -> None:
+        bad = nonfinite_leaves(state)
+        if bad:
+            self.wait()  # an earlier save in flight is on disk, and named below
+            good = self._last_good(exclude=None)
+            raise NonFiniteStateError(
+                f"refusing to save checkpoint step {step}: non-finite values (NaN/inf) in "
+                f"{', '.join(bad[:3])}" + (f" and {len(bad) - 3} more" if len(bad) > 3 else "")
+                + f"; training stopped so that no good checkpoint is rotated away; last good "
+                f"checkpoint: {'none' if good is None else f'step {good}'} in {self.directory}")
         states = _allgather_json(data_state)
         args = {
             "state": ocp.args.StandardSave(state),

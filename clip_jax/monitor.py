@@ -59,9 +59,15 @@ class _TensorBoard:
         # within the same second
         self._w = tensorboardX.FileWriter(logdir, flush_secs=_TB_FLUSH_SECONDS,
                                           filename_suffix=f".{os.getpid()}.{time.time_ns()}")
-        if purge_step is not None:  # TensorBoard drops earlier files' points from here on
-            self._w.add_event(event_pb2.Event(step=purge_step, session_log=event_pb2.SessionLog(
-                status=event_pb2.SessionLog.START)))
+        self._event_pb2 = event_pb2
+        if purge_step is not None:
+            self.purge(purge_step)
+
+    def purge(self, step: int) -> None:
+        """TensorBoard drops the points logged so far at steps >= ``step`` (a restart)."""
+        pb = self._event_pb2
+        self._w.add_event(pb.Event(step=step, session_log=pb.SessionLog(
+            status=pb.SessionLog.START)))
 
     def log(self, step: int, scalars: dict, text: dict, images: dict) -> None:
         pb = self._summary_pb2
@@ -206,6 +212,19 @@ class MetricsWriter:
             return
         if self._tensorboard or self._wandb_cfg is not None:
             self._open_trackers()
+        self._cut(step)
+
+    def rewind(self, step: int) -> None:
+        """A rollback to ``step``: its later lines go, and TensorBoard hides their points
+        (W&B cannot rewind a run: it ignores steps already logged)."""
+        if not self.enabled:
+            return
+        self._cut(step)
+        for tracker in self._trackers or []:
+            if hasattr(tracker, "purge"):
+                tracker.purge(step + 1)
+
+    def _cut(self, step: int) -> None:
         if not os.path.exists(self.path):
             return
         with open(self.path) as f:
@@ -268,6 +287,9 @@ class MetricsWriter:
         for key in sorted(metrics):  # skipped shards/images: shown once there are any
             if key.startswith("data/skipped") and metrics[key]:
                 parts.append(f"{key[5:]} {int(metrics[key])}")
+        for key, label in (("skipped_steps", "skipped steps"), ("rollbacks", "rollbacks")):
+            if metrics.get(key):  # the stability guard's, likewise
+                parts.append(f"{label} {int(metrics[key])}")
         rate = metrics.get("steps_per_sec")
         if rate:
             parts.append(f"eta {_fmt_seconds((self.total_steps - step) / rate)}")

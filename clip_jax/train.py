@@ -6,6 +6,8 @@ The train step is one ``jax.jit`` with explicit in/out shardings and a donated s
 towers on the global batch (sharded over ``data`` x ``fsdp``), the contrastive loss in a
 ``shard_map`` that all-gathers embeddings, backward, AdamW, logit-scale clamp. Parameters and
 optimizer state are born sharded (``jax.eval_shape`` then a jitted init with ``out_shardings``).
+The loss and its gradients come from :mod:`clip_jax.gradients`; :mod:`clip_jax.stability` guards the
+update (non-finite or spiking steps are skipped, counted, and may stop or roll back the run).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 import optax
 from absl import logging
 from jax.sharding import PartitionSpec as P
@@ -31,18 +34,20 @@ from clip_jax import (
     cli,
     distributed,
     input_pipeline,
-    losses,
     models,
     monitor,
     optimizer,
     sharding,
     sources,
+    stability,
 )
 from clip_jax import config as config_lib
 from clip_jax import params as params_lib
 from clip_jax import workdir as workdir_lib
 from clip_jax.data import prepare
 from clip_jax.evaluate import evaluators
+from clip_jax.gradients import contrastive_loss, loss_and_grads  # noqa: F401 (train.* API)
+from clip_jax.gradients import forward as _forward  # noqa: F401
 
 LOGIT_SCALE_MAX = math.log(100.0)  # the learned temperature is clamped to 1/100 (CLIP)
 _MIN_SECONDS = 1e-9  # a time span's floor where it divides (a rate over no time)
@@ -53,6 +58,7 @@ class TrainState:
     step: jax.Array
     params: Any
     opt_state: Any
+    guard: stability.GuardState  # skipped updates, loss EMA, rollbacks (checkpointed)
 
 
 @dataclasses.dataclass
@@ -99,7 +105,8 @@ def plan_state(config, model_cfg, mesh):
     param_specs = sharding.param_specs(boxed, mesh)
     abstract = jax.eval_shape(functools.partial(_init_state, model, model_cfg, tx), rng)
     opt_specs = sharding.opt_state_specs(tx, abstract.opt_state, param_specs)
-    return model, tx, schedule, abstract, TrainState(P(), param_specs, opt_specs)
+    return model, tx, schedule, abstract, TrainState(P(), param_specs, opt_specs,
+                                                     stability.guard_specs())
 
 
 def check_config(config: ml_collections.ConfigDict, devices=None):
@@ -126,7 +133,8 @@ def build(config: ml_collections.ConfigDict, devices=None) -> Setup:
 
 def _init_state(model, model_cfg, tx, rng) -> TrainState:
     params = nn.unbox(model.init(rng, *models.init_inputs(model_cfg))["params"])
-    return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
+                      guard=stability.init_guard())
 
 
 def init_state(setup: Setup, rng=None) -> TrainState:
@@ -140,121 +148,26 @@ def init_state(setup: Setup, rng=None) -> TrainState:
 # The step
 
 
-def contrastive_loss(config, mesh, img, txt, logit_scale_param, logit_bias):
-    """The configured loss on globally sharded embeddings, via shard_map + all-gather."""
-    scale = jnp.exp(logit_scale_param)
-    axes = sharding.BATCH_AXES
-    block = config.loss_block_size or None
-    if config.loss == "clip":
-        fn = losses.clip_loss if config.loss_impl == "dense" else functools.partial(
-            losses.clip_loss_blockwise, block_size=block)
-        body = lambda i, t, s: fn(i, t, s, axis_name=axes)
-        args, specs = (img, txt, scale), (P(axes), P(axes), P())
-    else:
-        fn = losses.siglip_loss if config.loss_impl == "dense" else functools.partial(
-            losses.siglip_loss_blockwise, block_size=block)
-        body = lambda i, t, s, b: fn(i, t, s, b, axis_name=axes)
-        args, specs = (img, txt, scale, logit_bias), (P(axes), P(axes), P(), P())
-    return jax.shard_map(body, mesh=mesh, in_specs=specs, out_specs=P())(*args)
-
-
-def _forward(setup: Setup, params, images, text, rng):
-    """Training forward: frozen params behind stop_gradient, patch dropout drawn from rng."""
-    params = optimizer.stop_frozen(params, setup.config.optimizer,
-                                   setup.config.model.lock_image_unlocked_groups)
-    with nn.logical_axis_rules(sharding.RULES):
-        return setup.model.apply({"params": params}, input_pipeline.device_pixels(images), text,
-                                 train=True, rngs={"patch_dropout": rng})
-
-
-def loss_and_grads(setup: Setup, params, batch, step=0):
-    """Loss of the whole global batch and its gradient (with gradient caching if
-    ``accum_steps > 1``); the step seeds the patch dropout, so a resume redraws it exactly."""
-    rng = jax.random.fold_in(jax.random.key(setup.config.seed), step)
-    if setup.config.accum_steps > 1:
-        return _loss_and_grads_cached(setup, params, batch, rng)
-
-    def loss_fn(p):
-        img, txt, log_scale, bias = _forward(setup, p, batch["image"], batch["text"], rng)
-        return contrastive_loss(setup.config, setup.mesh, img, txt, log_scale, bias)
-
-    return jax.value_and_grad(loss_fn)(params)
-
-
-def _split_micro(x, shards: int, k: int, mesh):
-    """(N, ...) with N split over ``shards`` devices -> (k, N/k, ...): micro-batch j holds the
-    j-th chunk of every device's rows, so each stays evenly sharded with no communication."""
-    m = x.shape[0] // (shards * k)
-    y = x.reshape(shards, k, m, *x.shape[1:]).swapaxes(0, 1)
-    y = y.reshape(k, shards * m, *x.shape[1:])
-    return jax.lax.with_sharding_constraint(
-        y, jax.sharding.NamedSharding(mesh, P(None, sharding.BATCH_AXES)))
-
-
-def _merge_micro(y, shards: int, mesh):
-    """Inverse of :func:`_split_micro`: (k, N/k, ...) -> (N, ...) in the original order."""
-    k, n = y.shape[:2]
-    x = y.reshape(k, shards, n // shards, *y.shape[2:]).swapaxes(0, 1)
-    x = x.reshape(k * n, *y.shape[2:])
-    return jax.lax.with_sharding_constraint(x, sharding.batch_sharding(mesh))
-
-
-def _loss_and_grads_cached(setup: Setup, params, batch, rng):
-    """Gradient cache (Gao et al. 2021): the exact global-batch loss with the activation memory
-    of one micro-batch. 1) embed every micro-batch, keeping no activations; 2) the contrastive
-    loss of all embeddings and its gradient w.r.t. them; 3) re-run each micro-batch forward
-    and push its slice of that gradient through (``jax.vjp``), summing parameter gradients.
-    Costs one extra forward pass. All inside the one jitted step, with ``lax.scan``."""
-    config, mesh, k = setup.config, setup.mesh, setup.config.accum_steps
-    shards = sharding.batch_size_per_shard(mesh)
-    micro = {key: _split_micro(batch[key], shards, k, mesh) for key in ("image", "text")}
-    micro["rng"] = jax.random.split(rng, k)  # each micro-batch's patch dropout, in both passes
-
-    def embed(p, mb):
-        img, txt, _, _ = _forward(setup, p, mb["image"], mb["text"], mb["rng"])
-        return img, txt
-
-    _, (img, txt) = jax.lax.scan(lambda c, mb: (c, embed(params, mb)), None, micro)
-    img, txt = _merge_micro(img, shards, mesh), _merge_micro(txt, shards, mesh)
-    bias = params.get("logit_bias")
-
-    head_loss = lambda i, t, log_scale, b: contrastive_loss(config, mesh, i, t, log_scale, b)
-    loss, (g_img, g_txt, g_scale, g_bias) = jax.value_and_grad(head_loss, argnums=(0, 1, 2, 3))(
-        img, txt, params["logit_scale"], bias)
-    g_img, g_txt = _split_micro(g_img, shards, k, mesh), _split_micro(g_txt, shards, k, mesh)
-
-    def accumulate(acc, xs):
-        mb, gi, gt = xs
-        _, vjp = jax.vjp(lambda p: embed(p, mb), params)
-        (g,) = vjp((gi, gt))
-        return jax.tree.map(jnp.add, acc, g), None
-
-    zeros = jax.tree.map(jnp.zeros_like, params)
-    grads, _ = jax.lax.scan(accumulate, zeros, (micro, g_img, g_txt))
-    grads = dict(grads)
-    grads["logit_scale"] = grads["logit_scale"] + g_scale
-    if bias is not None:
-        grads["logit_bias"] = grads["logit_bias"] + g_bias
-    return loss, grads
-
-
 def train_step(setup: Setup, state: TrainState, batch) -> tuple[TrainState, dict]:
+    """One update; :mod:`clip_jax.stability` keeps the old parameters and optimizer state when
+    the loss or gradients are not finite or the loss spikes (the step and the data advance)."""
+    cfg, step = setup.config, state.step + 1
     loss, grads = loss_and_grads(setup, state.params, batch, state.step)
+    loss, grads = stability.inject_faults(cfg.debug, step, state.guard, loss, grads)
     updates, opt_state = setup.tx.update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
-    params = dict(params)
+    params = dict(optax.apply_updates(state.params, updates))
     params["logit_scale"] = jnp.clip(params["logit_scale"], 0.0, LOGIT_SCALE_MAX)
-    metrics = {
-        "loss": loss,
-        "logit_scale": jnp.exp(params["logit_scale"]),
-        "lr": setup.schedule(state.step),
-        "grad_norm": optax.tree.norm(grads),
-        "param_norm": optax.tree.norm(params),
-        "update_norm": optax.tree.norm(updates),
-    }
+    metrics = {"loss": loss, "lr": setup.schedule(state.step),
+               **stability.diagnostics(grads, params, updates)}
+    apply, guard = stability.decide(cfg.stability, state.guard, step, loss, metrics)
+    if stability.active(cfg.stability):
+        params, opt_state = stability.select(apply, (params, opt_state),
+                                             (state.params, state.opt_state))
+    metrics.update(stability.metrics(guard))
+    metrics["logit_scale"] = jnp.exp(params["logit_scale"])
     if "logit_bias" in params:
         metrics["logit_bias"] = params["logit_bias"]
-    return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
+    return TrainState(step=step, params=params, opt_state=opt_state, guard=guard), metrics
 
 
 def make_train_step(setup: Setup):
@@ -354,11 +267,14 @@ def _train_locked(config, workdir: str, devices, is_main: bool) -> dict:
 
     step_fn = make_train_step(setup)
     feed = input_pipeline.Prefetcher(setup.batch_sharding, data, config.data.prefetch)
+    guard = stability.HostGuard(config.stability, jax.device_get(state.guard))
     last: dict = {}
     t_mark, step_mark, compile_s = time.time(), start_step, None
     try:
         with checkpoint.Preemption(ckpt) as preempt:
-            for step in range(start_step + 1, config.total_steps + 1):
+            step = start_step
+            while step < config.total_steps:
+                step += 1
                 batch = next(feed)
                 t0 = time.time()
                 with jax.transfer_guard("disallow"):
@@ -392,7 +308,17 @@ def _train_locked(config, workdir: str, devices, is_main: bool) -> dict:
                 stop = preempt.reached(step)
                 final = step == config.total_steps
                 ckpt.check()  # a failed background save stops the run here
-                if stop or final or ckpt.should_save(step):
+                save = stop or final or ckpt.should_save(step)
+                # the guard's host side, at sync points only: may stop the run or roll back
+                g = jax.device_get(state.guard) if log or save else None
+                if g is not None and guard.check(step, g, ckpt):
+                    back = _rollback(setup, ckpt, data, feed, guard, step, int(g.last_spike),
+                                     writer)
+                    if back is not None:
+                        state, feed, step = back
+                        t_mark, step_mark = time.time(), step
+                        continue
+                if save:
                     ckpt.save(step, state, feed.state, config.to_json_best_effort(),
                               force=stop or final)
                 if stop:
@@ -403,6 +329,37 @@ def _train_locked(config, workdir: str, devices, is_main: bool) -> dict:
         _close(ckpt, data)
         writer.close()
     return writer.finish(last)
+
+
+def _rollback(setup: Setup, ckpt, data, feed, guard, step: int, spike: int, writer):
+    """PaLM's remedy for the loss spike at step ``spike``: restore the newest checkpoint and
+    skip the data of the ``stability.rollback_skip_steps`` steps after it (the steps up to
+    ``step`` count as re-run: the drill's spikes do not fire there again). Returns ``(state,
+    feed, its step)``, or None when there is no checkpoint yet (the update was skipped)."""
+    cfg = setup.config.stability
+    ckpt.wait()
+    target = ckpt.latest_step()
+    if target is None:
+        writer.log(f"loss spike at step {spike}: no checkpoint to roll back to yet; its "
+                   "update was skipped")
+        return None
+    guard.rollback_to(target, spike)  # raises on a rollback loop
+    feed.close()
+    state, data_state = ckpt.restore(target)
+    g = jax.device_get(state.guard)
+    guard.restored(g)
+    g = g.replace(rollbacks=g.rollbacks + 1, replay_until=np.int32(step))
+    state = state.replace(guard=jax.device_put(g, setup.state_shardings.guard))
+    data.set_state(data_state)
+    for _ in range(cfg.rollback_skip_steps):
+        next(data)
+    writer.rewind(target)
+    writer.log(f"loss spike at step {spike}: rolled back to checkpoint step {target}, "
+               f"skipping the data of steps {target + 1}-{target + cfg.rollback_skip_steps} "
+               f"(rollback {int(g.rollbacks)}; restores of step {target}: "
+               f"{guard.rollbacks_to[target]} of at most {cfg.max_rollbacks})")
+    return state, input_pipeline.Prefetcher(setup.batch_sharding, data,
+                                            setup.config.data.prefetch), target
 
 
 def _close(ckpt, data) -> None:
