@@ -107,6 +107,7 @@ def test_siglip_matches_transformers_siglip_tokenizer(spiece, tmp_path):
     back, note = T.read_hf_tokenizer(tmp_path / "hf", 56)
     assert note is None and back.recipe == tok.recipe
     np.testing.assert_array_equal(back(CAPTIONS), ids)
+    np.testing.assert_array_equal(T.load_tokenizer(tmp_path / "hf")(CAPTIONS), ids)  # HF dir
     assert tok.decode(ids[0]) == "a photo of a cat sittingon the street"
 
 
@@ -194,6 +195,9 @@ def test_read_hf_tokenizer_recognises_sources(spiece, gemma_json, tmp_path):
     empty.mkdir()
     assert T.read_hf_tokenizer(empty, 10)[0] is None
     assert "no tokenizer files" in T.read_hf_tokenizer(empty, 10)[1]
+    empty.joinpath("tokenizer_config.json").write_text('{"tokenizer_class": "SiglipTokenizer"}')
+    with pytest.raises(ValueError, match="no tokenizer files in"):
+        T.load_tokenizer(empty)
     empty.joinpath("tokenizer.json").write_text("{")
     tok, note = T.read_hf_tokenizer(empty, 10)
     assert tok is None and "not a valid tokenizers JSON" in note

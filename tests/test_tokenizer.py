@@ -528,6 +528,7 @@ def test_preset_tokenizer_from_a_hugging_face_cache(bare_machine, tok):
     found = T.preset_tokenizer("ViT-B-32", vocab_size=49408)
     assert isinstance(found, T.ClipBPETokenizer)
     np.testing.assert_array_equal(found(CORPUS[:20]), tok(CORPUS[:20]))
+    np.testing.assert_array_equal(T.load_tokenizer(snap)(CORPUS[:20]), tok(CORPUS[:20]))
 
 
 def test_preset_tokenizer_from_an_installed_package_without_importing_it(bare_machine,

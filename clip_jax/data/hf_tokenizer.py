@@ -199,7 +199,7 @@ def _recipe_overrides(conf: dict, eot: str, pad: str) -> dict:
             "context_length": ctx if ok else 64}
 
 
-def read_hf_tokenizer(path: str | os.PathLike, vocab_size: int):
+def read_hf_tokenizer(path: str | os.PathLike, vocab_size: int | None = None):
     """``(tokenizer or None, note or None)`` from a Hugging Face model directory's tokenizer files.
 
     Recognises CLIP's BPE (``vocab.json`` + ``merges.txt``), a clip_jax-trained
@@ -207,7 +207,8 @@ def read_hf_tokenizer(path: str | os.PathLike, vocab_size: int):
     appended, ``<pad>`` padding, no ``<bos>``), SigLIP's ``spiece.model`` (``SiglipTokenizer``'s
     ``do_lower_case``, punctuation removed, ``</s>`` appended and padded, from
     ``tokenizer_config.json`` / ``special_tokens_map.json``) and Gemma's ``tokenizer.model``.
-    The note (one line) says why no tokenizer was taken, or what was assumed.
+    The note (one line) says why no tokenizer was taken (none there, unreadable, or not
+    ``vocab_size`` tokens when given), or what was assumed.
     """
     path = Path(path)
     conf = {**_json_object(path / "special_tokens_map.json"),
@@ -255,7 +256,7 @@ def read_hf_tokenizer(path: str | os.PathLike, vocab_size: int):
             return None, f"no tokenizer files in {path} ({_HF_FILES})"
     except (OSError, ValueError, UnicodeDecodeError) as e:
         return None, f"tokenizer files in {path} not used: {e}"
-    if tok.vocab_size != vocab_size:
+    if vocab_size is not None and tok.vocab_size != vocab_size:
         return None, (f"tokenizer files in {path} not used: {tok.vocab_size} tokens, the model "
                       f"has {vocab_size}")
     return tok, note

@@ -78,19 +78,31 @@ _SPEC_HELP = ("expected 'clip_bpe:PATH_TO_bpe_simple_vocab_16e6.txt.gz', 'hf:PAT
               "written by tok.save()")
 
 
+def _hf_dir(directory: Path) -> TextTokenizer:
+    tok, note = read_hf_tokenizer(directory)
+    if tok is None:
+        raise ValueError(f"{note}; {_SPEC_HELP}")
+    return tok
+
+
 def _load_dir(directory: Path) -> TextTokenizer:
     config_path = directory / CONFIG_FILE
     if not config_path.is_file():
         if (directory / HF_FILE).is_file():
             return HFTokenizer.from_file(directory / HF_FILE)
+        if any((directory / f).is_file() for f in ("vocab.json", *SPM_FILES)):
+            return _hf_dir(directory)  # a Hugging Face model directory's tokenizer files
         raise FileNotFoundError(f"tokenizer directory {directory} has no {CONFIG_FILE} "
                                 f"(nor {HF_FILE}); {_SPEC_HELP}")
     try:
         config = json.loads(config_path.read_text())
-        kind = config["kind"]
+        hf_own = isinstance(config, dict) and "kind" not in config and "tokenizer_class" in config
+        kind = None if hf_own else config["kind"]
     except (ValueError, KeyError, TypeError) as e:
         raise ValueError(f"{config_path} is not a valid tokenizer config (needs a JSON object "
                          f"with a 'kind'): {e}") from e
+    if hf_own:  # Hugging Face's tokenizer_config.json beside its tokenizer files
+        return _hf_dir(directory)
     if kind == ClipBPETokenizer.kind:
         tok: TextTokenizer = ClipBPETokenizer(directory / config.get("vocab_file", CLIP_VOCAB_FILE))
     elif kind == HFTokenizer.kind:
