@@ -201,6 +201,13 @@ def test_read_hf_tokenizer_recognises_sources(spiece, gemma_json, tmp_path):
     empty.joinpath("tokenizer.json").write_text("{")
     tok, note = T.read_hf_tokenizer(empty, 10)
     assert tok is None and "not a valid tokenizers JSON" in note
+    from tokenizers import Tokenizer, models
+
+    clip_json = Tokenizer(models.BPE())
+    clip_json.add_special_tokens(["<|startoftext|>", "<|endoftext|>"])
+    clip_json.save(str(empty / "tokenizer.json"))
+    tok, note = T.read_hf_tokenizer(empty)
+    assert tok is None and "CLIP's tokenizer without vocab.json" in note
 
 
 def test_recipe_errors_are_one_line(spiece, tmp_path):

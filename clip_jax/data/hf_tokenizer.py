@@ -229,6 +229,9 @@ def read_hf_tokenizer(path: str | os.PathLike, vocab_size: int | None = None):
                 raise ValueError(f"{HF_FILE} is not a valid tokenizers JSON file: {e}") from None
             if backend.token_to_id(HF_EOT) is not None:
                 tok = HFTokenizer(backend)
+            elif backend.token_to_id("<|endoftext|>") is not None:
+                return None, (f"{path / HF_FILE} is CLIP's tokenizer without vocab.json + "
+                              f"merges.txt: pass tokenizer='clip_bpe:PATH' instead")
             else:
                 tok = JSONTokenizer(path / HF_FILE, lower=lower, canonicalize="none",
                                     fix_text=False, sot=None,
@@ -313,7 +316,7 @@ def _write_json_tokenizer(out: Path, tok: JSONTokenizer, context_length: int) ->
 
 
 def _write_spiece(out: Path, tok: SentencePieceTokenizer, context_length: int) -> None:
-    (out / SPM_FILES[0]).write_bytes(tok.model_proto)
+    files.write_atomic(out / SPM_FILES[0], tok.model_proto)
     names = {"eos_token": tok.token(tok.eot_id), "pad_token": tok.token(tok.pad_id),
              "unk_token": tok.token(tok.backend.unk_id())}
     files.write_json(out / "tokenizer_config.json", {
