@@ -3,6 +3,15 @@
     python -m clip_jax.evaluate --model BUNDLE_OR_WORKDIR --eval zeroshot --dataset SPEC \\
         [--eval retrieval ...] [--dataset [NAME=]SPEC ...] [--templates imagenet] \\
         [--data-dir TFDS_DIR] [--out DIR]
+    python -m clip_jax.evaluate --model SRC --suite clip_paper --data-dir DIR \\
+        [--datasets a,b] [--eval zeroshot,linear_probe,fewshot] [--max-per-class N] --out OUT
+
+``--suite``: a suite of :mod:`clip_jax.evaluate.registry` (clip_paper, robustness, vtab,
+retrieval), a dataset of it, or a comma list; every dataset present under ``--data-dir`` is
+evaluated with each ``--eval`` (default zeroshot; retrieval sets always retrieve) and each
+missing one is named in one line with how to prepare it (:mod:`clip_jax.evaluate.suite`).
+Writes ``OUT/report.json`` (``"suite": {dataset: {kind: {"acc1", "acc5",
+"mean_per_class_recall", "headline"}}}``), ``OUT/suite.md`` and ``OUT/suite.png``.
 
 ``--model``: any model source (:mod:`clip_jax.sources`): a bundle, a training workdir or its
 ``checkpoints`` directory (latest complete step), an HF CLIP directory or open_clip weights.
@@ -30,7 +39,8 @@ import sys
 from collections.abc import Sequence
 
 from clip_jax import cli, inference
-from clip_jax.evaluate import datasets, evaluators, plots
+from clip_jax.evaluate import datasets, evaluators, plots, registry
+from clip_jax.evaluate import suite as suite_lib
 from clip_jax.evaluate.evaluators import DEFAULT_SHOTS, EVALS
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
@@ -41,9 +51,13 @@ def _parser() -> argparse.ArgumentParser:
                            description=__doc__.split("\n")[0])
     p.add_argument("--model", required=True, help="bundle, training workdir or checkpoints dir, "
                    "HF CLIP directory, open_clip weights")
-    p.add_argument("--eval", action="append", required=True,
+    p.add_argument("--eval", action="append", default=[],
                    help=f"evaluation(s): {', '.join(EVALS)} (repeat or comma-separate)")
-    p.add_argument("--dataset", action="append", required=True, metavar="[NAME=]SPEC",
+    p.add_argument("--suite", default="", help="evaluation suite(s) or suite datasets, comma-"
+                   "separated (clip_paper, robustness, vtab, retrieval); needs --data-dir")
+    p.add_argument("--datasets", default="", help="with --suite: only these of its datasets")
+    p.add_argument("--seeds", type=int, default=3, help="with --suite: few-shot seeds")
+    p.add_argument("--dataset", action="append", default=[], metavar="[NAME=]SPEC",
                    help="dataset spec, optionally named; repeat for several (every --eval "
                    "runs on every --dataset)")
     p.add_argument("--templates", default="", help="prompt templates: imagenet, cifar10, "
@@ -53,7 +67,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--shots", default=",".join(map(str, DEFAULT_SHOTS)),
                    help="k for few-shot probes, comma-separated")
     p.add_argument("--max-per-class", type=int, default=0,
-                   help="probes: at most this many training images per class (0 = all)")
+                   help="probes: at most this many training images per class (0 = all); "
+                   "with --suite every split, test included (quick runs)")
     p.add_argument("--out", default="", help="report directory (default: <workdir>/eval, or "
                    "eval_report for a bundle)")
     return p
@@ -91,19 +106,61 @@ def eval_specs(kinds: Sequence[str], values: Sequence[str], **common) -> tuple[d
     return named, specs
 
 
+def _run_suite(args, names: list[str], shots: tuple[int, ...]) -> int:
+    if args.dataset:
+        raise cli.UserError("--suite and --dataset do not go together: name suite datasets "
+                            "with --datasets a,b")
+    bad = [n for n in names if n not in suite_lib.SUITE_EVALS]
+    if bad:
+        raise cli.UserError(f"--eval {bad} cannot run over a suite; choose from "
+                            f"{suite_lib.SUITE_EVALS}")
+    if not args.data_dir or not os.path.isdir(args.data_dir):
+        raise cli.UserError(f"--suite needs --data-dir, an existing directory (got "
+                            f"{args.data_dir!r})")
+    if args.seeds < 1 or args.max_per_class < 0:
+        raise cli.UserError("--seeds must be >= 1 and --max-per-class >= 0")
+    try:
+        datasets_ = suite_lib.resolve(args.suite, args.datasets.split(","))
+    except ValueError as e:
+        raise cli.UserError(f"--suite: {e}") from e
+    model = inference.load(args.model, batch_size=args.batch_size)
+    if model.tokenizer is None and "zeroshot" in names:
+        raise cli.UserError(f"{args.model} has no tokenizer, which zero-shot needs")
+    base = args.suite.replace(",", "+")
+    probe_sizes = registry.SUITE_PROBE_SIZES.get(args.suite)
+    result = suite_lib.run_suite(
+        model, datasets_, args.data_dir, names, batch_size=args.batch_size,
+        max_per_class=args.max_per_class, shots=shots, seeds=tuple(range(args.seeds)),
+        probe_sizes=probe_sizes, log=lambda m: print(m, file=sys.stderr))
+    out = args.out or "eval_report"
+    model_name = os.path.basename(os.path.normpath(args.model))
+    written = suite_lib.write_suite(result, out, title=f"{base}: {model_name}", extra={
+        "model": os.path.abspath(args.model), "suite_name": args.suite,
+        "data_dir": os.path.abspath(args.data_dir), "evals": names,
+        "max_per_class": args.max_per_class})
+    print(json.dumps({"report": written[0], "table": written[1],
+                      **suite_lib.suite_scalars(result)}, sort_keys=True))
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
 
     names = [n.strip() for e in args.eval for n in e.split(",") if n.strip()]
-    bad = [n for n in names if n not in evaluators.EVALS]
-    if bad:
-        print(f"error: unknown evaluation(s) {bad}; choose from {evaluators.EVALS}",
-              file=sys.stderr)
-        return 2
     try:
         shots = tuple(int(k) for k in args.shots.split(",") if k.strip())
     except ValueError:
         print(f"error: --shots {args.shots!r} must be comma-separated integers", file=sys.stderr)
+        return 2
+    if args.suite:
+        return _run_suite(args, names or ["zeroshot"], shots)
+    if not names or not args.dataset:
+        raise cli.UserError("give --eval KIND and --dataset SPEC (or --suite NAME --data-dir "
+                            "DIR)")
+    bad = [n for n in names if n not in evaluators.EVALS]
+    if bad:
+        print(f"error: unknown evaluation(s) {bad}; choose from {evaluators.EVALS}",
+              file=sys.stderr)
         return 2
     named, specs = eval_specs(names, args.dataset, templates=args.templates,
                               data_dir=args.data_dir, shots=shots,

@@ -208,15 +208,16 @@ def default_tfds_split(name: str) -> str:
     return "validation" if name.startswith("imagenet2012") else "test"
 
 
-def _tfds_labelled(name: str, split: str | None, data_dir: str | None,
-                   templates: Sequence[str] | None, class_names: Sequence[str] | None = None,
-                   label: str | Callable[[dict], int] | None = None,
-                   display: str | None = None) -> LabelledSet:
+def tfds_labelled(name: str, split: str | None, data_dir: str | None,
+                  templates: Sequence[str] | None, class_names: Sequence[str] | None = None,
+                  label: str | Callable | None = None, display: str | None = None,
+                  builder=None) -> LabelledSet:
     """A tfds split as a labelled set. ``label``: the label feature's key (default: the
-    builder's supervised label) or a function of the example (a derived label, e.g. a count);
-    ``class_names`` (default: the curated CLIP names, else the ``ClassLabel``'s)."""
+    builder's supervised label), or a function ``(example, PIL image) -> [(image, label),
+    ...]`` for a derived label (a count, a distance bin, one crop per object; ``[]`` skips the
+    example); ``class_names`` default to the curated CLIP names, else the ``ClassLabel``'s."""
     split = split or default_tfds_split(name)
-    builder = tfds_reader.open_builder(name, data_dir)
+    builder = builder or tfds_reader.open_builder(name, data_dir)
     info = builder.info
     tfds_reader.num_examples(builder, split)  # the split exists (one-line error otherwise)
     image_key, label_key = info.supervised_keys or ("image", "label")
@@ -233,22 +234,22 @@ def _tfds_labelled(name: str, split: str | None, data_dir: str | None,
         else:
             names = [n.replace("_", " ") for n in names]
             default_templates = list(DEFAULT_TEMPLATES)
-    label_of = label if callable(label) else (lambda ex: int(ex[label_key]))
+    derive = label if callable(label) else (lambda ex, img: [(img, int(ex[label_key]))])
     ds = LabelledSet(display or f"{name}:{split}", names, list(templates or default_templates),
                      None)
 
     def samples(size):
         for ex in tfds_reader.records(builder, split):
-            y = label_of(ex)
-            if y is None or y < 0:  # a derived label this example has none of (e.g. no car)
+            pairs = derive(ex, tfds_reader.to_pil(ex[image_key]))
+            if not pairs:  # a derived label this example has none of
                 ds.stats["skipped_no_label"] = ds.stats.get("skipped_no_label", 0) + 1
-                continue
-            if y >= len(names):
-                raise ValueError(f"tfds dataset {name!r} split {split!r}: label {y} is outside "
-                                 f"the {len(names)} class names")
-            arr = _decode(tfds_reader.to_pil(ex[image_key]), size, ds.stats)
-            if arr is not None:
-                yield arr, int(y)
+            for img, y in pairs:
+                if not 0 <= y < len(names):
+                    raise ValueError(f"tfds dataset {name!r} split {split!r}: label {y} is "
+                                     f"outside the {len(names)} class names")
+                arr = _decode(img, size, ds.stats)
+                if arr is not None:
+                    yield arr, int(y)
 
     ds.samples = samples
     return ds
@@ -274,7 +275,7 @@ def labelled(spec: str, data_dir: str | None = None, templates: Sequence[str] | 
     spec = str(spec)
     if spec.startswith("tfds:"):
         name, s = _split_spec(spec)
-        return _tfds_labelled(name, split or s, data_dir, templates)
+        return tfds_labelled(name, split or s, data_dir, templates)
     if spec.startswith("folder:"):
         return _folder_labelled(spec[len("folder:"):], templates)
     if spec.endswith(".json"):

@@ -36,7 +36,8 @@ import numpy as np
 
 from clip_jax import config as config_lib
 from clip_jax import files, inference, models, sharding
-from clip_jax.evaluate import datasets, metrics, plots, probes
+from clip_jax.evaluate import datasets, encode, metrics, plots, probes
+from clip_jax.evaluate import suite as suite_lib
 from clip_jax.evaluate import templates as templates_lib
 
 EVALS = config_lib.EVAL_KINDS
@@ -77,35 +78,7 @@ def specs_from_config(config) -> list[EvalSpec]:
 # Encoding datasets
 
 
-def image_features(encoder, dataset: datasets.LabelledSet, batch_size: int,
-                   max_per_class: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """(features (N, D), labels (N,)) of a labelled set; with ``max_per_class`` only the first
-    that many images of each class are kept (reading stops once every class is full)."""
-    feats, labels = [], []
-    counts = np.zeros(len(dataset.class_names), np.int64)
-
-    def items():
-        for img, label in dataset.samples(encoder.image_size):
-            if max_per_class:
-                if counts[label] >= max_per_class:
-                    if counts.min() >= max_per_class:
-                        return
-                    continue
-            counts[label] += 1
-            yield img, label
-
-    for images, ys, n in datasets.batches(items(), batch_size, *_mean_std(encoder)):
-        feats.append(encoder.encode_image(images)[:n])
-        labels.extend(ys)
-    if not feats:
-        raise ValueError(f"dataset {dataset.name} yielded no images ({dataset.stats})")
-    return np.concatenate(feats), np.asarray(labels, np.int64)
-
-
-def _mean_std(encoder) -> tuple:
-    """The encoder's pixel normalisation (a bundle may carry its own), else CLIP's."""
-    pre = getattr(encoder, "preprocess_cfg", None) or {}
-    return pre.get("mean"), pre.get("std")
+image_features = encode.image_features
 
 
 def _templates(spec: EvalSpec, dataset: datasets.LabelledSet) -> list[str]:
@@ -137,27 +110,9 @@ def zeroshot(encoder, spec: EvalSpec) -> dict:
 def retrieval(encoder, spec: EvalSpec) -> dict:
     t0 = time.perf_counter()
     ds = datasets.captioned(spec.dataset)
-    feats, captions = [], []
-    for images, caps, n in datasets.batches(ds.samples(encoder.image_size), spec.batch_size,
-                                            *_mean_std(encoder)):
-        feats.append(encoder.encode_image(images)[:n])
-        captions.extend(caps)
-    if not feats:
-        raise ValueError(f"retrieval set {spec.dataset} yielded no images ({ds.stats})")
-    texts = [c for caps in captions for c in caps]
-    text_to_image = np.repeat(np.arange(len(captions)), [len(c) for c in captions])
-    text_feats = np.concatenate([
-        _pad_encode(encoder, texts[s:s + spec.batch_size], spec.batch_size)
-        for s in range(0, len(texts), spec.batch_size)])
-    out = metrics.retrieval_metrics(np.concatenate(feats), text_feats, text_to_image)
+    out = encode.retrieval(encoder, ds, spec.batch_size)
     out.update(dataset=ds.name, skipped=dict(ds.stats), seconds=time.perf_counter() - t0)
     return out
-
-
-def _pad_encode(encoder, texts: list[str], batch_size: int) -> np.ndarray:
-    """Encode with the last batch padded to ``batch_size`` (one compiled shape)."""
-    n = len(texts)
-    return encoder.encode_text(texts + [texts[-1]] * (batch_size - n))[:n]
 
 
 def _probe_features(encoder, spec: EvalSpec):
@@ -202,6 +157,19 @@ def linear_probe(encoder, spec: EvalSpec) -> dict:
     return out
 
 
+def suite(encoder, spec: EvalSpec) -> dict:
+    """A ``suite:NAME[:a,b]`` dataset: that suite (or those of its datasets) under
+    ``spec.data_dir`` with this evaluation kind (:mod:`clip_jax.evaluate.suite`); missing
+    datasets are listed, not fatal."""
+    name, _, only = spec.dataset[len("suite:"):].partition(":")
+    if spec.kind not in suite_lib.SUITE_EVALS:
+        raise ValueError(f"evaluation {spec.name!r}: a suite runs {suite_lib.SUITE_EVALS}, "
+                         f"not {spec.kind!r}")
+    return suite_lib.run_suite(encoder, suite_lib.resolve(name, only.split(",")),
+                               spec.data_dir, (spec.kind,), batch_size=spec.batch_size,
+                               max_per_class=spec.max_per_class, shots=spec.shots)
+
+
 _RUN = {"zeroshot": zeroshot, "retrieval": retrieval, "fewshot": fewshot,
         "linear_probe": linear_probe}
 
@@ -213,8 +181,10 @@ def run(encoder, specs: Sequence[EvalSpec]) -> dict[str, dict]:
     twice = sorted({n for n in names if names.count(n) > 1})
     if twice:
         raise ValueError(f"evaluation name(s) {twice} given twice: each needs its own name")
-    return {s.name: metrics.jsonable({"kind": s.kind, "dataset_spec": s.dataset,
-                                      **_RUN[s.kind](encoder, s)}) for s in specs}
+    return {s.name: metrics.jsonable({
+        "kind": s.kind, "dataset_spec": s.dataset,
+        **(suite if s.dataset.startswith("suite:") else _RUN[s.kind])(encoder, s)})
+        for s in specs}
 
 
 _SCALARS = {
@@ -229,6 +199,9 @@ def scalars(reports: dict[str, dict]) -> dict[str, float]:
     """``eval/<name>/<metric>`` numbers (each kind's headline metrics) for metrics.jsonl."""
     out = {}
     for name, rep in reports.items():
+        if "suite" in rep:  # eval/<dataset>/<metric> of each suite dataset
+            out.update(suite_lib.suite_scalars(rep))
+            continue
         keys = _SCALARS.get(rep["kind"]) or [k for k in rep if k.endswith("shot")]
         for k in keys:
             if isinstance(rep.get(k), int | float):
@@ -249,7 +222,7 @@ def write_report(reports: dict[str, dict], out_dir: str, prefix: str = "",
     files.write_json(path, {**(extra or {}), "evals": reports})
     written = [path]
     for name, zs in reports.items():
-        if zs["kind"] == "zeroshot" and len(zs["class_names"]) <= 200:
+        if zs["kind"] == "zeroshot" and len(zs.get("class_names") or range(201)) <= 200:
             png = os.path.join(out_dir, f"{prefix}{name}_confusion.png")
             plots.plot_confusion_matrix(
                 zs["confusion_matrix"], zs["class_names"], png,

@@ -190,6 +190,34 @@ def plot_confusion_matrix(
     return out_png
 
 
+def plot_suite(headlines: dict[str, dict[str, float]], out_png: str,
+               title: str | None = None) -> str:
+    """Grouped bar chart of a suite: ``{dataset: {eval kind: headline value in [0, 1]}}``,
+    one group per dataset, one bar per evaluation kind."""
+    names = list(headlines)
+    kinds = sorted({k for v in headlines.values() for k in v})
+    if not names or not kinds:
+        raise ValueError("plot_suite: no results to plot")
+    fig = Figure(figsize=(max(6.0, 0.6 * len(names) * max(1, len(kinds)) + 2), 4.5), dpi=100)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot(1, 1, 1)
+    width = 0.8 / len(kinds)
+    x = np.arange(len(names))
+    for i, kind in enumerate(kinds):
+        vals = [100.0 * headlines[n].get(kind, np.nan) for n in names]
+        ax.bar(x + (i - (len(kinds) - 1) / 2) * width, vals, width, label=kind)
+    ax.set_xticks(x)
+    ax.set_xticklabels(names, rotation=45, ha="right")
+    ax.set_ylabel("headline metric (%)")
+    ax.set_ylim(0, 100)
+    ax.legend(fontsize="small")
+    ax.set_title(title or "evaluation suite")
+    fig.tight_layout()
+    _ensure_parent(out_png)
+    fig.savefig(out_png)
+    return out_png
+
+
 def _ensure_parent(path: str) -> None:
     parent = os.path.dirname(os.path.abspath(path))
     os.makedirs(parent, exist_ok=True)
