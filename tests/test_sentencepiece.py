@@ -263,3 +263,24 @@ def test_siglip_presets_find_their_tokenizer(spiece, gemma_json, tmp_path, monke
     monkeypatch.setenv("CLIP_JAX_SIGLIP_SPM", str(tmp_path))
     with pytest.raises(ValueError, match="no SigLIP's spiece.model there"):
         T.preset_tokenizer("ViT-B-16-SigLIP")
+
+
+def test_the_recipe_travels_in_a_bundle(spiece, tmp_path):
+    """A bundle with a SentencePiece tokenizer: clip_jax.load tokenizes with the saved recipe
+    (canonicalisation, </s> padding), at the model's context length."""
+    import clip_jax
+    from clip_jax import bundle, models
+    from clip_jax import params as params_lib
+
+    cfg = models.get_model_config("tiny")
+    cfg = cfg.replace(text={"vocab_size": 56, "context_length": 12})
+    params = params_lib.unflatten_params(
+        {k: np.zeros(v.shape, v.dtype)
+         for k, v in params_lib.flatten_params(models.abstract_params(cfg)).items()})
+    tok = T.SentencePieceTokenizer(spiece, canonicalize="transformers", fix_text=False)
+    path = bundle.save_bundle(tmp_path / "b", params, cfg, tok)
+    _, _, loaded, _ = bundle.read_bundle(path)
+    assert isinstance(loaded, T.SentencePieceTokenizer) and loaded.recipe == tok.recipe
+    ids = clip_jax.load(path).tokenize(CAPTIONS)
+    np.testing.assert_array_equal(ids, tok(CAPTIONS, context_length=12))
+    assert ids.shape == (len(CAPTIONS), 12) and ids[3].tolist() == [1] * 12
