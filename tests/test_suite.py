@@ -22,9 +22,10 @@ from PIL import Image
 
 from clip_jax import bundle as bundle_lib
 from clip_jax import inference, models
+from clip_jax.data import demo
 from clip_jax.data import tokenizer as tok_lib
 from clip_jax.data.transforms import CLIP_MEAN, CLIP_STD, normalize, resize_center_crop
-from clip_jax.evaluate import metrics, registry, suite, suite_data
+from clip_jax.evaluate import datasets, metrics, registry, suite, suite_data
 from clip_jax.evaluate import templates as templates_lib
 
 tfds = pytest.importorskip("tensorflow_datasets")
@@ -81,8 +82,8 @@ def test_registry_entry_matches_the_tfds_builder(name):
                 assert not parts[a][split] & parts[b][split], (name, split)
     if entry.task == "retrieval" or entry.tfds is None:
         assert entry.tfds is None or entry.tfds == "coco_captions"  # its code needs TensorFlow
-        if entry.task == "classification":
-            assert suite_data.class_names(entry) and entry.source == "folder"
+        if entry.task == "classification":  # the demo's names come with its folder
+            assert entry.source == "folder" and (suite_data.class_names(entry) or name == "demo")
         return
     features = _builder(entry).info.features
     names = suite_data.class_names(entry)
@@ -335,6 +336,22 @@ def test_run_suite_probes_on_a_folder_set_carve_val_from_train(suite_dir):
     assert r["fewshot"]["acc1"] == 1.0 and r["fewshot"]["seeds"] == 2
     assert d["linear_probe"]["best_l2"] > 0 and d["num_templates"] == 1
     assert suite.suite_scalars(result)["eval/rendered_sst2/linear_probe_acc1"] == 1.0
+
+
+def test_demo_card_as_a_folder_dataset_round_trips(tmp_path):
+    card = os.path.join(str(tmp_path / "demo"), "zeroshot.json")
+    demo.generate(str(tmp_path / "demo"), train_samples=10, eval_samples=48, workers=1)
+    assert suite_data.card_to_folder(card, str(tmp_path / "data" / "demo")) == {
+        "train": 24, "test": 24}
+    source = datasets.labelled(card)
+    entry = registry.ENTRIES["demo"]
+    got = []
+    for which in ("train", "test"):
+        ds = suite_data.labelled_split(entry, str(tmp_path / "data"), which)
+        assert ds.class_names == source.class_names and ds.templates == source.templates
+        got += [(y, img.tobytes()) for img, y in ds.samples(64)]
+    assert sorted(got) == sorted((y, img.tobytes()) for img, y in source.samples(64))
+    assert suite_data.labelled_split(entry, str(tmp_path / "data"), "val") is None
 
 
 def test_cli_suite_writes_report_table_and_plot(tmp_path, suite_dir, capsys):

@@ -135,6 +135,10 @@ ENTRIES = {e.name: e for e in (
           label="label_azimuth", templates="smallnorb"),
     Entry("smallnorb_elevation", "smallnorb", test="test[50%:]", val="test[:50%]",
           label="label_elevation", templates="smallnorb"),
+    # The demo corpus's held-out card (clip_jax.data.demo), written as a folder by
+    # clip_jax.evaluate.suite_data.card_to_folder (class names and templates in the folder).
+    Entry("demo", None, source="folder", prepare="python -c \"from clip_jax.evaluate import "
+          "suite_data; suite_data.card_to_folder('data/demo/zeroshot.json', 'DIR/demo')\""),
     # Retrieval (Karpathy test splits): R@1/5/10 both ways.
     Entry("mscoco", "coco_captions", train=None, label="captions", task="retrieval",
           metric="mean_recall", source="tfds coco_captions (Karpathy test: 5000 images)"),
@@ -156,6 +160,7 @@ SUITES = {
              "kitti", "dsprites_position", "dsprites_orientation", "smallnorb_azimuth",
              "smallnorb_elevation"),
     "retrieval": ("flickr30k", "mscoco"),
+    "demo": ("demo",),
 }
 # VTAB-1k trains its probes on 800 examples and validates on 200.
 SUITE_PROBE_SIZES = {"vtab": (800, 200)}

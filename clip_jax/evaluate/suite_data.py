@@ -6,7 +6,9 @@ folder wins over tfds when both are there). A class folder is named by its label
 (``0``, ``00042``), or by its class name (``_`` read as a space, case ignored); failing both, a
 folder set with exactly as many class folders as the dataset has classes takes them in sorted
 order, as torchvision's ``ImageFolder`` does (GTSRB's ``00000``.., Country211's ISO codes).
-``val`` is optional (``valid`` also read), carved from train when absent. Retrieval folders:
+``val`` is optional (``valid`` also read), carved from train when absent. A folder may carry
+``classnames.txt`` (one name per line, in label order) and ``templates.txt``, used where the
+registry names none (the ``demo`` entry: :func:`card_to_folder` writes both). Retrieval folders:
 ``DIR/flickr30k/images/`` with ``DIR/flickr30k/captions.txt`` (``FILE<TAB>caption``,
 ``FILE#n<TAB>caption`` as in Flickr30k's token file, or CLIP_benchmark's ``FILE.jpg,caption``
 CSV with a header line), one line per caption, in the order images are evaluated.
@@ -17,6 +19,8 @@ API::
     missing_message(entry) -> one line: how to prepare it (nothing is ever downloaded)
     labelled_split(entry, data_dir, which) -> LabelledSet or None   (which: test/train/val)
     captioned_set(entry, data_dir) -> CaptionedSet
+    card_to_folder(card, out_dir, train_fraction=0.5) -> {split: count}   (a labelled card,
+        e.g. the demo's held-out zeroshot.json, as a folder dataset)
     resolve_split(expr, counts) -> the expression with VTAB's percentage rule applied
 """
 
@@ -26,7 +30,9 @@ import os
 import re
 
 import numpy as np
+from PIL import Image
 
+from clip_jax import files
 from clip_jax.data import tario, tfds_reader
 from clip_jax.evaluate import classnames, datasets, prompts, registry
 from clip_jax.evaluate import templates as templates_lib
@@ -49,7 +55,18 @@ def class_names(entry: registry.Entry) -> list[str] | None:
     return [names[i] for i in subset] if subset is not None else names
 
 
-def templates(entry: registry.Entry) -> list[str]:
+def _folder_list(root: str | None, name: str) -> list[str] | None:
+    path = os.path.join(root, name) if root else ""
+    if not path or not os.path.isfile(path):
+        return None
+    with open(path, encoding="utf-8") as f:
+        return [line.strip() for line in f if line.strip()] or None
+
+
+def templates(entry: registry.Entry, folder: str | None = None) -> list[str]:
+    """The entry's templates (a folder's ``templates.txt`` where the registry names none)."""
+    if not entry.templates and _folder_list(folder, "templates.txt"):
+        return _folder_list(folder, "templates.txt")
     if entry.templates in prompts.TEMPLATES:
         return list(prompts.TEMPLATES[entry.templates])
     return templates_lib.get_templates(entry.templates or "imagenet_simple")
@@ -205,14 +222,15 @@ def _folder_classes(split_dir: str, names: list[str] | None) -> tuple[list[str],
 
 
 def _folder_set(entry, split_dir: str, names, display: str) -> datasets.LabelledSet:
-    names, label_of = _folder_classes(split_dir, names)
+    root = os.path.dirname(split_dir)
+    names, label_of = _folder_classes(split_dir, names or _folder_list(root, "classnames.txt"))
     files = [(os.path.join(split_dir, c, f), label)
              for c, label in sorted(label_of.items())
              for f in sorted(os.listdir(os.path.join(split_dir, c)))
              if f.lower().endswith(_SUFFIXES)]
     if not files:
         raise ValueError(f"{split_dir}: no <class>/<image> files ({', '.join(_SUFFIXES)})")
-    ds = datasets.LabelledSet(display, names, templates(entry), None)
+    ds = datasets.LabelledSet(display, names, templates(entry, root), None)
 
     def samples(size):
         for path, label in files:
@@ -306,3 +324,26 @@ def captioned_set(entry: registry.Entry, data_dir: str, where=None) -> datasets.
 
     ds.samples = samples
     return ds
+
+
+def card_to_folder(card: str, out_dir: str, train_fraction: float = 0.5) -> dict[str, int]:
+    """Write a labelled ``.json`` card's images as a folder dataset ``out_dir/{train,test}/
+    <label index>/<n>.png`` (per class, the first ``train_fraction`` of its images in card order
+    to train), with the card's ``classnames.txt`` and ``templates.txt``."""
+    ds = datasets.labelled(card)
+    size = int(datasets.read_card(card).get("image_size", 224))
+    by_class: dict[int, list[np.ndarray]] = {}
+    for img, y in ds.samples(size):
+        by_class.setdefault(int(y), []).append(img)
+    counts = {"train": 0, "test": 0}
+    for y, imgs in sorted(by_class.items()):
+        n_train = int(len(imgs) * train_fraction)
+        for i, img in enumerate(imgs):
+            split = "train" if i < n_train else "test"
+            d = os.path.join(out_dir, split, str(y))
+            os.makedirs(d, exist_ok=True)
+            Image.fromarray(img).save(os.path.join(d, f"{i:05d}.png"))
+            counts[split] += 1
+    for name, items in (("classnames.txt", ds.class_names), ("templates.txt", ds.templates)):
+        files.write_atomic(os.path.join(out_dir, name), "".join(f"{x}\n" for x in items))
+    return counts
