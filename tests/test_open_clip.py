@@ -6,8 +6,10 @@ saved as open_clip saves it, imported with ``clip_jax.export import --from open_
 open_clip's image and text embeddings; (b) a clip_jax bundle exported with ``clip_jax.export
 open_clip`` loads strictly in ``open_clip.create_model`` (a registered config with
 ``pretrained=FILE``, and ``local-dir:``) and gives clip_jax's embeddings; (c) our CLIP BPE gives
-the ids of ``open_clip.get_tokenizer("ViT-B-32")`` on a hard corpus. The whole module skips where
-open_clip does not import (the default ``compare`` extra has no torchvision).
+the ids of ``open_clip.get_tokenizer("ViT-B-32")`` on a hard corpus; (a) and (b) run with
+qk-norm and layer scale too; (d) open_clip's SigLIP (a timm trunk) imports with its embeddings,
+and its full-size layouts are our key maps'. The whole module skips where open_clip does not
+import (the default ``compare`` extra has no torchvision).
 """
 
 from __future__ import annotations
@@ -45,8 +47,13 @@ TINY_JSON = {
     "vision_cfg": {"image_size": 32, "layers": 2, "width": 64, "patch_size": 8, "head_width": 32},
     "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 2},
 }
-# (activation, logit bias): open_clip's default GELU; QuickGELU with a SigLIP-style logit_bias
-VARIANTS = {"gelu": {}, "quick_gelu_bias": {"quick_gelu": True, "init_logit_bias": -10.0}}
+# (activation, logit bias): open_clip's default GELU; QuickGELU with a SigLIP-style logit_bias;
+# open_clip's stability options in both towers: qk-norm (attn.ln_q / ln_k) and layer scale
+# (ls_1 / ls_2.gamma)
+_STABLE = {"qk_norm": True, "ls_init_value": 0.5}
+VARIANTS = {"gelu": {}, "quick_gelu_bias": {"quick_gelu": True, "init_logit_bias": -10.0},
+            "qk_norm_ls": {"vision_cfg": {**TINY_JSON["vision_cfg"], **_STABLE},
+                           "text_cfg": {**TINY_JSON["text_cfg"], **_STABLE}}}
 TEXTS = ["a photo of a cat", "", "Zwei Hunde im Schnee 🐕🐕", "&lt;b&gt;bold&lt;/b&gt; &amp; café",
          "a very long caption " * 30]
 _registered = itertools.count()
@@ -177,6 +184,96 @@ def test_clip_jax_export_loads_strictly_in_open_clip(tmp_path, variant):
         assert np.broadcast_to(pre["size"], 2).tolist() == [cfg.vision.image_size] * 2
         np.testing.assert_allclose(pre["mean"], m.preprocess_cfg["mean"])
         np.testing.assert_allclose(pre["std"], m.preprocess_cfg["std"])
+
+
+# ---------------------------------------------------------------------------------------------
+# (d) open_clip's SigLIP: a timm trunk (visual.trunk.*, attn_pool) and open_clip's text tower
+
+
+def _register_timm_trunk(v: models.VisionConfig, act: str) -> str:
+    """A timm SigLIP ViT of ``v``'s size (no class token, MAP pooling), registered as timm
+    registers its own ``vit_*_siglip_*`` entry points, for open_clip's ``timm_model_name``."""
+    timm = pytest.importorskip("timm", exc_type=ImportError)
+    from timm.models import register_model
+    from timm.models.vision_transformer import _create_vision_transformer
+
+    name = f"vit_cjtest{v.width}_patch{v.patch_size}_siglip_{v.image_size}"
+    if name not in timm.list_models():
+        def entry(pretrained=False, **kwargs):
+            args = dict(img_size=v.image_size, patch_size=v.patch_size, embed_dim=v.width,
+                        depth=v.layers, num_heads=v.heads, mlp_ratio=v.mlp_dim / v.width,
+                        class_token=False, global_pool="map", act_layer=act)
+            return _create_vision_transformer(name, pretrained=pretrained,
+                                              **dict(args, **kwargs))
+        entry.__name__ = name
+        register_model(entry)
+    return name
+
+
+def test_open_clip_timm_siglip_imports_with_its_embeddings(tmp_path):
+    cfg = models.get_model_config("tiny-siglip")
+    v, t = cfg.vision, cfg.text
+    trunk = _register_timm_trunk(v, "gelu_tanh")
+    oc_cfg = {  # as open_clip's ViT-B-16-SigLIP2.json, at tiny-siglip's size
+        "embed_dim": v.width, "init_logit_bias": -10, "custom_text": True,
+        "vision_cfg": {"image_size": v.image_size, "timm_model_name": trunk,
+                       "timm_model_pretrained": False, "timm_pool": "map", "timm_proj": "none"},
+        "text_cfg": {"context_length": t.context_length, "vocab_size": t.vocab_size,
+                     "width": t.width, "heads": t.heads, "layers": t.layers,
+                     "mlp_ratio": t.mlp_dim / t.width, "no_causal_mask": True, "proj_bias": True,
+                     "pool_type": "last", "norm_kwargs": {"eps": 1e-6},
+                     "act_kwargs": {"approximate": "tanh"}}}
+    name = _register(tmp_path, oc_cfg, "siglip")
+    torch.manual_seed(0)
+    model = open_clip.create_model(name).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    assert type(model) is open_clip.CustomTextCLIP
+    assert "visual.trunk.attn_pool.kv.weight" in model.state_dict()
+    hub = tmp_path / "hub"
+    hub.mkdir()
+    safetensors.torch.save_file(model.state_dict(), hub / "open_clip_model.safetensors")
+    save_config_for_hf(model, hub / "open_clip_config.json", model_config=oc_cfg)
+
+    # the JSON names a trunk clip_jax has no size for: one line naming it, nothing written
+    with pytest.raises(ValueError, match=trunk):
+        export.main(["import", "--from", "open_clip", "--src", str(hub), "--out",
+                     str(tmp_path / "refused")])
+    assert not (tmp_path / "refused").exists()
+    out = tmp_path / "bundle"
+    assert export.main(["import", "--from", "open_clip", "--src", str(hub), "--model-config",
+                        "tiny-siglip", "--out", str(out)]) == 0
+    m = clip_jax.load(str(out))
+    rng = np.random.default_rng(2)
+    images = rng.standard_normal((4, v.image_size, v.image_size, 3)).astype(np.float32)
+    ids = rng.integers(0, t.vocab_size, (4, t.context_length)).astype(np.int32)
+    img, txt = _open_clip_embeddings(model, images, ids)
+    diff_i = float(np.abs(m.encode_image(images) - img).max())
+    diff_t = float(np.abs(m.encode_text(ids) - txt).max())
+    print(f"open_clip timm SigLIP -> clip_jax: max |diff| image {diff_i:.2e} text {diff_t:.2e}")
+    assert diff_i < TOL and diff_t < TOL, (diff_i, diff_t)
+    assert m.logit_scale == model.logit_scale.item() and m.logit_bias == model.logit_bias.item()
+
+
+@pytest.mark.parametrize("name", ["ViT-B-16-SigLIP", "ViT-B-16-SigLIP2"])
+def test_open_clip_siglip_layouts_at_full_size(tmp_path, name):
+    """open_clip's own SigLIP configs, built on the meta device (nothing allocated): their state
+    dicts are our key maps' keys and shapes, and the config we export builds in open_clip with
+    exactly the keys and shapes we write."""
+    pytest.importorskip("timm", exc_type=ImportError)
+    from clip_jax.interop import keymap
+
+    cfg = models.from_open_clip_config(open_clip.get_model_config(name))
+    assert keymap.family(cfg) == "siglip"
+    ours = {k: tuple(s.shape) for k, s in keymap.external_shapes(cfg, "open_clip").items()}
+    with torch.device("meta"):
+        theirs = open_clip.create_model(name, device="meta").state_dict()
+    assert {k.removeprefix("text."): tuple(x.shape) for k, x in theirs.items()} == ours
+    back = _register(tmp_path, models.to_open_clip_config(cfg), "siglip-full")
+    with torch.device("meta"):
+        rebuilt = open_clip.create_model(back, device="meta").state_dict()
+    assert {k: tuple(x.shape) for k, x in rebuilt.items()} == ours
 
 
 # ---------------------------------------------------------------------------------------------

@@ -32,13 +32,16 @@ def _open_clip_preprocess(pre: Mapping) -> dict:
 
 def export_open_clip(out_dir: str | os.PathLike, params, cfg: models.ModelConfig, tokenizer=None,
                      preprocess: Mapping | None = None) -> Path:
+    """Write open_clip's hub layout; a model open_clip cannot build raises a ValueError naming
+    why, before anything is written."""
+    sd = keymap.to_external(jax.device_get(params), cfg, "open_clip")
+    pre = dict(preprocess or bundle.default_preprocess(cfg.vision.image_size))
+    config = {"model_cfg": models.to_open_clip_config(cfg),
+              "preprocess_cfg": _open_clip_preprocess(pre)}
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    sd = keymap.to_external(jax.device_get(params), cfg, "open_clip")
     save_safetensors(sd, out / OPEN_CLIP_WEIGHTS, {"format": "pt"})
-    pre = dict(preprocess or bundle.default_preprocess(cfg.vision.image_size))
-    files.write_json(out / OPEN_CLIP_CONFIG, {"model_cfg": models.to_open_clip_config(cfg),
-                                               "preprocess_cfg": _open_clip_preprocess(pre)})
+    files.write_json(out / OPEN_CLIP_CONFIG, config)
     if tokenizer is not None:
         tokenizer.save(out / bundle.TOKENIZER_SUBDIR)
     return out
