@@ -3,6 +3,8 @@
     python benchmarks/data_pipeline.py                                  # synthetic JPEG shards
     python benchmarks/data_pipeline.py --shards '/data/laion/{00000..00009}.tar' \\
         --target-samples-per-sec 4096 --workers 1,2,4 --modes process,thread
+    python benchmarks/data_pipeline.py --tfds                           # the same JPEGs via tfds
+    python benchmarks/data_pipeline.py --tfds --tfds-name coco_captions --tfds-data-dir DIR
 
 1. Per core: one thread reads raw samples from the shards, then times each stage per image as
    the train workers run it: decode (``transforms.decode_array``: JPEGs by simplejpeg with the
@@ -15,6 +17,12 @@
    with draft, PIL bicubic resize, host float32 normalise) in alternating rounds, for a
    before/after in one run, and the mean absolute pixel difference between the two crops
    (``crop_mean_abs_diff_vs_pil``, 0-255 grey levels) is reported.
+   The read stage is timed too (``ms_per_image.read``, ``images_per_cpu_sec_with_read``):
+   tar members (``tario.iter_groups``) for shards; with ``--tfds``, what a train worker does
+   for a tfds source (:mod:`clip_jax.data.tfds_source`: random access in the epoch's permuted
+   order, tfds's NumPy parse of the image and caption features). Without ``--tfds-name`` the
+   synthetic JPEGs are written as a tfds array_record dataset (offline), so the two sources
+   are compared on the same images.
 2. End to end: the real train iterator with ``--workers`` workers in each of ``--modes``
    (processes vs threads), samples/s of wall time after a warm-up batch.
 
@@ -36,13 +44,21 @@ import os
 import sys
 import tempfile
 import time
+import types
 
 import numpy as np
 from PIL import Image
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from clip_jax.data import pipeline, shards, tario, transforms, write_shards  # noqa: E402
+from clip_jax.data import (  # noqa: E402
+    pipeline,
+    shards,
+    tario,
+    tfds_source,
+    transforms,
+    write_shards,
+)
 from clip_jax.data.tokenizer import load_tokenizer as load_named_tokenizer  # noqa: E402
 
 WORDS = ("a photo of the red old car parked near green house with small dog on sunny day "
@@ -75,33 +91,58 @@ def load_tokenizer(spec: str | None):
     return CharTokenizer(), "char (fallback)"
 
 
-def synthetic_shards(out_dir: str, n: int, size: tuple[int, int], per_shard: int) -> str:
-    """Photo-like JPEGs: smooth random colour fields plus fine noise."""
+def synthetic_samples(n: int, size: tuple[int, int]):
+    """``(key, JPEG bytes, "jpg", caption)``: photo-like JPEGs (smooth random colour fields plus
+    fine noise) with web-like captions."""
     w, h = size
+    for i in range(n):
+        rng = np.random.default_rng(i)
+        coarse = rng.integers(0, 255, (h // 32 + 2, w // 32 + 2, 3), dtype=np.uint8)
+        img = Image.fromarray(coarse).resize((w, h), Image.BICUBIC)
+        arr = np.asarray(img).astype(np.int16) + rng.integers(-12, 13, (h, w, 3))
+        buf = io.BytesIO()
+        Image.fromarray(arr.clip(0, 255).astype(np.uint8)).save(buf, "JPEG", quality=90)
+        words = list(rng.choice(WORDS, size=int(rng.integers(8, 15))))
+        for _ in range(3):  # rare words / names / codes, as in web captions (BPE cache misses)
+            words.insert(int(rng.integers(len(words) + 1)), "".join(
+                rng.choice(list("abcdefghijklmnopqrstuvwxyz0123456789"),
+                           size=int(rng.integers(4, 10)))))
+        caption = " ".join(words)
+        yield f"{i:09d}", buf.getvalue(), "jpg", caption
 
-    def gen():
-        for i in range(n):
-            rng = np.random.default_rng(i)
-            coarse = rng.integers(0, 255, (h // 32 + 2, w // 32 + 2, 3), dtype=np.uint8)
-            img = Image.fromarray(coarse).resize((w, h), Image.BICUBIC)
-            arr = np.asarray(img).astype(np.int16) + rng.integers(-12, 13, (h, w, 3))
-            buf = io.BytesIO()
-            Image.fromarray(arr.clip(0, 255).astype(np.uint8)).save(buf, "JPEG", quality=90)
-            words = list(rng.choice(WORDS, size=int(rng.integers(8, 15))))
-            for _ in range(3):  # rare words / names / codes, as in web captions (BPE cache misses)
-                words.insert(int(rng.integers(len(words) + 1)), "".join(
-                    rng.choice(list("abcdefghijklmnopqrstuvwxyz0123456789"),
-                               size=int(rng.integers(4, 10)))))
-            caption = " ".join(words)
-            yield f"{i:09d}", buf.getvalue(), "jpg", caption
 
-    names = write_shards.write_samples(gen(), out_dir, per_shard)
+def synthetic_shards(out_dir: str, n: int, size: tuple[int, int], per_shard: int) -> str:
+    names = write_shards.write_samples(synthetic_samples(n, size), out_dir, per_shard)
     return os.path.join(out_dir, f"{{00000..{len(names) - 1:05d}}}.tar")
 
 
-def per_core(spec, tokenizer_spec, image_size: int, batch: int, limit: int,
-             rounds: int) -> dict:
-    raws = []
+def synthetic_tfds(data_dir: str, n: int, size: tuple[int, int]) -> str:
+    """The same samples as a tfds dataset (``bench_captions``, array_record; an image feature
+    and coco_captions' ``captions/text`` layout), prepared offline. Returns its name."""
+    import tensorflow_datasets as tfds
+
+    class BenchCaptions(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+        VERSION = tfds.core.Version("1.0.0")
+
+        def _info(self):
+            return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict({
+                "image": tfds.features.Image(encoding_format="jpeg"),
+                "captions": tfds.features.Sequence({"text": tfds.features.Text()})}))
+
+        def _split_generators(self, dl_manager):
+            return {"train": self._generate_examples()}
+
+        def _generate_examples(self):
+            for key, image, _, caption in synthetic_samples(n, size):
+                yield key, {"image": image, "captions": [{"text": caption}]}
+
+    BenchCaptions(data_dir=data_dir, file_format="array_record").download_and_prepare()
+    return "bench_captions"
+
+
+def read_tars(spec, limit: int) -> tuple[list, float]:
+    """The first ``limit`` raw samples of the shards and the CPU ms / sample reading them."""
+    raws, c0 = [], time.process_time()
     for url in shards.expand_shards(spec):
         for group in tario.iter_groups(url, tario.wanted_exts()):
             raw = tario.to_raw_sample(group, None)
@@ -111,8 +152,29 @@ def per_core(spec, tokenizer_spec, image_size: int, batch: int, limit: int,
                 break
         if len(raws) >= limit:
             break
+    return raws, 1000 * (time.process_time() - c0) / max(len(raws), 1)
+
+
+def read_tfds(src, limit: int) -> tuple[list, float]:
+    """Raw samples of a tfds source read as a train worker reads them (random access in the
+    epoch's permuted order, parse of the image and caption features) and the CPU ms / sample
+    (the reader is opened before timing)."""
+    reader = tfds_source.RecordReader(types.SimpleNamespace(
+        sources=(src,), seed=0, consumer=0, num_consumers=1, name="bench"), 0)
+    stats = tario.new_stats()
+    reader.next_valid(stats)  # opens the dataset
+    reader.set_cursor([0, 0, 0])
+    raws, c0 = [], time.process_time()
+    for _ in range(min(limit, src.num_examples)):
+        raws.append(reader.next_valid(stats)[1])
+    return raws, 1000 * (time.process_time() - c0) / max(len(raws), 1)
+
+
+def per_core(spec, tokenizer_spec, image_size: int, batch: int, limit: int,
+             rounds: int, tfds_src=None) -> dict:
+    raws, read_ms = read_tars(spec, limit) if tfds_src is None else read_tfds(tfds_src, limit)
     if not raws:
-        raise SystemExit(f"no valid samples in {spec}")
+        raise SystemExit(f"no valid samples in {spec or tfds_src.name}")
     kb = sum(len(r.image) for r in raws) / len(raws) / 1024
     runs = {"current": [], "previous": []}
     for _ in range(rounds):
@@ -128,6 +190,10 @@ def per_core(spec, tokenizer_spec, image_size: int, batch: int, limit: int,
     diffs = [np.abs(_crop(raw, image_size, i, "current").astype(np.int16)
                     - _crop(raw, image_size, i, "previous")).mean()
              for i, raw in enumerate(raws[:256])]
+    cur = out["current"]
+    read = cur["ms_per_image"]["read"] = round(read_ms, 3)
+    cur["images_per_cpu_sec_with_read"] = round(
+        1000 / (1000 / cur["images_per_cpu_sec"] + read), 1)
     result = {"images": len(raws), "avg_image_kb": round(kb, 1), **out["current"],
               "crop_mean_abs_diff_vs_pil": round(float(np.mean(diffs)), 3),
               "previous_path": out["previous"]}
@@ -192,9 +258,10 @@ def _time_path(raws, tokenizer, image_size: int, batch: int, path: str) -> dict:
             "images_per_cpu_sec": round(n / cpu, 1), "images_per_wall_sec": round(n / wall, 1)}
 
 
-def end_to_end(spec, tokenizer, image_size, batch, workers, mode, seconds) -> dict:
+def end_to_end(spec, tokenizer, image_size, batch, workers, mode, seconds,
+               tfds_cfg=None) -> dict:
     cfg = {"train": spec, "workers": workers, "worker_mode": mode, "shuffle_buffer": 256,
-           "resampled": True, "context_length": 77}
+           "resampled": True, "context_length": 77, **(tfds_cfg or {})}
     it = pipeline.make_train_iterator(cfg, tokenizer, image_size, batch, seed=0)
     try:
         next(it)  # start-up (spawn, imports, first shuffle fill)
@@ -204,7 +271,8 @@ def end_to_end(spec, tokenizer, image_size, batch, workers, mode, seconds) -> di
         dt = time.perf_counter() - t0
     finally:
         it.close()
-    return {"workers": workers, "mode": mode, "samples_per_sec": round(n / dt, 1)}
+    return {"source": cfg.get("source", "webdataset"), "workers": workers, "mode": mode,
+            "samples_per_sec": round(n / dt, 1)}
 
 
 def main():
@@ -221,22 +289,42 @@ def main():
     ap.add_argument("--modes", default="process,thread")
     ap.add_argument("--seconds", type=float, default=5.0, help="per end-to-end run")
     ap.add_argument("--rounds", type=int, default=3, help="per-core rounds (median reported)")
+    ap.add_argument("--tfds", action="store_true",
+                    help="read a tfds dataset (data.source='tfds') instead of shards: "
+                         "--tfds-name in --tfds-data-dir, else the synthetic images written "
+                         "as a tfds array_record dataset")
+    ap.add_argument("--tfds-name", default="", help="a prepared image-text tfds dataset")
+    ap.add_argument("--tfds-data-dir", default="")
+    ap.add_argument("--tfds-split", default="train")
+    ap.add_argument("--tfds-caption-key", default="captions/text")
     args = ap.parse_args()
 
     tokenizer, tok_name = load_tokenizer(args.tokenizer)
     with tempfile.TemporaryDirectory() as tmp:
-        spec = args.shards
-        if spec is None:
-            w, h = (int(v) for v in args.src_size.lower().split("x"))
+        spec, tfds_cfg, src = args.shards, None, None
+        w, h = (int(v) for v in args.src_size.lower().split("x"))
+        if args.tfds:
+            name, data_dir = args.tfds_name, args.tfds_data_dir
+            if not name:
+                name, data_dir = synthetic_tfds(os.path.join(tmp, "tfds"), args.num_images,
+                                                (w, h)), os.path.join(tmp, "tfds")
+            tfds_cfg = {"source": "tfds", "tfds_name": name, "tfds_data_dir": data_dir,
+                        "tfds_split": args.tfds_split, "tfds_caption_key": args.tfds_caption_key}
+            src = pipeline.tfds_source(tfds_cfg)
+        elif spec is None:
             spec = synthetic_shards(tmp, args.num_images, (w, h), max(args.num_images // 4, 1))
-        result = {"shards": args.shards or f"synthetic {args.src_size} JPEG",
+        result = {"source": f"tfds {src.full_name} {src.split}" if src else (
+                      args.shards or f"synthetic {args.src_size} JPEG shards"),
                   "image_size": args.image_size, "tokenizer": tok_name,
                   "cpu_count": os.cpu_count()}
+        if args.tfds and not args.tfds_name:
+            result["source"] += f" (synthetic {args.src_size} JPEG)"
         result["per_core"] = per_core(spec, args.tokenizer, args.image_size, args.batch,
-                                      args.num_images, max(args.rounds, 1))
+                                      args.num_images, max(args.rounds, 1), src)
         pc = result["per_core"]
         rate, prev = pc["images_per_cpu_sec"], pc["previous_path"]
         print(f"per core: {rate:.0f} images/s (decode+crop+tokenize, uint8 out, "
+              f"{pc['images_per_cpu_sec_with_read']:.0f} with the read stage, "
               f"{pc['ms_per_image']} ms/image); previous PIL path with host normalise: "
               f"{prev['images_per_cpu_sec']:.0f} images/s ({prev['ms_per_image']} ms/image); "
               f"crops differ by {pc['crop_mean_abs_diff_vs_pil']} grey levels (mean abs)",
@@ -252,7 +340,7 @@ def main():
         for workers in [int(v) for v in args.workers.split(",") if v.strip()]:
             for mode in [m.strip() for m in args.modes.split(",") if m.strip()]:
                 r = end_to_end(spec, tokenizer, args.image_size, args.batch, workers, mode,
-                               args.seconds)
+                               args.seconds, tfds_cfg)
                 print(f"end to end: {r}", file=sys.stderr)
                 runs.append(r)
         if runs:
