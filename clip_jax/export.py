@@ -13,6 +13,8 @@ CLI::
     # ``checkpoint.init_from`` (fine-tuning)
     python -m clip_jax.export import --from {open_clip,hf} --src PATH [--model-config JSON]
         [--tokenizer SPEC] [--scan] --out BUNDLE
+    # every command takes --image-size N / --patch-size P: position embeddings and patch kernel
+    # resampled (open_clip's resize_pos_embed / FlexiViT), one line says what changed
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ def _parser() -> argparse.ArgumentParser:
                        help="any model source: training workdir or its checkpoints/ "
                             "directory, bundle, HF CLIP directory, open_clip weights")
         s.add_argument("--out", required=True, help="output directory")
+        _resample_args(s)
     s = sub.add_parser("import", help="open_clip / HF CLIP weights -> bundle (also usable as "
                                       "checkpoint.init_from for fine-tuning)")
     s.add_argument("--from", dest="src_format", required=True, choices=keymap.FORMATS)
@@ -57,7 +60,24 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--scan", action="store_true",
                    help="store the blocks stacked (model.scan=True layout)")
     s.add_argument("--out", required=True, help="bundle directory to write")
+    _resample_args(s)
     return p
+
+
+def _resample_args(s: argparse.ArgumentParser) -> None:
+    s.add_argument("--image-size", type=int, default=None,
+                   help="another input resolution: the position embeddings are resampled "
+                        "(class token kept, bicubic; without one bilinear)")
+    s.add_argument("--patch-size", type=int, default=None,
+                   help="another patch size: the patch kernel is resized (FlexiViT "
+                        "pseudo-inverse) and the position embeddings resampled")
+
+
+def _vision(args) -> dict:
+    """The ``vision`` overrides --image-size / --patch-size ask for ({} when neither)."""
+    v = {"image_size": args.image_size, "patch_size": args.patch_size}
+    return {"vision": {k: x for k, x in v.items() if x is not None}} if any(
+        x is not None for x in v.values()) else {}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -72,6 +92,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                 raise cli.UserError("--model-config applies to --from open_clip only (HF "
                                     "directories carry their config.json)")
             cfg, params, tok, pre = hf.import_hf(args.src, args.scan)
+        if _vision(args):
+            s = sources.refit(sources.Source(args.src_format, Path(args.src), cfg, params, tok,
+                                             pre), cfg.replace(**_vision(args)))
+            cfg, params, pre = s.cfg, s.params, s.preprocess
         if args.tokenizer:
             tok = load_tokenizer(args.tokenizer)
         if tok is None:
@@ -83,7 +107,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     src = Path(args.checkpoint)
     if out.resolve() == src.resolve():
         raise cli.UserError("--out must differ from --checkpoint")
-    s = sources.resolve(src)
+    s = sources.resolve(src, overrides=_vision(args))
     cfg, params, tok, pre = s.cfg, s.params, s.tokenizer, s.preprocess
     if args.command == "bundle":
         bundle.save_bundle(out, params, cfg.replace(remat=False), tok, pre)

@@ -278,7 +278,9 @@ def create_model(name: str | os.PathLike, tokenizer: str | None = None, seed: in
 
     ``name``: a preset (:func:`list_models`) or open_clip model-config JSON -> freshly
     initialised params (``overrides`` replace ModelConfig fields, e.g. ``scan=True``); or a path
-    to any model source (bundle, workdir, HF or open_clip weights) -> its trained params.
+    to any model source (bundle, workdir, HF or open_clip weights) -> its trained params, where
+    ``vision={"image_size": N}`` / ``{"patch_size": P}`` resamples the position embeddings and
+    the patch kernel (:func:`clip_jax.sources.refit`; one logged line says what changed).
     ``params`` are unboxed; ``preprocess(images)`` returns normalised float32 NHWC pixels;
     ``tokenizer`` is the source's own, else the one ``tokenizer`` names (a spec for
     :func:`clip_jax.data.tokenizer.load_tokenizer`), else None.
@@ -288,6 +290,7 @@ def create_model(name: str | os.PathLike, tokenizer: str | None = None, seed: in
             spec.endswith(".json") and Path(spec).is_file()):
         cfg = (models.get_model_config(spec) if spec in models.PRESETS
                else models.from_open_clip_config(spec)).replace(**overrides)
+        params_lib.vision_grid(cfg.vision.image_size, cfg.vision.patch_size)
         model = models.CLIP(cfg)
         params = jax.jit(lambda k: nn.meta.unbox(
             model.init(k, *models.init_inputs(cfg))["params"]))(jax.random.key(seed))
@@ -296,9 +299,9 @@ def create_model(name: str | os.PathLike, tokenizer: str | None = None, seed: in
         raise ValueError(f"{spec!r} is neither a model name ({', '.join(list_models())}), an "
                          f"open_clip model-config JSON, nor an existing path")
     else:
-        src = sources.resolve(spec, scan=overrides.pop("scan", None))
-        cfg = src.cfg.replace(**overrides)
-        model, params, tok, pre = models.CLIP(cfg), src.params, src.tokenizer, src.preprocess
+        src = sources.resolve(spec, overrides=overrides)  # another image/patch size: resampled
+        cfg, params, tok, pre = src.cfg, src.params, src.tokenizer, src.preprocess
+        model = models.CLIP(cfg)
     if tokenizer is not None:
         tok = tokenizer_lib.load_tokenizer(tokenizer)
 

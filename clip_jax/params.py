@@ -10,10 +10,17 @@ checkpoints of another run) meets the model here:
 * :func:`check`: same keys, same shapes, float dtypes; errors name each key.
 * :func:`adapt`: params of any block layout, checked and laid out like a target tree.
 * :func:`place`: host arrays onto devices with the target tree's shardings.
+* :func:`resample_vision`: another image or patch size: ``visual/positional_embedding``
+  resampled (class token kept, grid bicubic with antialias as open_clip's ``resize_pos_embed``;
+  without a class token bilinear as open_clip's big_vision loader and timm do for SigLIP) and
+  ``visual/conv1/kernel`` resized by FlexiViT's pseudo-inverse rule. :func:`adapt` (and so
+  :func:`place`, :func:`take`) applies it, with one logged line per resampled parameter.
 """
 
 from __future__ import annotations
 
+import logging
+import math
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
@@ -25,6 +32,7 @@ import numpy as np
 
 _STACKED = re.compile(r"^(.*/transformer)/resblocks/(.+)$")
 _PER_LAYER = re.compile(r"^(.*/transformer)/resblocks_(\d+)/(.+)$")
+_log = logging.getLogger(__name__)
 
 
 def key_str(path) -> str:
@@ -148,8 +156,10 @@ def check(got: Mapping[str, Any], want: Mapping[str, Any], source: str, *, cast:
 
 
 def adapt(flat_src: Mapping[str, Any], abstract_flat: Mapping[str, Any], source: str) -> dict:
-    """Source params (any block layout) checked against and laid out like ``abstract_flat``."""
-    out = check(unstack_layers(flat_src), unstack_layers(abstract_flat), source, cast=True)
+    """Source params (any block layout) checked against and laid out like ``abstract_flat``;
+    another image or patch size is resampled (:func:`resample_vision`)."""
+    want = unstack_layers(abstract_flat)
+    out = check(resample_vision(unstack_layers(flat_src), want, source), want, source, cast=True)
     return stack_layers(out) if is_stacked(abstract_flat) else out
 
 
@@ -176,7 +186,8 @@ def take(target_tree, source_tree, pattern: str, source: str = "source"):
     (``re.search``, e.g. ``^visual/``) replaced by ``source_tree``'s (nested or flat, NumPy, any
     block layout), cast to the target's dtypes and placed with its shardings; the others are
     kept (LiT: a pretrained image tower beside a fresh text tower). A ValueError names a pattern
-    that matches nothing, and each missing or mis-shaped key of the source."""
+    that matches nothing, and each missing or mis-shaped key of the source; another image or
+    patch size is resampled (:func:`resample_vision`)."""
     rx = re.compile(pattern)
     leaves, treedef = jax.tree_util.tree_flatten_with_path(nn.meta.unbox(target_tree))
     keys = [key_str(p) for p, _ in leaves]
@@ -184,7 +195,8 @@ def take(target_tree, source_tree, pattern: str, source: str = "source"):
     if not chosen:
         raise ValueError(f"checkpoint.init_from_params={pattern!r} matches no parameter of the "
                          f"model; parameters look like {_fmt_keys(keys, 3)}")
-    src = unstack_layers(flatten_params(source_tree))
+    src = resample_vision(unstack_layers(flatten_params(source_tree)),
+                          {k: x for k, (_, x) in zip(keys, leaves, strict=True)}, source)
     if is_stacked(keys):
         src = stack_layers(src)
     host = check({k: src[k] for k in chosen if k in src}, chosen,
@@ -192,3 +204,147 @@ def take(target_tree, source_tree, pattern: str, source: str = "source"):
     out = [x if k not in host else jax.make_array_from_callback(
         x.shape, x.sharding, lambda idx, h=host[k]: h[idx]) for k, (_, x) in zip(keys, leaves)]
     return jax.tree_util.tree_unflatten(treedef, out)
+
+
+# ---------------------------------------------------------------------------------------------
+# Resolution and patch-size changes
+
+POS_EMBED, PATCH_KERNEL, CLASS_EMBED = ("visual/positional_embedding", "visual/conv1/kernel",
+                                        "visual/class_embedding")
+METHODS = ("bilinear", "bicubic")
+
+
+def _cubic(x: np.ndarray, a: float) -> np.ndarray:
+    """Keys' cubic convolution kernel (torch: a = -0.75 plain, -0.5 with antialias)."""
+    x = np.abs(x)
+    near = ((a + 2) * x - (a + 3)) * x * x + 1
+    far = ((a * x - 5 * a) * x + 8 * a) * x - 4 * a
+    return np.where(x < 1, near, np.where(x < 2, far, 0.0))
+
+
+def resize_matrix(n_in: int, n_out: int, method: str = "bicubic",
+                  antialias: bool = True) -> np.ndarray:
+    """``(n_out, n_in)`` float64 matrix of torch's 1-D ``F.interpolate(size=n_out,
+    mode=method, align_corners=False, antialias=antialias)`` (applied separably per axis).
+
+    With ``antialias`` (torch's ``_upsample_*_aa``, PIL's filters): Keys a=-0.5 / the triangle,
+    stretched by the scale when downsampling, truncated at the edges and renormalised. Without:
+    a=-0.75 cubic with clamped edge indices / linear with the source index clamped at 0.
+    """
+    if method not in METHODS:
+        raise ValueError(f"resize method {method!r} is not one of {', '.join(METHODS)}")
+    if n_in < 1 or n_out < 1:
+        raise ValueError(f"cannot resize {n_in} to {n_out} positions")
+    scale = n_in / n_out
+    mat = np.zeros((n_out, n_in))
+    if antialias:
+        support = (2.0 if method == "bicubic" else 1.0) * max(scale, 1.0)
+        inv = 1.0 / scale if scale >= 1.0 else 1.0
+        for i in range(n_out):
+            center = scale * (i + 0.5)
+            lo = max(int(center - support + 0.5), 0)
+            hi = min(int(center + support + 0.5), n_in)
+            x = (np.arange(lo, hi) - center + 0.5) * inv
+            w = _cubic(x, -0.5) if method == "bicubic" else np.maximum(0.0, 1.0 - np.abs(x))
+            mat[i, lo:hi] = w / w.sum() if w.sum() != 0 else w
+        return mat
+    for i in range(n_out):
+        src = scale * (i + 0.5) - 0.5
+        if method == "bilinear":
+            src = max(src, 0.0)
+            i0 = int(src)
+            lam = src - i0
+            mat[i, i0] += 1.0 - lam
+            mat[i, min(i0 + 1, n_in - 1)] += lam
+        else:
+            i0 = math.floor(src)
+            t = src - i0
+            for k, w in zip(range(-1, 3), _cubic(np.array([t + 1, t, 1 - t, 2 - t]), -0.75)):
+                mat[i, min(max(i0 + k, 0), n_in - 1)] += w
+    return mat
+
+
+def resize_grid(grid: np.ndarray, size: int, method: str = "bicubic",
+                antialias: bool = True) -> np.ndarray:
+    """``(h, w, ...)`` resized to ``(size, size, ...)`` as torch's ``F.interpolate`` (float64)."""
+    rows = resize_matrix(grid.shape[0], size, method, antialias)
+    cols = resize_matrix(grid.shape[1], size, method, antialias)
+    return np.einsum("ai,bj,ij...->ab...", rows, cols, np.asarray(grid, np.float64))
+
+
+def grid_side(n: int, what: str) -> int:
+    """The side of a square grid of ``n`` positions; a ValueError names ``what`` otherwise."""
+    side = math.isqrt(n)
+    if n < 1 or side * side != n:
+        raise ValueError(f"{what} has {n} grid positions, not a square grid")
+    return side
+
+
+def resample_pos_embed(pos: np.ndarray, size: int, class_token: bool) -> np.ndarray:
+    """``(n(+1), D)`` position embeddings for a ``size`` x ``size`` grid. With a class token as
+    open_clip's ``resize_pos_embed`` (token 0 kept, grid bicubic with antialias); without one as
+    open_clip's big_vision loader / timm's ``resample_abs_pos_embed`` for SigLIP (bilinear)."""
+    pos = np.asarray(pos)
+    prefix, body = (pos[:1], pos[1:]) if class_token else (pos[:0], pos)
+    side = grid_side(len(body), POS_EMBED)
+    method, antialias = ("bicubic", True) if class_token else ("bilinear", False)
+    grid = resize_grid(body.reshape(side, side, -1), size, method, antialias)
+    return np.concatenate([prefix, grid.reshape(size * size, -1).astype(pos.dtype)])
+
+
+def resize_patch_kernel(kernel: np.ndarray, size: int) -> np.ndarray:
+    """``(p, p, C, D)`` patch kernel for ``size`` x ``size`` patches by FlexiViT's rule
+    (big_vision ``resample_patchemb``): ``pinv(B.T) @ k`` with ``B`` the bilinear (antialiased)
+    resize of a patch, so that ``<new kernel, B x> = <kernel, x>`` for every patch ``x`` when
+    the patch grows."""
+    kernel = np.asarray(kernel)
+    p = kernel.shape[0]
+    if kernel.ndim != 4 or kernel.shape[1] != p:
+        raise ValueError(f"{PATCH_KERNEL} has shape {kernel.shape}, expected (p, p, C, D)")
+    b = np.kron(resize_matrix(p, size, "bilinear"), resize_matrix(p, size, "bilinear"))
+    new = np.linalg.pinv(b.T) @ kernel.reshape(p * p, -1).astype(np.float64)
+    return new.reshape(size, size, *kernel.shape[2:]).astype(kernel.dtype)
+
+
+def resample_vision(flat: Mapping[str, Any], want: Mapping[str, Any],
+                    source: str = "params") -> dict[str, Any]:
+    """``flat`` with ``visual/positional_embedding`` and ``visual/conv1/kernel`` resampled to
+    ``want``'s shapes where those differ (another image or patch size): see
+    :func:`resample_pos_embed` (class token iff ``want`` has ``visual/class_embedding``) and
+    :func:`resize_patch_kernel`. Logs one line naming what changed; other keys untouched."""
+    out, done = dict(flat), []
+
+    def differs(key: str, kept: int) -> bool:  # the grid differs, the trailing `kept` axes not
+        if key not in flat or key not in want or isinstance(flat[key], jax.ShapeDtypeStruct):
+            return False
+        a, b = tuple(flat[key].shape), tuple(want[key].shape)
+        return a != b and len(a) == len(b) and a[len(a) - kept:] == b[len(b) - kept:]
+
+    if differs(PATCH_KERNEL, 2):
+        old, new = flat[PATCH_KERNEL].shape[0], want[PATCH_KERNEL].shape[0]
+        out[PATCH_KERNEL] = resize_patch_kernel(np.asarray(flat[PATCH_KERNEL]), new)
+        done.append(f"{PATCH_KERNEL} {old}x{old} -> {new}x{new} (FlexiViT pseudo-inverse)")
+    if differs(POS_EMBED, 1):
+        cls = CLASS_EMBED in want
+        old = grid_side(flat[POS_EMBED].shape[0] - cls, f"{source}: {POS_EMBED}")
+        new = grid_side(want[POS_EMBED].shape[0] - cls, f"the model's {POS_EMBED}")
+        out[POS_EMBED] = resample_pos_embed(np.asarray(flat[POS_EMBED]), new, cls)
+        how = "bicubic, antialias, class token kept" if cls else "bilinear, no class token"
+        done.append(f"{POS_EMBED} {old}x{old} -> {new}x{new} ({how})")
+    if done:
+        _log.warning("%s: resampled %s", source, "; ".join(done))
+    return out
+
+
+def vision_grid(image_size, patch_size) -> int:
+    """Patches per side for square ``image_size`` images cut into ``patch_size`` patches; a
+    one-line ValueError for a non-square size, a non-positive one or one the patch does not
+    divide."""
+    for name, v in (("image_size", image_size), ("patch_size", patch_size)):
+        if isinstance(v, bool) or not isinstance(v, int | np.integer) or v < 1:
+            raise ValueError(f"model.vision.{name}={v!r}: must be a positive int (square "
+                             f"images and patches only)")
+    if image_size % patch_size:
+        raise ValueError(f"model.vision.image_size={image_size} is not a multiple of "
+                         f"model.vision.patch_size={patch_size}")
+    return image_size // patch_size

@@ -85,6 +85,19 @@ def _run_config(path: Path) -> dict:
     return run
 
 
+def _other_grid(path: Path, abstract_tree) -> bool:
+    """Whether the checkpoint's saved model has another patch kernel or position-embedding
+    shape than ``abstract_tree`` (then it is restored on the host and resampled)."""
+    try:
+        cfg = config_lib.resolve_model_config(_run_config(path)["model"])
+    except FileNotFoundError:  # no run config saved: restore as it is
+        return False
+    saved = params_lib.flatten_params(models.abstract_params(cfg))
+    want = params_lib.flatten_params(abstract_tree)
+    return any(k in saved and k in want and tuple(saved[k].shape) != tuple(want[k].shape)
+               for k in (params_lib.POS_EMBED, params_lib.PATCH_KERNEL))
+
+
 def _checkpoint_source(path: Path) -> Source:
     cfg = config_lib.resolve_model_config(_run_config(path)["model"])
     abstract = models.abstract_params(cfg)
@@ -100,12 +113,29 @@ def _checkpoint_source(path: Path) -> Source:
                   bundle.default_preprocess(cfg.vision.image_size))
 
 
+def refit(src: Source, cfg: models.ModelConfig) -> Source:
+    """``src`` as the model ``cfg`` describes (same weights in another block layout, dtype or
+    ``vision`` image/patch size): params laid out like ``cfg``'s, position embeddings and patch
+    kernel resampled when the grid changed (:func:`clip_jax.params.resample_vision`, one logged
+    line), the preprocessing's image size updated."""
+    params_lib.vision_grid(cfg.vision.image_size, cfg.vision.patch_size)
+    flat = params_lib.adapt(params_lib.flatten_params(src.params),
+                            params_lib.flatten_params(models.abstract_params(cfg)), str(src.path))
+    pre = dict(src.preprocess)
+    if "image_size" in pre:
+        pre["image_size"] = cfg.vision.image_size
+    return dataclasses.replace(src, cfg=cfg, params=params_lib.unflatten_params(flat),
+                               preprocess=pre)
+
+
 def resolve(path: str | os.PathLike, model_config: str | None = None,
-            scan: bool | None = None) -> Source:
+            scan: bool | None = None, overrides: dict | None = None) -> Source:
     """Read any of :data:`KINDS` into a :class:`Source` (params on the host).
 
     ``model_config`` (open_clip only): a JSON path/text or preset name when no
-    ``open_clip_config.json`` sits next to the weights. ``scan`` overrides the block layout.
+    ``open_clip_config.json`` sits next to the weights. ``scan`` overrides the block layout;
+    ``overrides`` other ModelConfig fields (``{"vision": {"image_size": 336}}`` resamples, see
+    :func:`refit`).
     """
     path = Path(path)
     kind = kind_of(path)
@@ -121,23 +151,25 @@ def resolve(path: str | os.PathLike, model_config: str | None = None,
         src = Source(kind, path, *open_clip.import_open_clip(path, model_config, bool(scan)))
     else:
         src = _checkpoint_source(path)
+    overrides = dict(overrides or {})
     if scan is not None and src.cfg.scan != scan:
-        flat = params_lib.flatten_params(src.params)
-        src.cfg = src.cfg.replace(scan=scan)
-        src.params = params_lib.unflatten_params(params_lib.adapt(
-            flat, params_lib.flatten_params(models.abstract_params(src.cfg)), str(path)))
-    return src
+        overrides["scan"] = scan
+    return refit(src, src.cfg.replace(**overrides)) if overrides else src
 
 
 def load_params(path: str | os.PathLike, abstract_tree, shardings=None):
     """Params of any source laid out, typed and sharded like ``abstract_tree`` (``init_from``).
 
     Orbax checkpoints restore straight into the shardings; files are read on the host and
-    placed shard by shard. Shapes must match exactly (errors name the key).
+    placed shard by shard. Shapes must match (errors name the key), except that another image
+    or patch size is resampled (:func:`clip_jax.params.resample_vision`).
     """
     kind = kind_of(path)
     if kind == "checkpoint":
-        return checkpoint.load_params(str(path), abstract_tree, shardings)
+        if not _other_grid(Path(path), abstract_tree):
+            return checkpoint.load_params(str(path), abstract_tree, shardings)
+        return params_lib.place(params_lib.flatten_params(_checkpoint_source(Path(path)).params),
+                                abstract_tree, shardings, f"checkpoint {path}")
     if kind == "bundle":
         return bundle.load_params(path, abstract_tree, shardings)
     if kind == "hf":
