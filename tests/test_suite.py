@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import difflib
 import glob
+import io
 import json
 import os
 import re
@@ -352,6 +353,80 @@ def test_demo_card_as_a_folder_dataset_round_trips(tmp_path):
         got += [(y, img.tobytes()) for img, y in ds.samples(64)]
     assert sorted(got) == sorted((y, img.tobytes()) for img, y in source.samples(64))
     assert suite_data.labelled_split(entry, str(tmp_path / "data"), "val") is None
+
+
+PALETTE = np.array([[230, 20, 20], [20, 200, 40], [30, 60, 230], [240, 220, 20]])
+COLOURS = ["red", "green", "blue", "yellow"]
+
+
+class ColourEncoder:
+    """An image is the one-hot of its nearest palette colour, a text of its colour word."""
+
+    image_size, batch_size = 16, 8
+
+    def encode_image(self, images):
+        rgb = (np.asarray(images).mean((1, 2)) * np.array(CLIP_STD) + np.array(CLIP_MEAN)) * 255
+        nearest = np.argmin(((rgb[:, None] - PALETTE[None]) ** 2).sum(-1), axis=1)
+        return np.eye(4, dtype=np.float32)[nearest]
+
+    def encode_text(self, texts):
+        return np.eye(4, dtype=np.float32)[[next(j for j, c in enumerate(COLOURS) if c in t)
+                                            for t in texts]]
+
+
+def _coco_like(data_dir: str) -> None:
+    """coco_captions' image and captions features (its builder code needs TensorFlow to
+    import, so the reader opens it from its files), Karpathy-style test split."""
+
+    class CocoCaptions(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+        name = "coco_captions"
+        VERSION = tfds.core.Version("1.1.0")
+
+        def _info(self):
+            return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict({
+                "image": tfds.features.Image(shape=(None, None, 3)),
+                "image/id": np.int64,
+                "captions": tfds.features.Sequence({"id": np.int64,
+                                                    "text": tfds.features.Text()})}))
+
+        def _split_generators(self, dl_manager):
+            return {"test": self._generate_examples(), "train": self._generate_examples()}
+
+        def _generate_examples(self):
+            for i, colour in enumerate(COLOURS):
+                buf = io.BytesIO()
+                Image.fromarray(np.full((20, 24, 3), PALETTE[i], np.uint8)).save(buf, "PNG")
+                yield i, {"image": buf.getvalue(), "image/id": i, "captions": [
+                    {"id": 2 * i, "text": f"a {colour} thing"},
+                    {"id": 2 * i + 1, "text": f"something {colour}"}]}
+
+    CocoCaptions(data_dir=data_dir, file_format="array_record").download_and_prepare()
+
+
+def test_retrieval_sets_from_a_folder_and_tfds(tmp_path):
+    data = str(tmp_path)
+    os.makedirs(os.path.join(data, "flickr30k", "images"))
+    lines = ["image,caption"]  # CLIP_benchmark's CSV, captions grouped per image
+    for i, colour in enumerate(COLOURS):
+        Image.fromarray(np.full((20, 20, 3), PALETTE[i], np.uint8)).save(
+            os.path.join(data, "flickr30k", "images", f"{i}.jpg"), quality=95)
+        lines += [f"{i}.jpg,a {colour}, bright thing", f"{i}.jpg,{colour} again"]
+    with open(os.path.join(data, "flickr30k", "captions.txt"), "w") as f:
+        f.write("\n".join(lines[:3] + lines[5:] + lines[3:5]) + "\n")  # image 1 last
+    _coco_like(data)
+    result = suite.run_suite(ColourEncoder(), suite.resolve("retrieval"), data, ("zeroshot",),
+                             batch_size=3, log=lambda m: None)
+    for name in ("flickr30k", "mscoco"):
+        r = result["suite"][name]["retrieval"]
+        assert r["num_images"] == 4 and r["num_texts"] == 8, name
+        for k in (1, 5, 10):
+            assert r[f"image_to_text_recall@{k}"] == r[f"text_to_image_recall@{k}"] == 1.0
+        assert r["headline"] == r["mean_recall"] == 1.0
+    assert "eval/mscoco/mean_recall" in suite.suite_scalars(result)
+    with open(os.path.join(data, "flickr30k", "captions.txt"), "w") as f:
+        f.write("0.jpg a red thing\n")
+    with pytest.raises(ValueError, match="expected 'FILE<TAB>caption'"):
+        suite.run_suite(ColourEncoder(), ["flickr30k"], data, log=lambda m: None)
 
 
 def test_cli_suite_writes_report_table_and_plot(tmp_path, suite_dir, capsys):

@@ -281,7 +281,7 @@ def _read_captions(path: str) -> list[tuple[str, str]]:
             elif ".jpg," in line:
                 name, caption = line.split(".jpg,", 1)
                 name += ".jpg"
-            elif i == 0:
+            elif i == 0 and line.lower().startswith("image"):
                 continue  # a CSV header
             else:
                 raise ValueError(f"{path}:{i + 1}: expected 'FILE<TAB>caption' or "
