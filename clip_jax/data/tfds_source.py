@@ -28,6 +28,12 @@ Order, split and resume (the webdataset pipeline's guarantees):
 * records that do not parse are skipped and counted in ``skipped_bad_record``, those without
   an image in ``skipped_no_image``, without a non-empty caption in ``skipped_empty_caption``;
   undecodable images in ``skipped_corrupt_image`` (by the batch maker, as for shards).
+
+Why not ``grain`` (``ArrayRecordDataSource`` + ``IndexSampler``, what MaxText uses; it installs
+beside this JAX): its sampler is the same idea (a seeded index permutation per epoch, sharded
+by process), but it brings its own worker pool and iterator state, where this source plugs
+into the stream's (one shuffle, one mixture with shards, one saved state, one set of
+counters); random access and parsing are tfds's / array_record's either way.
 """
 
 from __future__ import annotations
