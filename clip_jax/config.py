@@ -41,23 +41,24 @@ def base_config() -> ml_collections.ConfigDict:
     c.model = ml_collections.ConfigDict()
     c.model.name = "tiny"
     c.model.open_clip_config = ""  # path to an open_clip model-config JSON (overrides name)
-    c.model.embed_dim = P(int)
-    c.model.act = P(str)
-    c.model.dtype = P(str)
-    c.model.param_dtype = P(str)
-    c.model.remat = P(bool)
-    c.model.scan = P(bool)
+    c.model.embed_dim, c.model.remat, c.model.scan = P(int), P(bool), P(bool)
+    c.model.act, c.model.dtype, c.model.param_dtype = P(str), P(str), P(str)
     c.model.attention = P(str)  # "auto" (cuDNN flash on GPU in half precision), "xla", "cudnn"
     c.model.init_logit_scale = P(float)
     c.model.init_logit_bias = P(float)
+    # architecture switches (clip_jax.models.ModelConfig; the SigLIP presets set them)
+    c.model.ln_eps, c.model.qk_norm, c.model.ls_init_value = P(float), P(bool), P(float)
     c.model.vision = ml_collections.ConfigDict(
         {k: P(int) for k in ("image_size", "patch_size", "width", "layers", "heads", "mlp_dim")})
     c.model.vision.patch_dropout = P(float)  # FLIP: fraction of patches dropped in training
+    c.model.vision.update({k: P(bool) for k in ("class_token", "ln_pre", "patch_bias", "proj")},
+                          pool=P(str))  # pool: "tok" | "map" | "gap"
     # with optimizer.frozen 'image': open_clip's last K groups of the image tower stay trainable
     c.model.lock_image_unlocked_groups = P(int)
     c.model.text = ml_collections.ConfigDict(
         {k: P(int) for k in ("context_length", "vocab_size", "width", "layers", "heads",
-                             "mlp_dim")})
+                             "mlp_dim", "eot_id")})
+    c.model.text.update(causal=P(bool), proj_bias=P(bool), pool=P(str))  # argmax|last|first
 
     c.optimizer = ml_collections.ConfigDict()
     c.optimizer.lr = 5e-4
@@ -75,10 +76,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.optimizer.frozen = ()
     c.optimizer.lr_multipliers = ()  # ((regex, factor), ...): first match scales the update
 
-    c.mesh = ml_collections.ConfigDict()
-    c.mesh.data = -1
-    c.mesh.fsdp = 1
-    c.mesh.tensor = 1
+    c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
 
     c.data = ml_collections.ConfigDict()
     c.data.source = "synthetic"  # "synthetic", "webdataset", "tfds" or "mix" (both, by weight)
