@@ -49,8 +49,13 @@ def _gelu_jvp(primals, tangents):
     return x * cdf, t * (cdf + x * pdf)
 
 
+def gelu_tanh(x):
+    """The tanh approximation of GELU (``torch.nn.GELU(approximate="tanh")``), as SigLIP uses."""
+    return jax.nn.gelu(x, approximate=True)
+
+
 # ModelConfig.act names one of these.
-ACTIVATIONS = {"gelu": gelu, "quick_gelu": quick_gelu}
+ACTIVATIONS = {"gelu": gelu, "gelu_tanh": gelu_tanh, "quick_gelu": quick_gelu}
 
 
 def logical_init(init, names):
@@ -111,7 +116,11 @@ class LayerNorm(nn.Module):
 
 
 class Attention(nn.Module):
-    """Multi-head self-attention with one fused qkv projection (open_clip's in_proj)."""
+    """Multi-head self-attention with one fused qkv projection (open_clip's in_proj).
+
+    ``qk_norm``: a LayerNorm over ``head_dim`` on the queries and on the keys (``q_norm``,
+    ``k_norm``, shared by the heads), after the projection and before the scaling, as open_clip's
+    ``Attention(qk_norm=True)`` (``ln_q``, ``ln_k``) does."""
 
     heads: int
     out_init_std: float
@@ -119,6 +128,8 @@ class Attention(nn.Module):
     implementation: str = "auto"
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
+    qk_norm: bool = False
+    ln_eps: float = 1e-5
 
     @nn.compact
     def __call__(self, x):
@@ -136,6 +147,10 @@ class Attention(nn.Module):
         qkv = jnp.einsum("btd,dshk->sbhtk", x, w_in.astype(self.dtype)) + b_in.astype(
             self.dtype)[:, None, :, None]
         q, k, v = qkv[0], qkv[1], qkv[2]  # (B, H, T, hd)
+        if self.qk_norm:
+            kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+            q = LayerNorm(self.ln_eps, name="q_norm", **kw)(q)
+            k = LayerNorm(self.ln_eps, name="k_norm", **kw)(k)
         q = nn.with_logical_constraint(q, ("batch", "act_heads", "length", "kv"))
         k = nn.with_logical_constraint(k, ("batch", "act_heads", "length", "kv"))
         v = nn.with_logical_constraint(v, ("batch", "act_heads", "length", "kv"))
@@ -156,6 +171,7 @@ ATTENTION_IMPLEMENTATIONS = ("auto", "xla", "cudnn")
 def attention(q, k, v, causal: bool, implementation: str = "auto"):
     """Softmax attention on (B, H, T, head_dim) q, k, v; returns (B, H, T, head_dim).
 
+    ``q`` may be shorter than ``k``/``v`` (a pooling probe attending to the tokens).
     ``xla``: two batched matmuls around a float32 softmax (with the causal mask as a constant
     select); on CPU this is 1.4x faster forward + backward than ``jax.nn.dot_product_attention``,
     whose (B, T, H, D) layout costs transposes around every matmul. ``cudnn``: the fused flash
@@ -187,12 +203,14 @@ class PatchEmbed(nn.Module):
     (B, H, W, 3) -> (B, patches, width), row-major over the patch grid. Same parameter
     (``kernel``, (p, p, 3, width), as ``nn.Conv`` stores it) and same result as the
     convolution; a convolution whose stride equals its window is a matmul over patches, which
-    XLA's CPU backend runs 3x faster than its convolution (ViT-B-32 shapes)."""
+    XLA's CPU backend runs 3x faster than its convolution (ViT-B-32 shapes). ``bias``: a
+    ``bias`` (width,) parameter added, as SigLIP's patch embedding has."""
 
     patch: int
     width: int
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
+    bias: bool = False
 
     @nn.compact
     def __call__(self, images):
@@ -204,7 +222,12 @@ class PatchEmbed(nn.Module):
         gh, gw = h // p, w // p  # like a VALID convolution, a remainder is ignored
         x = images[:, :gh * p, :gw * p].astype(self.dtype).reshape(b, gh, p, gw, p, c)
         x = x.transpose(0, 1, 3, 2, 4, 5).reshape(b, gh * gw, p * p * c)
-        return jnp.dot(x, kernel.astype(self.dtype).reshape(p * p * c, self.width))
+        x = jnp.dot(x, kernel.astype(self.dtype).reshape(p * p * c, self.width))
+        if self.bias:
+            b = self.param("bias", logical_init(nn.initializers.zeros, ("embed",)),
+                           (self.width,), self.param_dtype)
+            x = x + b.astype(self.dtype)
+        return x
 
 
 class MLP(nn.Module):
@@ -230,7 +253,24 @@ class MLP(nn.Module):
         )(h)
 
 
+class LayerScale(nn.Module):
+    """open_clip's / timm's ``LayerScale``: ``x * gamma``, ``gamma`` (D,) starting at ``init``."""
+
+    init: float
+    dtype: Any = jnp.float32
+    param_dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x):
+        gamma = self.param("gamma", logical_init(nn.initializers.constant(self.init), ("norm",)),
+                           (x.shape[-1],), self.param_dtype)
+        return x * gamma.astype(self.dtype)
+
+
 class ResidualAttentionBlock(nn.Module):
+    """``x + ls_1(attn(ln_1(x)))`` then ``x + ls_2(mlp(ln_2(x)))`` (open_clip's block; the
+    layer scales only when ``ls_init_value`` is set)."""
+
     heads: int
     mlp_dim: int
     layers: int  # depth of the tower, for the init scale of residual projections
@@ -240,6 +280,8 @@ class ResidualAttentionBlock(nn.Module):
     attention: str = "auto"
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
+    qk_norm: bool = False
+    ls_init_value: float | None = None
 
     @nn.compact
     def __call__(self, x, _=None):
@@ -247,11 +289,14 @@ class ResidualAttentionBlock(nn.Module):
         proj_std = d**-0.5 * (2 * self.layers) ** -0.5
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
         x = nn.with_logical_constraint(x, ("batch", "length", "act_embed"))
+        ls = self.ls_init_value
         y = LayerNorm(self.ln_eps, name="ln_1", **kw)(x)
-        x = x + Attention(self.heads, proj_std, self.causal, self.attention, name="attn",
-                          **kw)(y)
+        y = Attention(self.heads, proj_std, self.causal, self.attention, name="attn",
+                      qk_norm=self.qk_norm, ln_eps=self.ln_eps, **kw)(y)
+        x = x + (y if ls is None else LayerScale(ls, name="ls_1", **kw)(y))
         y = LayerNorm(self.ln_eps, name="ln_2", **kw)(x)
-        x = x + MLP(self.mlp_dim, self.act, proj_std, name="mlp", **kw)(y)
+        y = MLP(self.mlp_dim, self.act, proj_std, name="mlp", **kw)(y)
+        x = x + (y if ls is None else LayerScale(ls, name="ls_2", **kw)(y))
         return x, None
 
 
@@ -267,6 +312,8 @@ class Transformer(nn.Module):
     attention: str = "auto"
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
+    qk_norm: bool = False
+    ls_init_value: float | None = None
 
     @nn.compact
     def __call__(self, x):
@@ -276,7 +323,8 @@ class Transformer(nn.Module):
                              policy=jax.checkpoint_policies.nothing_saveable)
         kw = dict(heads=self.heads, mlp_dim=self.mlp_dim, layers=self.layers, act=self.act,
                   causal=self.causal, ln_eps=self.ln_eps, attention=self.attention,
-                  dtype=self.dtype, param_dtype=self.param_dtype)
+                  dtype=self.dtype, param_dtype=self.param_dtype, qk_norm=self.qk_norm,
+                  ls_init_value=self.ls_init_value)
         if self.scan:
             stack = nn.scan(
                 block, variable_axes={"params": 0}, split_rngs={"params": True},

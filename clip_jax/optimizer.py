@@ -2,7 +2,8 @@
 and per-parameter learning-rate multipliers.
 
 Weight decay applies to matrices only: biases, LayerNorm scales/shifts, the class token and the
-logit scale/bias are never decayed. The mask works on names, so it is the same whether blocks
+logit scale/bias are never decayed (nor layer-scale gammas, the MAP head's probe and the
+text projection's bias). The mask works on names, so it is the same whether blocks
 are scanned (stacked with a leading layer axis) or not. Token and position embeddings are not
 decayed either unless ``decay_embeddings`` is set (open_clip excludes them too).
 
@@ -15,8 +16,9 @@ kernel_in``, as :func:`clip_jax.params.flatten_params` gives them):
   never computed (:func:`stop_frozen`) and they do not change. With ``image`` frozen,
   ``model.lock_image_unlocked_groups=K`` keeps open_clip's last K groups of the image tower
   trainable; the groups are ``[conv1, class_embedding, positional_embedding, ln_pre]``,
-  ``resblocks_0`` .. ``resblocks_{L-2}``, ``[resblocks_{L-1}, ln_post]``, ``[proj]`` (K=1:
-  ``proj`` only; K=2: also the last block and ``ln_post``).
+  ``resblocks_0`` .. ``resblocks_{L-2}``, ``[resblocks_{L-1}, ln_post, map_head]``, ``[proj]``
+  (K=1: ``proj`` only; K=2: also the last block and ``ln_post``; a tower without ``proj``,
+  SigLIP's, has no last group).
 * ``optimizer.lr_multipliers``: ``(regex, factor)`` pairs, big_vision style: the first match
   scales the parameter's whole AdamW update (its learning rate, weight decay included); no match
   is 1. Stateless: the optimizer state is the same with or without them.
@@ -33,7 +35,10 @@ import jax
 import jax.numpy as jnp
 import optax
 
-_NO_DECAY_LEAVES = {"bias", "scale", "logit_scale", "logit_bias", "class_embedding"}
+# Biases and norms (incl. q_norm/k_norm), layer-scale gammas, the class token and the MAP probe
+# (a learned token), the logit parameters.
+_NO_DECAY_LEAVES = {"bias", "scale", "logit_scale", "logit_bias", "class_embedding", "gamma",
+                    "probe", "text_projection_bias"}
 _EMBEDDINGS = {"token_embedding", "positional_embedding"}
 FROZEN_PRESETS = {"image": r"^visual/", "text": r"^text/"}
 _STACKED_VISION = re.compile(r"^visual/transformer/resblocks/")
@@ -114,7 +119,9 @@ def _image_groups(paths: Sequence[str], unlocked: int) -> list[str]:
     layers = 1 + max((int(m[1]) for p in paths if (m := _VISION_BLOCK.match(p))), default=-1)
     groups = [r"^visual/(conv1|class_embedding|positional_embedding|ln_pre)(/|$)"]
     groups += [rf"^visual/transformer/resblocks_{i}/" for i in range(layers - 1)]
-    groups += [rf"^visual/(transformer/resblocks_{layers - 1}|ln_post)/", r"^visual/proj$"]
+    groups += [rf"^visual/(transformer/resblocks_{layers - 1}|ln_post|map_head)/"]
+    if "visual/proj" in paths:  # SigLIP's tower has none (model.vision.proj=false)
+        groups.append(r"^visual/proj$")
     if unlocked >= len(groups):
         raise ValueError(f"model.lock_image_unlocked_groups={unlocked} unlocks all "
                          f"{len(groups)} groups of the image tower: nothing would be frozen; "

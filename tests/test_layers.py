@@ -57,3 +57,93 @@ def test_fast_layers_equal_their_references():
     for a, b in zip(jax.vjp(lambda *xs: layers.layer_norm(*xs, 1e-5), h, scale, bias)[1](gh),
                     jax.vjp(two_pass, h, scale, bias)[1](gh)):
         np.testing.assert_allclose(a, b, atol=1e-4, rtol=1e-5)
+
+
+def test_gelu_tanh_is_torchs_tanh_approximation():
+    x = np.linspace(-6, 6, 1001, dtype=np.float32)
+    c = np.sqrt(2 / np.pi)
+    want = 0.5 * x * (1 + np.tanh(c * (x + 0.044715 * x**3)))
+    np.testing.assert_allclose(layers.ACTIVATIONS["gelu_tanh"](x), want, atol=1e-6)
+    # and not the erf GELU (the two differ by up to ~5e-4 here)
+    assert np.abs(np.asarray(layers.gelu(x)) - want).max() > 1e-4
+
+
+def _np_ln(x, scale, bias, eps):
+    mean = x.mean(-1, keepdims=True)
+    var = ((x - mean) ** 2).mean(-1, keepdims=True)
+    return (x - mean) / np.sqrt(var + eps) * scale + bias
+
+
+def _np_softmax(s):
+    s = s - s.max(-1, keepdims=True)
+    e = np.exp(s)
+    return e / e.sum(-1, keepdims=True)
+
+
+def _perturb(params, seed=0):
+    """Every parameter random (LN scales, biases and gammas too), so nothing hides at its init."""
+    leaves, tree = jax.tree.flatten(params)
+    keys = jax.random.split(jax.random.key(seed), len(leaves))
+    return jax.tree.unflatten(tree, [jax.random.normal(k, x.shape) * 0.3 + (x.ndim == 1)
+                                     for k, x in zip(keys, leaves)])
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_block_with_qk_norm_and_layer_scale_equals_a_numpy_reference(causal):
+    """open_clip's CustomResidualAttentionBlock with qk_norm and ls_init_value, written out in
+    NumPy: x + ls_1 * out(attn(LN_q(q), LN_k(k), v)) then x + ls_2 * mlp(ln_2(x)); LN over
+    head_dim on q and k after the projection, before the 1/sqrt(hd) scaling, same eps."""
+    d, h, m, t, eps = 24, 3, 40, 7, 1e-6
+    hd = d // h
+    block = layers.ResidualAttentionBlock(h, m, 2, "gelu_tanh", causal, eps, "xla",
+                                          qk_norm=True, ls_init_value=0.1)
+    x = np.asarray(jax.random.normal(jax.random.key(1), (2, t, d)))
+    p = _perturb(nn.unbox(block.init(jax.random.key(0), x)["params"]))
+    got = np.asarray(block.apply({"params": p}, x)[0])
+    assert p["ls_1"]["gamma"].shape == (d,) and p["attn"]["q_norm"]["scale"].shape == (hd,)
+    n = jax.tree.map(np.asarray, p)
+    a = n["attn"]
+    y = _np_ln(x, n["ln_1"]["scale"], n["ln_1"]["bias"], eps)
+    qkv = np.einsum("btd,dshk->sbhtk", y, a["kernel_in"]) + a["bias_in"][:, None, :, None]
+    q = _np_ln(qkv[0], a["q_norm"]["scale"], a["q_norm"]["bias"], eps)
+    k = _np_ln(qkv[1], a["k_norm"]["scale"], a["k_norm"]["bias"], eps)
+    s = np.einsum("bhtk,bhsk->bhts", q, k) / np.sqrt(hd)
+    if causal:
+        s = np.where(np.tril(np.ones((t, t), bool)), s, -np.inf)
+    o = np.einsum("bhts,bhsk->bhtk", _np_softmax(s), qkv[2])
+    o = np.einsum("bhtk,hkd->btd", o, a["kernel_out"]) + a["bias_out"]
+    x1 = x + n["ls_1"]["gamma"] * o
+    y = _np_ln(x1, n["ln_2"]["scale"], n["ln_2"]["bias"], eps)
+    mlp = n["mlp"]
+    hid = y @ mlp["c_fc"]["kernel"] + mlp["c_fc"]["bias"]
+    hid = 0.5 * hid * (1 + np.tanh(np.sqrt(2 / np.pi) * (hid + 0.044715 * hid**3)))
+    want = x1 + n["ls_2"]["gamma"] * (hid @ mlp["c_proj"]["kernel"] + mlp["c_proj"]["bias"])
+    np.testing.assert_allclose(got, want, atol=2e-5, rtol=1e-5)
+
+
+def test_attention_logits_and_softmax_stay_float32_under_bfloat16():
+    """With bf16 q, k, v (model.dtype=bfloat16) the scores are produced by the matmul in float32
+    and the softmax runs on float32: the jaxpr's exp sees f32, and the result is a float32
+    reference to bf16 precision."""
+    ks = jax.random.split(jax.random.key(3), 3)
+    q, k, v = (jax.random.normal(key, (2, 4, 16, 32)) * 2 for key in ks)
+    bf = [a.astype(jnp.bfloat16) for a in (q, k, v)]
+    jaxpr = jax.make_jaxpr(lambda *a: layers.attention(*a, False, "xla"))(*bf)
+    exps = [e for e in jaxpr.jaxpr.eqns if e.primitive.name == "exp"]
+    assert exps and all(e.invars[0].aval.dtype == jnp.float32 for e in exps)
+    dots = [e for e in jaxpr.jaxpr.eqns if e.primitive.name == "dot_general"]
+    assert dots[0].outvars[0].aval.dtype == jnp.float32  # q k^T accumulates to f32 logits
+    got = layers.attention(*bf, False, "xla")
+    assert got.dtype == jnp.bfloat16
+    want = layers.attention(*(a.astype(jnp.float32) for a in bf), False, "xla")
+    np.testing.assert_allclose(np.asarray(got, np.float32), want, atol=3e-2, rtol=2e-2)
+
+
+def test_patch_embed_bias():
+    images = jax.random.normal(jax.random.key(2), (2, 16, 16, 3))
+    embed = layers.PatchEmbed(8, 12, bias=True)
+    p = nn.unbox(embed.init(jax.random.key(3), images)["params"])
+    p = dict(p, bias=jnp.arange(12.0))
+    conv = nn.Conv(12, (8, 8), strides=8, padding="VALID", use_bias=True)
+    want = conv.apply({"params": p}, images).reshape(2, 4, 12)
+    np.testing.assert_allclose(embed.apply({"params": p}, images), want, atol=1e-5)

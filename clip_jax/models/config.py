@@ -13,6 +13,31 @@ from typing import Any
 INIT_LOGIT_SCALE = math.log(1 / 0.07)
 
 
+ACTS = ("gelu", "gelu_tanh", "quick_gelu")
+VISION_POOLS = ("tok", "map", "gap")
+TEXT_POOLS = ("argmax", "last", "first")
+
+
+def _positive_int(where: str, value) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{where}={value!r}: must be a positive integer")
+
+
+def _flag(where: str, value) -> None:
+    if not isinstance(value, bool):
+        raise ValueError(f"{where}={value!r}: must be true or false")
+
+
+def _choice(where: str, value, choices) -> None:
+    if value not in choices:
+        raise ValueError(f"{where}={value!r}: must be one of {', '.join(choices)}")
+
+
+def _heads(where: str, width: int, heads: int) -> None:
+    if width % heads:
+        raise ValueError(f"{where}.heads={heads}: must divide {where}.width={width}")
+
+
 @dataclasses.dataclass(frozen=True)
 class VisionConfig:
     image_size: int = 224
@@ -22,15 +47,39 @@ class VisionConfig:
     heads: int = 12
     mlp_dim: int = 3072
     patch_dropout: float = 0.0  # FLIP: fraction of patch tokens dropped in training (CLS kept)
+    class_token: bool = True  # a learned class token prepended to the patch tokens
+    ln_pre: bool = True  # LayerNorm before the blocks
+    patch_bias: bool = False  # bias of the patch embedding (SigLIP)
+    pool: str = "tok"  # "tok" (token 0) | "map" (attention pooling, SigLIP) | "gap" (mean)
+    proj: bool = True  # image projection width -> embed_dim; False: embed_dim == width
+    act: str | None = None  # this tower's activation; None: model.act
 
     def __post_init__(self):
         p = self.patch_dropout
         if isinstance(p, bool) or not isinstance(p, int | float) or not 0 <= p < 1:
             raise ValueError(f"model.vision.patch_dropout={p!r}: must be a number in [0, 1)")
+        for name in ("image_size", "patch_size", "width", "layers", "heads", "mlp_dim"):
+            _positive_int(f"model.vision.{name}", getattr(self, name))
+        for name in ("class_token", "ln_pre", "patch_bias", "proj"):
+            _flag(f"model.vision.{name}", getattr(self, name))
+        _choice("model.vision.pool", self.pool, VISION_POOLS)
+        if self.act is not None:
+            _choice("model.vision.act", self.act, ACTS)
+        _heads("model.vision", self.width, self.heads)
+        if self.pool == "tok" and not self.class_token:
+            raise ValueError("model.vision.pool='tok' pools the class token: needs "
+                             "model.vision.class_token=true (or pool 'map' / 'gap')")
+        if self.patch_size > self.image_size:
+            raise ValueError(f"model.vision.patch_size={self.patch_size}: larger than "
+                             f"model.vision.image_size={self.image_size}")
+
+    def patches(self) -> int:
+        """Patch tokens per image."""
+        return (self.image_size // self.patch_size) ** 2
 
     def kept_patches(self) -> int:
         """Patch tokens kept per image in training: ``round((1 - p) * n)``, at least one."""
-        n = (self.image_size // self.patch_size) ** 2
+        n = self.patches()
         return n if not self.patch_dropout else max(1, round((1 - self.patch_dropout) * n))
 
 
@@ -42,6 +91,28 @@ class TextConfig:
     layers: int = 12
     heads: int = 8
     mlp_dim: int = 2048
+    causal: bool = True  # False: bidirectional attention, no mask (SigLIP)
+    # "argmax": at the end token (the first position of eot_id; with eot_id None the position of
+    # the largest id, open_clip's "argmax", which is CLIP BPE's end token) | "last" | "first"
+    pool: str = "argmax"
+    eot_id: int | None = None
+    proj_bias: bool = False  # bias of the text projection (SigLIP's text head)
+    act: str | None = None  # this tower's activation; None: model.act
+
+    def __post_init__(self):
+        for name in ("context_length", "vocab_size", "width", "layers", "heads", "mlp_dim"):
+            _positive_int(f"model.text.{name}", getattr(self, name))
+        for name in ("causal", "proj_bias"):
+            _flag(f"model.text.{name}", getattr(self, name))
+        _choice("model.text.pool", self.pool, TEXT_POOLS)
+        if self.act is not None:
+            _choice("model.text.act", self.act, ACTS)
+        _heads("model.text", self.width, self.heads)
+        e = self.eot_id
+        if e is not None and (isinstance(e, bool) or not isinstance(e, int)
+                              or not 0 <= e < self.vocab_size):
+            raise ValueError(f"model.text.eot_id={e!r}: must be null or a token id in "
+                             f"[0, {self.vocab_size})")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,7 +120,8 @@ class ModelConfig:
     embed_dim: int = 512
     vision: VisionConfig = dataclasses.field(default_factory=VisionConfig)
     text: TextConfig = dataclasses.field(default_factory=TextConfig)
-    act: str = "gelu"  # "gelu" (exact erf, as torch.nn.GELU) or "quick_gelu" (OpenAI weights)
+    # "gelu" (exact erf, as torch.nn.GELU) | "gelu_tanh" (SigLIP) | "quick_gelu" (OpenAI weights)
+    act: str = "gelu"
     ln_eps: float = 1e-5
     init_logit_scale: float = INIT_LOGIT_SCALE
     init_logit_bias: float | None = None  # a float adds a learned logit_bias (sigmoid loss)
@@ -58,6 +130,28 @@ class ModelConfig:
     remat: bool = False  # rematerialise each block in the backward pass
     scan: bool = False  # nn.scan over blocks: compile time independent of depth
     attention: str = "auto"  # "auto" | "xla" | "cudnn": see clip_jax.layers.attention
+    qk_norm: bool = False  # LayerNorm over head_dim on queries and keys (both towers)
+    ls_init_value: float | None = None  # layer scale of each residual branch (both towers)
+
+    def __post_init__(self):
+        _positive_int("model.embed_dim", self.embed_dim)
+        _choice("model.act", self.act, ACTS)
+        _flag("model.qk_norm", self.qk_norm)
+        eps = self.ln_eps
+        if isinstance(eps, bool) or not isinstance(eps, int | float) or not 0 < eps < 1:
+            raise ValueError(f"model.ln_eps={eps!r}: must be a number in (0, 1)")
+        ls = self.ls_init_value
+        if ls is not None and (isinstance(ls, bool) or not isinstance(ls, int | float)
+                               or not math.isfinite(ls)):
+            raise ValueError(f"model.ls_init_value={ls!r}: must be null or a finite number")
+        for name in ("init_logit_scale", "init_logit_bias"):
+            x = getattr(self, name)
+            if (x is not None or name == "init_logit_scale") and (
+                    isinstance(x, bool) or not isinstance(x, int | float) or not math.isfinite(x)):
+                raise ValueError(f"model.{name}={x!r}: must be a finite number")
+        if not self.vision.proj and self.embed_dim != self.vision.width:
+            raise ValueError(f"model.embed_dim={self.embed_dim}: must equal model.vision.width="
+                             f"{self.vision.width} when model.vision.proj=false")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -1,26 +1,146 @@
 """open_clip's model-config JSON (``model_configs/*.json``, ``open_clip_config.json``) to and from
-:class:`~clip_jax.models.config.ModelConfig`."""
+:class:`~clip_jax.models.config.ModelConfig`.
+
+Two image towers are understood: open_clip's own ``VisionTransformer`` (class token; the
+switches ``no_ln_pre``, ``pool_type`` tok/avg, ``ls_init_value``, ``qk_norm``, ``act_kwargs``,
+``norm_kwargs``) and the timm SigLIP trunks (``timm_model_name: vit_*_patch*_siglip_*`` with
+``timm_pool: map``), which are this package's SigLIP image tower. Text: open_clip's
+``TextTransformer`` (``no_causal_mask``, ``pool_type`` argmax/eos/last/first, ``proj_bias``...).
+Anything else raises a ValueError naming the key, so a checkpoint is never silently loaded into
+a different network.
+"""
 
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping
 from typing import Any
 
 from clip_jax.models.config import INIT_LOGIT_SCALE, ModelConfig, TextConfig, VisionConfig
+from clip_jax.models.presets import SIGLIP_TRUNKS
 
-_OPEN_CLIP_VISION_OK = {"image_size", "layers", "width", "patch_size", "head_width", "mlp_ratio",
-                        "patch_dropout"}
-_OPEN_CLIP_TEXT_OK = {"context_length", "vocab_size", "width", "heads", "layers", "mlp_ratio"}
+_VISION_OK = {"image_size", "layers", "width", "patch_size", "head_width", "mlp_ratio",
+              "patch_dropout", "no_ln_pre", "pool_type", "ls_init_value", "qk_norm",
+              "act_kwargs", "norm_kwargs", "output_tokens", "final_ln_after_pool"}
+_TEXT_OK = {"context_length", "vocab_size", "width", "heads", "layers", "mlp_ratio",
+            "no_causal_mask", "pool_type", "eos_id", "proj_bias", "ls_init_value", "qk_norm",
+            "act_kwargs", "norm_kwargs", "output_tokens", "final_ln_after_pool",
+            # the tokenizer's settings, not the network's
+            "hf_tokenizer_name", "tokenizer_kwargs", "tokenizer_mode"}
+_TIMM_OK = {"image_size", "timm_model_name", "timm_model_pretrained", "timm_pool", "timm_proj",
+            "patch_dropout", "output_tokens"}
 # Keys whose default value we support; any other value is a different architecture.
-_OPEN_CLIP_DEFAULTS = {
-    "ls_init_value": None, "attentional_pool": False,
-    "no_ln_pre": False, "pool_type": None, "final_ln_after_pool": False, "output_tokens": False,
-    "proj_bias": False, "embed_cls": False, "pad_id": 0, "no_causal_mask": False,
-    "hf_model_name": None, "timm_model_name": None, "act_kwargs": None, "norm_kwargs": None,
-    "proj_type": "linear", "global_average_pool": False, "input_patchnorm": False,
+_DEFAULTS = {
+    "attentional_pool": False, "embed_cls": False, "pad_id": 0, "use_pad_mask": False,
+    "hf_model_name": None, "timm_model_name": None, "proj_type": "linear",
+    "global_average_pool": False, "input_patchnorm": False, "pos_embed_type": "learnable",
+    "block_type": None, "scaled_cosine_attn": False, "scale_heads": False,
+    "scale_attn_inner": False, "scale_attn": False, "scale_fc": False, "timm_drop": 0.0,
+    "timm_drop_path": None, "timm_proj_bias": False, "attn_pooler_queries": 256,
+    "attn_pooler_heads": 8, "correct_cls_mask": False,
 }
-_OPEN_CLIP_POOL = {"vision_cfg": ("tok",), "text_cfg": ("argmax",)}
+_TOP_OK = ("embed_dim", "vision_cfg", "text_cfg", "quick_gelu", "cast_dtype", "custom_text",
+           "init_logit_scale", "init_logit_bias")
+_TIMM_SIGLIP = re.compile(r"^vit_(base|large|so400m|giantopt)_patch(\d+)_siglip_(\d+)$")
+# timm's SigLIP trunks (timm 1.0, models/vision_transformer.py): (family, patch, resolution) ->
+# GELU ("gelu_tanh" where timm builds them with act_layer='gelu_tanh', else the erf "gelu").
+# The resolution is the trunk's: open_clip's TimmModel does not pass image_size to timm.
+_TIMM_TRUNKS = {
+    ("base", 32, 256): "gelu_tanh",
+    **{("base", 16, r): "gelu" for r in (224, 256, 384, 512)},
+    ("large", 16, 256): "gelu", ("large", 16, 384): "gelu", ("large", 16, 512): "gelu_tanh",
+    **{("so400m", 14, r): "gelu" for r in (224, 378, 384)},
+    **{("so400m", 16, r): "gelu_tanh" for r in (256, 384, 512)},
+    ("giantopt", 16, 256): "gelu_tanh", ("giantopt", 16, 384): "gelu_tanh",
+}
+
+
+def _check_keys(where: str, sub: Mapping, ok) -> None:
+    for key, value in sub.items():
+        if key in ok or (key in _DEFAULTS and value == _DEFAULTS[key]):
+            continue
+        raise ValueError(f"open_clip {where}.{key}={value!r} is not supported by clip_jax")
+
+
+def _act(where: str, sub: Mapping, quick_gelu: bool) -> str:
+    kw = dict(sub.get("act_kwargs") or {})
+    approx = kw.pop("approximate", "none")
+    if kw or approx not in ("none", "tanh") or (quick_gelu and approx != "none"):
+        raise ValueError(f"open_clip {where}.act_kwargs={sub.get('act_kwargs')!r} is not "
+                         "supported by clip_jax (only GELU's approximate='tanh')")
+    return "quick_gelu" if quick_gelu else ("gelu_tanh" if approx == "tanh" else "gelu")
+
+
+def _eps(where: str, sub: Mapping, default: float) -> float:
+    kw = dict(sub.get("norm_kwargs") or {})
+    eps = kw.pop("eps", default)
+    if kw:
+        raise ValueError(f"open_clip {where}.norm_kwargs={sub.get('norm_kwargs')!r} is not "
+                         "supported by clip_jax (only eps)")
+    return float(eps)
+
+
+def _square(size) -> int:
+    if isinstance(size, int):
+        return size
+    if len(set(size)) != 1:
+        raise ValueError(f"open_clip vision_cfg.image_size={size}: must be square")
+    return size[0]
+
+
+def _timm_vision(vc: Mapping) -> tuple[VisionConfig, str, float]:
+    _check_keys("vision_cfg", vc, _TIMM_OK)
+    name = vc["timm_model_name"]
+    m = _TIMM_SIGLIP.match(name)
+    trunk = (m[1], int(m[2]), int(m[3])) if m else None
+    if trunk not in _TIMM_TRUNKS:
+        raise ValueError(f"open_clip vision_cfg.timm_model_name={name!r} is not supported by "
+                         "clip_jax (only timm's SigLIP MAP trunks vit_*_patch*_siglip_<res>)")
+    size = _square(vc.get("image_size", trunk[2]))
+    if size != trunk[2]:
+        raise ValueError(f"open_clip vision_cfg.image_size={size} differs from the {trunk[2]}px "
+                         f"of timm's {name} (which open_clip builds at {trunk[2]}px)")
+    for key, want in (("timm_pool", "map"), ("timm_proj", "none")):
+        if vc.get(key) != want:
+            raise ValueError(f"open_clip vision_cfg.{key}={vc.get(key)!r} is not supported by "
+                             f"clip_jax with a timm SigLIP trunk (only {want!r})")
+    width, layers, heads, mlp = SIGLIP_TRUNKS[m[1]]
+    vision = VisionConfig(size, trunk[1], width, layers, heads, mlp,
+                          float(vc.get("patch_dropout", 0.0)), class_token=False, ln_pre=False,
+                          patch_bias=True, pool="map", proj=False)
+    return vision, _TIMM_TRUNKS[trunk], 1e-6
+
+
+def _open_clip_vision(vc: Mapping, quick_gelu: bool) -> tuple[VisionConfig, str, float]:
+    _check_keys("vision_cfg", vc, _VISION_OK)
+    pool = {"tok": "tok", "avg": "gap"}.get(vc.get("pool_type", "tok"))
+    if pool is None:
+        raise ValueError(f"open_clip vision_cfg.pool_type={vc['pool_type']!r} is not supported "
+                         "by clip_jax (tok, avg)")
+    if vc.get("final_ln_after_pool") and pool != "tok":  # for tok the same function
+        raise ValueError("open_clip vision_cfg.final_ln_after_pool=True with pool_type 'avg' "
+                         "is not supported by clip_jax")
+    width, head_width = vc.get("width", 768), vc.get("head_width", 64)
+    if width % head_width:
+        raise ValueError(f"vision width {width} is not a multiple of head_width {head_width}")
+    vision = VisionConfig(
+        image_size=_square(vc.get("image_size", 224)), patch_size=vc.get("patch_size", 16),
+        width=width, layers=vc.get("layers", 12), heads=width // head_width,
+        mlp_dim=int(width * vc.get("mlp_ratio", 4.0)),
+        patch_dropout=float(vc.get("patch_dropout", 0.0)),
+        ln_pre=not vc.get("no_ln_pre", False), pool=pool)
+    return vision, _act("vision_cfg", vc, quick_gelu), _eps("vision_cfg", vc, 1e-5)
+
+
+def _same(key: str, vc: Mapping, tc: Mapping, vdefault, timm: bool):
+    """A switch clip_jax has once for both towers (open_clip: per tower)."""
+    v = vdefault if timm else vc.get(key, vdefault)
+    t = tc.get(key, vdefault)
+    if v != t:
+        raise ValueError(f"open_clip vision_cfg.{key}={v!r} and text_cfg.{key}={t!r} differ: "
+                         "clip_jax has one value for both towers")
+    return v
 
 
 def from_open_clip_config(cfg: Mapping[str, Any] | str) -> ModelConfig:
@@ -28,7 +148,7 @@ def from_open_clip_config(cfg: Mapping[str, Any] | str) -> ModelConfig:
 
     Accepts ``{"embed_dim", "vision_cfg", "text_cfg", "quick_gelu"?}`` or the
     ``open_clip_config.json`` wrapper ``{"model_cfg": {...}}``. Architectures we do not
-    implement (layer scale, attentional pooling, timm/HF towers...) raise a ValueError naming
+    implement (attentional pooling, HF towers, other timm trunks...) raise a ValueError naming
     the key, so a checkpoint is never silently loaded into a different network.
     """
     if isinstance(cfg, str):
@@ -38,76 +158,114 @@ def from_open_clip_config(cfg: Mapping[str, Any] | str) -> ModelConfig:
     for key in ("embed_dim", "vision_cfg", "text_cfg"):
         if key not in cfg:
             raise ValueError(f"open_clip model config lacks {key!r}")
-    vc, tc = dict(cfg["vision_cfg"]), dict(cfg["text_cfg"])
-    for where, sub, ok in (("vision_cfg", vc, _OPEN_CLIP_VISION_OK),
-                           ("text_cfg", tc, _OPEN_CLIP_TEXT_OK)):
-        for key, value in sub.items():
-            if key in ok:
-                continue
-            if key == "pool_type" and value in _OPEN_CLIP_POOL[where]:
-                continue
-            if key in _OPEN_CLIP_DEFAULTS and value == _OPEN_CLIP_DEFAULTS[key]:
-                continue
-            raise ValueError(f"open_clip {where}.{key}={value!r} is not supported by clip_jax")
     for key in cfg:
-        if key not in ("embed_dim", "vision_cfg", "text_cfg", "quick_gelu", "cast_dtype",
-                       "custom_text", "init_logit_scale", "init_logit_bias"):
+        if key not in _TOP_OK:
             raise ValueError(f"open_clip model config key {key!r} is not supported by clip_jax")
-    image_size = vc.get("image_size", 224)
-    if not isinstance(image_size, int):
-        if len(set(image_size)) != 1:
-            raise ValueError(f"open_clip vision_cfg.image_size={image_size}: must be square")
-        image_size = image_size[0]
-    vwidth = vc.get("width", 768)
-    head_width = vc.get("head_width", 64)
-    if vwidth % head_width:
-        raise ValueError(f"vision width {vwidth} is not a multiple of head_width {head_width}")
+    vc, tc = dict(cfg["vision_cfg"]), dict(cfg["text_cfg"])
+    quick = bool(cfg.get("quick_gelu", False))
+    timm = bool(vc.get("timm_model_name"))
+    vision, vact, veps = _timm_vision(vc) if timm else _open_clip_vision(vc, quick)
+    _check_keys("text_cfg", tc, _TEXT_OK)
+    tact, teps = _act("text_cfg", tc, quick), _eps("text_cfg", tc, 1e-5)
+    if veps != teps:
+        raise ValueError(f"open_clip LayerNorm eps {veps} (vision_cfg) and {teps} (text_cfg) "
+                         "differ: clip_jax has one model.ln_eps")
+    ls = _same("ls_init_value", vc, tc, None, timm)
+    qk = bool(_same("qk_norm", vc, tc, False, timm))
+    pool, eot = tc.get("pool_type", "argmax"), None
+    if pool == "eos":
+        pool, eot = "argmax", tc.get("eos_id", 2)
+    if pool not in ("argmax", "last", "first"):
+        raise ValueError(f"open_clip text_cfg.pool_type={pool!r} is not supported by clip_jax")
     twidth = tc.get("width", 512)
+    text = TextConfig(
+        context_length=tc.get("context_length", 77), vocab_size=tc.get("vocab_size", 49408),
+        width=twidth, layers=tc.get("layers", 12), heads=tc.get("heads", 8),
+        mlp_dim=int(twidth * tc.get("mlp_ratio", 4.0)),
+        causal=not tc.get("no_causal_mask", False), pool=pool, eot_id=eot,
+        proj_bias=bool(tc.get("proj_bias", False)), act=None if tact == vact else tact)
     init_bias = cfg.get("init_logit_bias")
     return ModelConfig(
-        embed_dim=cfg["embed_dim"],
-        vision=VisionConfig(
-            image_size=image_size,
-            patch_size=vc.get("patch_size", 16),
-            width=vwidth,
-            layers=vc.get("layers", 12),
-            heads=vwidth // head_width,
-            mlp_dim=int(vwidth * vc.get("mlp_ratio", 4.0)),
-            patch_dropout=float(vc.get("patch_dropout", 0.0)),
-        ),
-        text=TextConfig(
-            context_length=tc.get("context_length", 77),
-            vocab_size=tc.get("vocab_size", 49408),
-            width=twidth,
-            layers=tc.get("layers", 12),
-            heads=tc.get("heads", 8),
-            mlp_dim=int(twidth * tc.get("mlp_ratio", 4.0)),
-        ),
-        act="quick_gelu" if cfg.get("quick_gelu", False) else "gelu",
+        embed_dim=cfg["embed_dim"], vision=vision, text=text, act=vact, ln_eps=veps,
         init_logit_scale=cfg.get("init_logit_scale", INIT_LOGIT_SCALE),
         init_logit_bias=None if init_bias is None else float(init_bias),
-    )
+        qk_norm=qk, ls_init_value=None if ls is None else float(ls))
+
+
+def _timm_name(cfg: ModelConfig) -> str:
+    v = cfg.vision
+    sizes = (v.width, v.layers, v.heads, v.mlp_dim)
+    family = next((f for f, s in SIGLIP_TRUNKS.items() if s == sizes), None)
+    trunk = (family, v.patch_size, v.image_size)
+    if trunk not in _TIMM_TRUNKS:
+        raise ValueError(f"model.vision (width, layers, heads, mlp_dim {sizes}, patch "
+                         f"{v.patch_size}, {v.image_size}px) is no timm SigLIP trunk: open_clip "
+                         "cannot build this image tower")
+    if (v.act or cfg.act) != _TIMM_TRUNKS[trunk]:
+        raise ValueError(f"model.vision.act={v.act or cfg.act!r}: timm's SigLIP trunk "
+                         f"vit_{family}_patch{v.patch_size}_siglip_{v.image_size} uses "
+                         f"{_TIMM_TRUNKS[trunk]!r} (set model.vision.act to export to open_clip)")
+    return f"vit_{family}_patch{v.patch_size}_siglip_{v.image_size}"
 
 
 def to_open_clip_config(cfg: ModelConfig) -> dict:
-    """The open_clip model-config dict (``embed_dim``, ``vision_cfg``, ``text_cfg``)."""
+    """The open_clip model-config dict (``embed_dim``, ``vision_cfg``, ``text_cfg``); a model
+    open_clip cannot build raises a ValueError naming the field."""
     v, t = cfg.vision, cfg.text
-    out = {
-        "embed_dim": cfg.embed_dim,
-        "vision_cfg": {
-            "image_size": v.image_size, "layers": v.layers, "width": v.width,
-            "patch_size": v.patch_size, "head_width": v.width // v.heads,
-            "mlp_ratio": v.mlp_dim / v.width,
-        },
-        "text_cfg": {
-            "context_length": t.context_length, "vocab_size": t.vocab_size, "width": t.width,
-            "heads": t.heads, "layers": t.layers, "mlp_ratio": t.mlp_dim / t.width,
-        },
-    }
+    siglip = (not v.class_token, not v.ln_pre, v.patch_bias, v.pool == "map", not v.proj)
+    if any(siglip) and not all(siglip):
+        raise ValueError("model.vision: open_clip builds a class-token ViT without patch bias "
+                         "(pool tok/gap, with proj) or the timm SigLIP trunk (no class token, "
+                         "no ln_pre, patch bias, pool map, no proj), nothing in between")
+    if all(siglip):
+        if cfg.qk_norm or cfg.ls_init_value is not None or cfg.ln_eps != 1e-6:
+            raise ValueError("model.qk_norm / ls_init_value / ln_eps: open_clip's timm SigLIP "
+                             "trunk has no qk_norm, no layer scale and eps 1e-6")
+        vc: dict[str, Any] = {"image_size": v.image_size, "timm_model_name": _timm_name(cfg),
+                              "timm_model_pretrained": False, "timm_pool": "map",
+                              "timm_proj": "none"}
+    else:
+        vc = {"image_size": v.image_size, "layers": v.layers, "width": v.width,
+              "patch_size": v.patch_size, "head_width": v.width // v.heads,
+              "mlp_ratio": v.mlp_dim / v.width}
+        if not v.ln_pre:
+            vc["no_ln_pre"] = True
+        if v.pool == "gap":
+            vc["pool_type"] = "avg"
+        _tower_extras(vc, cfg, v.act or cfg.act)
     if v.patch_dropout:
-        out["vision_cfg"]["patch_dropout"] = v.patch_dropout
-    if cfg.act == "quick_gelu":
+        vc["patch_dropout"] = v.patch_dropout
+    tc: dict[str, Any] = {"context_length": t.context_length, "vocab_size": t.vocab_size,
+                          "width": t.width, "heads": t.heads, "layers": t.layers,
+                          "mlp_ratio": t.mlp_dim / t.width}
+    if not t.causal:
+        tc["no_causal_mask"] = True
+    if t.proj_bias:
+        tc["proj_bias"] = True
+    if t.pool != "argmax" or t.eot_id is not None:
+        tc["pool_type"] = t.pool if t.eot_id is None or t.pool != "argmax" else "eos"
+        if tc["pool_type"] == "eos":
+            tc["eos_id"] = t.eot_id
+    _tower_extras(tc, cfg, t.act or cfg.act)
+    out = {"embed_dim": cfg.embed_dim, "vision_cfg": vc, "text_cfg": tc}
+    acts = {t.act or cfg.act} | (set() if all(siglip) else {v.act or cfg.act})
+    if "quick_gelu" in acts:
+        if acts != {"quick_gelu"}:
+            raise ValueError("model.act: open_clip's quick_gelu applies to both towers")
         out["quick_gelu"] = True
+    if cfg.init_logit_scale != INIT_LOGIT_SCALE:
+        out["init_logit_scale"] = cfg.init_logit_scale
     if cfg.init_logit_bias is not None:
         out["init_logit_bias"] = cfg.init_logit_bias
     return out
+
+
+def _tower_extras(sub: dict, cfg: ModelConfig, act: str) -> None:
+    if act == "gelu_tanh":
+        sub["act_kwargs"] = {"approximate": "tanh"}
+    if cfg.ln_eps != 1e-5:
+        sub["norm_kwargs"] = {"eps": cfg.ln_eps}
+    if cfg.qk_norm:
+        sub["qk_norm"] = True
+    if cfg.ls_init_value is not None:
+        sub["ls_init_value"] = cfg.ls_init_value

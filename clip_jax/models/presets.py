@@ -1,6 +1,16 @@
-"""Named model sizes: :data:`PRESETS` (open_clip's names and sizes) and :func:`get_model_config`."""
+"""Named model sizes: :data:`PRESETS` (open_clip's names and sizes) and :func:`get_model_config`.
+
+SigLIP presets (``ViT-*-SigLIP*``) take their sizes from open_clip's ``model_configs/*.json``
+(the timm trunk named there for the image tower) and the architecture of big_vision / Hugging
+Face ``SiglipModel``: no class token, no pre-LN, patch bias, MAP head, no image projection
+(``embed_dim`` = image width), bidirectional text pooled at the last position with a biased
+projection, tanh GELU, LayerNorm eps 1e-6, logit scale ln 10 and bias -10. (open_clip's own
+re-implementation uses the erf GELU in some towers; :func:`from_open_clip_config` of those
+JSONs reproduces that per tower.)"""
 
 from __future__ import annotations
+
+import math
 
 from clip_jax.models.config import ModelConfig, TextConfig, VisionConfig
 
@@ -26,6 +36,65 @@ PRESETS: dict[str, ModelConfig] = {
     "tiny": _preset(32, 32, 8, 32, 2, 2, 64, 32, 2, 2, ctx=16, vocab=512),
     "small-demo": _preset(128, 64, 16, 192, 4, 3, 768, 128, 4, 2, ctx=32, vocab=4096),
 }
+
+
+# SigLIP image trunks (timm's vit_{family}_patch{p}_siglip_{res}): width, depth, heads, mlp_dim.
+SIGLIP_TRUNKS = {"base": (768, 12, 12, 3072), "large": (1024, 24, 16, 4096),
+                 "so400m": (1152, 27, 16, 4304), "giantopt": (1536, 40, 16, 6144)}
+# Text towers: width, depth, heads, mlp_dim.
+_SIGLIP_TEXT = {"base": (768, 12, 12, 3072), "large": (1024, 24, 16, 4096),
+                "so400m": (1152, 27, 16, 4304)}
+
+
+def siglip_config(trunk: str, patch: int, image_size: int, text: str | None = None,
+                  ctx: int = 64, vocab: int = 32000) -> ModelConfig:
+    """A SigLIP ModelConfig: image trunk ``trunk`` (a key of :data:`SIGLIP_TRUNKS`), text tower
+    ``text`` (default: the trunk's size)."""
+    vw, vl, vh, vm = SIGLIP_TRUNKS[trunk]
+    tw, tl, th, tm = _SIGLIP_TEXT[text or trunk]
+    return ModelConfig(
+        embed_dim=vw,
+        vision=VisionConfig(image_size, patch, vw, vl, vh, vm, class_token=False, ln_pre=False,
+                            patch_bias=True, pool="map", proj=False),
+        text=TextConfig(ctx, vocab, tw, tl, th, tm, causal=False, pool="last", proj_bias=True),
+        act="gelu_tanh", ln_eps=1e-6, init_logit_scale=math.log(10.0), init_logit_bias=-10.0,
+    )
+
+
+_V1, _V2 = 32000, 256000  # SigLIP's SentencePiece vocabulary, SigLIP 2's Gemma vocabulary
+PRESETS.update({
+    "ViT-B-16-SigLIP": siglip_config("base", 16, 224),
+    "ViT-B-16-SigLIP-256": siglip_config("base", 16, 256),
+    "ViT-B-16-SigLIP-384": siglip_config("base", 16, 384),
+    "ViT-B-16-SigLIP-512": siglip_config("base", 16, 512),
+    "ViT-B-16-SigLIP-i18n-256": siglip_config("base", 16, 256, vocab=250000),
+    "ViT-L-16-SigLIP-256": siglip_config("large", 16, 256),
+    "ViT-L-16-SigLIP-384": siglip_config("large", 16, 384),
+    "ViT-SO400M-14-SigLIP": siglip_config("so400m", 14, 224, ctx=16),
+    "ViT-SO400M-14-SigLIP-378": siglip_config("so400m", 14, 378),
+    "ViT-SO400M-14-SigLIP-384": siglip_config("so400m", 14, 384),
+    "ViT-B-16-SigLIP2": siglip_config("base", 16, 224, vocab=_V2),
+    "ViT-B-16-SigLIP2-256": siglip_config("base", 16, 256, vocab=_V2),
+    "ViT-B-16-SigLIP2-384": siglip_config("base", 16, 384, vocab=_V2),
+    "ViT-B-16-SigLIP2-512": siglip_config("base", 16, 512, vocab=_V2),
+    "ViT-B-32-SigLIP2-256": siglip_config("base", 32, 256, vocab=_V2),
+    "ViT-L-16-SigLIP2-256": siglip_config("large", 16, 256, vocab=_V2),
+    "ViT-L-16-SigLIP2-384": siglip_config("large", 16, 384, vocab=_V2),
+    "ViT-L-16-SigLIP2-512": siglip_config("large", 16, 512, vocab=_V2),
+    "ViT-SO400M-14-SigLIP2": siglip_config("so400m", 14, 224, vocab=_V2),
+    "ViT-SO400M-14-SigLIP2-378": siglip_config("so400m", 14, 378, vocab=_V2),
+    "ViT-SO400M-16-SigLIP2-256": siglip_config("so400m", 16, 256, vocab=_V2),
+    "ViT-SO400M-16-SigLIP2-384": siglip_config("so400m", 16, 384, vocab=_V2),
+    "ViT-SO400M-16-SigLIP2-512": siglip_config("so400m", 16, 512, vocab=_V2),
+    "ViT-gopt-16-SigLIP2-256": siglip_config("giantopt", 16, 256, "so400m", vocab=_V2),
+    "ViT-gopt-16-SigLIP2-384": siglip_config("giantopt", 16, 384, "so400m", vocab=_V2),
+    # A SigLIP the size of "tiny", for tests.
+    "tiny-siglip": PRESETS["tiny"].replace(
+        embed_dim=32, vision=dict(class_token=False, ln_pre=False, patch_bias=True, pool="map",
+                                  proj=False),
+        text=dict(causal=False, pool="last", proj_bias=True), act="gelu_tanh", ln_eps=1e-6,
+        init_logit_scale=math.log(10.0), init_logit_bias=-10.0),
+})
 
 
 def get_model_config(name: str) -> ModelConfig:

@@ -1,4 +1,9 @@
-"""The Transformer text tower (open_clip's ``text``)."""
+"""The Transformer text tower (open_clip's ``text``; with the SigLIP switches big_vision's
+text ``_Model`` / HF ``SiglipTextTransformer``).
+
+``token + position embedding -> blocks (causal or bidirectional) -> ln_final -> pool
+(argmax: the end token | last | first) -> text_projection [+ bias]``.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +11,20 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from clip_jax.layers import LayerNorm, Transformer, logical_init
-from clip_jax.models.config import ModelConfig
+from clip_jax.models.config import ModelConfig, TextConfig
+
+
+def pool_positions(text, t: TextConfig):
+    """The position pooled in each row of ``text`` (B, L): ``argmax``: the first ``eot_id``
+    (with ``eot_id`` None the largest id, open_clip's ``argmax``: CLIP BPE's end token has the
+    largest id), ``last``: L - 1, ``first``: 0."""
+    if t.pool == "last":
+        return jnp.full(text.shape[:1], text.shape[1] - 1, jnp.int32)
+    if t.pool == "first":
+        return jnp.zeros(text.shape[:1], jnp.int32)
+    if t.eot_id is None:
+        return jnp.argmax(text, axis=-1)
+    return jnp.argmax(text == t.eot_id, axis=-1)
 
 
 class TextTransformer(nn.Module):
@@ -14,7 +32,7 @@ class TextTransformer(nn.Module):
 
     @nn.compact
     def __call__(self, text):
-        """text: (B, L) int token ids; features are taken at argmax(ids) (the end token)."""
+        """text: (B, L) int token ids; features are taken at the position ``text.pool`` names."""
         c, t = self.cfg, self.cfg.text
         dtype, pdtype = jnp.dtype(c.dtype), jnp.dtype(c.param_dtype)
         if text.shape[1] > t.context_length:
@@ -27,11 +45,18 @@ class TextTransformer(nn.Module):
                          logical_init(nn.initializers.normal(0.01), (None, "embed")),
                          (t.context_length, t.width), pdtype)
         x = jnp.take(tok, text, axis=0).astype(dtype) + pos[: text.shape[1]].astype(dtype)
-        x = Transformer(t.layers, t.heads, t.mlp_dim, c.act, True, c.ln_eps, c.remat, c.scan,
-                        c.attention, dtype, pdtype, name="transformer")(x)
+        x = Transformer(t.layers, t.heads, t.mlp_dim, t.act or c.act, t.causal, c.ln_eps,
+                        c.remat, c.scan, c.attention, dtype, pdtype, qk_norm=c.qk_norm,
+                        ls_init_value=c.ls_init_value, name="transformer")(x)
         x = LayerNorm(c.ln_eps, name="ln_final", dtype=dtype, param_dtype=pdtype)(x)
-        x = x[jnp.arange(x.shape[0]), jnp.argmax(text, axis=-1)]
+        x = x[jnp.arange(x.shape[0]), pool_positions(text, t)]
         proj = self.param("text_projection",
                           logical_init(nn.initializers.normal(t.width**-0.5), ("embed", "proj")),
                           (t.width, c.embed_dim), pdtype)
-        return jnp.dot(x, proj.astype(dtype))
+        x = jnp.dot(x, proj.astype(dtype))
+        if t.proj_bias:
+            bias = self.param("text_projection_bias",
+                              logical_init(nn.initializers.zeros, ("proj",)), (c.embed_dim,),
+                              pdtype)
+            x = x + bias.astype(dtype)
+        return x

@@ -1,4 +1,9 @@
-"""The ViT image tower (open_clip's ``visual``) and FLIP patch dropout."""
+"""The ViT image tower (open_clip's ``visual``; with the SigLIP switches big_vision's ``_ViT``)
+and FLIP patch dropout.
+
+``patch embedding [+ bias] -> [class token] + position embedding -> [patch dropout] ->
+[ln_pre] -> blocks -> ln_post (every token) -> pool (tok | map | gap) -> [proj]``.
+"""
 
 from __future__ import annotations
 
@@ -8,17 +13,19 @@ import jax.numpy as jnp
 
 from clip_jax.layers import LayerNorm, PatchEmbed, Transformer, logical_init
 from clip_jax.models.config import ModelConfig
+from clip_jax.models.heads import MAPHead, pool_tokens
 
 
-def drop_patches(x, keep: int, rng):
-    """FLIP patch dropout: of x (B, 1 + n, D) keep the CLS token and ``keep`` of the n patch
-    tokens of each image, chosen by a random permutation per image (one key per image, split
-    from ``rng``; with ``jax_threefry_partitionable`` the draw does not depend on how the batch
-    is sharded). Static shapes: (B, 1 + keep, D)."""
-    b, n = x.shape[0], x.shape[1] - 1
+def drop_patches(x, keep: int, rng, prefix: int = 1):
+    """FLIP patch dropout: of x (B, prefix + n, D) keep the ``prefix`` leading tokens (the class
+    token, or none) and ``keep`` of the n patch tokens of each image, chosen by a random
+    permutation per image (one key per image, split from ``rng``; with
+    ``jax_threefry_partitionable`` the draw does not depend on how the batch is sharded).
+    Static shapes: (B, prefix + keep, D)."""
+    b, n = x.shape[0], x.shape[1] - prefix
     idx = jax.vmap(lambda k: jax.random.permutation(k, n)[:keep])(jax.random.split(rng, b))
-    patches = jnp.take_along_axis(x[:, 1:], idx[:, :, None], axis=1)
-    return jnp.concatenate([x[:, :1], patches], axis=1)
+    patches = jnp.take_along_axis(x[:, prefix:], idx[:, :, None], axis=1)
+    return jnp.concatenate([x[:, :prefix], patches], axis=1) if prefix else patches
 
 
 class VisionTransformer(nn.Module):
@@ -31,26 +38,43 @@ class VisionTransformer(nn.Module):
         embedding (the ``patch_dropout`` rng collection); evaluation sees every patch."""
         c, v = self.cfg, self.cfg.vision
         dtype, pdtype = jnp.dtype(c.dtype), jnp.dtype(c.param_dtype)
+        kw = dict(dtype=dtype, param_dtype=pdtype)
         if images.shape[1:3] != (v.image_size, v.image_size):
             raise ValueError(f"images of size {images.shape[1:3]} given to a ViT built for "
                              f"{v.image_size}x{v.image_size}")
         scale = v.width**-0.5
-        x = PatchEmbed(v.patch_size, v.width, dtype, pdtype, name="conv1")(images)
+        x = PatchEmbed(v.patch_size, v.width, dtype, pdtype, bias=v.patch_bias,
+                       name="conv1")(images)
         b = x.shape[0]
-        cls = self.param("class_embedding", logical_init(nn.initializers.normal(scale), ("embed",)),
-                         (v.width,), pdtype)
-        n = x.shape[1] + 1
+        prefix = int(v.class_token)
+        if v.class_token:
+            cls = self.param("class_embedding",
+                             logical_init(nn.initializers.normal(scale), ("embed",)),
+                             (v.width,), pdtype)
         pos = self.param("positional_embedding",
                          logical_init(nn.initializers.normal(scale), (None, "embed")),
-                         (n, v.width), pdtype)
-        x = jnp.concatenate([jnp.broadcast_to(cls.astype(dtype), (b, 1, v.width)), x], axis=1)
+                         (x.shape[1] + prefix, v.width), pdtype)
+        if v.class_token:
+            x = jnp.concatenate([jnp.broadcast_to(cls.astype(dtype), (b, 1, v.width)), x], 1)
         x = x + pos.astype(dtype)
         if train and v.patch_dropout:
-            x = drop_patches(x, v.kept_patches(), self.make_rng("patch_dropout"))
-        x = LayerNorm(c.ln_eps, name="ln_pre", dtype=dtype, param_dtype=pdtype)(x)
-        x = Transformer(v.layers, v.heads, v.mlp_dim, c.act, False, c.ln_eps, c.remat, c.scan,
-                        c.attention, dtype, pdtype, name="transformer")(x)
-        x = LayerNorm(c.ln_eps, name="ln_post", dtype=dtype, param_dtype=pdtype)(x[:, 0])
+            x = drop_patches(x, v.kept_patches(), self.make_rng("patch_dropout"), prefix)
+        if v.ln_pre:
+            x = LayerNorm(c.ln_eps, name="ln_pre", **kw)(x)
+        act = v.act or c.act
+        x = Transformer(v.layers, v.heads, v.mlp_dim, act, False, c.ln_eps, c.remat, c.scan,
+                        c.attention, dtype, pdtype, qk_norm=c.qk_norm,
+                        ls_init_value=c.ls_init_value, name="transformer")(x)
+        ln_post = LayerNorm(c.ln_eps, name="ln_post", **kw)
+        if v.pool == "tok":  # the LN of token 0 alone: the same as LN of every token, then pool
+            x = ln_post(x[:, 0])
+        elif v.pool == "map":
+            x = MAPHead(v.heads, v.mlp_dim, act, c.ln_eps, c.attention, name="map_head",
+                        **kw)(ln_post(x))
+        else:
+            x = pool_tokens(ln_post(x), v.pool, prefix)
+        if not v.proj:
+            return x
         proj = self.param("proj", logical_init(nn.initializers.normal(scale), ("embed", "proj")),
                           (v.width, c.embed_dim), pdtype)
         return jnp.dot(x, proj.astype(dtype))
