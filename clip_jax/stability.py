@@ -204,8 +204,8 @@ class HostGuard:
         self.rollbacks_to[target] = count = self.rollbacks_to.get(target, 0) + 1
         if count > self.cfg.max_rollbacks:
             raise DivergedError(
-                f"loss spike at step {spike_step}: checkpoint step {target} was already "
-                f"restored {count - 1} times (stability.max_rollbacks="
+                f"loss spike at step {spike_step}: checkpoint step {target} was restored "
+                f"{count - 1}x already (stability.max_rollbacks="
                 f"{self.cfg.max_rollbacks}); a rollback loop, the run stops; lower the "
                 "learning rate or raise stability.rollback_skip_steps")
 
