@@ -283,7 +283,8 @@ def create_model(name: str | os.PathLike, tokenizer: str | None = None, seed: in
     the patch kernel (:func:`clip_jax.sources.refit`; one logged line says what changed).
     ``params`` are unboxed; ``preprocess(images)`` returns normalised float32 NHWC pixels;
     ``tokenizer`` is the source's own, else the one ``tokenizer`` names (a spec for
-    :func:`clip_jax.data.tokenizer.load_tokenizer`), else None.
+    :func:`clip_jax.data.tokenizer.load_tokenizer`); for a preset, its standard tokenizer
+    (:func:`clip_jax.data.tokenizer.preset_tokenizer`: None for tiny / small-demo).
     """
     spec = os.fspath(name)
     if spec in models.PRESETS or spec.lstrip().startswith("{") or (
@@ -291,10 +292,12 @@ def create_model(name: str | os.PathLike, tokenizer: str | None = None, seed: in
         cfg = (models.get_model_config(spec) if spec in models.PRESETS
                else models.from_open_clip_config(spec)).replace(**overrides)
         params_lib.vision_grid(cfg.vision.image_size, cfg.vision.patch_size)
+        tok = (tokenizer_lib.preset_tokenizer(spec, tokenizer, cfg.text.vocab_size)
+               if spec in models.PRESETS else None)
         model = models.CLIP(cfg)
         params = jax.jit(lambda k: nn.meta.unbox(
             model.init(k, *models.init_inputs(cfg))["params"]))(jax.random.key(seed))
-        tok, pre = None, bundle.default_preprocess(cfg.vision.image_size)
+        pre = bundle.default_preprocess(cfg.vision.image_size)
     elif not Path(spec).exists():
         raise ValueError(f"{spec!r} is neither a model name ({', '.join(list_models())}), an "
                          f"open_clip model-config JSON, nor an existing path")

@@ -212,7 +212,8 @@ def prepare_data(config, workdir: str):
     them: ``data.train`` and the eval cards at the demo, ``model.text.vocab_size`` at the
     tokenizer's (an explicit, different ``vocab_size`` is an error). Returns the tokenizer."""
     model_cfg = config_lib.resolve_model_config(config.model)
-    if config.data.demo and not config.data.train:  # shards of one's own replace the demo
+    # shards of one's own (or a tfds source) replace the demo
+    if config.data.demo and not config.data.train and config.data.source != "tfds":
         demo = prepare.prepare_demo(config.data.demo, config.data.demo_train_samples,
                                     model_cfg.vision.image_size, config.seed)
         config.data.train = demo["train"]
