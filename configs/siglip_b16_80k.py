@@ -12,7 +12,7 @@ Arithmetic: 81,920 samples/step; 400M / 81,920 = 4,882 steps/epoch; 16 epochs = 
 
 import math
 
-from clip_jax.config import laion_recipe
+from clip_jax.recipes import laion_recipe
 
 MESH = {"v4-64": ((1, 32, 1), 8), "v5e-256": ((16, 16, 1), 1), "gpu-8x8": ((8, 8, 1), 4)}
 # The TPU topology of each platform (python -m clip_jax.plan compiles the step for it).

@@ -9,7 +9,7 @@ samples; 197 image tokens per sample (196 patches + class): ~2.5T image tokens i
   gpu-8x8 :   512/device, mesh data=8 fsdp=8, accum 2 (micro-batch 256/device)
 """
 
-from clip_jax.config import laion_recipe
+from clip_jax.recipes import laion_recipe
 
 MESH = {"v4-64": ((1, 32, 1), 1), "v5e-256": ((16, 16, 1), 1), "gpu-8x8": ((8, 8, 1), 2)}
 # The TPU topology of each platform (python -m clip_jax.plan compiles the step for it).

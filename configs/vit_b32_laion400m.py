@@ -12,7 +12,7 @@ Platform argument (after the colon), per-device batch, mesh and accumulation:
   gpu-8x8 : 64 H100s   ->   512/device, mesh data=8 (across nodes) fsdp=8 (NVLink)
 """
 
-from clip_jax.config import laion_recipe
+from clip_jax.recipes import laion_recipe
 
 MESH = {"v4-64": ((1, 32, 1), 1), "v5e-256": ((16, 16, 1), 1), "gpu-8x8": ((8, 8, 1), 1)}
 # The TPU topology of each platform (python -m clip_jax.plan compiles the step for it).

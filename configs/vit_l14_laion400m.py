@@ -10,7 +10,7 @@ AdamW state are 4.8 GiB replicated, so the parameters are fully sharded (FSDP).
   gpu-8x8 :   512/device, mesh data=8 fsdp=8, accum 4 (micro-batch 128/device)
 """
 
-from clip_jax.config import laion_recipe
+from clip_jax.recipes import laion_recipe
 
 MESH = {"v4-64": ((1, 32, 1), 4), "v5e-256": ((4, 64, 1), 1), "gpu-8x8": ((8, 8, 1), 4)}
 # The TPU topology of each platform (python -m clip_jax.plan compiles the step for it).

@@ -5,8 +5,7 @@ import os
 
 import pytest
 
-from clip_jax import config as config_lib
-from clip_jax import plan
+from clip_jax import plan, recipes
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG_DIR = os.path.join(REPO, "configs")
@@ -26,7 +25,7 @@ def test_config_plans_on_its_platforms(name):
     platforms = list(getattr(mod, "MESH", {})) or [None]
     for platform in platforms:
         c = mod.get_config(platform) if platform else mod.get_config()
-        devices, hosts, hbm_gib = config_lib.PLATFORMS.get(platform, (8, 1, 16))
+        devices, hosts, hbm_gib = recipes.PLATFORMS.get(platform, (8, 1, 16))
         p = plan.abstract_plan(c, devices, hosts)
         state_gib = p["param_gib_per_device"] + p["opt_gib_per_device"]
         assert state_gib < 0.25 * hbm_gib, (name, platform, p)
@@ -43,5 +42,5 @@ def test_a_broken_recipe_fails_with_a_clear_error():
     with pytest.raises(ValueError, match="must be divisible"):
         plan.abstract_plan(c, 256, 64)
     with pytest.raises(ValueError, match="unknown platform"):
-        config_lib.laion_recipe("ViT-B-32", 32768, "v9-1", (1, 1, 1), 1, train="x.tar",
+        recipes.laion_recipe("ViT-B-32", 32768, "v9-1", (1, 1, 1), 1, train="x.tar",
                                 tokenizer="train")

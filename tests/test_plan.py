@@ -15,7 +15,7 @@ import pytest
 from jax.sharding import PartitionSpec as P
 
 from clip_jax import config as config_lib
-from clip_jax import flops, models, plan, sharding, train
+from clip_jax import flops, models, plan, recipes, sharding, train
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 needs_libtpu = pytest.mark.skipif(
@@ -155,7 +155,7 @@ def test_every_tpu_recipe_names_its_topology():
             arg = f"{os.path.join(REPO, 'configs', name)}:{platform}"
             assert plan.recipe_topology(arg) == topology, (name, platform)
             chips = len(plan.topology_devices(topology)) if plan.libtpu_available() else None
-            assert chips in (None, config_lib.PLATFORMS[platform][0])
+            assert chips in (None, recipes.PLATFORMS[platform][0])
 
 
 # ---------------------------------------------------------------------------------------------
