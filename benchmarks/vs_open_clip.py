@@ -1,18 +1,20 @@
 """clip_jax vs open_clip: the same architecture, the same batch, one training step each.
 
-    python benchmarks/vs_open_clip.py                       # both presets below
+    python benchmarks/vs_open_clip.py                       # every preset below
     python benchmarks/vs_open_clip.py --preset tiny --rounds 5
     python benchmarks/vs_open_clip.py --model-config my_model.json --batch 64
 
 Both models are built from one open_clip model-config JSON (``--model-config``, or a preset:
 ``tiny`` = benchmarks/model_configs/bench-tiny.json at batch 128, ``ViT-B-32`` = open_clip's own
-JSON at batch 16) and must have the same parameter count. Each framework runs in its own child
-process (same machine, same threads: all cores), built once and warmed up; the parent then
-alternates them, ``--steps`` training steps at a time, for ``--rounds`` rounds, and reports the
-median samples/s of each and the ratio clip_jax / open_clip as one JSON line per preset.
+JSON at batch 16, ``ViT-B-16-SigLIP`` = open_clip's JSON (timm trunk with the MAP head,
+bidirectional text) at batch 16) and must have the same parameter count. Each framework runs
+in its own child process (same machine, same threads: all cores), built once and warmed up; the
+parent then alternates them, ``--steps`` training steps at a time, for ``--rounds`` rounds, and
+reports the median samples/s of each and the ratio clip_jax / open_clip as one JSON line per preset.
 
 A step is what a trainer runs: forward both towers, the CLIP loss (open_clip's ``ClipLoss``;
-clip_jax's ``clip_loss``), backward, AdamW (lr 5e-4, betas (0.9, 0.98), eps 1e-6, wd 0.2), the
+clip_jax's ``clip_loss``; for a JSON with ``init_logit_bias`` the sigmoid loss, ``SigLipLoss`` and
+``siglip_loss``), backward, AdamW (lr 5e-4, betas (0.9, 0.98), eps 1e-6, wd 0.2), the
 logit-scale clamp. float32. Inputs are fixed random batches already in memory (images as the
 framework's trainer receives them: uint8 pixels for clip_jax, normalised float32 tensors for
 open_clip), so the input pipeline is not timed.
@@ -36,6 +38,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 PRESETS = {
     "tiny": (os.path.join(HERE, "model_configs", "bench-tiny.json"), 128),
     "ViT-B-32": (os.path.join(HERE, "model_configs", "ViT-B-32.json"), 16),
+    "ViT-B-16-SigLIP": (os.path.join(HERE, "model_configs", "ViT-B-16-SigLIP.json"), 16),
 }
 LR, BETAS, EPS, WD = 5e-4, (0.9, 0.98), 1e-6, 0.2
 
@@ -63,6 +66,9 @@ class _JaxRunner:
 
         c = config_lib.base_config()
         c.model.open_clip_config = config_path
+        with open(config_path) as f:
+            if "init_logit_bias" in json.load(f):
+                c.loss = "siglip"
         c.batch_size = batch
         c.total_steps = 10_000
         c.optimizer.lr, c.optimizer.warmup_steps = LR, 0
@@ -92,13 +98,14 @@ class _TorchRunner:
         import numpy as np
         import open_clip
         import torch
-        from open_clip.loss import ClipLoss
+        from open_clip.loss import ClipLoss, SigLipLoss
 
         torch.set_num_threads(os.cpu_count() or 1)
         with open(config_path) as f:
             cfg = json.load(f)
         torch.manual_seed(0)
-        self.model = open_clip.model.CLIP(**cfg)
+        build = open_clip.model.CustomTextCLIP if cfg.get("custom_text") else open_clip.model.CLIP
+        self.model = build(**cfg)
         self.model.train()
         self.params = sum(p.numel() for p in self.model.parameters())
         decay = [p for n, p in self.model.named_parameters()
@@ -108,7 +115,7 @@ class _TorchRunner:
         self.opt = torch.optim.AdamW([{"params": decay, "weight_decay": WD},
                                       {"params": no_decay, "weight_decay": 0.0}],
                                      lr=LR, betas=BETAS, eps=EPS)
-        self.loss = ClipLoss()
+        self.loss = SigLipLoss() if "init_logit_bias" in cfg else ClipLoss()
         images, text = _batch(cfg, batch)
         mean = np.asarray(open_clip.OPENAI_DATASET_MEAN, np.float32) * 255
         std = np.asarray(open_clip.OPENAI_DATASET_STD, np.float32) * 255
@@ -122,8 +129,7 @@ class _TorchRunner:
         t0, c0 = time.perf_counter(), time.process_time()
         for _ in range(steps):
             self.opt.zero_grad(set_to_none=True)
-            img, txt, scale = self.model(self.images, self.text)
-            loss = self.loss(img, txt, scale)
+            loss = self.loss(*self.model(self.images, self.text))
             loss.backward()
             self.opt.step()
             with torch.no_grad():

@@ -84,7 +84,8 @@ def base_config() -> ml_collections.ConfigDict:
     # (unless data.train names other shards), evaluating on its held-out pairs
     c.data.demo_train_samples = 30000
     c.data.train = ""  # shard spec: brace pattern, list, pipe:, fsspec URL (data issue)
-    c.data.tokenizer = "train"  # "clip_bpe:PATH", "hf:PATH", or "train" (fit on data.train)
+    c.data.tokenizer = "train"  # a tokenizer spec (clip_bpe:, hf:, sentencepiece:, json:PATH) or
+    # "train" (a BPE fitted on data.train)
     c.data.tokenizer_vocab_size = 0  # "train": 0 = the model's text.vocab_size
     c.data.shuffle_buffer = 2000
     c.data.workers = 2

@@ -55,7 +55,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="open_clip model-config JSON (path or text) or preset name; default: "
                         "open_clip_config.json next to the weights")
     s.add_argument("--tokenizer", default=None,
-                   help="tokenizer spec to bundle (clip_bpe:PATH, hf:PATH, or a directory); "
+                   help="tokenizer spec to bundle (clip_bpe:PATH, hf:PATH, sentencepiece:PATH, "
+                        "json:PATH, or a directory); "
                         "default: the one found next to the weights")
     s.add_argument("--scan", action="store_true",
                    help="store the blocks stacked (model.scan=True layout)")

@@ -49,15 +49,17 @@ def test_mesh_2x2x2_matches_single_device(loss):
     c1 = _config(data=1)
     for c in (c8, c1):
         c.loss = loss
-        if loss == "siglip":
-            c.model.init_logit_bias = -10.0
-            c.model.init_logit_scale = 2.302585  # ln 10, as SigLIP
+        if loss == "siglip":  # the SigLIP architecture (MAP head, bidirectional text, bias -10)
+            c.model.name = "tiny-siglip"
     setup8, state8, l8 = _run(c8, jax.devices()[:8], 6)
     _, state1, l1 = _run(c1, jax.devices()[:1], 6)
     np.testing.assert_allclose(l8, l1, rtol=2e-4)
     for a, b in zip(jax.tree.leaves(state8.params), jax.tree.leaves(state1.params)):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=2e-3, atol=2e-5)
 
+    if loss == "siglip":  # the MAP head's probe and attention are sharded like the blocks'
+        head = state8.params["visual"]["map_head"]
+        assert any(x.sharding.spec != P() for x in jax.tree.leaves(head)), head
     if loss == "clip":
         # Parameters and Adam moments are sharded as the logical rules say.
         blk = state8.params["visual"]["transformer"]["resblocks_0"]
@@ -118,7 +120,8 @@ def test_gradient_cache_accumulation_equals_global_batch_gradients(loss):
         c = _config(data=2, fsdp=2)
         c.accum_steps = k
         c.loss = loss
-        if loss == "siglip":
+        if loss == "siglip":  # the SigLIP architecture, with a bias that gives gradients
+            c.model.name = "tiny-siglip"
             c.model.init_logit_bias = -5.0
         setup = train.build(c, jax.devices()[:4])
         state = train.init_state(setup)
