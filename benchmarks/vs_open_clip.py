@@ -104,7 +104,8 @@ class _TorchRunner:
         with open(config_path) as f:
             cfg = json.load(f)
         torch.manual_seed(0)
-        build = open_clip.model.CustomTextCLIP if cfg.get("custom_text") else open_clip.model.CLIP
+        build = open_clip.model.CustomTextCLIP if cfg.pop("custom_text", False) \
+            else open_clip.model.CLIP
         self.model = build(**cfg)
         self.model.train()
         self.params = sum(p.numel() for p in self.model.parameters())
