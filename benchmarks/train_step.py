@@ -25,6 +25,7 @@ disturbs less. Prints one JSON line.
 from __future__ import annotations
 
 import argparse
+import ast
 import json
 import os
 import time
@@ -97,6 +98,9 @@ def main():
                     help="FLIP: fraction of image patches dropped in training (0 = off)")
     ap.add_argument("--frozen", nargs="*", default=[],
                     help="optimizer.frozen: regexes or the presets image / text (LiT: image)")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="any config key, e.g. --set model.vision.pool=map "
+                         "--set stability.skip_nonfinite=False (repeatable)")
     args = ap.parse_args()
     if args.devices:
         os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
@@ -126,6 +130,17 @@ def main():
     if args.loss == "siglip":
         c.model.init_logit_bias = -10.0
     c.mesh.data, c.mesh.fsdp, c.mesh.tensor = (int(x) for x in args.mesh.split(","))
+    for item in args.set:
+        key, _, text = item.partition("=")
+        try:
+            value = ast.literal_eval(text)
+        except (ValueError, SyntaxError):
+            value = text
+        *parents, leaf = key.split(".")
+        node = c
+        for part in parents:
+            node = node[part]
+        node[leaf] = value
 
     setup = train.build(c)
     state = train.init_state(setup)
@@ -168,7 +183,7 @@ def main():
     achieved = flops / step_s / 1e12
     print(json.dumps({
         "model": os.path.basename(args.model_config) if args.model_config else args.model,
-        "patch_dropout": args.patch_dropout, "frozen": args.frozen,
+        "patch_dropout": args.patch_dropout, "frozen": args.frozen, "set": args.set,
         "batch": args.batch, "dtype": args.dtype, "remat": args.remat, "scan": args.scan,
         "mesh": dict(setup.mesh.shape), "device": kind, "devices": jax.device_count(),
         "params": int(sum(x.size for x in jax.tree.leaves(state.params))),

@@ -233,7 +233,26 @@ class InferenceModel:
             if ids.ndim != 2 or not np.issubdtype(ids.dtype, np.integer):
                 raise TypeError(f"token ids must be integers of shape (N, L), got {ids.dtype} "
                                 f"{ids.shape}")
-        return self._batched(self._encode_text, ids.astype(np.int32))
+        return self._batched(self._encode_text, self._trim(ids.astype(np.int32)))
+
+    def _trim(self, ids: np.ndarray) -> np.ndarray:
+        """A causal tower's output at the pooled position depends only on the tokens up to it,
+        so the padding after the longest row's pooled position is cut (to a power-of-two length
+        >= 8: few compilations): exact, and 3-4x less work for short prompts at context 77."""
+        t = self.cfg.text
+        if not t.causal or t.pool == "last" or ids.shape[1] <= 8:
+            return ids
+        if t.pool == "first":
+            pos = np.zeros(len(ids), np.int64)
+        elif t.eot_id is None:
+            pos = ids.argmax(axis=-1)
+        else:
+            pos = (ids == t.eot_id).argmax(axis=-1)
+        need = int(pos.max(initial=0)) + 1
+        length = 8
+        while length < need:
+            length *= 2
+        return ids[:, :min(length, ids.shape[1])]
 
     def classifier(self, class_names: Sequence[str],
                    templates: Sequence[str] | None = None) -> np.ndarray:

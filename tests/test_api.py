@@ -134,3 +134,24 @@ def test_init_from_any_source_starts_training_from_its_params(tmp_path, kind):
     for k, x in params_lib.flatten_params(state.params).items():
         want = params_lib.flatten_params(setup.state_shardings.params)[k]
         assert x.sharding.is_equivalent_to(want, x.ndim), k
+
+
+@pytest.mark.parametrize("pool", ["argmax", "first", "last-bidirectional"])
+def test_encode_text_trims_padding_only_where_it_is_exact(pool):
+    """A causal tower is encoded without the padding after the longest row's pooled token
+    (fewer positions, one compile per power-of-two length); the embeddings equal the full
+    context's computed directly with ``model.apply``. A bidirectional tower keeps every position."""
+    text = dict(pool="last", causal=False) if pool.startswith("last") else dict(pool=pool)
+    cfg = TINY.replace(text=text)
+    params = _perturbed(cfg, 5)
+    enc = clip_jax.InferenceModel(cfg, params, batch_size=8)
+    ctx, rng = cfg.text.context_length, np.random.default_rng(0)
+    ids = np.zeros((6, ctx), np.int32)
+    for i, n in enumerate((3, 5, 2, 6, 4, 3)):  # sot ... eot (the largest id), then padding
+        ids[i, 0], ids[i, n] = 1, cfg.text.vocab_size - 1
+        ids[i, 1:n] = rng.integers(2, cfg.text.vocab_size - 2, n - 1)
+    if pool.startswith("last"):
+        ids[:, ctx // 2:] = rng.integers(2, 50, (6, ctx - ctx // 2))  # padding that matters
+    want = models.CLIP(cfg).apply({"params": params}, ids, method=models.CLIP.encode_text)
+    assert enc._trim(ids).shape[1] == {"argmax": 8, "first": 8}.get(pool, ctx)
+    np.testing.assert_allclose(enc.encode_text(ids), np.asarray(want), rtol=1e-5, atol=1e-6)
