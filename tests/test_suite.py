@@ -416,7 +416,7 @@ def test_retrieval_sets_from_a_folder_and_tfds(tmp_path):
     _coco_like(data)
     result = suite.run_suite(ColourEncoder(), suite.resolve("retrieval"), data, ("zeroshot",),
                              batch_size=3, log=lambda m: None)
-    for name in ("flickr30k", "mscoco"):
+    for name in ("flickr30k", "mscoco", "mscoco_1k"):  # (1k: the first 1000 of 4 images)
         r = result["suite"][name]["retrieval"]
         assert r["num_images"] == 4 and r["num_texts"] == 8, name
         for k in (1, 5, 10):

@@ -142,6 +142,10 @@ ENTRIES = {e.name: e for e in (
     # Retrieval (Karpathy test splits): R@1/5/10 both ways.
     Entry("mscoco", "coco_captions", train=None, label="captions", task="retrieval",
           metric="mean_recall", source="tfds coco_captions (Karpathy test: 5000 images)"),
+    Entry("mscoco_1k", "coco_captions", test="test[:1000]", train=None, label="captions",
+          task="retrieval", metric="mean_recall",
+          source="tfds coco_captions (the first 1000 of the Karpathy test images: its first "
+          "1k fold)"),
     Entry("flickr30k", None, train=None, label="captions", task="retrieval",
           metric="mean_recall", source="folder + captions file",
           prepare="the Flickr30k images into DIR/flickr30k/images/ and the Karpathy test "
@@ -159,7 +163,7 @@ SUITES = {
              "eurosat", "resisc45", "retinopathy", "clevr_count", "clevr_distance", "dmlab",
              "kitti", "dsprites_position", "dsprites_orientation", "smallnorb_azimuth",
              "smallnorb_elevation"),
-    "retrieval": ("flickr30k", "mscoco"),
+    "retrieval": ("flickr30k", "mscoco", "mscoco_1k"),
     "demo": ("demo",),
 }
 # VTAB-1k trains its probes on 800 examples and validates on 200.

@@ -159,7 +159,8 @@ _PART = re.compile(r"^([A-Za-z0-9_]+)(?:\[(-?\d+%?)?:(-?\d+%?)?\])?$")
 
 def resolve_split(expr: str, counts: dict[str, int]) -> str:
     """``train[60%:80%]`` -> ``train[n*60//100:n*80//100]`` (VTAB's counts; tfds would round
-    percentages its own way); absolute bounds and ``a+b`` pass through."""
+    percentages its own way); absolute bounds are clamped to the split (``test[:1000]`` of a
+smaller split is all of it), ``a+b`` joins."""
     out = []
     for part in expr.split("+"):
         m = _PART.match(part.strip())
@@ -171,7 +172,8 @@ def resolve_split(expr: str, counts: dict[str, int]) -> str:
                              f"{sorted(counts)})")
         n = counts[name]
 
-        lo, hi = (b if b is None or not b.endswith("%") else str(n * int(b[:-1]) // 100)
+        lo, hi = (b if b is None else str(n * int(b[:-1]) // 100) if b.endswith("%") else
+                  str(max(-n, min(n, int(b))))  # as Python clamps a slice; tfds refuses
                   for b in (lo, hi))
         out.append(name if lo is None and hi is None else f"{name}[{lo or ''}:{hi or ''}]")
     return "+".join(out)
