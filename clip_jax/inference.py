@@ -183,7 +183,7 @@ class InferenceModel:
         model = models.CLIP(cfg)
 
         def run(method):
-            return jax.jit(lambda p, x: model.apply({"params": p}, x, method=method),
+            return jax.jit(lambda p, x: model.apply(models.variables(p), x, method=method),
                            in_shardings=(replicated, self._data), out_shardings=replicated)
 
         self._encode_image = run(models.CLIP.encode_image)

@@ -1,7 +1,8 @@
 """open_clip's model-config JSON (``model_configs/*.json``, ``open_clip_config.json``) to and from
 :class:`~clip_jax.models.config.ModelConfig`.
 
-Two image towers are understood: open_clip's own ``VisionTransformer`` (class token; the
+Three image towers are understood: open_clip's ``ModifiedResNet`` (``layers`` a list of four
+block counts, heads ``width * 32 // head_width``), its own ``VisionTransformer`` (class token; the
 switches ``no_ln_pre``, ``pool_type`` tok/avg, ``ls_init_value``, ``qk_norm``, ``act_kwargs``,
 ``norm_kwargs``) and the timm SigLIP trunks (``timm_model_name: vit_*_patch*_siglip_*`` with
 ``timm_pool: map``), which are this package's SigLIP image tower. Text: open_clip's
@@ -112,6 +113,22 @@ def _timm_vision(vc: Mapping) -> tuple[VisionConfig, str, float]:
     return vision, _TIMM_TRUNKS[trunk], 1e-6
 
 
+_RESNET_OK = {"image_size", "layers", "width", "head_width", "patch_size", "output_tokens"}
+
+
+def _resnet_vision(vc: Mapping, quick_gelu: bool) -> tuple[VisionConfig, str, float]:
+    """open_clip's ModifiedResNet (``layers`` a list): heads = width * 32 // head_width."""
+    _check_keys("vision_cfg", vc, _RESNET_OK)
+    if vc.get("patch_size") is not None:
+        raise ValueError(f"open_clip vision_cfg.patch_size={vc['patch_size']!r} with a layers "
+                         "list: a ResNet has no patches (null)")
+    width, head_width = vc.get("width", 64), vc.get("head_width", 64)
+    vision = VisionConfig(image_size=_square(vc.get("image_size", 224)), width=width,
+                          heads=width * 32 // head_width, family="resnet",
+                          stages=tuple(vc["layers"]))
+    return vision, "quick_gelu" if quick_gelu else "gelu", 1e-5
+
+
 def _open_clip_vision(vc: Mapping, quick_gelu: bool) -> tuple[VisionConfig, str, float]:
     _check_keys("vision_cfg", vc, _VISION_OK)
     pool = {"tok": "tok", "avg": "gap"}.get(vc.get("pool_type", "tok"))
@@ -164,7 +181,12 @@ def from_open_clip_config(cfg: Mapping[str, Any] | str) -> ModelConfig:
     vc, tc = dict(cfg["vision_cfg"]), dict(cfg["text_cfg"])
     quick = bool(cfg.get("quick_gelu", False))
     timm = bool(vc.get("timm_model_name"))
-    vision, vact, veps = _timm_vision(vc) if timm else _open_clip_vision(vc, quick)
+    if timm:
+        vision, vact, veps = _timm_vision(vc)
+    elif isinstance(vc.get("layers"), list | tuple):
+        vision, vact, veps = _resnet_vision(vc, quick)
+    else:
+        vision, vact, veps = _open_clip_vision(vc, quick)
     _check_keys("text_cfg", tc, _TEXT_OK)
     tact, teps = _act("text_cfg", tc, quick), _eps("text_cfg", tc, 1e-5)
     if veps != teps:
@@ -213,15 +235,26 @@ def to_open_clip_config(cfg: ModelConfig) -> dict:
     open_clip cannot build raises a ValueError naming the field."""
     v, t = cfg.vision, cfg.text
     siglip = (not v.class_token, not v.ln_pre, v.patch_bias, v.pool == "map", not v.proj)
-    if any(siglip) and not all(siglip):
+    resnet = v.family == "resnet"
+    if resnet:
+        if cfg.qk_norm or cfg.ls_init_value is not None or cfg.ln_eps != 1e-5:
+            raise ValueError("model.qk_norm / ls_init_value / ln_eps: open_clip's ResNet CLIP "
+                             "builds its text tower without qk_norm and layer scale, eps 1e-5")
+        vc: dict[str, Any] = {"image_size": v.image_size, "layers": list(v.stages),
+                              "width": v.width, "head_width": v.width * 32 // v.heads,
+                              "patch_size": None}
+        siglip = (False,)
+    elif any(siglip) and not all(siglip):
         raise ValueError("model.vision: open_clip builds a class-token ViT without patch bias "
                          "(pool tok/gap, with proj) or the timm SigLIP trunk (no class token, "
                          "no ln_pre, patch bias, pool map, no proj), nothing in between")
-    if all(siglip):
+    if resnet:
+        pass
+    elif all(siglip):
         if cfg.qk_norm or cfg.ls_init_value is not None or cfg.ln_eps != 1e-6:
             raise ValueError("model.qk_norm / ls_init_value / ln_eps: open_clip's timm SigLIP "
                              "trunk has no qk_norm, no layer scale and eps 1e-6")
-        vc: dict[str, Any] = {"image_size": v.image_size, "timm_model_name": _timm_name(cfg),
+        vc = {"image_size": v.image_size, "timm_model_name": _timm_name(cfg),
                               "timm_model_pretrained": False, "timm_pool": "map",
                               "timm_proj": "none"}
     else:
@@ -248,7 +281,7 @@ def to_open_clip_config(cfg: ModelConfig) -> dict:
             tc["eos_id"] = t.eot_id
     _tower_extras(tc, cfg, t.act or cfg.act)
     out = {"embed_dim": cfg.embed_dim, "vision_cfg": vc, "text_cfg": tc}
-    acts = {t.act or cfg.act} | (set() if all(siglip) else {v.act or cfg.act})
+    acts = {t.act or cfg.act} | (set() if all(siglip) or resnet else {v.act or cfg.act})
     if "quick_gelu" in acts:
         if acts != {"quick_gelu"}:
             raise ValueError("model.act: open_clip's quick_gelu applies to both towers")

@@ -38,6 +38,32 @@ PRESETS: dict[str, ModelConfig] = {
 }
 
 
+def resnet_config(embed, img, stages, width, tw, th, quick_gelu: bool = False, ctx=77,
+                  vocab=49408) -> ModelConfig:
+    """OpenAI's ModifiedResNet image tower (attention-pool heads = 32 * width / 64, as open_clip
+    builds it) with CLIP's text tower; ``quick_gelu`` for OpenAI's weights."""
+    return ModelConfig(
+        embed_dim=embed,
+        vision=VisionConfig(img, width=width, heads=width * 32 // 64, family="resnet",
+                            stages=tuple(stages)),
+        text=TextConfig(ctx, vocab, tw, 12, th, 4 * tw),
+        act="quick_gelu" if quick_gelu else "gelu")
+
+
+# open_clip's model_configs/RN*.json (embed, image size, stages, width, text width and heads)
+_RESNETS = {"RN50": (1024, 224, (3, 4, 6, 3), 64, 512, 8),
+            "RN101": (512, 224, (3, 4, 23, 3), 64, 512, 8),
+            "RN50x4": (640, 288, (4, 6, 10, 6), 80, 640, 10),
+            "RN50x16": (768, 384, (6, 8, 18, 8), 96, 768, 12),
+            "RN50x64": (1024, 448, (3, 15, 36, 10), 128, 1024, 16)}
+for _name, _args in _RESNETS.items():
+    PRESETS[_name] = resnet_config(*_args)
+    PRESETS[f"{_name}-quickgelu"] = resnet_config(*_args, quick_gelu=True)
+# A ResNet the size of "tiny", for tests (stem width 8: 256 channels into the attention pool).
+PRESETS["tiny-rn"] = resnet_config(32, 64, (1, 1, 1, 1), 8, 32, 2, ctx=16, vocab=512).replace(
+    text=dict(layers=2))
+
+
 # SigLIP image trunks (timm's vit_{family}_patch{p}_siglip_{res}): width, depth, heads, mlp_dim.
 SIGLIP_TRUNKS = {"base": (768, 12, 12, 3072), "large": (1024, 24, 16, 4096),
                  "so400m": (1152, 27, 16, 4304), "giantopt": (1536, 40, 16, 6144)}

@@ -1,0 +1,127 @@
+"""OpenAI's ModifiedResNet image tower: presets and open_clip's RN JSONs, validation, and
+BatchNorm over the global batch in training (8 devices == 1 device, losses and running
+statistics step by step), the gradient cache and a frozen (LiT) ResNet tower."""
+
+import json
+import os
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from clip_jax import input_pipeline, models, train
+from clip_jax.data.synthetic import SyntheticSource
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(REPO, "configs"))
+import tiny  # noqa: E402
+
+# open_clip's RN50.json
+RN50_JSON = {"embed_dim": 1024,
+             "vision_cfg": {"image_size": 224, "layers": [3, 4, 6, 3], "width": 64,
+                            "patch_size": None},
+             "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 512, "heads": 8,
+                          "layers": 12}}
+# a tiny ResNet CLIP in open_clip's JSON format
+TINY_RN_JSON = {"embed_dim": 16,
+                "vision_cfg": {"image_size": 32, "layers": [1, 1, 1, 1], "width": 4,
+                               "head_width": 32, "patch_size": None},
+                "text_cfg": {"context_length": 16, "vocab_size": 512, "width": 32, "heads": 2,
+                             "layers": 1}}
+
+
+def test_presets_have_open_clips_sizes():
+    cfg = models.from_open_clip_config(RN50_JSON)
+    assert cfg == models.get_model_config("RN50")
+    assert cfg.vision.family == "resnet" and cfg.vision.stages == (3, 4, 6, 3)
+    assert cfg.vision.heads == 32
+    flat = models.abstract_params(cfg)
+    assert models.count_params({k: v for k, v in flat.items() if k != models.STATS}) == 102007137
+    assert models.get_model_config("RN50-quickgelu").act == "quick_gelu"
+    for name in ("RN101", "RN50x4", "RN50x16", "RN50x64"):
+        c = models.get_model_config(name)
+        assert models.from_open_clip_config(models.to_open_clip_config(c)) == c
+    assert models.to_open_clip_config(models.get_model_config("RN50x4"))["vision_cfg"] == {
+        "image_size": 288, "layers": [4, 6, 10, 6], "width": 80, "head_width": 64,
+        "patch_size": None}
+    # JSON round trip of the ModelConfig itself (stages come back as a list)
+    d = json.loads(json.dumps(cfg.to_dict()))
+    assert models.ModelConfig.from_dict(d) == cfg
+
+
+def test_open_clips_rn_jsons_parse():
+    oc = pytest.importorskip("open_clip")
+    folder = os.path.join(os.path.dirname(oc.__file__), "model_configs")
+    for name in ("RN50", "RN101", "RN50x4", "RN50x16", "RN50x64"):
+        for suffix in ("", "-quickgelu"):
+            with open(os.path.join(folder, f"{name}{suffix}.json")) as f:
+                got = models.from_open_clip_config(json.load(f))
+            assert got == models.get_model_config(name + suffix), name + suffix
+
+
+@pytest.mark.parametrize("change, message", [
+    (dict(stages=(3, 4, 6)), r"model.vision.stages=\(3, 4, 6\): a ResNet needs four"),
+    (dict(stages=None), "a ResNet needs four positive block counts"),
+    (dict(heads=7), r"model.vision.heads=7: must divide the attention pool's width"),
+    (dict(image_size=100), "model.vision.image_size=100: a ResNet needs a multiple of 32"),
+    (dict(family="conv"), "model.vision.family='conv': must be one of vit, resnet"),
+    (dict(family="vit", stages=(1, 1, 1, 1)), "model.vision.stages=.*only for"),
+])
+def test_resnet_switches_are_validated_with_one_line_errors(change, message):
+    with pytest.raises(ValueError, match=message) as e:
+        models.get_model_config("RN50").replace(vision=change)
+    assert "\n" not in str(e.value)
+
+
+def test_open_clip_json_errors_name_the_key():
+    bad = json.loads(json.dumps(RN50_JSON))
+    bad["vision_cfg"]["patch_size"] = 16
+    with pytest.raises(ValueError, match="patch_size=16 with a layers list"):
+        models.from_open_clip_config(bad)
+    bad["vision_cfg"].update(patch_size=None, mlp_ratio=2.0)
+    with pytest.raises(ValueError, match="vision_cfg.mlp_ratio=2.0 is not supported"):
+        models.from_open_clip_config(bad)
+
+
+def _config(tmp_path, **mesh):
+    path = tmp_path / "tiny_rn.json"
+    path.write_text(json.dumps(TINY_RN_JSON))
+    c = tiny.get_config()
+    c.model.name = ""
+    c.model.open_clip_config = str(path)
+    c.batch_size = 16
+    c.mesh.data, c.mesh.fsdp = mesh.get("data", -1), mesh.get("fsdp", 1)
+    return c
+
+
+def _run(config, devices, steps):
+    setup = train.build(config, devices)
+    state = train.init_state(setup)
+    step = train.make_train_step(setup)
+    m = setup.model_cfg
+    data = SyntheticSource(config.batch_size, m.vision.image_size, m.text.context_length,
+                           m.text.vocab_size, config.data.synthetic_classes, 0.5, config.seed)
+    losses, stats = [], []
+    for _ in range(steps):
+        state, metrics = step(state, input_pipeline.to_global(setup.batch_sharding, next(data)))
+        losses.append(float(metrics["loss"]))
+        stats.append(jax.device_get(state.batch_stats))
+    return setup, state, np.array(losses), stats
+
+
+def test_batchnorm_over_the_global_batch_8_devices_match_1(tmp_path):
+    assert jax.device_count() >= 8
+    _, s8, l8, st8 = _run(_config(tmp_path, data=4, fsdp=2), jax.devices()[:8], 4)
+    _, s1, l1, st1 = _run(_config(tmp_path, data=1), jax.devices()[:1], 4)
+    np.testing.assert_allclose(l8, l1, rtol=1e-5)
+    assert jax.tree.leaves(st1[0])
+    for step, (a8, a1) in enumerate(zip(st8, st1, strict=True)):
+        for (path, x), y in zip(jax.tree_util.tree_leaves_with_path(a1), jax.tree.leaves(a8)):
+            np.testing.assert_allclose(y, x, rtol=1e-4, atol=1e-6,
+                                       err_msg=f"step {step + 1} {path}")
+    bn = st1[-1]["visual"]["bn1"]
+    assert float(bn["num_batches_tracked"]) == 4.0
+    assert not np.allclose(bn["mean"], 0.0) and not np.allclose(bn["var"], 1.0)
+    for a, b in zip(jax.tree.leaves(s8.params), jax.tree.leaves(s1.params)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=2e-3, atol=2e-5)
