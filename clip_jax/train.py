@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+import re
 import sys
 import time
 from typing import Any
@@ -392,14 +393,25 @@ def _already_complete(step: int, config, workdir: str, writer, ckpt, data) -> di
 
 
 def init_from(setup: Setup, config) -> TrainState:
-    """Fresh optimizer state; parameters from any model source (:mod:`clip_jax.sources`): all,
-    or those matching ``checkpoint.init_from_params`` (LiT: ``^visual/``), the rest fresh."""
+    """Fresh optimizer state; parameters (and a BatchNorm tower's statistics) from any model
+    source (:mod:`clip_jax.sources`): all, or those matching ``checkpoint.init_from_params``
+    (LiT: ``^visual/``; the statistics of the matching layers come too), the rest fresh."""
     state, ck = init_state(setup), config.checkpoint
+    merge = models.merge_variables
     if ck.init_from_params:
-        return state.replace(params=params_lib.take(
-            state.params, sources.resolve(ck.init_from).params, ck.init_from_params, ck.init_from))
-    return state.replace(params=sources.load_params(ck.init_from, setup.abstract_state.params,
-                                                    setup.state_shardings.params))
+        src = dict(sources.resolve(ck.init_from).params)
+        src_stats = src.pop(models.STATS, {})
+        params = params_lib.take(state.params, src, ck.init_from_params, ck.init_from)
+        stats, rx = state.batch_stats, re.compile(ck.init_from_params)
+        if any(rx.search(k) for k in params_lib.flatten_params(stats)):
+            stats = params_lib.take(stats, src_stats, ck.init_from_params, ck.init_from)
+        return state.replace(params=params, batch_stats=stats)
+    tree = sources.load_params(ck.init_from, merge(setup.abstract_state.params,
+                                                   setup.abstract_state.batch_stats),
+                               merge(setup.state_shardings.params,
+                                     setup.state_shardings.batch_stats))
+    tree = dict(tree)
+    return state.replace(params=tree, batch_stats=tree.pop(models.STATS, state.batch_stats))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -125,3 +125,87 @@ def test_batchnorm_over_the_global_batch_8_devices_match_1(tmp_path):
     assert not np.allclose(bn["mean"], 0.0) and not np.allclose(bn["var"], 1.0)
     for a, b in zip(jax.tree.leaves(s8.params), jax.tree.leaves(s1.params)):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=2e-3, atol=2e-5)
+
+
+def _batches(setup, n, seed=0):
+    m, c = setup.model_cfg, setup.config
+    data = SyntheticSource(c.batch_size, m.vision.image_size, m.text.context_length,
+                           m.text.vocab_size, c.data.synthetic_classes, 0.5, seed)
+    return [next(data) for _ in range(n)], data
+
+
+def test_gradient_cache_updates_the_statistics_once_per_micro_batch(tmp_path):
+    c = _config(tmp_path, data=2)
+    c.accum_steps = 2
+    setup = train.build(c, jax.devices()[:2])
+    state = train.init_state(setup)
+    (batch,), _ = _batches(setup, 1)
+    state, metrics = train.make_train_step(setup)(
+        state, input_pipeline.to_global(setup.batch_sharding, batch))
+    assert np.isfinite(float(metrics["loss"]))
+    stats = jax.device_get(state.batch_stats)
+    assert float(stats["visual"]["bn1"]["num_batches_tracked"]) == 2.0
+    assert not np.allclose(stats["visual"]["layer4_0"]["bn3"]["mean"], 0.0)
+
+
+def test_a_frozen_resnet_tower_runs_batchnorm_in_inference_mode(tmp_path):
+    c = _config(tmp_path, data=2)
+    c.optimizer.frozen = ("image",)
+    setup = train.build(c, jax.devices()[:2])
+    state0 = jax.device_get(train.init_state(setup))
+    state = train.init_state(setup)
+    step = train.make_train_step(setup)
+    batches, _ = _batches(setup, 2)
+    for b in batches:
+        state, metrics = step(state, input_pipeline.to_global(setup.batch_sharding, b))
+    got = jax.device_get(state)
+    for a, b in zip(jax.tree.leaves(state0.batch_stats), jax.tree.leaves(got.batch_stats)):
+        np.testing.assert_array_equal(a, b)  # running statistics untouched
+    visual0, visual = state0.params["visual"], got.params["visual"]
+    for a, b in zip(jax.tree.leaves(visual0), jax.tree.leaves(visual)):
+        np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(state0.params["text"]["ln_final"]["scale"],
+                              got.params["text"]["ln_final"]["scale"])
+    with pytest.raises(ValueError, match="a ResNet image tower is locked whole"):
+        c.model.lock_image_unlocked_groups = 1
+        train.build(c, jax.devices()[:2])
+
+
+def test_batch_stats_are_checkpointed_restored_exactly_and_exported(tmp_path):
+    from clip_jax import checkpoint, sources
+
+    c = _config(tmp_path, data=2)
+    src = train.build(c, jax.devices()[:2])
+    state = train.init_state(src)
+    step = train.make_train_step(src)
+    batches, data = _batches(src, 3)
+    for b in batches[:2]:
+        state, _ = step(state, input_pipeline.to_global(src.batch_sharding, b))
+    work = tmp_path / "run"
+    saver = checkpoint.Checkpointer(str(work), c.checkpoint, src.state_shardings,
+                                    src.abstract_state)
+    saver.save(2, state, data.get_state(), c.to_json_best_effort(), force=True)
+    saver.close()
+    want = jax.device_get(state)
+    c1 = _config(tmp_path, data=1)
+    dst = train.build(c1, jax.devices()[:1])
+    reader = checkpoint.Checkpointer(str(work), c1.checkpoint, dst.state_shardings,
+                                     dst.abstract_state)
+    got, _ = reader.restore_latest()
+    reader.close()
+    assert jax.tree.leaves(want.batch_stats)
+    for a, b in zip(jax.tree.leaves(want), jax.tree.leaves(got), strict=True):
+        np.testing.assert_array_equal(a, np.asarray(b))
+    # the resumed run's next step is the uninterrupted one's
+    s_ref, m_ref = step(state, input_pipeline.to_global(src.batch_sharding, batches[2]))
+    s_res, m_res = train.make_train_step(dst)(
+        got, input_pipeline.to_global(dst.batch_sharding, batches[2]))
+    np.testing.assert_allclose(float(m_res["loss"]), float(m_ref["loss"]), rtol=1e-5)
+    for a, b in zip(jax.tree.leaves(jax.device_get(s_ref.batch_stats)),
+                    jax.tree.leaves(jax.device_get(s_res.batch_stats))):
+        np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-7)
+    # any model source (export, inference) reads the statistics with the weights
+    params = sources.resolve(str(work)).params
+    for a, b in zip(jax.tree.leaves(want.batch_stats), jax.tree.leaves(params[models.STATS]),
+                    strict=True):
+        np.testing.assert_array_equal(a, np.asarray(b))
