@@ -209,3 +209,26 @@ def test_batch_stats_are_checkpointed_restored_exactly_and_exported(tmp_path):
     for a, b in zip(jax.tree.leaves(want.batch_stats), jax.tree.leaves(params[models.STATS]),
                     strict=True):
         np.testing.assert_array_equal(a, np.asarray(b))
+
+
+def test_resolution_change_resamples_the_attention_pools_positional_embedding():
+    """RN50's shape at 224 px evaluated at 288 (tiny-rn: 64 px -> 96 px, a 2x2 -> 3x3 grid)."""
+    import flax.linen as nn
+
+    from clip_jax import params as params_lib
+
+    cfg = models.get_model_config("tiny-rn")
+    big = cfg.replace(vision={"image_size": 96})
+    tree = nn.meta.unbox(models.CLIP(cfg).init(jax.random.key(0), *models.init_inputs(cfg)))
+    flat = params_lib.flatten_params(models.merge_variables(tree["params"], tree[models.STATS]))
+    want = params_lib.flatten_params(models.abstract_params(big))
+    key = params_lib.ATTNPOOL_POS_EMBED
+    out = params_lib.adapt({k: np.asarray(v) for k, v in flat.items()}, want, "tiny-rn")
+    assert flat[key].shape == (2 * 2 + 1, 256) and out[key].shape == (3 * 3 + 1, 256)
+    np.testing.assert_array_equal(out[key][0], np.asarray(flat[key][0]))  # the mean token's
+    np.testing.assert_allclose(out[key][1:].mean(0), np.asarray(flat[key][1:]).mean(0),
+                               atol=0.1)
+    images = np.random.default_rng(0).standard_normal((2, 96, 96, 3)).astype(np.float32)
+    emb = models.CLIP(big).apply(models.variables(params_lib.unflatten_params(out)), images,
+                                 method=models.CLIP.encode_image)
+    assert emb.shape == (2, 32) and np.isfinite(np.asarray(emb)).all()
