@@ -61,11 +61,11 @@ def test_open_clips_rn_jsons_parse():
 
 
 @pytest.mark.parametrize("change, message", [
-    (dict(stages=(3, 4, 6)), r"model.vision.stages=\(3, 4, 6\): a ResNet needs four"),
-    (dict(stages=None), "a ResNet needs four positive block counts"),
+    (dict(stages=(3, 4, 6)), r"model.vision.stages=\(3, 4, 6\): a resnet tower needs four"),
+    (dict(stages=None), "a resnet tower needs four positive block counts"),
     (dict(heads=7), r"model.vision.heads=7: must divide the attention pool's width"),
-    (dict(image_size=100), "model.vision.image_size=100: a ResNet needs a multiple of 32"),
-    (dict(family="conv"), "model.vision.family='conv': must be one of vit, resnet"),
+    (dict(image_size=100), "model.vision.image_size=100: a resnet tower needs a multiple of 32"),
+    (dict(family="conv"), "model.vision.family=.conv.: must be one of vit, resnet, convnext"),
     (dict(family="vit", stages=(1, 1, 1, 1)), "model.vision.stages=.*only for"),
 ])
 def test_resnet_switches_are_validated_with_one_line_errors(change, message):
@@ -166,7 +166,7 @@ def test_a_frozen_resnet_tower_runs_batchnorm_in_inference_mode(tmp_path):
         np.testing.assert_array_equal(a, b)
     assert not np.array_equal(state0.params["text"]["ln_final"]["scale"],
                               got.params["text"]["ln_final"]["scale"])
-    with pytest.raises(ValueError, match="a ResNet image tower is locked whole"):
+    with pytest.raises(ValueError, match="a ResNet or ConvNeXt image tower is locked whole"):
         c.model.lock_image_unlocked_groups = 1
         train.build(c, jax.devices()[:2])
 

@@ -10,6 +10,7 @@ import jax.numpy as jnp
 
 from clip_jax.layers import logical_init
 from clip_jax.models.config import ModelConfig
+from clip_jax.models.convnext import ConvNeXt
 from clip_jax.models.resnet import ModifiedResNet
 from clip_jax.models.text import TextTransformer
 from clip_jax.models.vit import VisionTransformer
@@ -26,8 +27,8 @@ class CLIP(nn.Module):
     cfg: ModelConfig
 
     def setup(self):
-        tower = ModifiedResNet if self.cfg.vision.family == "resnet" else VisionTransformer
-        self.visual = tower(self.cfg)
+        towers = {"resnet": ModifiedResNet, "convnext": ConvNeXt}
+        self.visual = towers.get(self.cfg.vision.family, VisionTransformer)(self.cfg)
         self.text = TextTransformer(self.cfg)
         self.logit_scale = self.param(
             "logit_scale", logical_init(nn.initializers.constant(self.cfg.init_logit_scale), ()),

@@ -19,7 +19,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from clip_jax.models.config import INIT_LOGIT_SCALE, ModelConfig, TextConfig, VisionConfig
-from clip_jax.models.presets import SIGLIP_TRUNKS
+from clip_jax.models.presets import CONVNEXT_TRUNKS, SIGLIP_TRUNKS
 
 _VISION_OK = {"image_size", "layers", "width", "patch_size", "head_width", "mlp_ratio",
               "patch_dropout", "no_ln_pre", "pool_type", "ls_init_value", "qk_norm",
@@ -113,6 +113,31 @@ def _timm_vision(vc: Mapping) -> tuple[VisionConfig, str, float]:
     return vision, _TIMM_TRUNKS[trunk], 1e-6
 
 
+_CONVNEXT_OK = {"image_size", "timm_model_name", "timm_model_pretrained", "timm_pool",
+                "timm_proj", "timm_drop_path", "output_tokens"}
+
+
+def _convnext_vision(vc: Mapping) -> VisionConfig:
+    """open_clip's TimmModel around timm's ConvNeXt (``timm_pool`` '' or 'avg': timm's head
+    averages and normalises; ``timm_proj`` linear | mlp)."""
+    _check_keys("vision_cfg", vc, _CONVNEXT_OK)
+    name = vc["timm_model_name"]
+    if name not in CONVNEXT_TRUNKS:
+        raise ValueError(f"open_clip vision_cfg.timm_model_name={name!r}: clip_jax knows the "
+                         f"ConvNeXt trunks {', '.join(CONVNEXT_TRUNKS)}")
+    if vc.get("timm_pool", "avg") not in ("", "avg"):
+        raise ValueError(f"open_clip vision_cfg.timm_pool={vc['timm_pool']!r} is not supported "
+                         "by clip_jax with a ConvNeXt trunk ('' or 'avg')")
+    proj = vc.get("timm_proj", "linear")
+    if proj not in ("linear", "mlp"):
+        raise ValueError(f"open_clip vision_cfg.timm_proj={proj!r} is not supported by clip_jax "
+                         "with a ConvNeXt trunk (linear, mlp)")
+    stages, width, eps = CONVNEXT_TRUNKS[name]
+    return VisionConfig(_square(vc.get("image_size", 224)), width=width, family="convnext",
+                        stages=stages, norm_eps=eps, proj_type=proj,
+                        drop_path=float(vc.get("timm_drop_path") or 0.0))
+
+
 _RESNET_OK = {"image_size", "layers", "width", "head_width", "patch_size", "output_tokens"}
 
 
@@ -181,7 +206,10 @@ def from_open_clip_config(cfg: Mapping[str, Any] | str) -> ModelConfig:
     vc, tc = dict(cfg["vision_cfg"]), dict(cfg["text_cfg"])
     quick = bool(cfg.get("quick_gelu", False))
     timm = bool(vc.get("timm_model_name"))
-    if timm:
+    if timm and str(vc["timm_model_name"]).startswith("convnext"):
+        vision = _convnext_vision(vc)
+        vact, veps = ("quick_gelu" if quick else "gelu"), _eps("text_cfg", tc, 1e-5)
+    elif timm:
         vision, vact, veps = _timm_vision(vc)
     elif isinstance(vc.get("layers"), list | tuple):
         vision, vact, veps = _resnet_vision(vc, quick)
@@ -235,14 +263,25 @@ def to_open_clip_config(cfg: ModelConfig) -> dict:
     open_clip cannot build raises a ValueError naming the field."""
     v, t = cfg.vision, cfg.text
     siglip = (not v.class_token, not v.ln_pre, v.patch_bias, v.pool == "map", not v.proj)
-    resnet = v.family == "resnet"
-    if resnet:
-        if cfg.qk_norm or cfg.ls_init_value is not None or cfg.ln_eps != 1e-5:
-            raise ValueError("model.qk_norm / ls_init_value / ln_eps: open_clip's ResNet CLIP "
-                             "builds its text tower without qk_norm and layer scale, eps 1e-5")
-        vc: dict[str, Any] = {"image_size": v.image_size, "layers": list(v.stages),
-                              "width": v.width, "head_width": v.width * 32 // v.heads,
-                              "patch_size": None}
+    resnet = v.family in ("resnet", "convnext")  # a conv tower beside open_clip's text tower
+    if resnet and (cfg.qk_norm or cfg.ls_init_value is not None or cfg.ln_eps != 1e-5):
+        raise ValueError("model.qk_norm / ls_init_value / ln_eps: open_clip's ResNet and "
+                         "ConvNeXt CLIPs build their text tower without qk_norm and layer "
+                         "scale, eps 1e-5")
+    if v.family == "convnext":
+        name = next((n for n, t in CONVNEXT_TRUNKS.items()
+                     if t == (v.stages, v.width, v.norm_eps)), None)
+        if name is None:
+            raise ValueError(f"model.vision (stages {v.stages}, width {v.width}, norm_eps "
+                             f"{v.norm_eps}) is no timm ConvNeXt trunk: open_clip cannot build "
+                             "this image tower")
+        vc: dict[str, Any] = {"timm_model_name": name, "timm_model_pretrained": False,
+                              "timm_pool": "", "timm_proj": v.proj_type, "timm_drop": 0.0,
+                              "timm_drop_path": v.drop_path, "image_size": v.image_size}
+        siglip = (False,)
+    elif resnet:
+        vc = {"image_size": v.image_size, "layers": list(v.stages), "width": v.width,
+              "head_width": v.width * 32 // v.heads, "patch_size": None}
         siglip = (False,)
     elif any(siglip) and not all(siglip):
         raise ValueError("model.vision: open_clip builds a class-token ViT without patch bias "
@@ -255,8 +294,7 @@ def to_open_clip_config(cfg: ModelConfig) -> dict:
             raise ValueError("model.qk_norm / ls_init_value / ln_eps: open_clip's timm SigLIP "
                              "trunk has no qk_norm, no layer scale and eps 1e-6")
         vc = {"image_size": v.image_size, "timm_model_name": _timm_name(cfg),
-                              "timm_model_pretrained": False, "timm_pool": "map",
-                              "timm_proj": "none"}
+              "timm_model_pretrained": False, "timm_pool": "map", "timm_proj": "none"}
     else:
         vc = {"image_size": v.image_size, "layers": v.layers, "width": v.width,
               "patch_size": v.patch_size, "head_width": v.width // v.heads,
