@@ -232,3 +232,32 @@ def test_resolution_change_resamples_the_attention_pools_positional_embedding():
     emb = models.CLIP(big).apply(models.variables(params_lib.unflatten_params(out)), images,
                                  method=models.CLIP.encode_image)
     assert emb.shape == (2, 32) and np.isfinite(np.asarray(emb)).all()
+
+
+@pytest.mark.parametrize("pattern", ["^visual/", ""])
+def test_init_from_takes_the_batchnorm_statistics_with_the_weights(tmp_path, pattern):
+    """LiT with a pretrained ResNet (``init_from_params='^visual/'``, the image tower frozen):
+    its running statistics come with its weights; a full ``init_from`` takes all of them."""
+    import flax.linen as nn
+
+    from clip_jax import bundle as bundle_lib
+    from clip_jax import params as params_lib
+
+    c = _config(tmp_path, data=1)
+    cfg = models.from_open_clip_config(TINY_RN_JSON)
+    tree = nn.meta.unbox(models.CLIP(cfg).init(jax.random.key(7), *models.init_inputs(cfg)))
+    rng = np.random.default_rng(0)
+    src = jax.tree.map(lambda x: np.asarray(x) + np.abs(rng.standard_normal(np.shape(x))).astype(
+        np.float32), models.merge_variables(tree["params"], tree[models.STATS]))
+    bundle_lib.save_bundle(tmp_path / "src", src, cfg)
+    c.checkpoint.init_from = str(tmp_path / "src")
+    c.checkpoint.init_from_params = pattern or None
+    if pattern:
+        c.optimizer.frozen = ("image",)
+    setup = train.build(c, jax.devices()[:1])
+    state = jax.device_get(train.init_from(setup, c))
+    want = params_lib.flatten_params(src)
+    got = params_lib.flatten_params(models.merge_variables(state.params, state.batch_stats))
+    for key, x in want.items():
+        taken = not pattern or key.startswith(("visual/", "batch_stats/visual/"))
+        assert np.array_equal(got[key], x) == taken, key
