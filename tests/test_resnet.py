@@ -261,3 +261,59 @@ def test_init_from_takes_the_batchnorm_statistics_with_the_weights(tmp_path, pat
     for key, x in want.items():
         taken = not pattern or key.startswith(("visual/", "batch_stats/visual/"))
         assert np.array_equal(got[key], x) == taken, key
+
+
+def test_sigkill_and_resume_is_exact_with_batch_stats(tmp_path):
+    """A ResNet run (from an open_clip JSON) killed hard after its first checkpoint and resumed
+    logs the uninterrupted run's metrics and ends with its running statistics."""
+    import signal
+    import subprocess
+    import time
+
+    from clip_jax import checkpoint
+
+    steps, every = 200, 40
+    path = tmp_path / "tiny_rn.json"
+    path.write_text(json.dumps(TINY_RN_JSON))
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2",
+               PYTHONUNBUFFERED="1")
+
+    def cmd(work):
+        return [sys.executable, "-m", "clip_jax.train", "--config", "configs/tiny.py",
+                "--workdir", str(work), "--config.model.name=",
+                f"--config.model.open_clip_config={path}", "--config.batch_size=16",
+                f"--config.total_steps={steps}", f"--config.checkpoint.every_steps={every}",
+                "--config.log_every_steps=10"]
+
+    ref = subprocess.run(cmd(tmp_path / "ref"), cwd=REPO, env=env, capture_output=True,
+                         text=True, timeout=600)
+    assert ref.returncode == 0, ref.stderr[-3000:]
+    run = tmp_path / "killed"
+    proc = subprocess.Popen(cmd(run), cwd=REPO, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    done = run / "checkpoints" / str(every) / "commit_success.txt"
+    t0 = time.time()
+    while not done.exists():
+        assert proc.poll() is None, proc.stdout.read()[-3000:]
+        assert time.time() - t0 < 300
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    again = subprocess.run(cmd(run), cwd=REPO, env=env, capture_output=True, text=True,
+                           timeout=600)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "resumed from step" in again.stdout
+
+    def metrics(work):
+        rows = [json.loads(x) for x in open(work / "metrics.jsonl")]
+        return [(r["step"], r["loss"], r["grad_norm"]) for r in rows]
+
+    m_ref, m_run = metrics(tmp_path / "ref"), metrics(run)
+    assert [m[0] for m in m_run] == [m[0] for m in m_ref]
+    np.testing.assert_allclose(np.array(m_run), np.array(m_ref), rtol=1e-5)
+    cfg = models.from_open_clip_config(TINY_RN_JSON)
+    abstract = models.abstract_params(cfg)
+    a, b = (checkpoint.load_params(str(w), abstract) for w in (tmp_path / "ref", run))
+    assert float(a[models.STATS]["visual"]["bn1"]["num_batches_tracked"]) == steps
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
+        np.testing.assert_allclose(np.asarray(y), np.asarray(x), rtol=1e-5, atol=1e-7)
