@@ -263,6 +263,7 @@ def test_init_from_takes_the_batchnorm_statistics_with_the_weights(tmp_path, pat
         assert np.array_equal(got[key], x) == taken, key
 
 
+@pytest.mark.slow
 def test_sigkill_and_resume_is_exact_with_batch_stats(tmp_path):
     """A ResNet run (from an open_clip JSON) killed hard after its first checkpoint and resumed
     logs the uninterrupted run's metrics and ends with its running statistics."""
@@ -317,3 +318,14 @@ def test_sigkill_and_resume_is_exact_with_batch_stats(tmp_path):
     assert float(a[models.STATS]["visual"]["bn1"]["num_batches_tracked"]) == steps
     for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
         np.testing.assert_allclose(np.asarray(y), np.asarray(x), rtol=1e-5, atol=1e-7)
+
+
+def test_create_model_of_a_resnet_preset_carries_its_statistics():
+    from clip_jax import inference
+
+    model, params, _, tok = inference.create_model("tiny-rn")
+    assert tok is None and models.STATS in params  # a fitted-vocabulary test preset
+    m = inference.InferenceModel(model.cfg, params)
+    assert "resnet 64px" in repr(m)
+    emb = m.encode_image(np.zeros((2, 64, 64, 3), np.float32))
+    assert emb.shape == (2, 32) and np.isfinite(emb).all()
