@@ -265,8 +265,17 @@ class Checkpointer:
 
     def restore(self, step: int):
         target = _abstract_with_shardings(self.abstract_state, self.state_shardings)
-        out = self.manager.restore(step, args=ocp.args.Composite(
-            state=ocp.args.StandardRestore(target), data=ocp.args.JsonRestore()))
+        try:
+            out = self.manager.restore(step, args=ocp.args.Composite(
+                state=ocp.args.StandardRestore(target), data=ocp.args.JsonRestore()))
+        except ValueError as e:  # a checkpoint from before TrainState.batch_stats existed
+            stats = getattr(target, "batch_stats", None)
+            if "batch_stats" not in str(e) or stats is None or jax.tree.leaves(stats):
+                raise
+            fields = {k: v for k, v in vars(target).items() if k != "batch_stats"}
+            out = dict(self.manager.restore(step, args=ocp.args.Composite(
+                state=ocp.args.StandardRestore(fields), data=ocp.args.JsonRestore())))
+            out["state"] = target.replace(**out["state"])
         data = out["data"]
         if data["process_count"] != jax.process_count():
             raise ProcessCountError(

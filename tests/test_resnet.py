@@ -329,3 +329,26 @@ def test_create_model_of_a_resnet_preset_carries_its_statistics():
     assert "resnet 64px" in repr(m)
     emb = m.encode_image(np.zeros((2, 64, 64, 3), np.float32))
     assert emb.shape == (2, 32) and np.isfinite(emb).all()
+
+
+def test_a_checkpoint_from_before_batch_stats_resumes(tmp_path):
+    """A ViT run's checkpoint written before TrainState had ``batch_stats`` (the state without
+    that field) restores, with empty statistics."""
+    from clip_jax import checkpoint
+
+    c = tiny.get_config()
+    c.mesh.data = 1
+    setup = train.build(c, jax.devices()[:1])
+    state = train.init_state(setup)
+    old = {k: v for k, v in vars(state).items() if k != "batch_stats"}
+    saver = checkpoint.Checkpointer(str(tmp_path), c.checkpoint, setup.state_shardings,
+                                    setup.abstract_state)
+    saver.save(3, old, {"step": 3}, force=True)
+    saver.close()
+    reader = checkpoint.Checkpointer(str(tmp_path), c.checkpoint, setup.state_shardings,
+                                     setup.abstract_state)
+    got, _ = reader.restore_latest()
+    reader.close()
+    assert isinstance(got, train.TrainState) and got.batch_stats == {}
+    for a, b in zip(jax.tree.leaves(state), jax.tree.leaves(got), strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
