@@ -352,3 +352,22 @@ def test_a_checkpoint_from_before_batch_stats_resumes(tmp_path):
     assert isinstance(got, train.TrainState) and got.batch_stats == {}
     for a, b in zip(jax.tree.leaves(state), jax.tree.leaves(got), strict=True):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_weight_decay_mask_and_frozen_preset_know_the_conv_tower_names():
+    from clip_jax import optimizer
+    from clip_jax import params as params_lib
+
+    for name in ("tiny-rn", "convnext_tiny"):
+        params = {k: v for k, v in models.abstract_params(models.get_model_config(name)).items()
+                  if k != models.STATS}
+        decay = params_lib.flatten_params(optimizer.decay_mask(params))
+        for key, d in decay.items():
+            if not key.startswith("visual/"):
+                continue
+            leaf = key.rsplit("/", 1)[-1]
+            # conv and dense kernels decay; BN/LN scales, biases, layer-scale gammas and the
+            # attention pool's positional embedding do not
+            assert d == (leaf == "kernel"), key
+        frozen = params_lib.flatten_params(optimizer.frozen_mask(params, ["image"]))
+        assert all(f == key.startswith("visual/") for key, f in frozen.items())
