@@ -7,10 +7,11 @@
 Both models are built from one open_clip model-config JSON (``--model-config``, or a preset:
 ``tiny`` = benchmarks/model_configs/bench-tiny.json at batch 128, ``ViT-B-32`` = open_clip's own
 JSON at batch 16, ``ViT-B-16-SigLIP`` = open_clip's JSON (timm trunk with the MAP head,
-bidirectional text) at batch 16) and must have the same parameter count. Each framework runs
-in its own child process (same machine, same threads: all cores), built once and warmed up; the
-parent then alternates them, ``--steps`` training steps at a time, for ``--rounds`` rounds, and
-reports the median samples/s of each and the ratio clip_jax / open_clip as one JSON line per preset.
+bidirectional text) at batch 16, ``RN50`` = open_clip's RN50.json at batch 32) and must have the
+same parameter count. Each framework runs in its own child process (same machine, same threads:
+all cores), built once and warmed up; the parent then alternates them, ``--steps`` training
+steps at a time, for ``--rounds`` rounds, and reports the median samples/s of each and the ratio
+clip_jax / open_clip as one JSON line per preset.
 
 A step is what a trainer runs: forward both towers, the CLIP loss (open_clip's ``ClipLoss``;
 clip_jax's ``clip_loss``; for a JSON with ``init_logit_bias`` the sigmoid loss, ``SigLipLoss`` and
@@ -39,6 +40,8 @@ PRESETS = {
     "tiny": (os.path.join(HERE, "model_configs", "bench-tiny.json"), 128),
     "ViT-B-32": (os.path.join(HERE, "model_configs", "ViT-B-32.json"), 16),
     "ViT-B-16-SigLIP": (os.path.join(HERE, "model_configs", "ViT-B-16-SigLIP.json"), 16),
+    # OpenAI's ModifiedResNet (BatchNorm, attention pool) at 224 px: open_clip's RN50.json
+    "RN50": (os.path.join(HERE, "model_configs", "RN50.json"), 32),
 }
 LR, BETAS, EPS, WD = 5e-4, (0.9, 0.98), 1e-6, 0.2
 

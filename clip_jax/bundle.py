@@ -130,7 +130,7 @@ def bundle_config(path: str | os.PathLike) -> tuple[models.ModelConfig, dict]:
         if not isinstance(t, dict):
             errors.append(f"model.{sub}: must be an object")
         elif _is_int(t.get("width")) and _is_int(t.get("heads")) and t["heads"] > 0 and \
-                t["width"] % t["heads"]:
+                t["width"] % t["heads"] and t.get("family", "vit") == "vit":  # conv: own checks
             errors.append(f"model.{sub}.width={t['width']} is not divisible by "
                           f"heads={t['heads']}")
     # the fields ModelConfig leaves to the runtime; every other field ModelConfig checks itself

@@ -265,8 +265,17 @@ class Checkpointer:
 
     def restore(self, step: int):
         target = _abstract_with_shardings(self.abstract_state, self.state_shardings)
-        out = self.manager.restore(step, args=ocp.args.Composite(
-            state=ocp.args.StandardRestore(target), data=ocp.args.JsonRestore()))
+        try:
+            out = self.manager.restore(step, args=ocp.args.Composite(
+                state=ocp.args.StandardRestore(target), data=ocp.args.JsonRestore()))
+        except ValueError as e:  # a checkpoint from before TrainState.batch_stats existed
+            stats = getattr(target, "batch_stats", None)
+            if "batch_stats" not in str(e) or stats is None or jax.tree.leaves(stats):
+                raise
+            fields = {k: v for k, v in vars(target).items() if k != "batch_stats"}
+            out = dict(self.manager.restore(step, args=ocp.args.Composite(
+                state=ocp.args.StandardRestore(fields), data=ocp.args.JsonRestore())))
+            out["state"] = target.replace(**out["state"])
         data = out["data"]
         if data["process_count"] != jax.process_count():
             raise ProcessCountError(
@@ -345,7 +354,9 @@ def _read_only(ckpt_dir: str) -> ocp.CheckpointManager:
 
 def load_params(path: str, abstract_params, shardings=None):
     """Parameters only, from a training workdir or its checkpoints directory (latest step),
-    restored straight into ``shardings``; the source run's optimizer state is never read."""
+    restored straight into ``shardings``; the source run's optimizer state is never read.
+    A ``batch_stats`` key of ``abstract_params`` (a BatchNorm tower's statistics, as
+    ``models.merge_variables`` puts them) is restored from the state's ``batch_stats``."""
     if not os.path.isdir(path):
         raise FileNotFoundError(f"{path}: no such directory (expected a training workdir or "
                                 f"its {CHECKPOINTS_SUBDIR}/ directory)")
@@ -358,12 +369,17 @@ def load_params(path: str, abstract_params, shardings=None):
     if step is None:
         manager.close()
         raise FileNotFoundError(f"{path}: no complete orbax checkpoint step under {ckpt_dir}")
-    target = {"params": _abstract_with_shardings(abstract_params, shardings)}
+    tree = dict(_abstract_with_shardings(abstract_params, shardings))
+    stats = tree.pop("batch_stats", None)  # a BatchNorm tower's: TrainState.batch_stats
+    target = {"params": tree} if stats is None else {"params": tree, "batch_stats": stats}
     restore_args = jax.tree.map(lambda x: ocp.ArrayRestoreArgs(sharding=x.sharding), target)
     restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
         item=target, restore_args=restore_args, partial_restore=True)))
     manager.close()
-    return restored["state"]["params"]
+    out = dict(restored["state"]["params"])
+    if stats is not None:
+        out["batch_stats"] = restored["state"]["batch_stats"]
+    return out
 
 
 def _latest_json_item(path: str, item: str):

@@ -53,6 +53,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.model.vision.patch_dropout = P(float)  # FLIP: fraction of patches dropped in training
     c.model.vision.update({k: P(bool) for k in ("class_token", "ln_pre", "patch_bias", "proj")},
                           pool=P(str))  # pool: "tok" | "map" | "gap"
+    # "vit" | "resnet" (OpenAI's ModifiedResNet: width = stem width, stages = blocks per stage)
+    c.model.vision.update(family=P(str), stages=P(tuple))
     # with optimizer.frozen 'image': open_clip's last K groups of the image tower stay trainable
     c.model.lock_image_unlocked_groups = P(int)
     c.model.text = ml_collections.ConfigDict(

@@ -1,6 +1,7 @@
 """The loss of a global batch and its gradient: the forward of both towers under the logical
 sharding rules, the contrastive loss in a ``shard_map`` that all-gathers embeddings, and the
-gradient cache (``accum_steps > 1``). What :func:`clip_jax.train.train_step` differentiates.
+gradient cache (``accum_steps > 1``). What :func:`clip_jax.train.train_step` differentiates;
+a BatchNorm tower's running statistics (``batch_stats``) come back updated beside the gradient.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import PartitionSpec as P
 
-from clip_jax import input_pipeline, losses, optimizer, sharding
+from clip_jax import input_pipeline, losses, models, optimizer, sharding
 
 
 def contrastive_loss(config, mesh, img, txt, logit_scale_param, logit_bias):
@@ -33,27 +34,63 @@ def contrastive_loss(config, mesh, img, txt, logit_scale_param, logit_bias):
     return jax.shard_map(body, mesh=mesh, in_specs=specs, out_specs=P())(*args)
 
 
-def forward(setup, params, images, text, rng):
-    """Training forward: frozen params behind stop_gradient, patch dropout drawn from rng."""
+def image_frozen(setup) -> bool:
+    """Whether the whole image tower is frozen (LiT): its BatchNorm then runs in inference
+    mode, on the running statistics, which stay as they are."""
+    opt = setup.config.optimizer
+    if not opt.frozen:
+        return False
+    params = models.abstract_params(setup.model_cfg)
+    mask = optimizer.frozen_mask({k: v for k, v in params.items() if k != models.STATS},
+                                 opt.frozen, setup.config.model.lock_image_unlocked_groups)
+    return all(jax.tree.leaves(mask["visual"]))
+
+
+def forward(setup, params, images, text, rng, batch_stats=None):
+    """Training forward: frozen params behind stop_gradient, patch dropout drawn from rng.
+    With ``batch_stats`` (a BatchNorm tower), returns ``(outputs, new batch_stats)``: the
+    statistics of this (global) batch normalise it and update the running ones, unless the
+    image tower is frozen."""
     params = optimizer.stop_frozen(params, setup.config.optimizer,
                                    setup.config.model.lock_image_unlocked_groups)
+    pixels = input_pipeline.device_pixels(images)
     with nn.logical_axis_rules(sharding.RULES):
-        return setup.model.apply({"params": params}, input_pipeline.device_pixels(images), text,
-                                 train=True, rngs={"patch_dropout": rng})
+        if batch_stats is None:
+            return setup.model.apply({"params": params}, pixels, text, train=True,
+                                     rngs={"patch_dropout": rng})
+        if image_frozen(setup):
+            out = setup.model.apply({"params": params, models.STATS: batch_stats}, pixels, text,
+                                    train=True, image_train=False, rngs={"patch_dropout": rng})
+            return out, batch_stats
+        out, new = setup.model.apply({"params": params, models.STATS: batch_stats}, pixels,
+                                     text, train=True, rngs={"patch_dropout": rng},
+                                     mutable=[models.STATS])
+        return out, new[models.STATS]
 
 
 def loss_and_grads(setup, params, batch, step=0):
     """Loss of the whole global batch and its gradient (with gradient caching if
     ``accum_steps > 1``); the step seeds the patch dropout, so a resume redraws it exactly."""
+    loss, grads, _ = loss_grads_and_stats(setup, params, None, batch, step)
+    return loss, grads
+
+
+def loss_grads_and_stats(setup, params, batch_stats, batch, step=0):
+    """:func:`loss_and_grads` and the updated BatchNorm statistics (``batch_stats`` None or
+    empty: a tower without BatchNorm, returned as given)."""
     rng = jax.random.fold_in(jax.random.key(setup.config.seed), step)
+    stats = batch_stats if batch_stats and jax.tree.leaves(batch_stats) else None
     if setup.config.accum_steps > 1:
-        return _loss_and_grads_cached(setup, params, batch, rng)
+        loss, grads, new = _loss_and_grads_cached(setup, params, batch, rng, stats)
+        return loss, grads, batch_stats if stats is None else new
 
     def loss_fn(p):
-        img, txt, log_scale, bias = forward(setup, p, batch["image"], batch["text"], rng)
-        return contrastive_loss(setup.config, setup.mesh, img, txt, log_scale, bias)
+        out = forward(setup, p, batch["image"], batch["text"], rng, stats)
+        (img, txt, log_scale, bias), new = (out, None) if stats is None else out
+        return contrastive_loss(setup.config, setup.mesh, img, txt, log_scale, bias), new
 
-    return jax.value_and_grad(loss_fn)(params)
+    (loss, new), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+    return loss, grads, batch_stats if stats is None else new
 
 
 def _split_micro(x, shards: int, k: int, mesh):
@@ -74,22 +111,34 @@ def _merge_micro(y, shards: int, mesh):
     return jax.lax.with_sharding_constraint(x, sharding.batch_sharding(mesh))
 
 
-def _loss_and_grads_cached(setup, params, batch, rng):
+def _loss_and_grads_cached(setup, params, batch, rng, stats=None):
     """Gradient cache (Gao et al. 2021): the exact global-batch loss with the activation memory
     of one micro-batch. 1) embed every micro-batch, keeping no activations; 2) the contrastive
     loss of all embeddings and its gradient w.r.t. them; 3) re-run each micro-batch forward
     and push its slice of that gradient through (``jax.vjp``), summing parameter gradients.
-    Costs one extra forward pass. All inside the one jitted step, with ``lax.scan``."""
+    Costs one extra forward pass. All inside the one jitted step, with ``lax.scan``.
+
+    BatchNorm (``stats``): each micro-batch is normalised by its own statistics (as open_clip's
+    ``--accum-freq``), the same in both passes; the running statistics are updated once per
+    micro-batch, in the first pass. Returns ``(loss, grads, stats)``."""
     config, mesh, k = setup.config, setup.mesh, setup.config.accum_steps
     shards = sharding.batch_size_per_shard(mesh)
     micro = {key: _split_micro(batch[key], shards, k, mesh) for key in ("image", "text")}
     micro["rng"] = jax.random.split(rng, k)  # each micro-batch's patch dropout, in both passes
 
-    def embed(p, mb):
-        img, txt, _, _ = forward(setup, p, mb["image"], mb["text"], mb["rng"])
-        return img, txt
+    def embed_stats(p, mb, st):
+        out = forward(setup, p, mb["image"], mb["text"], mb["rng"], st)
+        (img, txt, _, _), new = (out, st) if st is None else out
+        return (img, txt), new
 
-    _, (img, txt) = jax.lax.scan(lambda c, mb: (c, embed(params, mb)), None, micro)
+    def embed(p, mb, st=stats):  # the second pass: normalised alike, statistics not kept
+        return embed_stats(p, mb, st)[0]
+
+    def first(st, mb):
+        emb, new = embed_stats(params, mb, st)
+        return new, emb
+
+    stats, (img, txt) = jax.lax.scan(first, stats, micro)
     img, txt = _merge_micro(img, shards, mesh), _merge_micro(txt, shards, mesh)
     bias = params.get("logit_bias")
 
@@ -110,4 +159,4 @@ def _loss_and_grads_cached(setup, params, batch, rng):
     grads["logit_scale"] = grads["logit_scale"] + g_scale
     if bias is not None:
         grads["logit_bias"] = grads["logit_bias"] + g_bias
-    return loss, grads
+    return loss, grads, stats

@@ -183,7 +183,7 @@ class InferenceModel:
         model = models.CLIP(cfg)
 
         def run(method):
-            return jax.jit(lambda p, x: model.apply({"params": p}, x, method=method),
+            return jax.jit(lambda p, x: model.apply(models.variables(p), x, method=method),
                            in_shardings=(replicated, self._data), out_shardings=replicated)
 
         self._encode_image = run(models.CLIP.encode_image)
@@ -191,9 +191,11 @@ class InferenceModel:
 
     def __repr__(self) -> str:
         v, t = self.cfg.vision, self.cfg.text
-        return (f"InferenceModel(image {v.image_size}px/{v.patch_size} width {v.width}x"
-                f"{v.layers}, text width {t.width}x{t.layers}, embed {self.cfg.embed_dim}, "
-                f"{len(self.devices)} devices)")
+        image = (f"{v.image_size}px/{v.patch_size} width {v.width}x{v.layers}"
+                 if v.family == "vit" else f"{v.family} {v.image_size}px width {v.width} "
+                 f"stages {list(v.stages)}")
+        return (f"InferenceModel(image {image}, text width {t.width}x{t.layers}, embed "
+                f"{self.cfg.embed_dim}, {len(self.devices)} devices)")
 
     @property
     def image_size(self) -> int:
@@ -314,8 +316,9 @@ def create_model(name: str | os.PathLike, tokenizer: str | None = None, seed: in
         tok = (tokenizer_lib.preset_tokenizer(spec, tokenizer, cfg.text.vocab_size)
                if spec in models.PRESETS else None)
         model = models.CLIP(cfg)
-        params = jax.jit(lambda k: nn.meta.unbox(
-            model.init(k, *models.init_inputs(cfg))["params"]))(jax.random.key(seed))
+        params = jax.jit(lambda k: models.merge_variables(*(lambda v: (
+            v["params"], v.get(models.STATS)))(nn.meta.unbox(
+                model.init(k, *models.init_inputs(cfg))))))(jax.random.key(seed))
         pre = bundle.default_preprocess(cfg.vision.image_size)
     elif not Path(spec).exists():
         raise ValueError(f"{spec!r} is neither a model name ({', '.join(list_models())}), an "

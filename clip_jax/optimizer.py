@@ -116,6 +116,10 @@ def _image_groups(paths: Sequence[str], unlocked: int) -> list[str]:
         raise ValueError(f"model.lock_image_unlocked_groups={unlocked} cannot unlock single "
                          "blocks of a scanned tower (model.scan=True stacks its blocks into one "
                          "parameter); set model.scan=False")
+    if any(p.startswith(("visual/attnpool/", "visual/stem_0/")) for p in paths):
+        raise ValueError(f"model.lock_image_unlocked_groups={unlocked}: a ResNet or ConvNeXt "
+                         "image tower is locked whole here (open_clip's ModifiedResNet.lock "
+                         "allows nothing else); set it to 0")
     layers = 1 + max((int(m[1]) for p in paths if (m := _VISION_BLOCK.match(p))), default=-1)
     groups = [r"^visual/(conv1|class_embedding|positional_embedding|ln_pre)(/|$)"]
     groups += [rf"^visual/transformer/resblocks_{i}/" for i in range(layers - 1)]

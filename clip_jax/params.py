@@ -211,6 +211,7 @@ def take(target_tree, source_tree, pattern: str, source: str = "source"):
 
 POS_EMBED, PATCH_KERNEL, CLASS_EMBED = ("visual/positional_embedding", "visual/conv1/kernel",
                                         "visual/class_embedding")
+ATTNPOOL_POS_EMBED = "visual/attnpool/positional_embedding"  # ((res / 32)^2 + 1, C)
 METHODS = ("bilinear", "bicubic")
 
 
@@ -308,7 +309,8 @@ def resize_patch_kernel(kernel: np.ndarray, size: int) -> np.ndarray:
 
 def resample_vision(flat: Mapping[str, Any], want: Mapping[str, Any],
                     source: str = "params") -> dict[str, Any]:
-    """``flat`` with ``visual/positional_embedding`` and ``visual/conv1/kernel`` resampled to
+    """``flat`` with ``visual/positional_embedding`` (a ResNet's
+    ``visual/attnpool/positional_embedding``) and ``visual/conv1/kernel`` resampled to
     ``want``'s shapes where those differ (another image or patch size): see
     :func:`resample_pos_embed` (class token iff ``want`` has ``visual/class_embedding``) and
     :func:`resize_patch_kernel`. Logs one line naming what changed; other keys untouched."""
@@ -324,13 +326,15 @@ def resample_vision(flat: Mapping[str, Any], want: Mapping[str, Any],
         old, new = flat[PATCH_KERNEL].shape[0], want[PATCH_KERNEL].shape[0]
         out[PATCH_KERNEL] = resize_patch_kernel(np.asarray(flat[PATCH_KERNEL]), new)
         done.append(f"{PATCH_KERNEL} {old}x{old} -> {new}x{new} (FlexiViT pseudo-inverse)")
-    if differs(POS_EMBED, 1):
-        cls = CLASS_EMBED in want
-        old = grid_side(flat[POS_EMBED].shape[0] - cls, f"{source}: {POS_EMBED}")
-        new = grid_side(want[POS_EMBED].shape[0] - cls, f"the model's {POS_EMBED}")
-        out[POS_EMBED] = resample_pos_embed(np.asarray(flat[POS_EMBED]), new, cls)
+    # a ResNet's attention pool: its mean token is kept as a class token is
+    for key, cls in ((POS_EMBED, CLASS_EMBED in want), (ATTNPOOL_POS_EMBED, True)):
+        if not differs(key, 1):
+            continue
+        old = grid_side(flat[key].shape[0] - cls, f"{source}: {key}")
+        new = grid_side(want[key].shape[0] - cls, f"the model's {key}")
+        out[key] = resample_pos_embed(np.asarray(flat[key]), new, cls)
         how = "bicubic, antialias, class token kept" if cls else "bilinear, no class token"
-        done.append(f"{POS_EMBED} {old}x{old} -> {new}x{new} ({how})")
+        done.append(f"{key} {old}x{old} -> {new}x{new} ({how})")
     if done:
         _log.warning("%s: resampled %s", source, "; ".join(done))
     return out

@@ -95,7 +95,8 @@ def _other_grid(path: Path, abstract_tree) -> bool:
     saved = params_lib.flatten_params(models.abstract_params(cfg))
     want = params_lib.flatten_params(abstract_tree)
     return any(k in saved and k in want and tuple(saved[k].shape) != tuple(want[k].shape)
-               for k in (params_lib.POS_EMBED, params_lib.PATCH_KERNEL))
+               for k in (params_lib.POS_EMBED, params_lib.PATCH_KERNEL,
+                         params_lib.ATTNPOOL_POS_EMBED))
 
 
 def _checkpoint_source(path: Path) -> Source:

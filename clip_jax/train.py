@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+import re
 import sys
 import time
 from typing import Any
@@ -46,7 +47,11 @@ from clip_jax import params as params_lib
 from clip_jax import workdir as workdir_lib
 from clip_jax.data import prepare
 from clip_jax.evaluate import evaluators
-from clip_jax.gradients import contrastive_loss, loss_and_grads  # noqa: F401 (train.* API)
+from clip_jax.gradients import (  # noqa: F401 (train.* API)
+    contrastive_loss,
+    loss_and_grads,
+    loss_grads_and_stats,
+)
 from clip_jax.gradients import forward as _forward  # noqa: F401
 
 LOGIT_SCALE_MAX = math.log(100.0)  # the learned temperature is clamped to 1/100 (CLIP)
@@ -59,6 +64,8 @@ class TrainState:
     params: Any
     opt_state: Any
     guard: stability.GuardState  # skipped updates, loss EMA, rollbacks (checkpointed)
+    # BatchNorm running statistics (a ResNet tower; empty otherwise), replicated, checkpointed
+    batch_stats: Any = flax.struct.field(default_factory=dict)
 
 
 @dataclasses.dataclass
@@ -105,8 +112,9 @@ def plan_state(config, model_cfg, mesh):
     param_specs = sharding.param_specs(boxed, mesh)
     abstract = jax.eval_shape(functools.partial(_init_state, model, model_cfg, tx), rng)
     opt_specs = sharding.opt_state_specs(tx, abstract.opt_state, param_specs)
+    stats_specs = jax.tree.map(lambda _: P(), abstract.batch_stats)
     return model, tx, schedule, abstract, TrainState(P(), param_specs, opt_specs,
-                                                     stability.guard_specs())
+                                                     stability.guard_specs(), stats_specs)
 
 
 def check_config(config: ml_collections.ConfigDict, devices=None):
@@ -132,9 +140,11 @@ def build(config: ml_collections.ConfigDict, devices=None) -> Setup:
 
 
 def _init_state(model, model_cfg, tx, rng) -> TrainState:
-    params = nn.unbox(model.init(rng, *models.init_inputs(model_cfg))["params"])
+    variables = nn.unbox(model.init(rng, *models.init_inputs(model_cfg)))
+    params = variables["params"]
     return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
-                      guard=stability.init_guard())
+                      guard=stability.init_guard(),
+                      batch_stats=variables.get(models.STATS, {}))
 
 
 def init_state(setup: Setup, rng=None) -> TrainState:
@@ -152,7 +162,8 @@ def train_step(setup: Setup, state: TrainState, batch) -> tuple[TrainState, dict
     """One update; :mod:`clip_jax.stability` keeps the old parameters and optimizer state when
     the loss or gradients are not finite or the loss spikes (the step and the data advance)."""
     cfg, step = setup.config, state.step + 1
-    loss, grads = loss_and_grads(setup, state.params, batch, state.step)
+    loss, grads, stats = loss_grads_and_stats(setup, state.params, state.batch_stats, batch,
+                                              state.step)
     loss, grads = stability.inject_faults(cfg.debug, step, state.guard, loss, grads)
     updates, opt_state = setup.tx.update(grads, state.opt_state, state.params)
     params = dict(optax.apply_updates(state.params, updates))
@@ -161,13 +172,14 @@ def train_step(setup: Setup, state: TrainState, batch) -> tuple[TrainState, dict
                **stability.diagnostics(grads, params, updates)}
     apply, guard = stability.decide(cfg.stability, state.guard, step, loss, metrics)
     if stability.active(cfg.stability):
-        params, opt_state = stability.select(apply, (params, opt_state),
-                                             (state.params, state.opt_state))
+        params, opt_state, stats = stability.select(
+            apply, (params, opt_state, stats), (state.params, state.opt_state, state.batch_stats))
     metrics.update(stability.metrics(guard))
     metrics["logit_scale"] = jnp.exp(params["logit_scale"])
     if "logit_bias" in params:
         metrics["logit_bias"] = params["logit_bias"]
-    return TrainState(step=step, params=params, opt_state=opt_state, guard=guard), metrics
+    return TrainState(step=step, params=params, opt_state=opt_state, guard=guard,
+                      batch_stats=stats), metrics
 
 
 def make_train_step(setup: Setup):
@@ -298,7 +310,8 @@ def _train_locked(config, workdir: str, devices, is_main: bool) -> dict:
                     t_mark, step_mark = now, step
                 if evaluator and evaluator.due(step):  # each eval at its own every_steps
                     t_eval = time.time()
-                    extra = evaluator(state.params, step)
+                    extra = evaluator(models.merge_variables(state.params, state.batch_stats),
+                                      step)
                     last.update(extra)
                     t_mark += time.time() - t_eval  # throughput counts training time only
                     if not log:
@@ -380,14 +393,25 @@ def _already_complete(step: int, config, workdir: str, writer, ckpt, data) -> di
 
 
 def init_from(setup: Setup, config) -> TrainState:
-    """Fresh optimizer state; parameters from any model source (:mod:`clip_jax.sources`): all,
-    or those matching ``checkpoint.init_from_params`` (LiT: ``^visual/``), the rest fresh."""
+    """Fresh optimizer state; parameters (and a BatchNorm tower's statistics) from any model
+    source (:mod:`clip_jax.sources`): all, or those matching ``checkpoint.init_from_params``
+    (LiT: ``^visual/``; the statistics of the matching layers come too), the rest fresh."""
     state, ck = init_state(setup), config.checkpoint
+    merge = models.merge_variables
     if ck.init_from_params:
-        return state.replace(params=params_lib.take(
-            state.params, sources.resolve(ck.init_from).params, ck.init_from_params, ck.init_from))
-    return state.replace(params=sources.load_params(ck.init_from, setup.abstract_state.params,
-                                                    setup.state_shardings.params))
+        src = dict(sources.resolve(ck.init_from).params)
+        src_stats = src.pop(models.STATS, {})
+        params = params_lib.take(state.params, src, ck.init_from_params, ck.init_from)
+        stats, rx = state.batch_stats, re.compile(ck.init_from_params)
+        if any(rx.search(k) for k in params_lib.flatten_params(stats)):
+            stats = params_lib.take(stats, src_stats, ck.init_from_params, ck.init_from)
+        return state.replace(params=params, batch_stats=stats)
+    tree = sources.load_params(ck.init_from, merge(setup.abstract_state.params,
+                                                   setup.abstract_state.batch_stats),
+                               merge(setup.state_shardings.params,
+                                     setup.state_shardings.batch_stats))
+    tree = dict(tree)
+    return state.replace(params=tree, batch_stats=tree.pop(models.STATS, state.batch_stats))
 
 
 # ---------------------------------------------------------------------------------------------

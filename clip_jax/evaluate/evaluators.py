@@ -253,7 +253,7 @@ class MeshEncoder:
         def fn(method):
             def apply(params, x):
                 with nn.logical_axis_rules(sharding.RULES):
-                    return model.apply({"params": params}, x, method=method)
+                    return model.apply(models.variables(params), x, method=method)
 
             return jax.jit(apply, in_shardings=(param_shardings, self._batch),
                            out_shardings=sharding.replicated(mesh))
@@ -320,7 +320,9 @@ def make_train_evaluator(setup, tokenizer, workdir: str | None = None) -> TrainE
         raise ValueError(f"evaluations {text} (zero-shot, retrieval) need a tokenizer: they "
                          "cannot run on data.source='synthetic'")
     m = setup.model_cfg
-    encoder = MeshEncoder(setup.model, setup.mesh, setup.state_shardings.params, tokenizer,
+    shardings = models.merge_variables(setup.state_shardings.params,  # BatchNorm statistics
+                                       setup.state_shardings.batch_stats)
+    encoder = MeshEncoder(setup.model, setup.mesh, shardings, tokenizer,
                           m.text.context_length, m.vision.image_size, setup.config.eval.batch_size)
     return TrainEvaluator(specs, encoder, workdir, setup.config.total_steps,
                           setup.config.eval.at_end)

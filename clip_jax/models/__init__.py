@@ -13,7 +13,8 @@ layout changes, never guesswork::
 (``kernel_in`` is open_clip's fused ``in_proj_weight`` as (embed, q|k|v, heads, head_dim)).
 Those blocks are in :mod:`clip_jax.layers`. This package holds, one file per concern, the
 configuration (:mod:`.config`), the presets (:mod:`.presets`), open_clip's model-config JSON
-(:mod:`.openclip_config`), the image tower (:mod:`.vit`), the text tower (:mod:`.text`) and
+(:mod:`.openclip_config`), the image towers (:mod:`.vit`, OpenAI's ModifiedResNet in
+:mod:`.resnet`), the text tower (:mod:`.text`) and
 :class:`CLIP` (:mod:`.clip`); every public name is re-exported here.
 
 Every parameter carries logical axis names (``embed``, ``mlp``, ``heads``, ``kv``, ``vocab``,
@@ -21,16 +22,26 @@ Every parameter carries logical axis names (``embed``, ``mlp``, ``heads``, ``kv`
 of data, meshes or checkpoints.
 """
 
-from clip_jax.models.clip import CLIP, abstract_params, count_params, init_inputs, l2_normalize
+from clip_jax.models.clip import (
+    CLIP,
+    STATS,
+    abstract_params,
+    count_params,
+    init_inputs,
+    l2_normalize,
+    merge_variables,
+    variables,
+)
 from clip_jax.models.config import INIT_LOGIT_SCALE, ModelConfig, TextConfig, VisionConfig
 from clip_jax.models.openclip_config import from_open_clip_config, to_open_clip_config
 from clip_jax.models.presets import PRESETS, get_model_config
+from clip_jax.models.resnet import ModifiedResNet
 from clip_jax.models.text import TextTransformer
 from clip_jax.models.vit import VisionTransformer, drop_patches
 
 __all__ = [
-    "CLIP", "INIT_LOGIT_SCALE", "PRESETS", "ModelConfig", "TextConfig", "TextTransformer",
-    "VisionConfig", "VisionTransformer", "abstract_params", "count_params", "drop_patches",
-    "from_open_clip_config", "get_model_config", "init_inputs", "l2_normalize",
-    "to_open_clip_config",
+    "CLIP", "INIT_LOGIT_SCALE", "PRESETS", "STATS", "ModelConfig", "ModifiedResNet",
+    "TextConfig", "TextTransformer", "VisionConfig", "VisionTransformer", "abstract_params",
+    "count_params", "drop_patches", "from_open_clip_config", "get_model_config", "init_inputs",
+    "l2_normalize", "merge_variables", "to_open_clip_config", "variables",
 ]

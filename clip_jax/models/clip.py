@@ -10,6 +10,8 @@ import jax.numpy as jnp
 
 from clip_jax.layers import logical_init
 from clip_jax.models.config import ModelConfig
+from clip_jax.models.convnext import ConvNeXt
+from clip_jax.models.resnet import ModifiedResNet
 from clip_jax.models.text import TextTransformer
 from clip_jax.models.vit import VisionTransformer
 
@@ -25,7 +27,8 @@ class CLIP(nn.Module):
     cfg: ModelConfig
 
     def setup(self):
-        self.visual = VisionTransformer(self.cfg)
+        towers = {"resnet": ModifiedResNet, "convnext": ConvNeXt}
+        self.visual = towers.get(self.cfg.vision.family, VisionTransformer)(self.cfg)
         self.text = TextTransformer(self.cfg)
         self.logit_scale = self.param(
             "logit_scale", logical_init(nn.initializers.constant(self.cfg.init_logit_scale), ()),
@@ -43,15 +46,18 @@ class CLIP(nn.Module):
         x = self.text(text)
         return l2_normalize(x) if normalize else x
 
-    def __call__(self, images, text, train: bool = False):
+    def __call__(self, images, text, train: bool = False, image_train: bool | None = None):
         """Returns (image_features, text_features, logit_scale_param, logit_bias or None).
-        ``train``: patch dropout on (needs the ``patch_dropout`` rng when it is configured).
+        ``train``: patch dropout on (needs the ``patch_dropout`` rng when it is configured), a
+        ResNet's BatchNorm on batch statistics (``batch_stats`` mutable); ``image_train``
+        overrides it for the image tower (False: a frozen tower in inference mode).
 
         Features are L2-normalised float32; ``logit_scale_param`` is the log-temperature
         parameter (exponentiate, clamped at ln 100 by the optimiser step, for the loss).
         """
         bias = self.logit_bias if self.cfg.init_logit_bias is not None else None
-        return (self.encode_image(images, train=train), self.encode_text(text),
+        image_train = train if image_train is None else image_train
+        return (self.encode_image(images, train=image_train), self.encode_text(text),
                 self.logit_scale, bias)
 
 
@@ -66,9 +72,32 @@ def count_params(params) -> int:
     return sum(int(x.size) for x in jax.tree.leaves(params))
 
 
+# Outside training (bundles, open_clip / HF state dicts, inference) a model's variables travel
+# as one tree: the params, plus a top-level ``batch_stats`` subtree for a tower with BatchNorm
+# (the train state keeps them apart: TrainState.params and TrainState.batch_stats).
+STATS = "batch_stats"
+
+
+def merge_variables(params, batch_stats=None) -> dict:
+    """One tree of ``params`` and (when there are any) ``batch_stats`` under ``batch_stats``."""
+    params = dict(params)
+    if batch_stats and jax.tree.leaves(batch_stats):
+        params[STATS] = batch_stats
+    return params
+
+
+def variables(tree) -> dict:
+    """Flax's variables ``{"params": ..., ["batch_stats": ...]}`` of a merged tree."""
+    tree = dict(tree)
+    stats = tree.pop(STATS, None)
+    return {"params": tree} if stats is None else {"params": tree, STATS: stats}
+
+
 @functools.lru_cache(maxsize=16)
 def abstract_params(cfg: ModelConfig):
-    """The unboxed parameter tree of ``cfg`` as ShapeDtypeStructs (nothing is allocated)."""
+    """The unboxed variable tree of ``cfg`` (params, and ``batch_stats`` of a BatchNorm tower
+    under that key: :func:`merge_variables`) as ShapeDtypeStructs (nothing is allocated)."""
     model = CLIP(cfg)
-    boxed = jax.eval_shape(lambda: model.init(jax.random.key(0), *init_inputs(cfg))["params"])
-    return nn.meta.unbox(boxed)
+    boxed = jax.eval_shape(lambda: model.init(jax.random.key(0), *init_inputs(cfg)))
+    boxed = nn.meta.unbox(boxed)
+    return merge_variables(boxed["params"], boxed.get(STATS))

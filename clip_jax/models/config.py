@@ -15,6 +15,8 @@ INIT_LOGIT_SCALE = math.log(1 / 0.07)
 
 ACTS = ("gelu", "gelu_tanh", "quick_gelu")
 VISION_POOLS = ("tok", "map", "gap")
+VISION_FAMILIES = ("vit", "resnet", "convnext")
+CONVNEXT_PROJ = ("linear", "mlp")
 TEXT_POOLS = ("argmax", "last", "first")
 
 
@@ -53,8 +55,23 @@ class VisionConfig:
     pool: str = "tok"  # "tok" (token 0) | "map" (attention pooling, SigLIP) | "gap" (mean)
     proj: bool = True  # image projection width -> embed_dim; False: embed_dim == width
     act: str | None = None  # this tower's activation; None: model.act
+    # "vit" | "resnet": OpenAI's ModifiedResNet (models/resnet.py; width = the stem's width,
+    # heads = the attention pool's, stages = blocks per stage, open_clip's ``layers`` list) |
+    # "convnext": timm's ConvNeXt as open_clip wraps it (models/convnext.py)
+    family: str = "vit"
+    stages: tuple[int, ...] | None = None
+    # ConvNeXt (family "convnext", open_clip's timm trunk; width = the first stage's channels):
+    norm_eps: float | None = None  # its LayerNorm eps; None: model.ln_eps
+    proj_type: str = "linear"  # open_clip's timm_proj: linear | mlp
+    drop_path: float = 0.0  # stochastic depth in training (timm_drop_path), linear in depth
 
     def __post_init__(self):
+        _choice("model.vision.family", self.family, VISION_FAMILIES)
+        if self.family in ("resnet", "convnext"):
+            return self._check_conv()
+        if self.stages is not None:
+            raise ValueError(f"model.vision.stages={self.stages!r}: only for "
+                             "model.vision.family 'resnet' or 'convnext'")
         p = self.patch_dropout
         if isinstance(p, bool) or not isinstance(p, int | float) or not 0 <= p < 1:
             raise ValueError(f"model.vision.patch_dropout={p!r}: must be a number in [0, 1)")
@@ -72,6 +89,37 @@ class VisionConfig:
         if self.patch_size > self.image_size:
             raise ValueError(f"model.vision.patch_size={self.patch_size}: larger than "
                              f"model.vision.image_size={self.image_size}")
+
+    def _check_conv(self) -> None:
+        st = self.stages
+        if isinstance(st, list):
+            st = tuple(st)
+            object.__setattr__(self, "stages", st)  # frozen: hashable, as JSON gives a list
+        if (not isinstance(st, tuple) or len(st) != 4 or any(
+                isinstance(n, bool) or not isinstance(n, int) or n < 1 for n in st)):
+            raise ValueError(f"model.vision.stages={st!r}: a {self.family} tower needs four "
+                             "positive block counts, e.g. [3, 4, 6, 3]")
+        for name in ("image_size", "width", "heads"):
+            _positive_int(f"model.vision.{name}", getattr(self, name))
+        if self.width % 2:
+            raise ValueError(f"model.vision.width={self.width}: a ResNet's stem width must be even")
+        if self.family == "convnext":
+            _choice("model.vision.proj_type", self.proj_type, CONVNEXT_PROJ)
+            d, e = self.drop_path, self.norm_eps
+            if isinstance(d, bool) or not isinstance(d, int | float) or not 0 <= d < 1:
+                raise ValueError(f"model.vision.drop_path={d!r}: must be a number in [0, 1)")
+            if e is not None and (isinstance(e, bool) or not isinstance(e, int | float)
+                                  or not 0 < e < 1):
+                raise ValueError(f"model.vision.norm_eps={e!r}: must be null or in (0, 1)")
+        elif (self.width * 32) % self.heads:
+            raise ValueError(f"model.vision.heads={self.heads}: must divide the attention pool's "
+                             f"width 32 * model.vision.width = {self.width * 32}")
+        if self.image_size % 32:
+            raise ValueError(f"model.vision.image_size={self.image_size}: a {self.family} "
+                             "tower needs a multiple of 32 (its output stride)")
+        if self.patch_dropout:
+            raise ValueError(f"model.vision.patch_dropout: a {self.family} tower has no "
+                             "patches to drop")
 
     def patches(self) -> int:
         """Patch tokens per image."""
@@ -149,7 +197,8 @@ class ModelConfig:
             if (x is not None or name == "init_logit_scale") and (
                     isinstance(x, bool) or not isinstance(x, int | float) or not math.isfinite(x)):
                 raise ValueError(f"model.{name}={x!r}: must be a finite number")
-        if not self.vision.proj and self.embed_dim != self.vision.width:
+        if (self.vision.family == "vit" and not self.vision.proj
+                and self.embed_dim != self.vision.width):
             raise ValueError(f"model.embed_dim={self.embed_dim}: must equal model.vision.width="
                              f"{self.vision.width} when model.vision.proj=false")
 

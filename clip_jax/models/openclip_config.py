@@ -1,7 +1,8 @@
 """open_clip's model-config JSON (``model_configs/*.json``, ``open_clip_config.json``) to and from
 :class:`~clip_jax.models.config.ModelConfig`.
 
-Two image towers are understood: open_clip's own ``VisionTransformer`` (class token; the
+Three image towers are understood: open_clip's ``ModifiedResNet`` (``layers`` a list of four
+block counts, heads ``width * 32 // head_width``), its own ``VisionTransformer`` (class token; the
 switches ``no_ln_pre``, ``pool_type`` tok/avg, ``ls_init_value``, ``qk_norm``, ``act_kwargs``,
 ``norm_kwargs``) and the timm SigLIP trunks (``timm_model_name: vit_*_patch*_siglip_*`` with
 ``timm_pool: map``), which are this package's SigLIP image tower. Text: open_clip's
@@ -18,7 +19,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from clip_jax.models.config import INIT_LOGIT_SCALE, ModelConfig, TextConfig, VisionConfig
-from clip_jax.models.presets import SIGLIP_TRUNKS
+from clip_jax.models.presets import CONVNEXT_TRUNKS, SIGLIP_TRUNKS
 
 _VISION_OK = {"image_size", "layers", "width", "patch_size", "head_width", "mlp_ratio",
               "patch_dropout", "no_ln_pre", "pool_type", "ls_init_value", "qk_norm",
@@ -112,6 +113,47 @@ def _timm_vision(vc: Mapping) -> tuple[VisionConfig, str, float]:
     return vision, _TIMM_TRUNKS[trunk], 1e-6
 
 
+_CONVNEXT_OK = {"image_size", "timm_model_name", "timm_model_pretrained", "timm_pool",
+                "timm_proj", "timm_drop_path", "output_tokens"}
+
+
+def _convnext_vision(vc: Mapping) -> VisionConfig:
+    """open_clip's TimmModel around timm's ConvNeXt (``timm_pool`` '' or 'avg': timm's head
+    averages and normalises; ``timm_proj`` linear | mlp)."""
+    _check_keys("vision_cfg", vc, _CONVNEXT_OK)
+    name = vc["timm_model_name"]
+    if name not in CONVNEXT_TRUNKS:
+        raise ValueError(f"open_clip vision_cfg.timm_model_name={name!r}: clip_jax knows the "
+                         f"ConvNeXt trunks {', '.join(CONVNEXT_TRUNKS)}")
+    if vc.get("timm_pool", "avg") not in ("", "avg"):
+        raise ValueError(f"open_clip vision_cfg.timm_pool={vc['timm_pool']!r} is not supported "
+                         "by clip_jax with a ConvNeXt trunk ('' or 'avg')")
+    proj = vc.get("timm_proj", "linear")
+    if proj not in ("linear", "mlp"):
+        raise ValueError(f"open_clip vision_cfg.timm_proj={proj!r} is not supported by clip_jax "
+                         "with a ConvNeXt trunk (linear, mlp)")
+    stages, width, eps = CONVNEXT_TRUNKS[name]
+    return VisionConfig(_square(vc.get("image_size", 224)), width=width, family="convnext",
+                        stages=stages, norm_eps=eps, proj_type=proj,
+                        drop_path=float(vc.get("timm_drop_path") or 0.0))
+
+
+_RESNET_OK = {"image_size", "layers", "width", "head_width", "patch_size", "output_tokens"}
+
+
+def _resnet_vision(vc: Mapping, quick_gelu: bool) -> tuple[VisionConfig, str, float]:
+    """open_clip's ModifiedResNet (``layers`` a list): heads = width * 32 // head_width."""
+    _check_keys("vision_cfg", vc, _RESNET_OK)
+    if vc.get("patch_size") is not None:
+        raise ValueError(f"open_clip vision_cfg.patch_size={vc['patch_size']!r} with a layers "
+                         "list: a ResNet has no patches (null)")
+    width, head_width = vc.get("width", 64), vc.get("head_width", 64)
+    vision = VisionConfig(image_size=_square(vc.get("image_size", 224)), width=width,
+                          heads=width * 32 // head_width, family="resnet",
+                          stages=tuple(vc["layers"]))
+    return vision, "quick_gelu" if quick_gelu else "gelu", 1e-5
+
+
 def _open_clip_vision(vc: Mapping, quick_gelu: bool) -> tuple[VisionConfig, str, float]:
     _check_keys("vision_cfg", vc, _VISION_OK)
     pool = {"tok": "tok", "avg": "gap"}.get(vc.get("pool_type", "tok"))
@@ -164,7 +206,15 @@ def from_open_clip_config(cfg: Mapping[str, Any] | str) -> ModelConfig:
     vc, tc = dict(cfg["vision_cfg"]), dict(cfg["text_cfg"])
     quick = bool(cfg.get("quick_gelu", False))
     timm = bool(vc.get("timm_model_name"))
-    vision, vact, veps = _timm_vision(vc) if timm else _open_clip_vision(vc, quick)
+    if timm and str(vc["timm_model_name"]).startswith("convnext"):
+        vision = _convnext_vision(vc)
+        vact, veps = ("quick_gelu" if quick else "gelu"), _eps("text_cfg", tc, 1e-5)
+    elif timm:
+        vision, vact, veps = _timm_vision(vc)
+    elif isinstance(vc.get("layers"), list | tuple):
+        vision, vact, veps = _resnet_vision(vc, quick)
+    else:
+        vision, vact, veps = _open_clip_vision(vc, quick)
     _check_keys("text_cfg", tc, _TEXT_OK)
     tact, teps = _act("text_cfg", tc, quick), _eps("text_cfg", tc, 1e-5)
     if veps != teps:
@@ -213,17 +263,38 @@ def to_open_clip_config(cfg: ModelConfig) -> dict:
     open_clip cannot build raises a ValueError naming the field."""
     v, t = cfg.vision, cfg.text
     siglip = (not v.class_token, not v.ln_pre, v.patch_bias, v.pool == "map", not v.proj)
-    if any(siglip) and not all(siglip):
+    resnet = v.family in ("resnet", "convnext")  # a conv tower beside open_clip's text tower
+    if resnet and (cfg.qk_norm or cfg.ls_init_value is not None or cfg.ln_eps != 1e-5):
+        raise ValueError("model.qk_norm / ls_init_value / ln_eps: open_clip's ResNet and "
+                         "ConvNeXt CLIPs build their text tower without qk_norm and layer "
+                         "scale, eps 1e-5")
+    if v.family == "convnext":
+        name = next((n for n, t in CONVNEXT_TRUNKS.items()
+                     if t == (v.stages, v.width, v.norm_eps)), None)
+        if name is None:
+            raise ValueError(f"model.vision (stages {v.stages}, width {v.width}, norm_eps "
+                             f"{v.norm_eps}) is no timm ConvNeXt trunk: open_clip cannot build "
+                             "this image tower")
+        vc: dict[str, Any] = {"timm_model_name": name, "timm_model_pretrained": False,
+                              "timm_pool": "", "timm_proj": v.proj_type, "timm_drop": 0.0,
+                              "timm_drop_path": v.drop_path, "image_size": v.image_size}
+        siglip = (False,)
+    elif resnet:
+        vc = {"image_size": v.image_size, "layers": list(v.stages), "width": v.width,
+              "head_width": v.width * 32 // v.heads, "patch_size": None}
+        siglip = (False,)
+    elif any(siglip) and not all(siglip):
         raise ValueError("model.vision: open_clip builds a class-token ViT without patch bias "
                          "(pool tok/gap, with proj) or the timm SigLIP trunk (no class token, "
                          "no ln_pre, patch bias, pool map, no proj), nothing in between")
-    if all(siglip):
+    if resnet:
+        pass
+    elif all(siglip):
         if cfg.qk_norm or cfg.ls_init_value is not None or cfg.ln_eps != 1e-6:
             raise ValueError("model.qk_norm / ls_init_value / ln_eps: open_clip's timm SigLIP "
                              "trunk has no qk_norm, no layer scale and eps 1e-6")
-        vc: dict[str, Any] = {"image_size": v.image_size, "timm_model_name": _timm_name(cfg),
-                              "timm_model_pretrained": False, "timm_pool": "map",
-                              "timm_proj": "none"}
+        vc = {"image_size": v.image_size, "timm_model_name": _timm_name(cfg),
+              "timm_model_pretrained": False, "timm_pool": "map", "timm_proj": "none"}
     else:
         vc = {"image_size": v.image_size, "layers": v.layers, "width": v.width,
               "patch_size": v.patch_size, "head_width": v.width // v.heads,
@@ -248,7 +319,7 @@ def to_open_clip_config(cfg: ModelConfig) -> dict:
             tc["eos_id"] = t.eot_id
     _tower_extras(tc, cfg, t.act or cfg.act)
     out = {"embed_dim": cfg.embed_dim, "vision_cfg": vc, "text_cfg": tc}
-    acts = {t.act or cfg.act} | (set() if all(siglip) else {v.act or cfg.act})
+    acts = {t.act or cfg.act} | (set() if all(siglip) or resnet else {v.act or cfg.act})
     if "quick_gelu" in acts:
         if acts != {"quick_gelu"}:
             raise ValueError("model.act: open_clip's quick_gelu applies to both towers")

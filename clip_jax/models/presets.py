@@ -38,6 +38,71 @@ PRESETS: dict[str, ModelConfig] = {
 }
 
 
+def resnet_config(embed, img, stages, width, tw, th, quick_gelu: bool = False, ctx=77,
+                  vocab=49408) -> ModelConfig:
+    """OpenAI's ModifiedResNet image tower (attention-pool heads = 32 * width / 64, as open_clip
+    builds it) with CLIP's text tower; ``quick_gelu`` for OpenAI's weights."""
+    return ModelConfig(
+        embed_dim=embed,
+        vision=VisionConfig(img, width=width, heads=width * 32 // 64, family="resnet",
+                            stages=tuple(stages)),
+        text=TextConfig(ctx, vocab, tw, 12, th, 4 * tw),
+        act="quick_gelu" if quick_gelu else "gelu")
+
+
+# open_clip's model_configs/RN*.json (embed, image size, stages, width, text width and heads)
+_RESNETS = {"RN50": (1024, 224, (3, 4, 6, 3), 64, 512, 8),
+            "RN101": (512, 224, (3, 4, 23, 3), 64, 512, 8),
+            "RN50x4": (640, 288, (4, 6, 10, 6), 80, 640, 10),
+            "RN50x16": (768, 384, (6, 8, 18, 8), 96, 768, 12),
+            "RN50x64": (1024, 448, (3, 15, 36, 10), 128, 1024, 16)}
+for _name, _args in _RESNETS.items():
+    PRESETS[_name] = resnet_config(*_args)
+    PRESETS[f"{_name}-quickgelu"] = resnet_config(*_args, quick_gelu=True)
+# A ResNet the size of "tiny", for tests (stem width 8: 256 channels into the attention pool).
+PRESETS["tiny-rn"] = resnet_config(32, 64, (1, 1, 1, 1), 8, 32, 2, ctx=16, vocab=512).replace(
+    text=dict(layers=2))
+
+
+# timm's ConvNeXt trunks (timm 1.0 models/convnext.py): blocks per stage, first-stage channels
+# (then x2 per stage), LayerNorm eps.
+CONVNEXT_TRUNKS = {"convnext_tiny": ((3, 3, 9, 3), 96, 1e-6),
+                   "convnext_small": ((3, 3, 27, 3), 96, 1e-6),
+                   "convnext_base": ((3, 3, 27, 3), 128, 1e-6),
+                   "convnext_large": ((3, 3, 27, 3), 192, 1e-6),
+                   "convnext_xlarge": ((3, 3, 27, 3), 256, 1e-6),
+                   "convnext_xxlarge": ((3, 4, 30, 3), 384, 1e-5)}
+
+
+def convnext_config(trunk: str, embed: int, img: int, tw: int, th: int, tl: int = 12,
+                    proj: str = "linear", drop_path: float = 0.1, ctx=77,
+                    vocab=49408) -> ModelConfig:
+    """open_clip's ConvNeXt CLIP (timm trunk ``trunk``, a key of :data:`CONVNEXT_TRUNKS`,
+    pooled by timm's head: average + LayerNorm; then open_clip's linear or MLP projection)."""
+    stages, width, eps = CONVNEXT_TRUNKS[trunk]
+    return ModelConfig(
+        embed_dim=embed,
+        vision=VisionConfig(img, width=width, family="convnext", stages=stages, norm_eps=eps,
+                            proj_type=proj, drop_path=drop_path),
+        text=TextConfig(ctx, vocab, tw, tl, th, 4 * tw))
+
+
+# open_clip's model_configs/convnext_*.json
+PRESETS.update({
+    "convnext_tiny": convnext_config("convnext_tiny", 1024, 224, 512, 8),
+    "convnext_small": convnext_config("convnext_small", 512, 224, 512, 8),
+    "convnext_base": convnext_config("convnext_base", 512, 224, 512, 8),
+    "convnext_base_w": convnext_config("convnext_base", 640, 256, 640, 10),
+    "convnext_base_w_320": convnext_config("convnext_base", 640, 320, 640, 10),
+    "convnext_large": convnext_config("convnext_large", 768, 224, 768, 12),
+    "convnext_large_d": convnext_config("convnext_large", 768, 256, 768, 12, 16, "mlp"),
+    "convnext_large_d_320": convnext_config("convnext_large", 768, 320, 768, 12, 16, "mlp"),
+    "convnext_xlarge": convnext_config("convnext_xlarge", 1024, 256, 1024, 16, 20),
+    "convnext_xxlarge": convnext_config("convnext_xxlarge", 1024, 256, 1024, 16, 24),
+    "convnext_xxlarge_320": convnext_config("convnext_xxlarge", 1024, 320, 1024, 16, 24),
+})
+
+
 # SigLIP image trunks (timm's vit_{family}_patch{p}_siglip_{res}): width, depth, heads, mlp_dim.
 SIGLIP_TRUNKS = {"base": (768, 12, 12, 3072), "large": (1024, 24, 16, 4096),
                  "so400m": (1152, 27, 16, 4304), "giantopt": (1536, 40, 16, 6144)}
