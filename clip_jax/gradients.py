@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import PartitionSpec as P
 
-from clip_jax import input_pipeline, losses, optimizer, sharding
+from clip_jax import distill, input_pipeline, losses, optimizer, sharding
 
 
 def contrastive_loss(config, mesh, img, txt, logit_scale_param, logit_bias):
@@ -42,16 +42,27 @@ def forward(setup, params, images, text, rng):
                                  train=True, rngs={"patch_dropout": rng})
 
 
-def loss_and_grads(setup, params, batch, step=0):
+def _head(setup, teacher_params, batch):
+    """The loss on embeddings: the contrastive loss, or with teachers the distillation
+    objective against their embeddings of the whole batch (computed once, no gradient)."""
+    if not teacher_params:
+        return functools.partial(contrastive_loss, setup.config, setup.mesh)
+    teach = distill.targets(setup, teacher_params, batch)
+    return lambda i, t, s, b: distill.objective(setup.config, setup.mesh, i, t, s, b, teach)
+
+
+def loss_and_grads(setup, params, batch, step=0, teacher_params=()):
     """Loss of the whole global batch and its gradient (with gradient caching if
-    ``accum_steps > 1``); the step seeds the patch dropout, so a resume redraws it exactly."""
+    ``accum_steps > 1``); the step seeds the patch dropout, so a resume redraws it exactly.
+    ``teacher_params`` (:mod:`clip_jax.distill`): frozen teachers to distil from."""
     rng = jax.random.fold_in(jax.random.key(setup.config.seed), step)
+    head = _head(setup, teacher_params, batch)
     if setup.config.accum_steps > 1:
-        return _loss_and_grads_cached(setup, params, batch, rng)
+        return _loss_and_grads_cached(setup, params, batch, rng, head)
 
     def loss_fn(p):
         img, txt, log_scale, bias = forward(setup, p, batch["image"], batch["text"], rng)
-        return contrastive_loss(setup.config, setup.mesh, img, txt, log_scale, bias)
+        return head(img, txt, log_scale, bias)
 
     return jax.value_and_grad(loss_fn)(params)
 
@@ -74,13 +85,13 @@ def _merge_micro(y, shards: int, mesh):
     return jax.lax.with_sharding_constraint(x, sharding.batch_sharding(mesh))
 
 
-def _loss_and_grads_cached(setup, params, batch, rng):
+def _loss_and_grads_cached(setup, params, batch, rng, head_loss):
     """Gradient cache (Gao et al. 2021): the exact global-batch loss with the activation memory
     of one micro-batch. 1) embed every micro-batch, keeping no activations; 2) the contrastive
     loss of all embeddings and its gradient w.r.t. them; 3) re-run each micro-batch forward
     and push its slice of that gradient through (``jax.vjp``), summing parameter gradients.
     Costs one extra forward pass. All inside the one jitted step, with ``lax.scan``."""
-    config, mesh, k = setup.config, setup.mesh, setup.config.accum_steps
+    mesh, k = setup.mesh, setup.config.accum_steps
     shards = sharding.batch_size_per_shard(mesh)
     micro = {key: _split_micro(batch[key], shards, k, mesh) for key in ("image", "text")}
     micro["rng"] = jax.random.split(rng, k)  # each micro-batch's patch dropout, in both passes
@@ -93,7 +104,6 @@ def _loss_and_grads_cached(setup, params, batch, rng):
     img, txt = _merge_micro(img, shards, mesh), _merge_micro(txt, shards, mesh)
     bias = params.get("logit_bias")
 
-    head_loss = lambda i, t, log_scale, b: contrastive_loss(config, mesh, i, t, log_scale, b)
     loss, (g_img, g_txt, g_scale, g_bias) = jax.value_and_grad(head_loss, argnums=(0, 1, 2, 3))(
         img, txt, params["logit_scale"], bias)
     g_img, g_txt = _split_micro(g_img, shards, k, mesh), _split_micro(g_txt, shards, k, mesh)

@@ -32,6 +32,7 @@ from jax.sharding import PartitionSpec as P
 from clip_jax import (
     checkpoint,
     cli,
+    distill,
     distributed,
     input_pipeline,
     models,
@@ -74,6 +75,7 @@ class Setup:
     state_shardings: TrainState
     abstract_state: TrainState
     batch_sharding: jax.sharding.NamedSharding
+    teachers: list = dataclasses.field(default_factory=list)  # frozen (clip_jax.distill)
 
     @property
     def local_batch_size(self) -> int:
@@ -114,6 +116,7 @@ def check_config(config: ml_collections.ConfigDict, devices=None):
     model preset, image size, the mesh on these devices, the batch split. Returns
     ``(model config, mesh)``; raises ValueError naming the problem."""
     config_lib.validate(config)
+    distill.check_config(config)
     model_cfg = config_lib.resolve_model_config(config.model)
     if config.data.image_size is not None and config.data.image_size != (
             model_cfg.vision.image_size):
@@ -127,8 +130,10 @@ def check_config(config: ml_collections.ConfigDict, devices=None):
 def build(config: ml_collections.ConfigDict, devices=None) -> Setup:
     model_cfg, mesh = check_config(config, devices)
     model, tx, schedule, abstract, specs = plan_state(config, model_cfg, mesh)
+    teachers = distill.load(config, mesh, model_cfg) if distill.active(config) else []
     return Setup(config, model_cfg, model, mesh, tx, schedule,
-                 sharding.to_shardings(specs, mesh), abstract, sharding.batch_sharding(mesh))
+                 sharding.to_shardings(specs, mesh), abstract, sharding.batch_sharding(mesh),
+                 teachers)
 
 
 def _init_state(model, model_cfg, tx, rng) -> TrainState:
@@ -148,11 +153,12 @@ def init_state(setup: Setup, rng=None) -> TrainState:
 # The step
 
 
-def train_step(setup: Setup, state: TrainState, batch) -> tuple[TrainState, dict]:
+def train_step(setup: Setup, state: TrainState, batch, teachers=()) -> tuple[TrainState, dict]:
     """One update; :mod:`clip_jax.stability` keeps the old parameters and optimizer state when
-    the loss or gradients are not finite or the loss spikes (the step and the data advance)."""
+    the loss or gradients are not finite or the loss spikes (the step and the data advance).
+    ``teachers``: the frozen teachers' params (distillation), read, never updated."""
     cfg, step = setup.config, state.step + 1
-    loss, grads = loss_and_grads(setup, state.params, batch, state.step)
+    loss, grads = loss_and_grads(setup, state.params, batch, state.step, teachers)
     loss, grads = stability.inject_faults(cfg.debug, step, state.guard, loss, grads)
     updates, opt_state = setup.tx.update(grads, state.opt_state, state.params)
     params = dict(optax.apply_updates(state.params, updates))
@@ -172,18 +178,20 @@ def train_step(setup: Setup, state: TrainState, batch) -> tuple[TrainState, dict
 
 def make_train_step(setup: Setup):
     batch_sh = {"image": setup.batch_sharding, "text": setup.batch_sharding}
+    teachers = distill.place(setup.teachers, setup.mesh, setup.config.distill.dtype)
+    teacher_sh = (distill.shardings(setup.teachers, setup.mesh),) if teachers else ()
     step = jax.jit(
         functools.partial(train_step, setup),
-        in_shardings=(setup.state_shardings, batch_sh),
+        in_shardings=(setup.state_shardings, batch_sh, *teacher_sh),
         out_shardings=(setup.state_shardings, sharding.replicated(setup.mesh)),
         donate_argnums=(0,),
     )
 
     def run(state, batch):
         with jax.set_mesh(setup.mesh):
-            return step(state, batch)
+            return step(state, batch, *((teachers,) if teachers else ()))
 
-    run.jitted = step
+    run.jitted, run.teacher_params = step, teachers  # lower(state, batch[, teacher_params])
     return run
 
 
@@ -239,6 +247,7 @@ def _train_locked(config, workdir: str, devices, is_main: bool) -> dict:
     changes = [] if saved_config is None else config_lib.check_resume(
         saved_config, config, workdir)
     setup = build(config, devices)
+    distill.check_tokenizers(setup.teachers, tokenizer, setup.model_cfg.text.vocab_size)
     writer = monitor.MetricsWriter.from_config(config, workdir, enabled=is_main)
     writer.log(monitor.welcome(config, setup.mesh,
                                models.count_params(setup.abstract_state.params)))

@@ -5,7 +5,10 @@ feature loss."""
 from __future__ import annotations
 
 import functools
+import os
+import sys
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -13,7 +16,13 @@ import pytest
 from jax.sharding import AxisType
 from jax.sharding import PartitionSpec as P
 
-from clip_jax import kd_losses
+from clip_jax import bundle, distill, gradients, input_pipeline, kd_losses, losses, models, train
+from clip_jax import params as params_lib
+from clip_jax.data.synthetic import SyntheticSource
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                                "configs"))
+import tiny  # noqa: E402
 
 N, D = 32, 16
 RTOL = 1e-5
@@ -135,3 +144,113 @@ def test_feature_loss():
     _close(got, want, "feature loss")
     with pytest.raises(ValueError, match="combine"):
         kd_losses.kd_loss(x, y, 1.0, [(ti, tt, 1.0)], combine="mean")
+
+
+# ---------------------------------------------------------------------------------------------
+# In the train step: teachers from a model source, the gradient cache, FSDP, frozen teachers
+
+
+def _teacher_bundle(tmp_path, image_size=48, embed_dim=24, context=24, seed=1):
+    """A random tiny teacher saved as a bundle: another image size, width and context."""
+    cfg = models.get_model_config("tiny").replace(
+        embed_dim=embed_dim, vision=dict(image_size=image_size),
+        text=dict(context_length=context))
+    params = nn.unbox(models.CLIP(cfg).init(jax.random.key(seed), *models.init_inputs(cfg))[
+        "params"])
+    return str(bundle.save_bundle(tmp_path / f"teacher{seed}", params, cfg))
+
+
+def _student(teachers, devices=1, impl="dense", accum=1, **distill):
+    c = tiny.get_config()
+    c.mesh.data, c.mesh.fsdp = (1, 1) if devices == 1 else (2, 4)
+    c.loss_impl, c.accum_steps = impl, accum
+    c.loss_block_size = 2 if impl == "blockwise" else 0
+    c.distill.teachers = tuple(teachers)
+    c.distill.teacher_logit_scale = 30.0
+    for k, v in distill.items():
+        c.distill[k] = v
+    return c
+
+
+def _batch(setup, seed=0):
+    m = setup.model_cfg
+    data = SyntheticSource(setup.config.batch_size, m.vision.image_size, m.text.context_length,
+                           m.text.vocab_size, 16, 0.5, seed)
+    return input_pipeline.to_global(setup.batch_sharding, next(data))
+
+
+STEP_CASES = [(1, "dense"), (8, "dense"), (8, "blockwise")]
+
+
+@pytest.mark.parametrize("devices,impl", STEP_CASES, ids=[f"{d}dev-{i}" for d, i in STEP_CASES])
+def test_step_loss_and_grads_global_reference_with_and_without_cache(tmp_path, devices, impl):
+    teachers = [_teacher_bundle(tmp_path, seed=1), _teacher_bundle(tmp_path, 32, 16, 16, 2)]
+    out = {}
+    for accum in (1, 2):
+        c = _student(teachers, devices, impl, accum, clip_weight=0.5, kd_weight=2.0)
+        setup = train.build(c, jax.devices()[:devices])
+        state = train.init_state(setup)
+        tparams = distill.place(setup.teachers, setup.mesh, "float32")
+        batch = _batch(setup)
+        with jax.set_mesh(setup.mesh):
+            loss, grads = jax.jit(lambda p, b, t, s=setup: gradients.loss_and_grads(
+                s, p, b, 0, t))(state.params, batch, tparams)
+        out[accum] = (float(loss), jax.device_get(grads))
+        if accum == 1:  # the NumPy reference on the embeddings of the global batch
+            with jax.set_mesh(setup.mesh):
+                img, txt, log_s, _ = jax.jit(lambda p, b, s=setup: gradients.forward(
+                    s, p, b["image"], b["text"], jax.random.key(0)))(state.params, batch)
+                teach = jax.jit(lambda t, b, s=setup: distill.targets(s, t, b))(tparams, batch)
+            x, y = (np.asarray(a, np.float64) for a in (img, txt))
+            ref = [(np.asarray(a, np.float64), np.asarray(b, np.float64), float(s))
+                   for a, b, s in teach]
+            s = float(np.exp(np.asarray(log_s)))
+            want = 0.5 * float(losses.clip_loss(x, y, s)) + 2.0 * ref_kd(x, y, s, ref, "probs")[0]
+            np.testing.assert_allclose(float(loss), want, rtol=2e-5)
+    np.testing.assert_allclose(out[2][0], out[1][0], rtol=2e-5)
+    for a, b in zip(jax.tree.leaves(out[2][1]), jax.tree.leaves(out[1][1]), strict=True):
+        np.testing.assert_allclose(a, b, rtol=2e-3, atol=2e-6)
+
+
+def test_teacher_frozen_bit_identical_student_trains_with_fsdp(tmp_path):
+    teacher = _teacher_bundle(tmp_path)
+    c = _student([teacher], 8)
+    setup = train.build(c, jax.devices()[:8])
+    state, step = train.init_state(setup), train.make_train_step(setup)
+    assert any("fsdp" in str(s) for s in jax.tree.leaves(
+        setup.state_shardings.params, is_leaf=lambda x: isinstance(x, jax.sharding.Sharding)))
+    m = setup.model_cfg
+    data = SyntheticSource(c.batch_size, m.vision.image_size, m.text.context_length,
+                           m.text.vocab_size, 16, 0.3, 0)
+    seen = []
+    for _ in range(12):
+        state, metrics = step(state, input_pipeline.to_global(setup.batch_sharding, next(data)))
+        seen.append(float(metrics["loss"]))
+    assert np.mean(seen[-3:]) < np.mean(seen[:3]), seen
+    host = params_lib.flatten_params(setup.teachers[0].host_params)
+    after = params_lib.flatten_params(jax.device_get(step.teacher_params[0]))
+    assert host.keys() == after.keys()
+    for k in host:
+        assert np.asarray(after[k]).tobytes() == np.asarray(host[k]).tobytes(), k
+    bf16 = distill.place(setup.teachers, setup.mesh, "bfloat16")[0]
+    assert {x.dtype for x in jax.tree.leaves(bf16)} == {jnp.dtype("bfloat16")}
+
+
+def test_config_errors_are_one_line(tmp_path):
+    teacher = _teacher_bundle(tmp_path)
+    for key, value, match in (("combine", "mean", "distill.combine"),
+                              ("kd_weight", -1.0, "distill.kd_weight"),
+                              ("dtype", "float16", "distill.dtype"),
+                              ("embeddings", "/x", "distill.embeddings")):
+        c = _student([teacher], **{key: value})
+        with pytest.raises(ValueError, match=match) as e:
+            train.check_config(c, jax.devices()[:1])
+        assert "\n" not in str(e.value)
+    with pytest.raises(ValueError, match="no such"):
+        train.build(_student([str(tmp_path / "missing")]), jax.devices()[:1])
+    setup = train.build(_student([teacher]), jax.devices()[:1])
+    with pytest.raises(ValueError, match="vocabulary of 512 tokens != the student's 1000"):
+        distill.check_tokenizers(setup.teachers, None, 1000)
+    small = _teacher_bundle(tmp_path, context=8, seed=3)
+    with pytest.raises(ValueError, match="context length 8"):
+        train.build(_student([small]), jax.devices()[:1])
