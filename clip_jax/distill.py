@@ -27,7 +27,7 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import PartitionSpec as P
 
-from clip_jax import kd_losses, losses, models, sharding, sources
+from clip_jax import flops, kd_losses, losses, models, sharding, sources
 from clip_jax.data import transforms
 
 DTYPES = ("float32", "bfloat16")
@@ -136,6 +136,20 @@ def place(teachers: list[Teacher], mesh, dtype: str):
 
 def shardings(teachers: list[Teacher], mesh):
     return [sharding.to_shardings(t.specs, mesh) for t in teachers]
+
+
+def abstract(teachers: list[Teacher], mesh, dtype: str):
+    """The teachers' params as sharded ShapeDtypeStructs (what the step is lowered on)."""
+    return [jax.tree.map(lambda x, sh: jax.ShapeDtypeStruct(x.shape, jnp.dtype(dtype),
+                                                            sharding=sh),
+                         models.abstract_params(t.cfg), shd)
+            for t, shd in zip(teachers, shardings(teachers, mesh))]
+
+
+def forward_flops(teachers: list[Teacher], batch: int) -> float:
+    """The teachers' forward matmul FLOPs for a global batch (both towers)."""
+    return float(sum(batch * (f["vision"] + f["text"])
+                     for f in (flops.tower_flops(t.cfg) for t in teachers)))
 
 
 def _pixels(t: Teacher, images):

@@ -178,8 +178,8 @@ def train_step(setup: Setup, state: TrainState, batch, teachers=()) -> tuple[Tra
 
 def make_train_step(setup: Setup):
     batch_sh = {"image": setup.batch_sharding, "text": setup.batch_sharding}
-    teachers = distill.place(setup.teachers, setup.mesh, setup.config.distill.dtype)
-    teacher_sh = (distill.shardings(setup.teachers, setup.mesh),) if teachers else ()
+    teacher_sh = (distill.shardings(setup.teachers, setup.mesh),) if setup.teachers else ()
+    placed = []  # the teachers' params, placed on the first call (plan only lowers)
     step = jax.jit(
         functools.partial(train_step, setup),
         in_shardings=(setup.state_shardings, batch_sh, *teacher_sh),
@@ -187,11 +187,18 @@ def make_train_step(setup: Setup):
         donate_argnums=(0,),
     )
 
+    def teacher_params():
+        if setup.teachers and not placed:  # the loop steps under transfer_guard("disallow")
+            with jax.transfer_guard("allow"):
+                placed.append(distill.place(setup.teachers, setup.mesh,
+                                            setup.config.distill.dtype))
+        return placed
+
     def run(state, batch):
         with jax.set_mesh(setup.mesh):
-            return step(state, batch, *((teachers,) if teachers else ()))
+            return step(state, batch, *teacher_params())
 
-    run.jitted, run.teacher_params = step, teachers  # lower(state, batch[, teacher_params])
+    run.jitted, run.teacher_params = step, teacher_params  # lower(state, batch[, teachers])
     return run
 
 

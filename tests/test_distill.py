@@ -16,7 +16,17 @@ import pytest
 from jax.sharding import AxisType
 from jax.sharding import PartitionSpec as P
 
-from clip_jax import bundle, distill, gradients, input_pipeline, kd_losses, losses, models, train
+from clip_jax import (
+    bundle,
+    distill,
+    gradients,
+    input_pipeline,
+    kd_losses,
+    losses,
+    models,
+    plan,
+    train,
+)
 from clip_jax import params as params_lib
 from clip_jax.data.synthetic import SyntheticSource
 
@@ -228,7 +238,7 @@ def test_teacher_frozen_bit_identical_student_trains_with_fsdp(tmp_path):
         seen.append(float(metrics["loss"]))
     assert np.mean(seen[-3:]) < np.mean(seen[:3]), seen
     host = params_lib.flatten_params(setup.teachers[0].host_params)
-    after = params_lib.flatten_params(jax.device_get(step.teacher_params[0]))
+    after = params_lib.flatten_params(jax.device_get(step.teacher_params()[0][0]))
     assert host.keys() == after.keys()
     for k in host:
         assert np.asarray(after[k]).tobytes() == np.asarray(host[k]).tobytes(), k
@@ -254,3 +264,23 @@ def test_config_errors_are_one_line(tmp_path):
     small = _teacher_bundle(tmp_path, context=8, seed=3)
     with pytest.raises(ValueError, match="context length 8"):
         train.build(_student([small]), jax.devices()[:1])
+
+
+def test_plan_compiles_a_distillation_recipe_and_reports_the_teachers_share(tmp_path):
+    if not plan.libtpu_available():
+        pytest.skip("needs libtpu (compile-only TPU devices)")
+    c = _student([_teacher_bundle(tmp_path)], 1, "blockwise", 2)
+    c.mesh.data, c.mesh.fsdp = -1, 1
+    r = plan.compiled_plan(c, "v5e:2x2")
+    assert r["teachers"] == 1 and 0 < r["teacher_hbm_share"] < 1
+    assert 0 < r["teacher_flops_share"] < 1 and r["teacher_gib_per_chip"] > 0
+    assert "distillation teachers" in plan.format_table(r)
+
+
+def test_train_loop_distils_on_synthetic_data(tmp_path):
+    """The whole loop (transfer guard on, checkpoint at the end) with a teacher."""
+    c = _student([_teacher_bundle(tmp_path)], 1)
+    c.total_steps, c.log_every_steps, c.checkpoint.every_steps = 3, 1, 0
+    c.logging.tensorboard = False
+    last = train.train(c, str(tmp_path / "run"), jax.devices()[:1])
+    assert np.isfinite(last["loss"])
