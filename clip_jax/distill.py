@@ -9,8 +9,9 @@ argument that is never donated nor updated: no optimizer state, no gradient (its
 behind ``stop_gradient``), its params bit-identical after training. In the step it sees the
 student's batch through its own preprocessing: the pixels resized on the device when its image
 size differs and renormalised with its mean/std; the student's token ids when the tokenizers
-agree (padded to a longer context); a tokenizer or vocabulary that differs is refused in one
-line. The objective (:func:`objective`) is ``clip_weight * contrastive + kd_weight * KD +
+agree (padded to a longer context), else its own ids, tokenised on the host beside the
+student's (:class:`JointTokenizer`); without captions a differing vocabulary is refused.
+The objective (:func:`objective`) is ``clip_weight * contrastive + kd_weight * KD +
 feature_weight * (1 - cos)`` (:mod:`clip_jax.kd_losses`), all on the global batch in one
 ``shard_map``; with ``accum_steps > 1`` the teachers embed the whole batch once per step and the
 student goes through the gradient cache like its plain loss.
@@ -25,6 +26,7 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax.sharding import PartitionSpec as P
 
 from clip_jax import flops, kd_losses, losses, models, sharding, sources
@@ -45,6 +47,7 @@ class Teacher:
     tokenizer: Any
     host_params: Any
     specs: Any  # PartitionSpecs of its params on the student's mesh
+    own_text: bool = False  # its tokenizer differs: the host tokenises each caption for it too
 
 
 def active(config) -> bool:
@@ -105,22 +108,60 @@ def load(config, mesh, student_cfg: models.ModelConfig) -> list[Teacher]:
 
 
 def check_tokenizers(teachers: list[Teacher], tokenizer, vocab_size: int) -> None:
-    """The student's token ids must mean the same to every teacher: the same vocabulary size
-    and, with real tokenizers, the same ids for a few probe captions."""
+    """Which teachers read the student's token ids as they are (same vocabulary size and the
+    same ids for a few probe captions) and which get their own (``own_text``: the host
+    tokenises each caption with the teacher's tokenizer too, :class:`JointTokenizer`). Without
+    captions (synthetic data) or a teacher tokenizer, a differing vocabulary is refused."""
     for t in teachers:
-        if t.cfg.text.vocab_size != vocab_size:
-            raise ValueError(f"distill teacher {t.path}: vocabulary of {t.cfg.text.vocab_size} "
-                             f"tokens != the student's {vocab_size}; retokenising for the "
-                             "teacher is not implemented: train the student with the teacher's "
-                             f"tokenizer (data.tokenizer={t.path}/tokenizer)")
+        same = t.cfg.text.vocab_size == vocab_size
         if tokenizer is not None and t.tokenizer is not None:
             a = tokenizer(list(_PROBE_TEXTS), 16)
             b = t.tokenizer(list(_PROBE_TEXTS), 16)
-            if a.shape != b.shape or (a != b).any():
-                raise ValueError(f"distill teacher {t.path}: its tokenizer ({t.tokenizer!r}) "
-                                 f"differs from the student's ({tokenizer!r}); retokenising is "
-                                 "not implemented: train the student with the teacher's "
-                                 "tokenizer")
+            same = same and a.shape == b.shape and bool((a == b).all())
+            t.own_text = not same
+        elif not same:
+            raise ValueError(f"distill teacher {t.path}: vocabulary of {t.cfg.text.vocab_size} "
+                             f"tokens != the student's {vocab_size}, and no tokenizer to "
+                             f"retokenise with ({'teacher' if tokenizer else 'student'} has "
+                             "none)")
+
+
+class JointTokenizer:
+    """The student's ids, then each ``own_text`` teacher's, side by side: one ``(b, L + sum
+    L_t)`` array per batch from the pipeline (which tokenises on the host);
+    :func:`split_text` takes it apart in the step."""
+
+    def __init__(self, student, context_length: int, teachers: list[Teacher]):
+        self.student, self.context_length = student, context_length
+        self.vocab_size = student.vocab_size
+        self.others = [(t.tokenizer, t.cfg.text.context_length) for t in teachers if t.own_text]
+
+    def __call__(self, texts, context_length=None):
+        parts = [self.student(texts, self.context_length)]
+        parts += [np.asarray(tok(texts, ctx)) for tok, ctx in self.others]
+        return np.concatenate([np.asarray(p, np.int32) for p in parts], 1)
+
+
+def data_view(setup, tokenizer):
+    """(model config, tokenizer) for :func:`clip_jax.input_pipeline.make_data`: the student's,
+    or with ``own_text`` teachers a joint tokenizer and the joint context length."""
+    own = [t for t in setup.teachers if t.own_text]
+    if not own:
+        return setup.model_cfg, tokenizer
+    ctx = setup.model_cfg.text.context_length
+    total = ctx + sum(t.cfg.text.context_length for t in own)
+    return (setup.model_cfg.replace(text=dict(context_length=total)),
+            JointTokenizer(tokenizer, ctx, setup.teachers))
+
+
+def split_text(setup, batch):
+    """``(student batch, [each teacher's token ids or None])`` from a joint batch."""
+    ctx = setup.model_cfg.text.context_length
+    text, own, at = batch["text"], [], ctx
+    for t in setup.teachers:
+        own.append(text[:, at:at + t.cfg.text.context_length] if t.own_text else None)
+        at += t.cfg.text.context_length if t.own_text else 0
+    return {**batch, "text": text[:, :ctx]}, own
 
 
 def place(teachers: list[Teacher], mesh, dtype: str):
@@ -173,13 +214,16 @@ def _tokens(t: Teacher, text):
     return jnp.pad(text, ((0, 0), (0, extra))) if extra > 0 else text
 
 
-def targets(setup, teacher_params, batch):
-    """``[(image, text, logit scale)]`` of each teacher on the global batch (no gradient)."""
+def targets(setup, teacher_params, batch, own_text=None):
+    """``[(image, text, logit scale)]`` of each teacher on the global batch (no gradient);
+    ``own_text``: each teacher's own token ids (:func:`split_text`) or None."""
     out = []
-    for t, p in zip(setup.teachers, teacher_params):
+    own_text = own_text or [None] * len(setup.teachers)
+    for t, p, ids in zip(setup.teachers, teacher_params, own_text):
+        ids = _tokens(t, batch["text"]) if ids is None else ids
         with nn.logical_axis_rules(sharding.RULES):
             img, txt, log_scale, _ = t.model.apply(
-                {"params": p}, _pixels(t, batch["image"]), _tokens(t, batch["text"]))
+                {"params": p}, _pixels(t, batch["image"]), ids)
         fixed = setup.config.distill.teacher_logit_scale
         scale = jnp.float32(fixed) if fixed > 0 else jnp.exp(log_scale.astype(jnp.float32))
         out.append(jax.tree.map(lambda x: jax.lax.stop_gradient(x.astype(jnp.float32)),

@@ -47,7 +47,8 @@ def _head(setup, teacher_params, batch):
     objective against their embeddings of the whole batch (computed once, no gradient)."""
     if not teacher_params:
         return functools.partial(contrastive_loss, setup.config, setup.mesh)
-    teach = distill.targets(setup, teacher_params, batch)
+    batch, own_text = distill.split_text(setup, batch)
+    teach = distill.targets(setup, teacher_params, batch, own_text)
     return lambda i, t, s, b: distill.objective(setup.config, setup.mesh, i, t, s, b, teach)
 
 
@@ -57,6 +58,7 @@ def loss_and_grads(setup, params, batch, step=0, teacher_params=()):
     ``teacher_params`` (:mod:`clip_jax.distill`): frozen teachers to distil from."""
     rng = jax.random.fold_in(jax.random.key(setup.config.seed), step)
     head = _head(setup, teacher_params, batch)
+    batch = distill.split_text(setup, batch)[0] if teacher_params else batch
     if setup.config.accum_steps > 1:
         return _loss_and_grads_cached(setup, params, batch, rng, head)
 

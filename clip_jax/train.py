@@ -260,7 +260,8 @@ def _train_locked(config, workdir: str, devices, is_main: bool) -> dict:
                                models.count_params(setup.abstract_state.params)))
     if changes:
         writer.log(f"config changed on resume: {config_lib.format_diff(changes)}")
-    data = input_pipeline.make_data(config, setup.model_cfg, setup.local_batch_size, tokenizer)
+    data_cfg, data_tok = distill.data_view(setup, tokenizer)  # + teachers' own token ids
+    data = input_pipeline.make_data(config, data_cfg, setup.local_batch_size, data_tok)
     ckpt = checkpoint.Checkpointer(workdir, config.checkpoint, setup.state_shardings,
                                    setup.abstract_state, tokenizer)
     try:

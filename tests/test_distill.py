@@ -284,3 +284,43 @@ def test_train_loop_distils_on_synthetic_data(tmp_path):
     c.logging.tensorboard = False
     last = train.train(c, str(tmp_path / "run"), jax.devices()[:1])
     assert np.isfinite(last["loss"])
+
+
+def test_a_teacher_with_another_tokenizer_gets_its_own_ids_from_the_host(tmp_path):
+    from clip_jax.data.hf_tokenizer import train_tokenizer
+
+    colours, shapes = ["red", "green", "blue", "pale yellow", "dark"], ["circle", "square",
+                                                                       "star", "triangle"]
+    captions = [f"a {c} {s} on {b}" for c in colours for s in shapes for b in ("grass", "sky")]
+    tok_s = train_tokenizer(captions, 300, tmp_path / "tok_s")
+    tok_t = train_tokenizer(captions[::-1] + ["zebra xylophone"] * 3, 420, tmp_path / "tok_t")
+    cfg = models.get_model_config("tiny").replace(
+        embed_dim=24, text=dict(context_length=24, vocab_size=tok_t.vocab_size))
+    params = nn.unbox(models.CLIP(cfg).init(jax.random.key(5), *models.init_inputs(cfg))[
+        "params"])
+    teacher = str(bundle.save_bundle(tmp_path / "teacher", params, cfg, tok_t))
+    c = _student([teacher])
+    c.model.text.vocab_size = tok_s.vocab_size
+    setup = train.build(c, jax.devices()[:1])
+    distill.check_tokenizers(setup.teachers, tok_s, tok_s.vocab_size)
+    assert setup.teachers[0].own_text
+    data_cfg, joint = distill.data_view(setup, tok_s)
+    assert data_cfg.text.context_length == 16 + 24
+    ids = joint(captions[:32])
+    np.testing.assert_array_equal(ids[:, :16], tok_s(captions[:32], 16))
+    np.testing.assert_array_equal(ids[:, 16:], tok_t(captions[:32], 24))
+    rng = np.random.default_rng(0)
+    batch = {"image": jnp.asarray(rng.integers(0, 256, (32, 32, 32, 3), np.uint8)),
+             "text": jnp.asarray(ids)}
+    tparams = distill.place(setup.teachers, setup.mesh, "float32")
+    student, own = distill.split_text(setup, batch)
+    assert student["text"].shape == (32, 16)
+    got = distill.targets(setup, tparams, student, own)[0][1]
+    want = setup.teachers[0].model.apply({"params": tparams[0]}, jnp.asarray(
+        tok_t(captions[:32], 24)), method="encode_text")
+    np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-5, atol=1e-6)
+    state = train.init_state(setup)
+    with jax.set_mesh(setup.mesh):
+        loss, _ = jax.jit(lambda p, b, t: gradients.loss_and_grads(setup, p, b, 0, t))(
+            state.params, batch, tparams)
+    assert np.isfinite(float(loss))
