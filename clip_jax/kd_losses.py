@@ -89,12 +89,12 @@ def kd_loss(image_features, text_features, logit_scale, teachers: Sequence, comb
     return local / (2 * n * size)
 
 
-def _weights(img_side, txt_side):
+def _weights(img_side, txt_side, precision):
     """(n, b) combined teacher weights P + Q of one tile: ``img_side`` = [(t_img, row lse)],
     ``txt_side`` = [(t_txt block, column lse block)], one pair per teacher."""
     w = 0.0
     for (ti, lse_r), (tt, lse_c) in zip(img_side, txt_side):
-        logits = L._mm(ti, tt, None)
+        logits = L._mm(ti, tt, precision)
         w = w + jnp.exp(logits - lse_r[:, None]) + jnp.exp(logits - lse_c[None, :])
     return w / len(img_side)
 
@@ -111,7 +111,7 @@ def _cross_impl(img, txt, scale, teach, axes, b, precision):
         def blk(c, inp):
             total, d_img, d_scale = c
             txt_b, t_txt_b, lse_b = inp
-            w = _weights(img_side, list(zip(t_txt_b, lse_b)))
+            w = _weights(img_side, list(zip(t_txt_b, lse_b)), precision)
             sims = L._mm(img, txt_b, precision)
             ws = jnp.sum(w * sims)
             d_img = d_img + scale * jnp.dot(w, txt_b, precision=precision)
