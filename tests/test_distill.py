@@ -324,3 +324,24 @@ def test_a_teacher_with_another_tokenizer_gets_its_own_ids_from_the_host(tmp_pat
         loss, _ = jax.jit(lambda p, b, t: gradients.loss_and_grads(setup, p, b, 0, t))(
             state.params, batch, tparams)
     assert np.isfinite(float(loss))
+
+
+def test_blockwise_kd_never_builds_the_logits_matrix():
+    """The compiled KD loss+grad's temporaries are O(n * block), not O(n * N)."""
+    n, d, block = 1024, 32, 64
+    rng = np.random.default_rng(0)
+    x, y, ti, tt = (jnp.asarray(_unit(rng.normal(size=(n, d))), jnp.float32) for _ in range(4))
+
+    def temp_bytes(fn):
+        grad = jax.jit(jax.value_and_grad(
+            lambda a, b, s: fn(a, b, s, [(ti, tt, 100.0)]), argnums=(0, 1, 2)))
+        stats = grad.lower(x, y, jnp.float32(10.0)).compile().memory_analysis()
+        if stats is None:
+            pytest.skip("no memory analysis on this backend")
+        return stats.temp_size_in_bytes
+
+    logits_bytes = n * n * 4
+    dense = temp_bytes(kd_losses.kd_loss)
+    blockwise = temp_bytes(functools.partial(kd_losses.kd_loss_blockwise, block_size=block))
+    assert dense >= logits_bytes
+    assert blockwise < logits_bytes / 4, (blockwise, dense)
