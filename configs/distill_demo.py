@@ -11,6 +11,12 @@ The argument is the teacher (any model source: the demo's workdir, a bundle, ...
 and depth in each tower (about a fifth of its parameters), with the teacher's tokenizer, the same
 data and the same steps; both runs end with the demo's held-out zero-shot evaluation
 (``eval/zeroshot/top1`` on 12 colour x shape pairs never seen in training).
+
+Measured (2 shared CPU cores, teacher = configs/demo.py at 600 steps, zero-shot 0.618; seeds
+0/1/2, 400 steps): held-out zero-shot top-1 from scratch 0.593/0.623/0.522 (mean 0.579),
+distilled 0.613/0.630/0.563 (mean 0.602; better on each seed, by less than the seed-to-seed
+range); retrieval mean recall 0.184 -> 0.213 (teacher_logit_scale=0: 0.594 zero-shot, 0.227
+retrieval).
 """
 
 from clip_jax.config import base_config
@@ -40,5 +46,5 @@ def get_config(arg: str = "workdirs/demo"):
         c.distill.teachers = (teacher,)
         c.distill.clip_weight = 1.0
         c.distill.kd_weight = 1.0
-        c.distill.teacher_logit_scale = 0.0  # the teacher's own learned scale
+        c.distill.teacher_logit_scale = 100.0  # MobileCLIP's (0 = the teacher's own, ~16 here)
     return c
