@@ -159,6 +159,17 @@ def base_config() -> ml_collections.ConfigDict:
     c.debug.spike_steps = ()  # steps whose loss and gradients are scaled by debug.spike_scale
     c.debug.spike_scale = 1000.0
 
+    # Distillation from frozen teachers (clip_jax/distill.py checks these keys)
+    c.distill = ml_collections.ConfigDict()
+    c.distill.teachers = ()  # model sources: bundle, workdir, HF CLIP/SigLIP dir, open_clip file
+    c.distill.clip_weight = 1.0  # the student's own contrastive loss
+    c.distill.kd_weight = 1.0  # CE to the teachers' image<->text distributions (global batch)
+    c.distill.feature_weight = 0.0  # 1 - cos to the teachers' embeddings (learned projection)
+    c.distill.teacher_logit_scale = 100.0  # the teachers' logit scale (0 = each one's own)
+    c.distill.combine = "probs"  # several teachers: average of "probs" (MobileCLIP) or "logits"
+    c.distill.dtype = "float32"  # the teachers' params and compute: "float32" or "bfloat16"
+    c.distill.embeddings = ""  # stored teacher embeddings DIR[,DIR2] (instead of teachers)
+
     c.lock()
     c.evals.unlock()  # a config file adds names; eval_sets checks every entry
     return c

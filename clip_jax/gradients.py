@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import PartitionSpec as P
 
-from clip_jax import input_pipeline, losses, models, optimizer, sharding
+from clip_jax import distill, input_pipeline, losses, models, optimizer, sharding
 
 
 def contrastive_loss(config, mesh, img, txt, logit_scale_param, logit_bias):
@@ -68,26 +68,39 @@ def forward(setup, params, images, text, rng, batch_stats=None):
         return out, new[models.STATS]
 
 
-def loss_and_grads(setup, params, batch, step=0):
+def _head(setup, teacher_params, batch):
+    """The loss on embeddings: the contrastive loss, or with teachers the distillation
+    objective against their embeddings of the whole batch (computed once, no gradient)."""
+    if not teacher_params:
+        return functools.partial(contrastive_loss, setup.config, setup.mesh)
+    batch, own_text = distill.split_text(setup, batch)
+    teach = distill.targets(setup, teacher_params, batch, own_text)
+    return lambda i, t, s, b: distill.objective(setup.config, setup.mesh, i, t, s, b, teach)
+
+
+def loss_and_grads(setup, params, batch, step=0, teacher_params=()):
     """Loss of the whole global batch and its gradient (with gradient caching if
-    ``accum_steps > 1``); the step seeds the patch dropout, so a resume redraws it exactly."""
-    loss, grads, _ = loss_grads_and_stats(setup, params, None, batch, step)
+    ``accum_steps > 1``); the step seeds the patch dropout, so a resume redraws it exactly.
+    ``teacher_params`` (:mod:`clip_jax.distill`): frozen teachers to distil from."""
+    loss, grads, _ = loss_grads_and_stats(setup, params, None, batch, step, teacher_params)
     return loss, grads
 
 
-def loss_grads_and_stats(setup, params, batch_stats, batch, step=0):
+def loss_grads_and_stats(setup, params, batch_stats, batch, step=0, teacher_params=()):
     """:func:`loss_and_grads` and the updated BatchNorm statistics (``batch_stats`` None or
     empty: a tower without BatchNorm, returned as given)."""
     rng = jax.random.fold_in(jax.random.key(setup.config.seed), step)
     stats = batch_stats if batch_stats and jax.tree.leaves(batch_stats) else None
+    head = _head(setup, teacher_params, batch)
+    batch = distill.split_text(setup, batch)[0] if teacher_params else batch
     if setup.config.accum_steps > 1:
-        loss, grads, new = _loss_and_grads_cached(setup, params, batch, rng, stats)
+        loss, grads, new = _loss_and_grads_cached(setup, params, batch, rng, head, stats)
         return loss, grads, batch_stats if stats is None else new
 
     def loss_fn(p):
         out = forward(setup, p, batch["image"], batch["text"], rng, stats)
         (img, txt, log_scale, bias), new = (out, None) if stats is None else out
-        return contrastive_loss(setup.config, setup.mesh, img, txt, log_scale, bias), new
+        return head(img, txt, log_scale, bias), new
 
     (loss, new), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
     return loss, grads, batch_stats if stats is None else new
@@ -111,17 +124,18 @@ def _merge_micro(y, shards: int, mesh):
     return jax.lax.with_sharding_constraint(x, sharding.batch_sharding(mesh))
 
 
-def _loss_and_grads_cached(setup, params, batch, rng, stats=None):
+def _loss_and_grads_cached(setup, params, batch, rng, head_loss, stats=None):
     """Gradient cache (Gao et al. 2021): the exact global-batch loss with the activation memory
     of one micro-batch. 1) embed every micro-batch, keeping no activations; 2) the contrastive
     loss of all embeddings and its gradient w.r.t. them; 3) re-run each micro-batch forward
     and push its slice of that gradient through (``jax.vjp``), summing parameter gradients.
     Costs one extra forward pass. All inside the one jitted step, with ``lax.scan``.
+    ``head_loss`` is the loss on the embeddings (contrastive, or the distillation objective).
 
     BatchNorm (``stats``): each micro-batch is normalised by its own statistics (as open_clip's
     ``--accum-freq``), the same in both passes; the running statistics are updated once per
     micro-batch, in the first pass. Returns ``(loss, grads, stats)``."""
-    config, mesh, k = setup.config, setup.mesh, setup.config.accum_steps
+    mesh, k = setup.mesh, setup.config.accum_steps
     shards = sharding.batch_size_per_shard(mesh)
     micro = {key: _split_micro(batch[key], shards, k, mesh) for key in ("image", "text")}
     micro["rng"] = jax.random.split(rng, k)  # each micro-batch's patch dropout, in both passes
@@ -142,7 +156,6 @@ def _loss_and_grads_cached(setup, params, batch, rng, stats=None):
     img, txt = _merge_micro(img, shards, mesh), _merge_micro(txt, shards, mesh)
     bias = params.get("logit_bias")
 
-    head_loss = lambda i, t, log_scale, b: contrastive_loss(config, mesh, i, t, log_scale, b)
     loss, (g_img, g_txt, g_scale, g_bias) = jax.value_and_grad(head_loss, argnums=(0, 1, 2, 3))(
         img, txt, params["logit_scale"], bias)
     g_img, g_txt = _split_micro(g_img, shards, k, mesh), _split_micro(g_txt, shards, k, mesh)

@@ -40,8 +40,8 @@ from jax.sharding import PartitionSpec as P
 from ml_collections import config_flags
 
 from clip_jax import config as config_lib
+from clip_jax import distill, models, sharding, train
 from clip_jax import flops as flops_lib
-from clip_jax import models, sharding, train
 
 GIB = 2.0**30
 FIT_FRACTION = 0.9  # of the chip's HBM: above it, a recipe is reported as not fitting
@@ -179,9 +179,11 @@ def tiled_bytes_per_device(abstract_tree, spec_tree, mesh, formats) -> int:
 def compile_step(setup: train.Setup, image_dtype: str = "float32"):
     """Lower and compile the train step for ``setup``'s devices; returns (compiled, seconds)."""
     state, batch = abstract_inputs(setup, image_dtype)
+    teachers = distill.abstract(setup.teachers, setup.mesh, setup.config.distill.dtype)
     t0 = time.perf_counter()
     with jax.set_mesh(setup.mesh):
-        compiled = train.make_train_step(setup).jitted.lower(state, batch).compile()
+        compiled = train.make_train_step(setup).jitted.lower(
+            state, batch, *((teachers,) if teachers else ())).compile()
     return compiled, time.perf_counter() - t0
 
 
@@ -246,7 +248,11 @@ def compiled_plan(config, topology: str, image_dtype: str = "float32") -> dict:
     mem, cost = _memory(compiled), _cost(compiled)
     analytic = flops_lib.train_step_flops(m, c.batch_size, m.remat, c.accum_steps, c.loss,
                                           c.loss_impl)
-    hw_chip, model_chip = analytic.hardware / chips, analytic.model / chips
+    teacher_flops = distill.forward_flops(setup.teachers, c.batch_size)  # in the step too
+    hw_chip = (analytic.hardware + teacher_flops) / chips
+    model_chip = (analytic.model + teacher_flops) / chips
+    teacher_bytes = sum(sharding.bytes_per_device(a, t.specs, setup.mesh) for a, t in zip(
+        distill.abstract(setup.teachers, setup.mesh, c.distill.dtype), setup.teachers))
     xla_flops = float(cost.get("flops", 0.0))
     peak = chip.peak_tflops * 1e12
     compute_s = hw_chip / peak
@@ -279,6 +285,9 @@ def compiled_plan(config, topology: str, image_dtype: str = "float32") -> dict:
         "samples_per_sec_per_chip": per_chip_batch / step_s,
         "mfu_bound": model_chip / step_s / peak,
         "peak_tflops": chip.peak_tflops,
+        **({"teachers": len(setup.teachers), "teacher_gib_per_chip": teacher_bytes / GIB,
+            "teacher_hbm_share": teacher_bytes / max(mem["total"], 1),
+            "teacher_flops_share": teacher_flops / chips / hw_chip} if setup.teachers else {}),
     }
 
 
@@ -367,6 +376,11 @@ def format_table(r: dict) -> str:
             ("predicted samples/s per chip", f"{r['samples_per_sec_per_chip']:,.0f} (bound)"),
             ("MFU bound", f"{r['mfu_bound']:.1%} of {r['peak_tflops']:g} TFLOP/s"),
         ]
+        if r.get("teachers"):
+            rows.append(("distillation teachers", f"{r['teachers']}: "
+                         f"{r['teacher_gib_per_chip']:.3f} GiB per chip "
+                         f"({r['teacher_hbm_share']:.0%} of HBM used), "
+                         f"{r['teacher_flops_share']:.0%} of the step's FLOPs"))
     else:
         rows += [("params + opt state per chip",
                   f"{r['state_gib_per_chip']:.3f} / {r['chip_hbm_gib']:g} GiB")]

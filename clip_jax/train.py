@@ -33,6 +33,7 @@ from jax.sharding import PartitionSpec as P
 from clip_jax import (
     checkpoint,
     cli,
+    distill,
     distributed,
     input_pipeline,
     models,
@@ -81,6 +82,7 @@ class Setup:
     state_shardings: TrainState
     abstract_state: TrainState
     batch_sharding: jax.sharding.NamedSharding
+    teachers: list = dataclasses.field(default_factory=list)  # frozen (clip_jax.distill)
 
     @property
     def local_batch_size(self) -> int:
@@ -122,6 +124,7 @@ def check_config(config: ml_collections.ConfigDict, devices=None):
     model preset, image size, the mesh on these devices, the batch split. Returns
     ``(model config, mesh)``; raises ValueError naming the problem."""
     config_lib.validate(config)
+    distill.check_config(config)
     model_cfg = config_lib.resolve_model_config(config.model)
     if config.data.image_size is not None and config.data.image_size != (
             model_cfg.vision.image_size):
@@ -135,8 +138,10 @@ def check_config(config: ml_collections.ConfigDict, devices=None):
 def build(config: ml_collections.ConfigDict, devices=None) -> Setup:
     model_cfg, mesh = check_config(config, devices)
     model, tx, schedule, abstract, specs = plan_state(config, model_cfg, mesh)
+    teachers = distill.load(config, mesh, model_cfg) if distill.active(config) else []
     return Setup(config, model_cfg, model, mesh, tx, schedule,
-                 sharding.to_shardings(specs, mesh), abstract, sharding.batch_sharding(mesh))
+                 sharding.to_shardings(specs, mesh), abstract, sharding.batch_sharding(mesh),
+                 teachers)
 
 
 def _init_state(model, model_cfg, tx, rng) -> TrainState:
@@ -158,12 +163,13 @@ def init_state(setup: Setup, rng=None) -> TrainState:
 # The step
 
 
-def train_step(setup: Setup, state: TrainState, batch) -> tuple[TrainState, dict]:
+def train_step(setup: Setup, state: TrainState, batch, teachers=()) -> tuple[TrainState, dict]:
     """One update; :mod:`clip_jax.stability` keeps the old parameters and optimizer state when
-    the loss or gradients are not finite or the loss spikes (the step and the data advance)."""
+    the loss or gradients are not finite or the loss spikes (the step and the data advance).
+    ``teachers``: the frozen teachers' params (distillation), read, never updated."""
     cfg, step = setup.config, state.step + 1
     loss, grads, stats = loss_grads_and_stats(setup, state.params, state.batch_stats, batch,
-                                              state.step)
+                                              state.step, teachers)
     loss, grads = stability.inject_faults(cfg.debug, step, state.guard, loss, grads)
     updates, opt_state = setup.tx.update(grads, state.opt_state, state.params)
     params = dict(optax.apply_updates(state.params, updates))
@@ -184,18 +190,27 @@ def train_step(setup: Setup, state: TrainState, batch) -> tuple[TrainState, dict
 
 def make_train_step(setup: Setup):
     batch_sh = {"image": setup.batch_sharding, "text": setup.batch_sharding}
+    teacher_sh = (distill.shardings(setup.teachers, setup.mesh),) if setup.teachers else ()
+    placed = []  # the teachers' params, placed on the first call (plan only lowers)
     step = jax.jit(
         functools.partial(train_step, setup),
-        in_shardings=(setup.state_shardings, batch_sh),
+        in_shardings=(setup.state_shardings, batch_sh, *teacher_sh),
         out_shardings=(setup.state_shardings, sharding.replicated(setup.mesh)),
         donate_argnums=(0,),
     )
 
+    def teacher_params():
+        if setup.teachers and not placed:  # the loop steps under transfer_guard("disallow")
+            with jax.transfer_guard("allow"):
+                placed.append(distill.place(setup.teachers, setup.mesh,
+                                            setup.config.distill.dtype))
+        return placed
+
     def run(state, batch):
         with jax.set_mesh(setup.mesh):
-            return step(state, batch)
+            return step(state, batch, *teacher_params())
 
-    run.jitted = step
+    run.jitted, run.teacher_params = step, teacher_params  # lower(state, batch[, teachers])
     return run
 
 
@@ -251,12 +266,14 @@ def _train_locked(config, workdir: str, devices, is_main: bool) -> dict:
     changes = [] if saved_config is None else config_lib.check_resume(
         saved_config, config, workdir)
     setup = build(config, devices)
+    distill.check_tokenizers(setup.teachers, tokenizer, setup.model_cfg.text.vocab_size)
     writer = monitor.MetricsWriter.from_config(config, workdir, enabled=is_main)
     writer.log(monitor.welcome(config, setup.mesh,
                                models.count_params(setup.abstract_state.params)))
     if changes:
         writer.log(f"config changed on resume: {config_lib.format_diff(changes)}")
-    data = input_pipeline.make_data(config, setup.model_cfg, setup.local_batch_size, tokenizer)
+    data_cfg, data_tok = distill.data_view(setup, tokenizer)  # + teachers' own token ids
+    data = input_pipeline.make_data(config, data_cfg, setup.local_batch_size, data_tok)
     ckpt = checkpoint.Checkpointer(workdir, config.checkpoint, setup.state_shardings,
                                    setup.abstract_state, tokenizer)
     try:

@@ -24,6 +24,7 @@ LAYERS = (
      "clip_jax.evaluate.plots"),
     # the model, its math and its placement
     ("clip_jax.layers", "clip_jax.models", "clip_jax.models.*", "clip_jax.losses",
+     "clip_jax.kd_losses",
      "clip_jax.sharding", "clip_jax.config", "clip_jax.recipes", "clip_jax.optimizer",
      "clip_jax.flops", "clip_jax.monitor", "clip_jax.stability"),
     ("clip_jax.params",),
@@ -32,7 +33,8 @@ LAYERS = (
     ("clip_jax.sources",),
     ("clip_jax.inference",),
     # evaluation, and feeding batches to the mesh
-    ("clip_jax.evaluate.*", "clip_jax.input_pipeline", "clip_jax.gradients"),
+    ("clip_jax.evaluate.*", "clip_jax.input_pipeline", "clip_jax.distill",
+     "clip_jax.gradients"),
     # entry points: parse, build, call
     ("clip_jax.train", "clip_jax.export", "clip_jax.predict", "clip_jax.plan",
      "clip_jax.evaluate.__main__", "clip_jax.embed", "clip_jax.filter"),

@@ -1,0 +1,265 @@
+"""Online distillation: frozen teachers from any model source inside the sharded train step.
+
+    --config.distill.teachers="('workdirs/big',)" [--config.distill.kd_weight=1.0 ...]
+
+Each teacher (:mod:`clip_jax.sources`: bundle, workdir, HF CLIP / SigLIP directory, open_clip
+weights) is read once, laid out over the student's mesh with its own logical sharding (FSDP
+shards it like the student), optionally cast to bfloat16, and passed to the jitted step as an
+argument that is never donated nor updated: no optimizer state, no gradient (its embeddings are
+behind ``stop_gradient``), its params bit-identical after training. In the step it sees the
+student's batch through its own preprocessing: the pixels resized on the device when its image
+size differs and renormalised with its mean/std; the student's token ids when the tokenizers
+agree (padded to a longer context), else its own ids, tokenised on the host beside the
+student's (:class:`JointTokenizer`); without captions a differing vocabulary is refused.
+The objective (:func:`objective`) is ``clip_weight * contrastive + kd_weight * KD +
+feature_weight * (1 - cos)`` (:mod:`clip_jax.kd_losses`), all on the global batch in one
+``shard_map``; with ``accum_steps > 1`` the teachers embed the whole batch once per step and the
+student goes through the gradient cache like its plain loss.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import PartitionSpec as P
+
+from clip_jax import flops, kd_losses, losses, models, sharding, sources
+from clip_jax.data import transforms
+
+DTYPES = ("float32", "bfloat16")
+_PROBE_TEXTS = ("a photo of a red circle", "Two BLUE squares, on grass!", "x")
+
+
+@dataclasses.dataclass
+class Teacher:
+    """A frozen teacher: where it came from, its model, preprocessing and host params."""
+
+    path: str
+    cfg: models.ModelConfig
+    model: models.CLIP
+    preprocess: dict
+    tokenizer: Any
+    host_params: Any
+    specs: Any  # PartitionSpecs of its params on the student's mesh
+    own_text: bool = False  # its tokenizer differs: the host tokenises each caption for it too
+
+
+def active(config) -> bool:
+    return bool(config.distill.teachers)
+
+
+def check_config(config) -> None:
+    """The distill section's values, one line per problem (no file is read)."""
+    d = config.distill
+    teachers = d.teachers
+    if isinstance(teachers, str) or not all(isinstance(t, str) and t for t in teachers):
+        raise ValueError(f"config distill.teachers={teachers!r} must be a tuple of model "
+                         "sources (bundle, workdir, HF directory, open_clip weights)")
+    for key in ("clip_weight", "kd_weight", "feature_weight", "teacher_logit_scale"):
+        if not d[key] >= 0:
+            raise ValueError(f"config distill.{key}={d[key]} must be >= 0")
+    if d.combine not in kd_losses.COMBINE:
+        raise ValueError(f"config distill.combine={d.combine!r}: choose one of "
+                         f"{kd_losses.COMBINE}")
+    if d.dtype not in DTYPES:
+        raise ValueError(f"config distill.dtype={d.dtype!r}: choose one of {DTYPES}")
+    if d.embeddings:
+        raise ValueError("config distill.embeddings (stored teacher embeddings) is not "
+                         "implemented yet: use distill.teachers (online distillation)")
+    if teachers and d.kd_weight == 0 and d.feature_weight == 0:
+        raise ValueError("config distill.teachers is set but distill.kd_weight and "
+                         "distill.feature_weight are both 0: nothing to distil")
+    if teachers and config.distill.clip_weight == 0 and config.loss != "clip":
+        raise ValueError("config distill.clip_weight=0 with loss='siglip': the SigLIP bias "
+                         "would get no gradient; keep clip_weight > 0")
+
+
+def load(config, mesh, student_cfg: models.ModelConfig) -> list[Teacher]:
+    """Read each of ``distill.teachers`` on the host and check it fits the student (one-line
+    ValueErrors naming the teacher and the mismatch)."""
+    out = []
+    for path in config.distill.teachers:
+        try:
+            src = sources.resolve(path)
+        except (FileNotFoundError, ValueError) as e:
+            raise ValueError(f"config distill.teachers: {path}: {e}") from None
+        cfg = src.cfg
+        if config.distill.dtype == "bfloat16":
+            cfg = cfg.replace(dtype="bfloat16")
+        if cfg.text.context_length < student_cfg.text.context_length:
+            raise ValueError(f"distill teacher {path}: context length {cfg.text.context_length} "
+                             f"< the student's {student_cfg.text.context_length} (captions would "
+                             "be cut differently); use a student context <= the teacher's")
+        if config.distill.feature_weight > 0 and cfg.embed_dim != student_cfg.embed_dim:
+            raise ValueError(f"distill teacher {path}: embed_dim {cfg.embed_dim} != the "
+                             f"student's {student_cfg.embed_dim}; feature distillation through "
+                             "a learned projection is not implemented yet (feature_weight=0)")
+        init = jax.eval_shape(lambda c=cfg: models.CLIP(c).init(
+            jax.random.key(0), *models.init_inputs(c)))  # + batch_stats of a BatchNorm tower
+        boxed = models.merge_variables(init["params"], init.get(models.STATS))
+        out.append(Teacher(str(path), cfg, models.CLIP(cfg), dict(src.preprocess),
+                           src.tokenizer, src.params, sharding.param_specs(boxed, mesh)))
+    return out
+
+
+def check_tokenizers(teachers: list[Teacher], tokenizer, vocab_size: int) -> None:
+    """Which teachers read the student's token ids as they are (same vocabulary size and the
+    same ids for a few probe captions) and which get their own (``own_text``: the host
+    tokenises each caption with the teacher's tokenizer too, :class:`JointTokenizer`). Without
+    captions (synthetic data) or a teacher tokenizer, a differing vocabulary is refused."""
+    for t in teachers:
+        same = t.cfg.text.vocab_size == vocab_size
+        if tokenizer is not None and t.tokenizer is not None:
+            a = tokenizer(list(_PROBE_TEXTS), 16)
+            b = t.tokenizer(list(_PROBE_TEXTS), 16)
+            same = same and a.shape == b.shape and bool((a == b).all())
+            t.own_text = not same
+        elif not same:
+            raise ValueError(f"distill teacher {t.path}: vocabulary of {t.cfg.text.vocab_size} "
+                             f"tokens != the student's {vocab_size}, and no tokenizer to "
+                             f"retokenise with ({'teacher' if tokenizer else 'student'} has "
+                             "none)")
+
+
+class JointTokenizer:
+    """The student's ids, then each ``own_text`` teacher's, side by side: one ``(b, L + sum
+    L_t)`` array per batch from the pipeline (which tokenises on the host);
+    :func:`split_text` takes it apart in the step."""
+
+    def __init__(self, student, context_length: int, teachers: list[Teacher]):
+        self.student, self.context_length = student, context_length
+        self.vocab_size = student.vocab_size
+        self.others = [(t.tokenizer, t.cfg.text.context_length) for t in teachers if t.own_text]
+
+    def __call__(self, texts, context_length=None):
+        parts = [self.student(texts, self.context_length)]
+        parts += [np.asarray(tok(texts, ctx)) for tok, ctx in self.others]
+        return np.concatenate([np.asarray(p, np.int32) for p in parts], 1)
+
+
+def data_view(setup, tokenizer):
+    """(model config, tokenizer) for :func:`clip_jax.input_pipeline.make_data`: the student's,
+    or with ``own_text`` teachers a joint tokenizer and the joint context length."""
+    own = [t for t in setup.teachers if t.own_text]
+    if not own:
+        return setup.model_cfg, tokenizer
+    ctx = setup.model_cfg.text.context_length
+    total = ctx + sum(t.cfg.text.context_length for t in own)
+    return (setup.model_cfg.replace(text=dict(context_length=total)),
+            JointTokenizer(tokenizer, ctx, setup.teachers))
+
+
+def split_text(setup, batch):
+    """``(student batch, [each teacher's token ids or None])`` from a joint batch."""
+    ctx = setup.model_cfg.text.context_length
+    text, own, at = batch["text"], [], ctx
+    for t in setup.teachers:
+        own.append(text[:, at:at + t.cfg.text.context_length] if t.own_text else None)
+        at += t.cfg.text.context_length if t.own_text else 0
+    return {**batch, "text": text[:, :ctx]}, own
+
+
+def place(teachers: list[Teacher], mesh, dtype: str):
+    """Each teacher's params on ``mesh`` (sharded by its specs, cast to ``dtype``)."""
+    out = []
+    for t in teachers:
+        shardings = sharding.to_shardings(t.specs, mesh)
+        cast = functools.partial(jax.tree.map, lambda x: x.astype(jnp.dtype(dtype)))
+        put = jax.jit(cast, out_shardings=shardings)
+        out.append(put(jax.tree.map(jnp.asarray, t.host_params)))
+    return out
+
+
+def shardings(teachers: list[Teacher], mesh):
+    return [sharding.to_shardings(t.specs, mesh) for t in teachers]
+
+
+def abstract(teachers: list[Teacher], mesh, dtype: str):
+    """The teachers' params as sharded ShapeDtypeStructs (what the step is lowered on)."""
+    return [jax.tree.map(lambda x, sh: jax.ShapeDtypeStruct(x.shape, jnp.dtype(dtype),
+                                                            sharding=sh),
+                         models.abstract_params(t.cfg), shd)
+            for t, shd in zip(teachers, shardings(teachers, mesh))]
+
+
+def forward_flops(teachers: list[Teacher], batch: int) -> float:
+    """The teachers' forward matmul FLOPs for a global batch (both towers)."""
+    return float(sum(batch * (f["vision"] + f["text"])
+                     for f in (flops.tower_flops(t.cfg) for t in teachers)))
+
+
+def _pixels(t: Teacher, images):
+    """The student's batch images as this teacher sees them: its normalisation, its size."""
+    if images.dtype == jnp.uint8:
+        x = images.astype(jnp.float32)
+    else:  # already CLIP-normalised floats: back to 0..255
+        mean, inv_std = transforms.pixel_scale()
+        x = images.astype(jnp.float32) / jnp.asarray(inv_std) + jnp.asarray(mean)
+    mean, inv_std = transforms.pixel_scale(t.preprocess.get("mean"), t.preprocess.get("std"))
+    x = (x - jnp.asarray(mean)) * jnp.asarray(inv_std)
+    size = t.cfg.vision.image_size
+    if x.shape[1:3] != (size, size):
+        method = "bicubic" if t.preprocess.get("resize", "bicubic") == "bicubic" else "bilinear"
+        x = jax.image.resize(x, (x.shape[0], size, size, x.shape[3]), method)
+    return x
+
+
+def _tokens(t: Teacher, text):
+    extra = t.cfg.text.context_length - text.shape[1]
+    return jnp.pad(text, ((0, 0), (0, extra))) if extra > 0 else text
+
+
+def targets(setup, teacher_params, batch, own_text=None):
+    """``[(image, text, logit scale)]`` of each teacher on the global batch (no gradient);
+    ``own_text``: each teacher's own token ids (:func:`split_text`) or None."""
+    out = []
+    own_text = own_text or [None] * len(setup.teachers)
+    for t, p, ids in zip(setup.teachers, teacher_params, own_text):
+        ids = _tokens(t, batch["text"]) if ids is None else ids
+        with nn.logical_axis_rules(sharding.RULES):
+            img, txt, log_scale, _ = t.model.apply(  # BatchNorm on the running statistics
+                models.variables(p), _pixels(t, batch["image"]), ids)
+        fixed = setup.config.distill.teacher_logit_scale
+        scale = jnp.float32(fixed) if fixed > 0 else jnp.exp(log_scale.astype(jnp.float32))
+        out.append(jax.tree.map(lambda x: jax.lax.stop_gradient(x.astype(jnp.float32)),
+                                (img, txt, scale)))
+    return out
+
+
+def objective(config, mesh, img, txt, logit_scale_param, logit_bias, teach):
+    """``clip_weight * contrastive + kd_weight * KD + feature_weight * feature`` on globally
+    sharded embeddings (one shard_map, all-gathers inside); ``teach`` from :func:`targets`."""
+    d, axes = config.distill, sharding.BATCH_AXES
+    block = config.loss_block_size or None
+    scale = jnp.exp(logit_scale_param)
+    bias = jnp.zeros((), jnp.float32) if logit_bias is None else logit_bias
+
+    def body(i, t, s, b, tch):
+        total = 0.0
+        if d.clip_weight > 0:
+            if config.loss == "clip":
+                fn = losses.clip_loss if config.loss_impl == "dense" else functools.partial(
+                    losses.clip_loss_blockwise, block_size=block)
+                total = d.clip_weight * fn(i, t, s, axis_name=axes)
+            else:
+                fn = losses.siglip_loss if config.loss_impl == "dense" else functools.partial(
+                    losses.siglip_loss_blockwise, block_size=block)
+                total = d.clip_weight * fn(i, t, s, b, axis_name=axes)
+        if d.kd_weight > 0:
+            fn = kd_losses.kd_loss if config.loss_impl == "dense" else functools.partial(
+                kd_losses.kd_loss_blockwise, block_size=block)
+            total = total + d.kd_weight * fn(i, t, s, tch, d.combine, axis_name=axes)
+        if d.feature_weight > 0:
+            total = total + d.feature_weight * kd_losses.feature_loss(
+                i, t, [(ti, tt) for ti, tt, _ in tch], axis_name=axes)
+        return total
+
+    tspec = [(P(axes), P(axes), P())] * len(teach)
+    return jax.shard_map(body, mesh=mesh, in_specs=(P(axes), P(axes), P(), P(), tspec),
+                         out_specs=P())(img, txt, scale, bias, teach)
