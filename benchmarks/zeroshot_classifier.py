@@ -27,6 +27,8 @@ def main() -> None:
     ap.add_argument("--classes", type=int, default=1000, help="the first N ImageNet classes")
     ap.add_argument("--templates", type=int, default=80, help="the first T of the 80 templates")
     ap.add_argument("--batch", type=int, default=256, help="prompts per encoder call")
+    ap.add_argument("--full-context", action="store_true",
+                    help="encode every prompt at the full context (no padding cut), for an A/B")
     args = ap.parse_args()
 
     import jax
@@ -40,6 +42,8 @@ def main() -> None:
                                        batch_size=args.batch)
     else:
         enc = inference.load(args.model, batch_size=args.batch)
+    if args.full_context:
+        enc._trim = lambda ids: ids
     names = tmpl.IMAGENET_CLASSNAMES[:args.classes]
     templates = tmpl.OPENAI_IMAGENET_TEMPLATES[:args.templates]
     t0 = time.perf_counter()
@@ -53,7 +57,8 @@ def main() -> None:
     prompts = len(names) * len(templates)
     print(json.dumps({
         "model": os.path.basename(os.path.normpath(args.model)), "classes": len(names),
-        "templates": len(templates), "prompts": prompts, "batch": args.batch,
+        "templates": len(templates), "prompts": prompts, "full_context": args.full_context,
+        "batch": args.batch,
         "context_length": enc.cfg.text.context_length, "text_width": enc.cfg.text.width,
         "text_layers": enc.cfg.text.layers, "devices": jax.local_device_count(),
         "compile_seconds": round(compile_s, 2), "seconds": round(seconds, 2),
