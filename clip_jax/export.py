@@ -99,9 +99,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             cfg, params, pre = s.cfg, s.params, s.preprocess
         if args.tokenizer:
             tok = load_tokenizer(args.tokenizer)
-        if tok is None:
-            print("warning: no tokenizer found next to the weights; the bundle can encode "
-                  "token ids only (pass --tokenizer SPEC to include one)", file=sys.stderr)
+        if tok is None:  # (an HF directory's reader has said why, in its note)
+            why = "no tokenizer found next to the weights; " * (args.src_format == "open_clip")
+            print(f"warning: {why}the bundle can encode token ids only (pass --tokenizer SPEC "
+                  "to include one)", file=sys.stderr)
         bundle.save_bundle(out, params, cfg, tok, pre)
         print(f"wrote bundle {out} ({models.count_params(params):,} parameters)")
         return 0
