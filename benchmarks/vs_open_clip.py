@@ -7,10 +7,11 @@
 Both models are built from one open_clip model-config JSON (``--model-config``, or a preset:
 ``tiny`` = benchmarks/model_configs/bench-tiny.json at batch 128, ``ViT-B-32`` = open_clip's own
 JSON at batch 16, ``ViT-B-16-SigLIP`` = open_clip's JSON (timm trunk with the MAP head,
-bidirectional text) at batch 16, ``RN50`` = open_clip's RN50.json at batch 32) and must have the
-same parameter count. Each framework runs in its own child process (same machine, same threads:
-all cores), built once and warmed up; the parent then alternates them, ``--steps`` training
-steps at a time, for ``--rounds`` rounds, and reports the median samples/s of each and the ratio
+bidirectional text) at batch 16, ``RN50`` = open_clip's RN50.json at batch 32,
+``convnext_base`` = open_clip's JSON at batch 16) and must have the same parameter count. Each
+framework runs in its own child process (same machine, same threads: all cores), built once and
+warmed up; the parent then alternates them, ``--steps`` training steps at a time, for
+``--rounds`` rounds, and reports the median samples/s of each and the ratio
 clip_jax / open_clip as one JSON line per preset.
 
 A step is what a trainer runs: forward both towers, the CLIP loss (open_clip's ``ClipLoss``;
@@ -42,6 +43,8 @@ PRESETS = {
     "ViT-B-16-SigLIP": (os.path.join(HERE, "model_configs", "ViT-B-16-SigLIP.json"), 16),
     # OpenAI's ModifiedResNet (BatchNorm, attention pool) at 224 px: open_clip's RN50.json
     "RN50": (os.path.join(HERE, "model_configs", "RN50.json"), 32),
+    # timm's ConvNeXt-B trunk with a linear projection, as open_clip builds convnext_base
+    "convnext_base": (os.path.join(HERE, "model_configs", "convnext_base.json"), 16),
 }
 LR, BETAS, EPS, WD = 5e-4, (0.9, 0.98), 1e-6, 0.2
 
