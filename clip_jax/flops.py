@@ -8,7 +8,9 @@ unrolled (``scan=False``) compiles.
 
 Counted: every matmul (2 m n k FLOPs): patch embedding, q|k|v, attention scores and
 values (the full T x T, also for the causal text tower, which is what the plain XLA attention
-computes), attention output, MLP, projections, and the similarity matmuls of the loss. Not
+computes), attention output, MLP, projections, and the similarity matmuls of the loss; for the
+conv image towers (ResNet, ConvNeXt) every convolution, padded taps included, and the attention
+pool or head. Not
 counted: element-wise work (LayerNorm, GELU, softmax, AdamW), which XLA's own count includes,
 a few percent for real widths.
 
@@ -58,18 +60,65 @@ def _block_flops(tokens: int, width: int, mlp_dim: int) -> tuple[float, float]:
     return total, total - c_proj
 
 
+def _conv(hw: int, k: int, cin: int, cout: int, groups: int = 1) -> int:
+    """A k x k convolution producing an (hw x hw x cout) map from cin channels."""
+    return 2 * hw * hw * k * k * (cin // groups) * cout
+
+
+def _resnet_flops(cfg: models.ModelConfig) -> float:
+    """ModifiedResNet (models/resnet.py) forward per sample: the 3-conv stem, the Bottlenecks
+    (1x1, 3x3, avg-pool stride, 1x1 x4; the avg-pool + 1x1 downsample) and the attention pool
+    (token 0's query only, as computed)."""
+    v, w = cfg.vision, cfg.vision.width
+    h = v.image_size // 2
+    f = _conv(h, 3, 3, w // 2) + _conv(h, 3, w // 2, w // 2) + _conv(h, 3, w // 2, w)
+    h, inplanes = h // 2, w
+    for s, blocks in enumerate(v.stages):
+        planes = w * 2**s
+        for j in range(blocks):
+            stride = 2 if s and not j else 1
+            out = h // stride
+            f += _conv(h, 1, inplanes, planes) + _conv(h, 3, planes, planes)
+            f += _conv(out, 1, planes, 4 * planes)
+            if j == 0 and (stride > 1 or inplanes != 4 * planes):
+                f += _conv(out, 1, inplanes, 4 * planes)
+            h, inplanes = out, 4 * planes
+    c, t = inplanes, h * h + 1
+    return float(f + 2 * c * c + 2 * 2 * t * c * c + 2 * 2 * t * c + 2 * c * cfg.embed_dim)
+
+
+def _convnext_flops(cfg: models.ModelConfig) -> float:
+    """timm's ConvNeXt (models/convnext.py) forward per sample: the 4x4 stem, per block the
+    depthwise 7x7 and the 4x MLP, the 2x2 downsamples, the head projection."""
+    v = cfg.vision
+    h, f = v.image_size // 4, _conv(v.image_size // 4, 4, 3, v.width)
+    for i, blocks in enumerate(v.stages):
+        c = v.width * 2**i
+        if i:
+            h //= 2
+            f += _conv(h, 2, c // 2, c)
+        f += blocks * (_conv(h, 7, c, c, groups=c) + 2 * (2 * h * h * c * 4 * c))
+    c, e = v.width * 2 ** (len(v.stages) - 1), cfg.embed_dim
+    head = 2 * c * 2 * e + 2 * 2 * e * e if v.proj_type == "mlp" else 2 * c * e
+    return float(f + head)
+
+
 def tower_flops(cfg: models.ModelConfig, train: bool = False) -> dict[str, float]:
     """Forward matmul FLOPs per sample, ``{"vision", "text"}``, and what ``remat`` recomputes
     of them per sample, ``{"vision_remat", "text_remat"}``. ``train``: the vision blocks see
     only the patches that ``vision.patch_dropout`` keeps (every patch is still embedded)."""
     v, t = cfg.vision, cfg.text
+    t_block, t_redo = _block_flops(t.context_length, t.width, t.mlp_dim)
+    text = t.layers * t_block + 2 * t.width * cfg.embed_dim
+    if v.family != "vit":  # conv towers: no remat of their own
+        vision = _resnet_flops(cfg) if v.family == "resnet" else _convnext_flops(cfg)
+        return {"vision": vision, "vision_remat": 0.0, "text": float(text),
+                "text_remat": float(t.layers * t_redo)}
     patches = (v.image_size // v.patch_size) ** 2
     tokens = (v.kept_patches() if train else patches) + 1
     v_block, v_redo = _block_flops(tokens, v.width, v.mlp_dim)
     vision = (2 * patches * (v.patch_size**2 * 3) * v.width + v.layers * v_block
               + 2 * v.width * cfg.embed_dim)
-    t_block, t_redo = _block_flops(t.context_length, t.width, t.mlp_dim)
-    text = t.layers * t_block + 2 * t.width * cfg.embed_dim
     return {"vision": float(vision), "vision_remat": float(v.layers * v_redo),
             "text": float(text), "text_remat": float(t.layers * t_redo)}
 
