@@ -147,3 +147,26 @@ def test_patch_embed_bias():
     conv = nn.Conv(12, (8, 8), strides=8, padding="VALID", use_bias=True)
     want = conv.apply({"params": p}, images).reshape(2, 4, 12)
     np.testing.assert_allclose(embed.apply({"params": p}, images), want, atol=1e-5)
+
+
+@pytest.mark.parametrize("k,stride,pad,groups,features,bias", [
+    (1, 1, 0, 1, 12, False), (1, 2, 0, 1, 12, False),  # 1x1: a matmul (strided: subsampled)
+    (2, 2, 0, 1, 12, True), (4, 4, 0, 1, 12, True),  # patchifying (ConvNeXt stem, downsamples)
+    (3, 1, 1, 1, 12, False), (3, 2, 1, 1, 12, False), (7, 1, 3, 6, 12, True),  # XLA's conv
+    (7, 1, 3, 6, 6, True)])  # depthwise "same" (ConvNeXt's): shifted products on CPU
+def test_conv_equals_flax_conv(k, stride, pad, groups, features, bias):
+    """layers.Conv computes nn.Conv's function and gradients from the same parameters (the
+    matmul and shifted-product forms included), odd sizes (a remainder for the patchifying
+    case) included."""
+    x = jax.random.normal(jax.random.key(0), (2, 11, 13, 6))
+    ours = layers.Conv(features, k, stride, pad, groups, bias,
+                       bias_init=nn.initializers.normal(1.0))
+    ref = nn.Conv(features, (k, k), strides=stride, padding=[(pad, pad)] * 2,
+                  feature_group_count=groups, use_bias=bias)
+    params = ours.init(jax.random.key(1), x)
+    assert jax.tree.map(jnp.shape, params) == jax.tree.map(
+        jnp.shape, ref.init(jax.random.key(1), x))
+    g = jax.random.normal(jax.random.key(2), ref.apply(params, x).shape)
+    np.testing.assert_allclose(ours.apply(params, x), ref.apply(params, x), atol=1e-5)
+    for a, b in zip(jax.vjp(ours.apply, params, x)[1](g), jax.vjp(ref.apply, params, x)[1](g)):
+        jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-4), a, b)

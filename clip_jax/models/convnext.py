@@ -23,19 +23,17 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from clip_jax.layers import LayerNorm, gelu, logical_init
+from clip_jax.layers import Conv, LayerNorm, gelu, logical_init
 from clip_jax.models.config import ModelConfig
 
 LS_INIT = 1e-6  # timm's ConvNeXt ls_init_value
 
 
 def _conv(features: int, k: int, name: str, groups: int = 1, **kw):
-    return nn.Conv(features, (k, k), strides=(1, 1) if k == 7 else (k, k),
-                   padding=[(3, 3)] * 2 if k == 7 else "VALID", feature_group_count=groups,
-                   use_bias=True, name=name,
-                   kernel_init=logical_init(nn.initializers.truncated_normal(0.02),
-                                            (None, None, None, None)),
-                   bias_init=logical_init(nn.initializers.zeros, (None,)), **kw)
+    return Conv(features, k, 1 if k == 7 else k, 3 if k == 7 else 0, groups, True, name=name,
+                kernel_init=logical_init(nn.initializers.truncated_normal(0.02),
+                                         (None, None, None, None)),
+                bias_init=logical_init(nn.initializers.zeros, (None,)), **kw)
 
 
 def _dense(features: int, name: str, bias: bool = True, **kw):

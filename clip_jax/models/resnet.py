@@ -28,7 +28,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from clip_jax.layers import attention, logical_init
+from clip_jax.layers import Conv, attention, logical_init
 from clip_jax.models.config import ModelConfig
 
 BN_EPS, BN_MOMENTUM = 1e-5, 0.1  # torch.nn.BatchNorm2d's defaults
@@ -75,10 +75,9 @@ def avg_pool(x, k: int):
 
 
 def _conv(features: int, k: int, name: str, stride: int = 1, **kw):
-    return nn.Conv(features, (k, k), strides=(stride, stride), padding=[(k // 2, k // 2)] * 2,
-                   use_bias=False, name=name,
-                   kernel_init=logical_init(nn.initializers.variance_scaling(
-                       2.0, "fan_out", "normal"), (None, None, None, None)), **kw)
+    return Conv(features, k, stride, k // 2, name=name,
+                kernel_init=logical_init(nn.initializers.variance_scaling(
+                    2.0, "fan_out", "normal"), (None, None, None, None)), **kw)
 
 
 class Bottleneck(nn.Module):
