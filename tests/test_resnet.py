@@ -371,3 +371,32 @@ def test_weight_decay_mask_and_frozen_preset_know_the_conv_tower_names():
             assert d == (leaf == "kernel"), key
         frozen = params_lib.flatten_params(optimizer.frozen_mask(params, ["image"]))
         assert all(f == key.startswith("visual/") for key, f in frozen.items())
+
+
+def test_remat_recomputes_bottlenecks_with_the_same_gradients_and_statistics():
+    """model.remat on a ResNet tower: the Bottlenecks are rematerialised (checkpoint in the
+    jaxpr) and the gradients and the updated BatchNorm statistics equal those without."""
+    import dataclasses
+
+    import jax.numpy as jnp
+
+    from clip_jax.models.resnet import ModifiedResNet
+
+    cfg = models.from_open_clip_config(TINY_RN_JSON)
+    x = jax.random.normal(jax.random.key(0), (4, 32, 32, 3))
+    out = {}
+    for remat in (False, True):
+        m = ModifiedResNet(dataclasses.replace(cfg, remat=remat))
+        v = m.init(jax.random.key(1), x)
+
+        def loss(p, v=v, m=m):
+            y, upd = m.apply({"params": p, "batch_stats": v["batch_stats"]}, x, train=True,
+                             mutable=["batch_stats"])
+            return jnp.sum(y**2), upd
+
+        fn = jax.grad(loss, has_aux=True)
+        prims = {e.primitive.name for e in jax.make_jaxpr(fn)(v["params"]).jaxpr.eqns}
+        assert ("remat2" in prims) == remat
+        out[remat] = fn(v["params"])
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
+                 out[False], out[True])

@@ -156,11 +156,14 @@ class ModifiedResNet(nn.Module):
             x = nn.relu(BatchNorm(name=f"bn{i}", **kw)(x, train))
         x = avg_pool(x, 2)
         inplanes = w
+        # remat: each Bottleneck's activations are recomputed in the backward pass (the
+        # BatchNorm statistics are updated once: the recomputation's writes are discarded)
+        block = nn.remat(Bottleneck, static_argnums=(2,)) if c.remat else Bottleneck
         for s, blocks in enumerate(v.stages):
             planes, stride = w * 2**s, 1 if s == 0 else 2
             for j in range(blocks):
                 st = stride if j == 0 else 1
                 down = j == 0 and (st > 1 or inplanes != planes * EXPANSION)
-                x = Bottleneck(planes, st, down, name=f"layer{s + 1}_{j}", **kw)(x, train)
+                x = block(planes, st, down, name=f"layer{s + 1}_{j}", **kw)(x, train)
                 inplanes = planes * EXPANSION
         return AttentionPool2d(v.heads, c.embed_dim, name="attnpool", **kw)(x)
