@@ -152,12 +152,13 @@ def test_patch_embed_bias():
 @pytest.mark.parametrize("k,stride,pad,groups,features,bias", [
     (1, 1, 0, 1, 12, False), (1, 2, 0, 1, 12, False),  # 1x1: a matmul (strided: subsampled)
     (2, 2, 0, 1, 12, True), (4, 4, 0, 1, 12, True),  # patchifying (ConvNeXt stem, downsamples)
-    (3, 1, 1, 1, 12, False), (3, 2, 1, 1, 12, False), (7, 1, 3, 6, 12, True),  # XLA's conv
+    (3, 1, 1, 1, 12, False), (5, 1, 2, 1, 4, True),  # "same": im2col weight gradient on CPU
+    (3, 2, 1, 1, 12, False), (7, 1, 3, 6, 12, True),  # XLA's conv
     (7, 1, 3, 6, 6, True)])  # depthwise "same" (ConvNeXt's): shifted products on CPU
 def test_conv_equals_flax_conv(k, stride, pad, groups, features, bias):
     """layers.Conv computes nn.Conv's function and gradients from the same parameters (the
-    matmul and shifted-product forms included), odd sizes (a remainder for the patchifying
-    case) included."""
+    matmul, shifted-product and im2col-gradient forms included), odd sizes (a remainder for
+    the patchifying case) included."""
     x = jax.random.normal(jax.random.key(0), (2, 11, 13, 6))
     ours = layers.Conv(features, k, stride, pad, groups, bias,
                        bias_init=nn.initializers.normal(1.0))
