@@ -166,7 +166,7 @@ def test_cli_rejects_an_unknown_topology_in_one_line():
 
 def test_every_tpu_recipe_names_its_topology():
     for name in ("vit_b16_laion400m.py", "vit_b32_laion400m.py", "vit_l14_laion400m.py",
-                 "siglip_b16_80k.py"):
+                 "siglip_b16_80k.py", "rn50_laion400m.py"):
         for platform, topology in (("v4-64", "v4:4x4x2"), ("v5e-256", "v5e:16x16")):
             arg = f"{os.path.join(REPO, 'configs', name)}:{platform}"
             assert plan.recipe_topology(arg) == topology, (name, platform)
