@@ -139,16 +139,13 @@ def load_stored(config) -> list[StoredTeacher]:
     return out
 
 
-def teacher_widths(config, teachers, stored) -> list[int]:
-    return [t.cfg.embed_dim for t in teachers] + [s.embed_dim for s in stored]
-
-
-def extra_shapes(config, student_cfg, widths) -> dict:
+def extra_shapes(config, student_cfg, teachers, stored) -> dict:
     """The student-side params distillation adds (``{EXTRA: {"proj_k": (D_s, D_k)}}``): a
     learned projection from the student's embedding to teacher ``k``'s for the feature loss
     where the widths differ; ``{}`` otherwise. They train and checkpoint with the student but
     are no part of its model: export and every model source leave them out."""
     d = student_cfg.embed_dim
+    widths = [t.cfg.embed_dim for t in teachers] + [s.embed_dim for s in stored]
     if config.distill.feature_weight == 0:
         return {}
     shapes = {f"proj_{k}": jax.ShapeDtypeStruct((d, w), jnp.float32)

@@ -143,8 +143,7 @@ def build(config: ml_collections.ConfigDict, devices=None) -> Setup:
     model_cfg, mesh = check_config(config, devices)
     teachers = distill.load(config, mesh, model_cfg) if config.distill.teachers else []
     stored = distill.load_stored(config)
-    extra = distill.extra_shapes(config, model_cfg,
-                                 distill.teacher_widths(config, teachers, stored))
+    extra = distill.extra_shapes(config, model_cfg, teachers, stored)  # feature projections
     model, tx, schedule, abstract, specs = plan_state(config, model_cfg, mesh, extra)
     return Setup(config, model_cfg, model, mesh, tx, schedule,
                  sharding.to_shardings(specs, mesh), abstract, sharding.batch_sharding(mesh),
@@ -162,7 +161,8 @@ def _init_state(model, model_cfg, tx, rng, extra=None) -> TrainState:
 def init_state(setup: Setup, rng=None) -> TrainState:
     """Initialise parameters directly in their shards (never whole on one device)."""
     rng = jax.random.key(setup.config.seed) if rng is None else rng
-    init = functools.partial(_init_state, setup.model, setup.model_cfg, setup.tx)
+    extra = distill.extra_shapes(setup.config, setup.model_cfg, setup.teachers, setup.stored)
+    init = functools.partial(_init_state, setup.model, setup.model_cfg, setup.tx, extra=extra)
     return jax.jit(init, out_shardings=setup.state_shardings)(rng)
 
 
