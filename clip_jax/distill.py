@@ -30,9 +30,11 @@ import numpy as np
 from jax.sharding import PartitionSpec as P
 
 from clip_jax import flops, kd_losses, losses, models, sharding, sources
+from clip_jax.data import stored as stored_lib
 from clip_jax.data import transforms
 
 DTYPES = ("float32", "bfloat16")
+EXTRA = "distill"  # the student's params key of the feature projections (not in the model)
 _PROBE_TEXTS = ("a photo of a red circle", "Two BLUE squares, on grass!", "x")
 
 
@@ -50,8 +52,19 @@ class Teacher:
     own_text: bool = False  # its tokenizer differs: the host tokenises each caption for it too
 
 
+@dataclasses.dataclass
+class StoredTeacher:
+    """A teacher's embeddings stored by :mod:`clip_jax.embed`: its directory, width and the
+    scale of its logits (``distill.teacher_logit_scale``, or 0: the one embed recorded)."""
+
+    path: str
+    embed_dim: int
+    logit_scale: float
+
+
 def active(config) -> bool:
-    return bool(config.distill.teachers)
+    """Whether the run distils: online teachers or stored embeddings."""
+    return bool(config.distill.teachers) or bool(stored_lib.parse_dirs(config.distill.embeddings))
 
 
 def check_config(config) -> None:
@@ -69,13 +82,18 @@ def check_config(config) -> None:
                          f"{kd_losses.COMBINE}")
     if d.dtype not in DTYPES:
         raise ValueError(f"config distill.dtype={d.dtype!r}: choose one of {DTYPES}")
-    if d.embeddings:
-        raise ValueError("config distill.embeddings (stored teacher embeddings) is not "
-                         "implemented yet: use distill.teachers (online distillation)")
-    if teachers and d.kd_weight == 0 and d.feature_weight == 0:
-        raise ValueError("config distill.teachers is set but distill.kd_weight and "
+    dirs = stored_lib.parse_dirs(d.embeddings)
+    if dirs and teachers:
+        raise ValueError("config distill.teachers and distill.embeddings are both set: "
+                         "distil online from teachers or from stored embeddings, not both")
+    if dirs and config.data.source != "webdataset":
+        raise ValueError(f"config distill.embeddings needs data.source='webdataset' (got "
+                         f"{config.data.source!r}): stored embeddings join shards by key")
+    what = "distill.teachers" if teachers else "distill.embeddings"
+    if (teachers or dirs) and d.kd_weight == 0 and d.feature_weight == 0:
+        raise ValueError(f"config {what} is set but distill.kd_weight and "
                          "distill.feature_weight are both 0: nothing to distil")
-    if teachers and config.distill.clip_weight == 0 and config.loss != "clip":
+    if (teachers or dirs) and config.distill.clip_weight == 0 and config.loss != "clip":
         raise ValueError("config distill.clip_weight=0 with loss='siglip': the SigLIP bias "
                          "would get no gradient; keep clip_weight > 0")
 
@@ -96,16 +114,58 @@ def load(config, mesh, student_cfg: models.ModelConfig) -> list[Teacher]:
             raise ValueError(f"distill teacher {path}: context length {cfg.text.context_length} "
                              f"< the student's {student_cfg.text.context_length} (captions would "
                              "be cut differently); use a student context <= the teacher's")
-        if config.distill.feature_weight > 0 and cfg.embed_dim != student_cfg.embed_dim:
-            raise ValueError(f"distill teacher {path}: embed_dim {cfg.embed_dim} != the "
-                             f"student's {student_cfg.embed_dim}; feature distillation through "
-                             "a learned projection is not implemented yet (feature_weight=0)")
         init = jax.eval_shape(lambda c=cfg: models.CLIP(c).init(
             jax.random.key(0), *models.init_inputs(c)))  # + batch_stats of a BatchNorm tower
         boxed = models.merge_variables(init["params"], init.get(models.STATS))
         out.append(Teacher(str(path), cfg, models.CLIP(cfg), dict(src.preprocess),
                            src.tokenizer, src.params, sharding.param_specs(boxed, mesh)))
     return out
+
+
+def load_stored(config) -> list[StoredTeacher]:
+    """Each of ``distill.embeddings`` (its ``embed.json``: width, recorded logit scale), with
+    one-line errors: not a directory, not an embed output, no scale to use."""
+    out = []
+    for d in stored_lib.parse_dirs(config.distill.embeddings):
+        report = stored_lib.read_report(d)
+        scale = float(config.distill.teacher_logit_scale)
+        if scale == 0:
+            scale = float(report.get("logit_scale") or 0)
+            if not scale > 0:
+                raise ValueError(f"config distill.teacher_logit_scale=0 (each teacher's own) but "
+                                 f"{d}/{stored_lib.REPORT} records no logit_scale (written by "
+                                 "an older embed): set distill.teacher_logit_scale > 0")
+        out.append(StoredTeacher(d, int(report["embed_dim"]), scale))
+    return out
+
+
+def extra_shapes(config, student_cfg, teachers, stored) -> dict:
+    """The student-side params distillation adds (``{EXTRA: {"proj_k": (D_s, D_k)}}``): a
+    learned projection from the student's embedding to teacher ``k``'s for the feature loss
+    where the widths differ; ``{}`` otherwise. They train and checkpoint with the student but
+    are no part of its model: export and every model source leave them out."""
+    d = student_cfg.embed_dim
+    widths = [t.cfg.embed_dim for t in teachers] + [s.embed_dim for s in stored]
+    if config.distill.feature_weight == 0:
+        return {}
+    shapes = {f"proj_{k}": jax.ShapeDtypeStruct((d, w), jnp.float32)
+              for k, w in enumerate(widths) if w != d}
+    return {EXTRA: shapes} if shapes else {}
+
+
+def init_extra(shapes: dict, rng) -> dict:
+    """Initial values of :func:`extra_shapes`: normal, variance 1 / D_s."""
+    if not shapes:
+        return {}
+    leaves = sorted(shapes[EXTRA])
+    keys = jax.random.split(jax.random.fold_in(rng, 24), len(leaves))
+    return {EXTRA: {k: jax.random.normal(r, shapes[EXTRA][k].shape) /
+                    np.sqrt(shapes[EXTRA][k].shape[0]) for k, r in zip(leaves, keys)}}
+
+
+def model_params(params) -> dict:
+    """The student model's own params: ``params`` without the distillation extras."""
+    return {k: v for k, v in params.items() if k != EXTRA}
 
 
 def check_tokenizers(teachers: list[Teacher], tokenizer, vocab_size: int) -> None:
@@ -210,6 +270,16 @@ def _pixels(t: Teacher, images):
     return x
 
 
+def stored_targets(setup, batch):
+    """``[(image, text, logit scale)]`` of each stored teacher: the batch's stored rows."""
+    out = []
+    for k, s in enumerate(setup.stored):
+        img_key, txt_key = stored_lib.field_names(k)
+        out.append(tuple(jax.lax.stop_gradient(batch[key].astype(jnp.float32))
+                         for key in (img_key, txt_key)) + (jnp.float32(s.logit_scale),))
+    return out
+
+
 def _tokens(t: Teacher, text):
     extra = t.cfg.text.context_length - text.shape[1]
     return jnp.pad(text, ((0, 0), (0, extra))) if extra > 0 else text
@@ -232,34 +302,42 @@ def targets(setup, teacher_params, batch, own_text=None):
     return out
 
 
-def objective(config, mesh, img, txt, logit_scale_param, logit_bias, teach):
-    """``clip_weight * contrastive + kd_weight * KD + feature_weight * feature`` on globally
-    sharded embeddings (one shard_map, all-gathers inside); ``teach`` from :func:`targets`."""
+def objective(config, mesh, img, txt, logit_scale_param, logit_bias, teach, extra=None):
+    """``(total, parts)``: ``total = clip_weight * clip + kd_weight * kd + feature_weight *
+    feature`` on globally sharded embeddings (one shard_map, all-gathers inside), ``parts`` the
+    unweighted terms in use (``{"clip", "kd", "feature"}``); ``teach`` from :func:`targets` or
+    :func:`stored_targets`, ``extra`` the :data:`EXTRA` params (feature projections)."""
     d, axes = config.distill, sharding.BATCH_AXES
     block = config.loss_block_size or None
     scale = jnp.exp(logit_scale_param)
     bias = jnp.zeros((), jnp.float32) if logit_bias is None else logit_bias
+    proj = dict(extra or {})
 
-    def body(i, t, s, b, tch):
-        total = 0.0
+    def body(i, t, s, b, tch, proj):
+        parts = {}
         if d.clip_weight > 0:
             if config.loss == "clip":
                 fn = losses.clip_loss if config.loss_impl == "dense" else functools.partial(
                     losses.clip_loss_blockwise, block_size=block)
-                total = d.clip_weight * fn(i, t, s, axis_name=axes)
+                parts["clip"] = fn(i, t, s, axis_name=axes)
             else:
                 fn = losses.siglip_loss if config.loss_impl == "dense" else functools.partial(
                     losses.siglip_loss_blockwise, block_size=block)
-                total = d.clip_weight * fn(i, t, s, b, axis_name=axes)
+                parts["clip"] = fn(i, t, s, b, axis_name=axes)
         if d.kd_weight > 0:
             fn = kd_losses.kd_loss if config.loss_impl == "dense" else functools.partial(
                 kd_losses.kd_loss_blockwise, block_size=block)
-            total = total + d.kd_weight * fn(i, t, s, tch, d.combine, axis_name=axes)
+            parts["kd"] = fn(i, t, s, tch, d.combine, axis_name=axes)
         if d.feature_weight > 0:
-            total = total + d.feature_weight * kd_losses.feature_loss(
-                i, t, [(ti, tt) for ti, tt, _ in tch], axis_name=axes)
-        return total
+            pairs = []
+            for k, (ti, tt, _) in enumerate(tch):
+                w = proj.get(f"proj_{k}")
+                pairs.append((ti, tt) if w is None else (i @ w, t @ w, ti, tt))
+            parts["feature"] = kd_losses.feature_loss(i, t, pairs, axis_name=axes)
+        weights = {"clip": d.clip_weight, "kd": d.kd_weight, "feature": d.feature_weight}
+        return sum(weights[k] * v for k, v in parts.items()), parts
 
     tspec = [(P(axes), P(axes), P())] * len(teach)
-    return jax.shard_map(body, mesh=mesh, in_specs=(P(axes), P(axes), P(), P(), tspec),
-                         out_specs=P())(img, txt, scale, bias, teach)
+    return jax.shard_map(body, mesh=mesh, in_specs=(P(axes), P(axes), P(), P(), tspec,
+                                                    jax.tree.map(lambda _: P(), proj)),
+                         out_specs=P())(img, txt, scale, bias, teach, proj)

@@ -16,7 +16,8 @@ shards share a file name)::
     DIR/NAME.txt.npy     float16 (n, D) caption embeddings
     DIR/NAME.keys.json   the n sample keys, in shard order (row i of both arrays)
     DIR/NAME.done.json   the shard's URL, n and its skipped-sample counts; written last
-    DIR/embed.json       the report: model, embedding width, shards, summed counts
+    DIR/embed.json       the report: model, embedding width, its logit scale (exponentiated:
+                         what multiplies the cosines), shards, summed counts
 
 Resume: each file is written to a temporary name and renamed; ``NAME.done.json`` comes last, so
 a shard whose marker exists is complete and a re-run skips it (a killed run redoes only the
@@ -31,6 +32,7 @@ use several hosts, give each its own part of the shards and its own ``DIR``.
 from __future__ import annotations
 
 import json
+import math
 import os
 import queue
 import re
@@ -45,9 +47,8 @@ import numpy as np
 from clip_jax import cli, files, inference
 from clip_jax.data import tario, transforms
 from clip_jax.data.shards import expand_shards
+from clip_jax.data.stored import REPORT, SUFFIXES  # the format the train stream reads back
 
-REPORT = "embed.json"
-SUFFIXES = (".img.npy", ".txt.npy", ".keys.json", ".done.json")
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
 
@@ -231,7 +232,8 @@ def embed_shards(model: inference.InferenceModel, urls: Sequence[str], out_dir: 
     d = model.cfg.embed_dim
     _check_model(out_dir, model_spec, d)
     names = shard_names(urls)
-    report = {"model": model_spec, "embed_dim": d, "dtype": "float16", "shards": {},
+    report = {"model": model_spec, "embed_dim": d, "dtype": "float16",
+              "logit_scale": math.exp(model.logit_scale), "shards": {},
               "totals": tario.new_stats(), "embedded_now": 0, "resumed": 0}
     files.write_json(os.path.join(out_dir, REPORT), report)
     t0 = time.time()

@@ -51,7 +51,7 @@ def forward(setup, params, images, text, rng, batch_stats=None):
     With ``batch_stats`` (a BatchNorm tower), returns ``(outputs, new batch_stats)``: the
     statistics of this (global) batch normalise it and update the running ones, unless the
     image tower is frozen."""
-    params = optimizer.stop_frozen(params, setup.config.optimizer,
+    params = optimizer.stop_frozen(distill.model_params(params), setup.config.optimizer,
                                    setup.config.model.lock_image_unlocked_groups)
     pixels = input_pipeline.device_pixels(images)
     with nn.logical_axis_rules(sharding.RULES):
@@ -68,42 +68,71 @@ def forward(setup, params, images, text, rng, batch_stats=None):
         return out, new[models.STATS]
 
 
+HEAD_PARAMS = ("logit_scale", "logit_bias", distill.EXTRA)  # what the loss head reads
+
+
 def _head(setup, teacher_params, batch):
-    """The loss on embeddings: the contrastive loss, or with teachers the distillation
-    objective against their embeddings of the whole batch (computed once, no gradient)."""
-    if not teacher_params:
-        return functools.partial(contrastive_loss, setup.config, setup.mesh)
-    batch, own_text = distill.split_text(setup, batch)
-    teach = distill.targets(setup, teacher_params, batch, own_text)
-    return lambda i, t, s, b: distill.objective(setup.config, setup.mesh, i, t, s, b, teach)
+    """The loss on embeddings, ``(img, txt, head params) -> (loss, parts)`` (head params: the
+    :data:`HEAD_PARAMS` present): the contrastive loss (no parts), or when distilling the
+    objective against the teachers' embeddings of the whole batch (online: computed once,
+    no gradient; stored: the batch's rows) with its terms as parts."""
+    if not distill.active(setup.config):
+        def plain(i, t, hp):
+            return contrastive_loss(setup.config, setup.mesh, i, t, hp["logit_scale"],
+                                    hp.get("logit_bias")), {}
+        return plain
+    if setup.stored:
+        teach = distill.stored_targets(setup, batch)
+    else:
+        batch, own_text = distill.split_text(setup, batch)
+        teach = distill.targets(setup, teacher_params, batch, own_text)
+    return lambda i, t, hp: distill.objective(setup.config, setup.mesh, i, t, hp["logit_scale"],
+                                              hp.get("logit_bias"), teach, hp.get(distill.EXTRA))
+
+
+def _head_params(params) -> dict:
+    return {k: params[k] for k in HEAD_PARAMS if k in params}
 
 
 def loss_and_grads(setup, params, batch, step=0, teacher_params=()):
     """Loss of the whole global batch and its gradient (with gradient caching if
     ``accum_steps > 1``); the step seeds the patch dropout, so a resume redraws it exactly.
     ``teacher_params`` (:mod:`clip_jax.distill`): frozen teachers to distil from."""
-    loss, grads, _ = loss_grads_and_stats(setup, params, None, batch, step, teacher_params)
+    loss, _, grads, _ = loss_parts_grads_and_stats(setup, params, None, batch, step,
+                                                   teacher_params)
     return loss, grads
 
 
 def loss_grads_and_stats(setup, params, batch_stats, batch, step=0, teacher_params=()):
     """:func:`loss_and_grads` and the updated BatchNorm statistics (``batch_stats`` None or
     empty: a tower without BatchNorm, returned as given)."""
+    loss, _, grads, stats = loss_parts_grads_and_stats(setup, params, batch_stats, batch, step,
+                                                       teacher_params)
+    return loss, grads, stats
+
+
+def loss_parts_grads_and_stats(setup, params, batch_stats, batch, step=0, teacher_params=()):
+    """``(loss, parts, grads, batch_stats)``: :func:`loss_grads_and_stats` with the
+    distillation objective's unweighted terms (``{"clip", "kd", "feature"}``, those in use;
+    ``{}`` without distillation)."""
     rng = jax.random.fold_in(jax.random.key(setup.config.seed), step)
     stats = batch_stats if batch_stats and jax.tree.leaves(batch_stats) else None
     head = _head(setup, teacher_params, batch)
     batch = distill.split_text(setup, batch)[0] if teacher_params else batch
     if setup.config.accum_steps > 1:
-        loss, grads, new = _loss_and_grads_cached(setup, params, batch, rng, head, stats)
-        return loss, grads, batch_stats if stats is None else new
+        loss, parts, grads, new = _loss_and_grads_cached(setup, params, batch, rng, head, stats)
+        return loss, parts, grads, batch_stats if stats is None else new
 
     def loss_fn(p):
         out = forward(setup, p, batch["image"], batch["text"], rng, stats)
         (img, txt, log_scale, bias), new = (out, None) if stats is None else out
-        return head(img, txt, log_scale, bias), new
+        hp = {**_head_params(p), "logit_scale": log_scale}  # the model's (frozen or not)
+        hp.update({} if bias is None else {"logit_bias": bias})
+        loss, parts = head(img, txt, hp)
+        return loss, (parts, new)
 
-    (loss, new), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
-    return loss, grads, batch_stats if stats is None else new
+    (loss, (parts, new)), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+    return loss, parts, grads, batch_stats if stats is None else new
 
 
 def _split_micro(x, shards: int, k: int, mesh):
@@ -134,7 +163,7 @@ def _loss_and_grads_cached(setup, params, batch, rng, head_loss, stats=None):
 
     BatchNorm (``stats``): each micro-batch is normalised by its own statistics (as open_clip's
     ``--accum-freq``), the same in both passes; the running statistics are updated once per
-    micro-batch, in the first pass. Returns ``(loss, grads, stats)``."""
+    micro-batch, in the first pass. Returns ``(loss, parts, grads, stats)``."""
     mesh, k = setup.mesh, setup.config.accum_steps
     shards = sharding.batch_size_per_shard(mesh)
     micro = {key: _split_micro(batch[key], shards, k, mesh) for key in ("image", "text")}
@@ -154,10 +183,9 @@ def _loss_and_grads_cached(setup, params, batch, rng, head_loss, stats=None):
 
     stats, (img, txt) = jax.lax.scan(first, stats, micro)
     img, txt = _merge_micro(img, shards, mesh), _merge_micro(txt, shards, mesh)
-    bias = params.get("logit_bias")
 
-    loss, (g_img, g_txt, g_scale, g_bias) = jax.value_and_grad(head_loss, argnums=(0, 1, 2, 3))(
-        img, txt, params["logit_scale"], bias)
+    (loss, parts), (g_img, g_txt, g_head) = jax.value_and_grad(
+        head_loss, argnums=(0, 1, 2), has_aux=True)(img, txt, _head_params(params))
     g_img, g_txt = _split_micro(g_img, shards, k, mesh), _split_micro(g_txt, shards, k, mesh)
 
     def accumulate(acc, xs):
@@ -169,7 +197,6 @@ def _loss_and_grads_cached(setup, params, batch, rng, head_loss, stats=None):
     zeros = jax.tree.map(jnp.zeros_like, params)
     grads, _ = jax.lax.scan(accumulate, zeros, (micro, g_img, g_txt))
     grads = dict(grads)
-    grads["logit_scale"] = grads["logit_scale"] + g_scale
-    if bias is not None:
-        grads["logit_bias"] = grads["logit_bias"] + g_bias
-    return loss, grads, stats
+    for key, g in g_head.items():  # the logit parameters and projections: the head's only
+        grads[key] = jax.tree.map(jnp.add, grads[key], g)
+    return loss, parts, grads, stats

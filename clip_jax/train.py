@@ -35,6 +35,7 @@ from clip_jax import (
     cli,
     distill,
     distributed,
+    gradients,
     input_pipeline,
     models,
     monitor,
@@ -83,6 +84,7 @@ class Setup:
     abstract_state: TrainState
     batch_sharding: jax.sharding.NamedSharding
     teachers: list = dataclasses.field(default_factory=list)  # frozen (clip_jax.distill)
+    stored: list = dataclasses.field(default_factory=list)  # stored teacher embeddings
 
     @property
     def local_batch_size(self) -> int:
@@ -103,16 +105,18 @@ def check_batch(config, mesh, num_processes: int) -> int:
     return shards
 
 
-def plan_state(config, model_cfg, mesh):
+def plan_state(config, model_cfg, mesh, extra=None):
     """(model, tx, schedule, abstract TrainState, TrainState of PartitionSpecs) for ``mesh``
-    (a Mesh or an AbstractMesh): shapes from ``jax.eval_shape``, nothing allocated."""
+    (a Mesh or an AbstractMesh): shapes from ``jax.eval_shape``, nothing allocated. ``extra``:
+    params beside the model's (:func:`clip_jax.distill.extra_shapes`), replicated."""
     model = models.CLIP(model_cfg)
     tx, schedule = optimizer.make_optimizer(config.optimizer, config.total_steps,
                                             config.model.lock_image_unlocked_groups)
     rng = jax.random.key(config.seed)
     boxed = jax.eval_shape(lambda r: model.init(r, *models.init_inputs(model_cfg))["params"], rng)
-    param_specs = sharding.param_specs(boxed, mesh)
-    abstract = jax.eval_shape(functools.partial(_init_state, model, model_cfg, tx), rng)
+    param_specs = {**sharding.param_specs(boxed, mesh), **jax.tree.map(lambda _: P(), extra or {})}
+    abstract = jax.eval_shape(functools.partial(_init_state, model, model_cfg, tx, extra=extra),
+                              rng)
     opt_specs = sharding.opt_state_specs(tx, abstract.opt_state, param_specs)
     stats_specs = jax.tree.map(lambda _: P(), abstract.batch_stats)
     return model, tx, schedule, abstract, TrainState(P(), param_specs, opt_specs,
@@ -137,16 +141,18 @@ def check_config(config: ml_collections.ConfigDict, devices=None):
 
 def build(config: ml_collections.ConfigDict, devices=None) -> Setup:
     model_cfg, mesh = check_config(config, devices)
-    model, tx, schedule, abstract, specs = plan_state(config, model_cfg, mesh)
-    teachers = distill.load(config, mesh, model_cfg) if distill.active(config) else []
+    teachers = distill.load(config, mesh, model_cfg) if config.distill.teachers else []
+    stored = distill.load_stored(config)
+    extra = distill.extra_shapes(config, model_cfg, teachers, stored)  # feature projections
+    model, tx, schedule, abstract, specs = plan_state(config, model_cfg, mesh, extra)
     return Setup(config, model_cfg, model, mesh, tx, schedule,
                  sharding.to_shardings(specs, mesh), abstract, sharding.batch_sharding(mesh),
-                 teachers)
+                 teachers, stored)
 
 
-def _init_state(model, model_cfg, tx, rng) -> TrainState:
+def _init_state(model, model_cfg, tx, rng, extra=None) -> TrainState:
     variables = nn.unbox(model.init(rng, *models.init_inputs(model_cfg)))
-    params = variables["params"]
+    params = {**variables["params"], **distill.init_extra(extra, rng)}
     return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
                       guard=stability.init_guard(),
                       batch_stats=variables.get(models.STATS, {}))
@@ -155,7 +161,8 @@ def _init_state(model, model_cfg, tx, rng) -> TrainState:
 def init_state(setup: Setup, rng=None) -> TrainState:
     """Initialise parameters directly in their shards (never whole on one device)."""
     rng = jax.random.key(setup.config.seed) if rng is None else rng
-    init = functools.partial(_init_state, setup.model, setup.model_cfg, setup.tx)
+    extra = distill.extra_shapes(setup.config, setup.model_cfg, setup.teachers, setup.stored)
+    init = functools.partial(_init_state, setup.model, setup.model_cfg, setup.tx, extra=extra)
     return jax.jit(init, out_shardings=setup.state_shardings)(rng)
 
 
@@ -168,13 +175,14 @@ def train_step(setup: Setup, state: TrainState, batch, teachers=()) -> tuple[Tra
     the loss or gradients are not finite or the loss spikes (the step and the data advance).
     ``teachers``: the frozen teachers' params (distillation), read, never updated."""
     cfg, step = setup.config, state.step + 1
-    loss, grads, stats = loss_grads_and_stats(setup, state.params, state.batch_stats, batch,
-                                              state.step, teachers)
+    loss, parts, grads, stats = gradients.loss_parts_grads_and_stats(
+        setup, state.params, state.batch_stats, batch, state.step, teachers)
     loss, grads = stability.inject_faults(cfg.debug, step, state.guard, loss, grads)
     updates, opt_state = setup.tx.update(grads, state.opt_state, state.params)
     params = dict(optax.apply_updates(state.params, updates))
     params["logit_scale"] = jnp.clip(params["logit_scale"], 0.0, LOGIT_SCALE_MAX)
-    metrics = {"loss": loss, "lr": setup.schedule(state.step),
+    metrics = {"loss": loss, "lr": setup.schedule(state.step),  # + distillation's terms
+               **{f"loss_{k}": v for k, v in parts.items()},
                **stability.diagnostics(grads, params, updates)}
     apply, guard = stability.decide(cfg.stability, state.guard, step, loss, metrics)
     if stability.active(cfg.stability):
@@ -189,7 +197,7 @@ def train_step(setup: Setup, state: TrainState, batch, teachers=()) -> tuple[Tra
 
 
 def make_train_step(setup: Setup):
-    batch_sh = {"image": setup.batch_sharding, "text": setup.batch_sharding}
+    batch_sh = {k: setup.batch_sharding for k in input_pipeline.device_keys(setup.config)}
     teacher_sh = (distill.shardings(setup.teachers, setup.mesh),) if setup.teachers else ()
     placed = []  # the teachers' params, placed on the first call (plan only lowers)
     step = jax.jit(
@@ -327,8 +335,8 @@ def _train_locked(config, workdir: str, devices, is_main: bool) -> dict:
                     t_mark, step_mark = now, step
                 if evaluator and evaluator.due(step):  # each eval at its own every_steps
                     t_eval = time.time()
-                    extra = evaluator(models.merge_variables(state.params, state.batch_stats),
-                                      step)
+                    extra = evaluator(models.merge_variables(
+                        distill.model_params(state.params), state.batch_stats), step)
                     last.update(extra)
                     t_mark += time.time() - t_eval  # throughput counts training time only
                     if not log:
@@ -423,12 +431,12 @@ def init_from(setup: Setup, config) -> TrainState:
         if any(rx.search(k) for k in params_lib.flatten_params(stats)):
             stats = params_lib.take(stats, src_stats, ck.init_from_params, ck.init_from)
         return state.replace(params=params, batch_stats=stats)
-    tree = sources.load_params(ck.init_from, merge(setup.abstract_state.params,
-                                                   setup.abstract_state.batch_stats),
-                               merge(setup.state_shardings.params,
-                                     setup.state_shardings.batch_stats))
-    tree = dict(tree)
-    return state.replace(params=tree, batch_stats=tree.pop(models.STATS, state.batch_stats))
+    own = distill.model_params  # the distillation extras start fresh
+    tree = dict(sources.load_params(
+        ck.init_from, merge(own(setup.abstract_state.params), setup.abstract_state.batch_stats),
+        merge(own(setup.state_shardings.params), setup.state_shardings.batch_stats)))
+    stats = tree.pop(models.STATS, state.batch_stats)
+    return state.replace(params={**state.params, **tree}, batch_stats=stats)
 
 
 # ---------------------------------------------------------------------------------------------

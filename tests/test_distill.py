@@ -375,3 +375,50 @@ def test_a_resnet_teacher_runs_batchnorm_on_its_running_statistics(tmp_path):
     pixels = jax.image.resize(pixels.astype(np.float32), (len(pixels), size, size, 3), "bicubic")
     want = clip_jax.load(teacher).encode_image(np.asarray(pixels))
     np.testing.assert_allclose(np.asarray(img), want, rtol=1e-4, atol=1e-5)
+
+
+def _ref_feature(x, y, w, ti, tt):
+    """Plain-jnp feature loss through the projection ``w``, outside any shard_map."""
+    def cos(a, b):
+        return jnp.sum(a * b, 1) / (jnp.linalg.norm(a, axis=1) * jnp.linalg.norm(b, axis=1))
+    return 0.5 * (jnp.mean(1 - cos(x @ w, ti)) + jnp.mean(1 - cos(y @ w, tt)))
+
+
+def test_feature_distillation_across_widths_learns_a_projection_with_and_without_cache(tmp_path):
+    """Student width 32, teacher 24: a (32, 24) projection in the student's params (sharded
+    replicated, in the optimizer state), whose gradient equals the plain formula's, through
+    the gradient cache too; the loss terms are reported apart and sum with their weights."""
+    teacher = _teacher_bundle(tmp_path, embed_dim=24)
+    out, devices = {}, 1  # the objective's sharding is tested on 8 devices above
+    for accum in (1, 2):
+        c = _student([teacher], devices, accum=accum, clip_weight=1.0, kd_weight=2.0,
+                     feature_weight=0.5)
+        setup = train.build(c, jax.devices()[:devices])
+        state = train.init_state(setup)
+        assert state.params[distill.EXTRA]["proj_0"].shape == (32, 24)
+        assert "proj_0" in str(jax.tree_util.tree_structure(state.opt_state))
+        tparams = distill.place(setup.teachers, setup.mesh, "float32")
+        batch = _batch(setup)
+        with jax.set_mesh(setup.mesh):
+            loss, parts, grads, _ = jax.jit(lambda p, b, t, s=setup: (
+                gradients.loss_parts_grads_and_stats(s, p, None, b, 0, t)))(
+                    state.params, batch, tparams)
+        parts = {k: float(v) for k, v in parts.items()}
+        assert sorted(parts) == ["clip", "feature", "kd"]
+        np.testing.assert_allclose(float(loss), parts["clip"] + 2 * parts["kd"]
+                                   + 0.5 * parts["feature"], rtol=1e-6)
+        out[accum] = (float(loss), jax.device_get(grads[distill.EXTRA]["proj_0"]))
+        if accum == 1:
+            with jax.set_mesh(setup.mesh):
+                img, txt, _, _ = jax.jit(lambda p, b, s=setup: gradients.forward(
+                    s, p, b["image"], b["text"], jax.random.key(0)))(state.params, batch)
+                (ti, tt, _), = jax.jit(lambda t, b, s=setup: distill.targets(s, t, b))(
+                    tparams, batch)
+            args = [np.asarray(a) for a in (img, txt, state.params[distill.EXTRA]["proj_0"],
+                                            ti, tt)]
+            want, g_want = jax.value_and_grad(_ref_feature, argnums=2)(*args)
+            np.testing.assert_allclose(parts["feature"], float(want), rtol=1e-5)
+            np.testing.assert_allclose(out[1][1], g_want * 0.5, rtol=1e-4, atol=1e-7)
+            assert np.abs(g_want).max() > 0
+    np.testing.assert_allclose(out[2][0], out[1][0], rtol=2e-5)
+    np.testing.assert_allclose(out[2][1], out[1][1], rtol=2e-3, atol=1e-7)

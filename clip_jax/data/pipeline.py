@@ -4,7 +4,9 @@ exactly resumable batches out.
 ``make_train_iterator(data_cfg, tokenizer, image_size, batch_size, seed, process_index,
 process_count)``: infinite, shuffled ``{"image": uint8 (b, s, s, 3), "text": int32 (b, L)}``
 batches (random resized crop; raw 0..255 RGB pixels, CLIP-normalised on the device inside the
-train step), with ``get_state`` / ``set_state`` / ``stats`` / ``close``.
+train step), with ``get_state`` / ``set_state`` / ``stats`` / ``close``. With ``embeddings``
+(:mod:`clip_jax.data.stored`) each batch also carries each sample's ``key`` and its rows stored
+by ``clip_jax.embed`` (``stored{k}_image`` / ``stored{k}_text``), joined by shard and key.
 
 The layers below it, each usable on its own:
 
@@ -38,10 +40,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
+from clip_jax.data import stored as stored_lib
 from clip_jax.data.shards import Source, parse_sources
 from clip_jax.data.stream import WorkerSpec
 from clip_jax.data.tario import new_stats
@@ -111,7 +114,8 @@ class TrainIterator:
     def __init__(self, spec, tokenizer, image_size: int, batch_size: int, seed: int = 0,
                  process_index: int = 0, process_count: int = 1, workers: int = 0,
                  shuffle_buffer: int = 1000, resampled: bool = False, context_length: int = 77,
-                 worker_mode: str = "process", prefetch: int = 2, jpeg_draft: bool = True):
+                 worker_mode: str = "process", prefetch: int = 2, jpeg_draft: bool = True,
+                 embeddings: Sequence[str] = ()):
         if worker_mode not in ("process", "thread"):
             raise ValueError(f"worker_mode must be 'process' or 'thread', got {worker_mode!r}")
         if not 0 <= process_index < process_count:
@@ -139,11 +143,20 @@ class TrainIterator:
                         f"{num_consumers} readers each need at least one (use fewer workers, "
                         f"more shards, or resampled=True)")
         self.worker_mode, self.prefetch = worker_mode, max(int(prefetch), 1)
+        embeddings = stored_lib.parse_dirs(embeddings)
+        stored = ()
+        if embeddings:
+            if any(isinstance(s, TfdsSource) for s in self.sources):
+                raise ValueError("stored embeddings (distill.embeddings) join webdataset shards "
+                                 "by shard and key: a tfds source has none (data.source="
+                                 "'webdataset')")
+            stored = stored_lib.open_dirs(embeddings, [u for s in self.sources
+                                                       for u in s.shards])
         self.specs = [
             WorkerSpec(self.sources, int(seed), process_index * self.num_workers + w,
                        num_consumers, bool(resampled), 2 * int(shuffle_buffer), int(batch_size),
                        int(image_size), int(context_length), bool(jpeg_draft),
-                       name=f"worker {w} of process {process_index}")
+                       name=f"worker {w} of process {process_index}", stored=stored)
             for w in range(self.num_workers)]
         digest = hashlib.sha256(json.dumps([
             s.describe() if isinstance(s, TfdsSource) else [s.shards, s.weight]
@@ -154,6 +167,8 @@ class TrainIterator:
             "batch_size": int(batch_size), "shuffle_buffer": int(shuffle_buffer),
             "resampled": bool(resampled), "image_size": int(image_size),
             "context_length": int(context_length), "jpeg_draft": bool(jpeg_draft)}
+        if embeddings:  # which samples are skipped depends on them
+            self.fingerprint["embeddings"] = list(embeddings)
         self._batches = 0
         self._wstates: list[dict | None] = [None] * self.num_workers
         self._runners: list | None = None
@@ -261,7 +276,8 @@ class TrainIterator:
 
 def make_train_iterator(data_cfg, tokenizer, image_size: int, batch_size: int, seed: int,
                         process_index: int = 0, process_count: int = 1,
-                        context_length: int | None = None) -> TrainIterator:
+                        context_length: int | None = None,
+                        embeddings: Sequence[str] = ()) -> TrainIterator:
     """The training iterator for this process from ``data_cfg`` (ConfigDict or mapping).
 
     Keys: ``source`` ("webdataset", "tfds" or "mix", see :func:`train_sources`; default
@@ -271,7 +287,8 @@ def make_train_iterator(data_cfg, tokenizer, image_size: int, batch_size: int, s
     0 = in the calling thread), ``resampled`` (bool), ``context_length`` (77; the
     ``context_length`` argument, e.g. the model's, overrides it); optional ``worker_mode``
     ("process" | "thread"), ``worker_prefetch`` (batches queued per worker, 2), ``jpeg_draft``
-    (let the JPEG decoder downscale large images, True).
+    (let the JPEG decoder downscale large images, True). ``embeddings``: directories of stored
+    per-sample rows to deliver with each sample (:mod:`clip_jax.data.stored`).
     """
     return TrainIterator(
         train_sources(data_cfg), tokenizer, int(image_size), int(batch_size), int(seed),
@@ -281,4 +298,4 @@ def make_train_iterator(data_cfg, tokenizer, image_size: int, batch_size: int, s
         context_length=int(context_length or _cfg(data_cfg, "context_length", 77)),
         worker_mode=str(_cfg(data_cfg, "worker_mode", "process")),
         prefetch=int(_cfg(data_cfg, "worker_prefetch", 2)),
-        jpeg_draft=bool(_cfg(data_cfg, "jpeg_draft", True)))
+        jpeg_draft=bool(_cfg(data_cfg, "jpeg_draft", True)), embeddings=embeddings)

@@ -65,6 +65,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from clip_jax.data import stored as stored_lib
 from clip_jax.data import transforms
 from clip_jax.data.hashing import hash_ints as _hash
 from clip_jax.data.hashing import seed_seq as _seed_seq
@@ -75,6 +76,7 @@ from clip_jax.data.tfds_source import RecordReader, TfdsSource
 
 _TAG_EPOCH, _TAG_DRAW, _TAG_MIX, _TAG_SHUFFLE, _TAG_CROP = 11, 12, 13, 14, 15
 _MAX_CONSECUTIVE_CORRUPT = 10000
+_MAX_CONSECUTIVE_MISSING = 1_000_000  # samples in a row without stored rows: a wrong directory
 
 @dataclass(frozen=True)
 class WorkerSpec:
@@ -91,6 +93,7 @@ class WorkerSpec:
     context_length: int
     jpeg_draft: bool = True
     name: str = "worker"
+    stored: tuple = ()  # stored per-sample rows to join (clip_jax.data.stored.StoredDir)
 
 
 class _SourceReader:
@@ -149,7 +152,7 @@ class _SourceReader:
         """(epoch, raw sample) of the next valid sample, advancing over shards as needed."""
         while True:
             if self._it is None:
-                url = self._url()
+                url = self._shard_url = self._url()
                 stats["shards"] += 1
                 self._it = iter_groups(url, wanted_exts(extra_fields), self.groups, stats)
             group = next(self._it, None)
@@ -160,6 +163,7 @@ class _SourceReader:
             raw = to_raw_sample(group, stats, extra_fields)
             if raw is not None:
                 self._valid_in_shard = True
+                raw.url = self._shard_url
                 return self.epoch, raw
 
 
@@ -256,18 +260,23 @@ class _Shuffler:
 
 
 class BatchMaker:
-    """Builds consumer ``c``'s batches: shuffle -> decode -> random crop -> tokenise."""
+    """Builds consumer ``c``'s batches: shuffle -> [join stored rows] -> decode -> random crop
+    -> tokenise. With ``spec.stored`` (:mod:`clip_jax.data.stored`) each batch also holds the
+    samples' ``key`` and their stored rows; a sample without rows is skipped and counted."""
 
     def __init__(self, spec: WorkerSpec, tokenizer, state: Mapping | None = None):
         self.spec, self.tokenizer = spec, tokenizer
         self.stream = _Stream(spec)
         self.shuffler = _Shuffler(spec, self.stream)
+        self.lookup = stored_lib.Lookup(spec.stored) if spec.stored else None
         self.batches, self.stats = 0, new_stats()
+        if self.lookup is not None:
+            self.stats[stored_lib.SKIPPED] = 0
         self.crop_base = (spec.seed, spec.consumer, _TAG_CROP)
         self.min_size = math.ceil(spec.image_size * 1.25) if spec.jpeg_draft else None
         if state is not None:
             self.batches = int(state["batches"])
-            self.stats = {**new_stats(), **{k: int(v) for k, v in state["stats"].items()}}
+            self.stats = {**self.stats, **{k: int(v) for k, v in state["stats"].items()}}
             self.shuffler.set_state(state["shuffle"])
 
     def state(self) -> dict:
@@ -278,9 +287,20 @@ class BatchMaker:
         spec = self.spec
         images = np.empty((spec.batch_size, spec.image_size, spec.image_size, 3), np.uint8)
         captions: list[str] = []
-        failures = 0
+        keys, rows = [], []
+        failures = missing = 0
         while len(captions) < spec.batch_size:
             index, raw = self.shuffler.pop(self.stats)
+            if self.lookup is not None:
+                found = self.lookup.rows(raw.url, raw.key)
+                if found is None:
+                    self.stats[stored_lib.SKIPPED] += 1
+                    missing += 1
+                    if missing > _MAX_CONSECUTIVE_MISSING:
+                        raise RuntimeError(f"{spec.name}: {missing} samples in a row without "
+                                           f"stored embeddings (last: {raw.url} {raw.key!r})")
+                    continue
+                missing = 0
             try:  # only the decoder's errors mean a bad image: anything else is a bug, raised
                 pixels = transforms.decode_array(raw.image, self.min_size)
             except transforms.DECODE_ERRORS as e:
@@ -294,13 +314,23 @@ class BatchMaker:
             images[len(captions)] = transforms.random_resized_crop(pixels, spec.image_size, rng)
             failures = 0
             captions.append(raw.caption)
+            if self.lookup is not None:
+                keys.append(raw.key)
+                rows.append(found)
         text = np.asarray(self.tokenizer(captions, spec.context_length), dtype=np.int32)
         if text.shape != (spec.batch_size, spec.context_length):
             raise ValueError(f"tokenizer returned shape {text.shape}, expected "
                              f"{(spec.batch_size, spec.context_length)}")
         self.batches += 1
         self.stats["samples"] += spec.batch_size
-        return {"image": images, "text": text}
+        batch = {"image": images, "text": text}
+        if self.lookup is not None:
+            batch["key"] = np.asarray(keys)
+            for k in range(len(spec.stored)):
+                img_key, txt_key = stored_lib.field_names(k)
+                batch[img_key] = np.stack([r[k][0] for r in rows])
+                batch[txt_key] = np.stack([r[k][1] for r in rows])
+        return batch
 
     def close(self) -> None:
         self.stream.close()

@@ -200,12 +200,14 @@ def _has_trailing_garbage(opened: _Opened, offset: int) -> bool:
 
 @dataclass
 class RawSample:
-    """One valid sample, undecoded: key, image bytes, caption and ``{extra field: text}``."""
+    """One valid sample, undecoded: key, image bytes, caption, ``{extra field: text}`` and the
+    URL of the shard it came from (set by the train stream's reader)."""
 
     key: str
     image: bytes
     caption: str
     extras: dict[str, str] = field(default_factory=dict)
+    url: str = ""
 
 
 def wanted_exts(extra_fields: Sequence[str] = ()) -> frozenset[str]:
