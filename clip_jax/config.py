@@ -85,6 +85,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.data.demo = ""  # a directory: generate the demo corpus there if missing and train on it
     # (unless data.train names other shards), evaluating on its held-out pairs
     c.data.demo_train_samples = 30000
+    c.data.demo_seed = 0  # the corpus's own seed: runs of any config.seed share one corpus
     c.data.train = ""  # shard spec: brace pattern, list, pipe:, fsspec URL (data issue)
     c.data.tokenizer = "train"  # a tokenizer spec (clip_bpe:, hf:, sentencepiece:, json:PATH) or
     # "train" (a BPE fitted on data.train)

@@ -250,7 +250,7 @@ def prepare_data(config, workdir: str):
     # shards of one's own (or a tfds source) replace the demo
     if config.data.demo and not config.data.train and config.data.source != "tfds":
         demo = prepare.prepare_demo(config.data.demo, config.data.demo_train_samples,
-                                    model_cfg.vision.image_size, config.seed)
+                                    model_cfg.vision.image_size, config.data.demo_seed)
         config.data.train = demo["train"]
         for key in ("zeroshot", "retrieval", "fewshot"):
             if not config.eval[key] and key not in config.evals:

@@ -255,3 +255,25 @@ def test_generation_and_the_tokenizer_fit_say_what_they_do(corpus, tmp_path, cap
         rf"in [\d.]+ s \({re.escape(str(tmp_path / 'run' / 'tokenizer'))}\)", out[0]), out
     prepare.prepare_tokenizer(data, str(tmp_path / "run"), 1000)  # reused: nothing to say
     assert capsys.readouterr().out == ""
+
+
+def test_the_run_seed_does_not_regenerate_the_demo_corpus(tmp_path):
+    """``config.seed`` changes a run's initialisation and data order, not its corpus: runs of
+    several seeds (concurrent ones too) read the one corpus of ``data.demo_seed``, and a new
+    ``data.demo_seed`` makes another."""
+    from clip_jax import config as config_lib
+    from clip_jax import train
+
+    def prepare(seed, demo_seed, workdir):
+        c = config_lib.base_config()
+        c.model.name = "tiny"
+        c.data.source, c.data.demo = "webdataset", str(tmp_path / "demo")
+        c.data.demo_train_samples, c.data.tokenizer = 300, "train"
+        c.seed, c.data.demo_seed = seed, demo_seed
+        train.prepare_data(c, str(tmp_path / workdir))
+        with open(tmp_path / "demo" / "zeroshot.json") as f:
+            return json.load(f)["seed"], os.path.getmtime(tmp_path / "demo" / "zeroshot.json")
+
+    seed, made = prepare(0, 0, "a")
+    assert (seed, prepare(5, 0, "b")) == (0, (0, made))  # not rewritten for seed 5
+    assert prepare(5, 1, "c")[0] == 1
