@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from clip_jax.data import pipeline, stored, transforms
+from clip_jax.data import pipeline, stored, transforms, workers
 from clip_jax.data.synthetic import SyntheticSource
 
 BATCH_KEYS = ("image", "text")  # what the train step reads; other fields stay on the host
@@ -82,6 +82,7 @@ class Prefetcher:
             self._thread = threading.Thread(target=self._run, daemon=True,
                                             name="clip_jax-prefetch")
             self._thread.start()
+            workers.stop_at_exit(self)
 
     def _produce(self):
         batch = to_global(self.batch_sharding, next(self.data))

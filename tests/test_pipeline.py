@@ -6,6 +6,8 @@ from __future__ import annotations
 import io
 import json
 import os
+import subprocess
+import sys
 import tarfile
 from collections import Counter
 
@@ -397,3 +399,43 @@ def test_stream_core_without_processes(tmp_path):
                                       seed=2)
     assert same(take(it, 10), take_n + expected)
     it.close()
+
+
+# A program that never closes its iterator: its atexit check (registered first, so run last)
+# lists our threads still alive once the library's own exit handlers ran.
+_UNCLOSED = """
+import atexit, os, sys, threading
+def check():
+    alive = [t.name for t in threading.enumerate() if t.name.startswith("clip_jax")]
+    print("alive:", alive, flush=True)
+    if alive:
+        os._exit(3)
+atexit.register(check)
+import jax, numpy as np
+from clip_jax import input_pipeline
+from clip_jax.data import pipeline
+class Tok:
+    def __call__(self, texts, context_length=77):
+        return np.ones((len(list(texts)), context_length), np.int32)
+it = pipeline.make_train_iterator({"train": sys.argv[1], "shuffle_buffer": 4, "workers": 2,
+    "resampled": True, "context_length": 8, "worker_mode": "thread"}, Tok(), 16, 3, seed=1)
+sharding = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+pre = input_pipeline.Prefetcher(sharding, it, depth=2)
+next(pre)
+print("threads:", sorted(t.name for t in threading.enumerate() if t.name.startswith("clip_jax")))
+"""
+
+
+def test_threads_of_an_unclosed_iterator_stop_before_the_interpreter_finalizes(shards8):
+    """CPython kills daemon threads that wake during finalization with pthread_exit, which
+    aborts the process (exit 134) when their stack holds C++ frames (seen in CI): the library
+    stops the prefetcher, collector and thread workers at exit when the program did not."""
+    run = subprocess.run([sys.executable, "-c", _UNCLOSED, shards8], capture_output=True,
+                         text=True, timeout=120,
+                         env=dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(
+                             os.path.abspath(__file__)))))
+    assert run.returncode == 0, run.stdout + run.stderr[-2000:]
+    started = run.stdout.split("threads:")[1].splitlines()[0]
+    for name in ("clip_jax-prefetch", "clip_jax-data-collector"):
+        assert name in started  # the check saw them running, then stopped
+    assert "alive: []" in run.stdout

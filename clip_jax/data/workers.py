@@ -18,10 +18,16 @@ Processes re-import nothing of ``__main__`` unless the tokenizer needs it (so ``
 clip_jax.train`` does not load JAX in every worker); scripts that define their tokenizer in
 ``__main__`` need the usual ``if __name__ == "__main__":`` guard. A worker's exception is sent
 to the consumer and re-raised there (with the worker's traceback as a note).
+
+Background threads are stopped at interpreter exit (:func:`stop_at_exit`) when their owner was
+not closed: CPython ends a daemon thread that wakes up during finalization with
+``pthread_exit``, and where its stack holds C++ frames that aborts the whole process
+("terminate called without an active exception", exit 134) after the program has finished.
 """
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import multiprocessing
 import pickle
@@ -29,8 +35,26 @@ import queue
 import sys
 import threading
 import traceback
+import weakref
 
 from clip_jax.data.stream import BatchMaker
+
+_LIVE: weakref.WeakSet = weakref.WeakSet()
+
+
+def stop_at_exit(owner) -> None:
+    """Have ``owner.close()`` called at interpreter exit if it is still alive then (it must be
+    safe to call twice), so that no background thread of ours outlives the program."""
+    _LIVE.add(owner)
+
+
+@atexit.register
+def _close_live() -> None:
+    for owner in list(_LIVE):
+        try:
+            owner.close()
+        except Exception:  # noqa: BLE001 - exiting anyway; the others must still stop
+            pass
 
 
 class Inline:
@@ -114,6 +138,7 @@ class Background:
             self.task = threading.Thread(target=_worker_loop, name=f"clip_jax-{spec.name}",
                                          args=(spec, tokenizer, state, self.queue, self.stop),
                                          daemon=True)
+            stop_at_exit(self)
         else:
             ctx = multiprocessing.get_context("spawn")
             self.queue, self.stop = ctx.Queue(prefetch), ctx.Event()
@@ -174,6 +199,7 @@ class Collector:
         self.thread = threading.Thread(target=self._run, args=(first_batch,), daemon=True,
                                        name="clip_jax-data-collector")
         self.thread.start()
+        stop_at_exit(self)
 
     def _put(self, msg) -> None:
         while not self.stop.is_set():
