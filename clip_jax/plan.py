@@ -42,6 +42,7 @@ from ml_collections import config_flags
 from clip_jax import config as config_lib
 from clip_jax import distill, models, sharding, train
 from clip_jax import flops as flops_lib
+from clip_jax.data import stored as stored_lib
 
 GIB = 2.0**30
 FIT_FRACTION = 0.9  # of the chip's HBM: above it, a recipe is reported as not fitting
@@ -140,6 +141,10 @@ def abstract_inputs(setup: train.Setup, image_dtype: str = "float32"):
         "text": jax.ShapeDtypeStruct((n, m.text.context_length), np.int32,
                                      sharding=setup.batch_sharding),
     }
+    for i, s in enumerate(setup.stored):  # distill.embeddings: each sample's float16 rows
+        for key in stored_lib.field_names(i):
+            batch[key] = jax.ShapeDtypeStruct((n, s.embed_dim), np.float16,
+                                              sharding=setup.batch_sharding)
     return state, batch
 
 
@@ -288,6 +293,7 @@ def compiled_plan(config, topology: str, image_dtype: str = "float32") -> dict:
         **({"teachers": len(setup.teachers), "teacher_gib_per_chip": teacher_bytes / GIB,
             "teacher_hbm_share": teacher_bytes / max(mem["total"], 1),
             "teacher_flops_share": teacher_flops / chips / hw_chip} if setup.teachers else {}),
+        **({"stored_teachers": len(setup.stored)} if setup.stored else {}),
     }
 
 
@@ -381,6 +387,9 @@ def format_table(r: dict) -> str:
                          f"{r['teacher_gib_per_chip']:.3f} GiB per chip "
                          f"({r['teacher_hbm_share']:.0%} of HBM used), "
                          f"{r['teacher_flops_share']:.0%} of the step's FLOPs"))
+        if r.get("stored_teachers"):
+            rows.append(("distillation teachers", f"{r['stored_teachers']} stored "
+                         "(distill.embeddings: rows in the batch, no teacher in the step)"))
     else:
         rows += [("params + opt state per chip",
                   f"{r['state_gib_per_chip']:.3f} / {r['chip_hbm_gib']:g} GiB")]

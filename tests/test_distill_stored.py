@@ -328,3 +328,18 @@ def test_train_loop_from_stored_embeddings_with_a_feature_projection(corpus, tmp
     for k, v in distill.model_params(jax.device_get(state.params)).items():
         for a, b in zip(jax.tree.leaves(v), jax.tree.leaves(exported.params[k]), strict=True):
             np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_plan_compiles_a_recipe_that_reads_stored_embeddings(corpus):
+    """The TPU plan lowers the step on the batch the pipeline delivers: the stored rows too."""
+    from clip_jax import plan
+    if not plan.libtpu_available():
+        pytest.skip("needs libtpu (compile-only TPU devices)")
+    spec, teacher, out, _ = corpus
+    c = tiny.get_config()
+    c.data.source, c.data.train, c.distill.embeddings = "webdataset", spec, out
+    c.distill.kd_weight, c.distill.feature_weight = 1.0, 1.0  # + a projection to 32 wide rows
+    c.mesh.data, c.mesh.fsdp = -1, 1
+    r = plan.compiled_plan(c, "v5e:2x2")
+    assert r["fits"] and r["stored_teachers"] == 1 and "teachers" not in r
+    assert "1 stored" in plan.format_table(r)
