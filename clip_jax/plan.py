@@ -388,8 +388,7 @@ def format_table(r: dict) -> str:
                          f"({r['teacher_hbm_share']:.0%} of HBM used), "
                          f"{r['teacher_flops_share']:.0%} of the step's FLOPs"))
         if r.get("stored_teachers"):
-            rows.append(("distillation teachers", f"{r['stored_teachers']} stored "
-                         "(distill.embeddings: rows in the batch, no teacher in the step)"))
+            rows.append(("stored teachers", f"{r['stored_teachers']} (none runs in the step)"))
     else:
         rows += [("params + opt state per chip",
                   f"{r['state_gib_per_chip']:.3f} / {r['chip_hbm_gib']:g} GiB")]
