@@ -422,16 +422,16 @@ def init_from(setup: Setup, config) -> TrainState:
     source (:mod:`clip_jax.sources`): all, or those matching ``checkpoint.init_from_params``
     (LiT: ``^visual/``; the statistics of the matching layers come too), the rest fresh."""
     state, ck = init_state(setup), config.checkpoint
-    merge = models.merge_variables
+    merge, own = models.merge_variables, distill.model_params  # distillation extras: fresh
     if ck.init_from_params:
         src = dict(sources.resolve(ck.init_from).params)
         src_stats = src.pop(models.STATS, {})
-        params = params_lib.take(state.params, src, ck.init_from_params, ck.init_from)
+        params = {**state.params, **params_lib.take(own(state.params), src, ck.init_from_params,
+                                                    ck.init_from)}
         stats, rx = state.batch_stats, re.compile(ck.init_from_params)
         if any(rx.search(k) for k in params_lib.flatten_params(stats)):
             stats = params_lib.take(stats, src_stats, ck.init_from_params, ck.init_from)
         return state.replace(params=params, batch_stats=stats)
-    own = distill.model_params  # the distillation extras start fresh
     tree = dict(sources.load_params(
         ck.init_from, merge(own(setup.abstract_state.params), setup.abstract_state.batch_stats),
         merge(own(setup.state_shardings.params), setup.state_shardings.batch_stats)))

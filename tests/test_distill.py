@@ -422,3 +422,25 @@ def test_feature_distillation_across_widths_learns_a_projection_with_and_without
             assert np.abs(g_want).max() > 0
     np.testing.assert_allclose(out[2][0], out[1][0], rtol=2e-5)
     np.testing.assert_allclose(out[2][1], out[1][1], rtol=2e-3, atol=1e-7)
+
+
+def test_init_from_params_takes_the_student_and_leaves_the_projection_fresh(tmp_path):
+    """``checkpoint.init_from_params`` matches the student's own params only: a source (here
+    a bundle of the student's shape) has no distillation projection to give."""
+    c = _student([_teacher_bundle(tmp_path, embed_dim=24)], feature_weight=0.5)
+    setup = train.build(c, jax.devices()[:1])
+    fresh = train.init_state(setup)
+    src = nn.unbox(models.CLIP(setup.model_cfg).init(jax.random.key(7), *models.init_inputs(
+        setup.model_cfg))["params"])
+    c.checkpoint.init_from = str(bundle.save_bundle(tmp_path / "student", src, setup.model_cfg))
+    c.checkpoint.init_from_params = "."
+    state = train.init_from(setup, c)
+    got, want = (params_lib.flatten_params(jax.device_get(t)) for t in (state.params, src))
+    assert set(got) == set(want) | {f"{distill.EXTRA}/proj_0"}
+    for k, v in want.items():
+        np.testing.assert_array_equal(got[k], v, err_msg=k)
+    np.testing.assert_array_equal(got[f"{distill.EXTRA}/proj_0"],
+                                  fresh.params[distill.EXTRA]["proj_0"])
+    c.checkpoint.init_from_params = f"^{distill.EXTRA}/"
+    with pytest.raises(ValueError, match="matches no parameter of the model"):
+        train.init_from(setup, c)
