@@ -159,6 +159,16 @@ def _worker(kind: str, config_path: str, batch: int, conn) -> None:
         conn.send({"error": f"{kind}: {type(e).__name__}: {e}"})
 
 
+def _recv(kind: str, proc, conn):
+    """The worker's next message; a worker that died (e.g. killed for memory) is an error."""
+    try:
+        return conn.recv()
+    except EOFError:
+        proc.join(timeout=10)
+        raise RuntimeError(f"{kind}: the worker process died (exit code {proc.exitcode}; "
+                           "-9 is usually the kernel's out-of-memory killer)") from None
+
+
 def compare(config_path: str, batch: int, rounds: int, steps: int) -> dict:
     ctx = mp.get_context("spawn")
     workers = {}
@@ -166,7 +176,8 @@ def compare(config_path: str, batch: int, rounds: int, steps: int) -> dict:
         parent, child = ctx.Pipe()
         proc = ctx.Process(target=_worker, args=(kind, config_path, batch, child), daemon=True)
         proc.start()
-        info = parent.recv()
+        child.close()  # only the child holds its end: its death is EOF here, not a hang
+        info = _recv(kind, proc, parent)
         if "error" in info:
             raise RuntimeError(info["error"])
         workers[kind] = (proc, parent, info)
@@ -178,7 +189,7 @@ def compare(config_path: str, batch: int, rounds: int, steps: int) -> dict:
     for _ in range(rounds):
         for kind, (_, conn, _) in workers.items():
             conn.send(steps)
-            wall, cpu_s = conn.recv()
+            wall, cpu_s = _recv(kind, workers[kind][0], conn)
             rates[kind].append(batch * steps / wall)
             cpu[kind].append(cpu_s / steps)
     for proc, conn, _ in workers.values():
@@ -219,8 +230,14 @@ def main() -> None:
     else:
         runs = [(PRESETS[p][0], args.batch or PRESETS[p][1]) for p in
                 (args.preset or list(PRESETS))]
+    status = 0
     for path, batch in runs:
-        print(json.dumps(compare(path, batch, args.rounds, args.steps)), flush=True)
+        try:
+            print(json.dumps(compare(path, batch, args.rounds, args.steps)), flush=True)
+        except RuntimeError as e:  # one line per failed comparison; the others still run
+            print(f"error: {os.path.basename(path)} at batch {batch}: {e}", file=sys.stderr)
+            status = 1
+    return status
 
 
 if __name__ == "__main__":
