@@ -51,7 +51,8 @@ def build(config_path: str, batch: int):
     def loss(visual, stats):  # the gradient of the image tower's params only
         v = {"params": {**params, "visual": visual}, **({models.STATS: stats} if stats else {})}
         y, new = tower.apply(v, images, train=True, method="encode_image",
-                             mutable=[models.STATS] if stats else [])
+                             mutable=[models.STATS] if stats else [],
+                             rngs={"patch_dropout": jax.random.key(2)})  # ConvNeXt drop path
         return jnp.sum(jnp.square(y)) * 1e-3, new
 
     return jax.jit(jax.grad(loss, has_aux=True)), (visual, stats)
