@@ -230,11 +230,16 @@ class PatchEmbed(nn.Module):
         return x
 
 
+def _pad_same(x, k: int):
+    """``x`` (B, H, W, C) padded by ``k // 2`` on each side of H and W: a "same" k x k window."""
+    return jnp.pad(x, ((0, 0), (k // 2, k // 2), (k // 2, k // 2), (0, 0)))
+
+
 def _depthwise_shifts(x, kernel):
     """Depthwise stride-1 "same" convolution (kernel (k, k, 1, C)) as k*k shifted products:
     one fused element-wise loop forward, where XLA:CPU's grouped convolution is slow."""
     k, (h, w) = kernel.shape[0], x.shape[1:3]
-    xp = jnp.pad(x, ((0, 0), (k // 2, k // 2), (k // 2, k // 2), (0, 0)))
+    xp = _pad_same(x, k)
     return sum(xp[:, i:i + h, j:j + w] * kernel[i, j, 0] for i in range(k) for j in range(k))
 
 
@@ -263,7 +268,7 @@ def _conv_same_bwd(res, dy):
     x, kernel = res
     k, (h, w, c) = kernel.shape[0], x.shape[1:]
     dx = _conv_xla(dy, jnp.flip(kernel, (0, 1)).swapaxes(2, 3))
-    xp = jnp.pad(x, ((0, 0), (k // 2, k // 2), (k // 2, k // 2), (0, 0)))
+    xp = _pad_same(x, k)
     # the columns of the k horizontal shifts once, (B, H + k - 1, W, k * C); each kernel row i
     # is then a matmul over rows i..i+H of them: 10-20% faster than all k * k shifts
     # concatenated (most of this gradient's time is building the columns)
