@@ -116,6 +116,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.checkpoint.async_save = True
     c.checkpoint.init_from = ""  # a checkpoint dir or bundle to start from (fine-tuning)
     c.checkpoint.init_from_params = ""  # regex of the param paths taken from it ("" = all)
+    # a source of another depth: its transformer blocks to take, "even" (evenly spaced, first
+    # and last kept: TinyCLIP's weight inheritance) or a list such as "0,3" ("" = same depth)
+    c.checkpoint.init_from_blocks = ""
 
     c.eval = ml_collections.ConfigDict()  # what every evaluation shares (see eval_sets)
     c.eval.every_steps = 0  # 0 = only at the end (if any evals are configured)
@@ -231,9 +234,14 @@ def validate(c: ml_collections.ConfigDict) -> None:
     if c.optimizer.frozen or c.optimizer.lr_multipliers:  # each pattern names parameters
         optimizer.check_params(models.abstract_params(resolve_model_config(c.model)),
                                c.optimizer, c.model.lock_image_unlocked_groups)
+    for key in ("init_from_params", "init_from_blocks"):
+        if c.checkpoint[key] and not c.checkpoint.init_from:
+            raise ValueError(f"config checkpoint.{key} needs checkpoint.init_from")
+    if c.checkpoint.init_from_blocks not in ("", "even") and not re.fullmatch(
+            r"\d+(,\d+)*", c.checkpoint.init_from_blocks):
+        raise ValueError(f"config checkpoint.init_from_blocks={c.checkpoint.init_from_blocks!r}:"
+                         " not 'even' or a comma list of block numbers such as 0,3")
     if c.checkpoint.init_from_params:
-        if not c.checkpoint.init_from:
-            raise ValueError("config checkpoint.init_from_params needs checkpoint.init_from")
         try:
             re.compile(c.checkpoint.init_from_params)
         except re.error as e:

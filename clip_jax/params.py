@@ -8,6 +8,8 @@ checkpoints of another run) meets the model here:
 * :func:`unstack_layers` / :func:`stack_layers`: one stacked ``transformer/resblocks`` with a
   leading layer axis (``model.scan=True``) <-> ``transformer/resblocks_0..L-1``.
 * :func:`check`: same keys, same shapes, float dtypes; errors name each key.
+* :func:`pick_blocks`: a deeper (or shallower) source's transformer blocks chosen to fill the
+  model's depth: weight inheritance (TinyCLIP), a student started from a subset of its teacher.
 * :func:`adapt`: params of any block layout, checked and laid out like a target tree.
 * :func:`place`: host arrays onto devices with the target tree's shardings.
 * :func:`resample_vision`: another image or patch size: ``visual/positional_embedding``
@@ -155,20 +157,77 @@ def check(got: Mapping[str, Any], want: Mapping[str, Any], source: str, *, cast:
     return {k: (np.asarray(got[k]).astype(w.dtype, copy=False)) for k, w in want.items()}
 
 
-def adapt(flat_src: Mapping[str, Any], abstract_flat: Mapping[str, Any], source: str) -> dict:
+def depths(flat: Mapping[str, Any]) -> dict[str, int]:
+    """``{'visual/transformer': L, 'text/transformer': L}``: each tower's number of transformer
+    blocks, from per-block keys or scanned ones (their leading axis)."""
+    out: dict[str, int] = {}
+    for key, x in flat.items():
+        if m := _PER_LAYER.match(key):
+            out[m[1]] = max(out.get(m[1], 0), int(m[2]) + 1)
+        elif m := _STACKED.match(key):
+            out[m[1]] = int(x.shape[0])
+    return out
+
+
+def block_indices(spec: str, have: int, need: int, what: str) -> list[int]:
+    """The ``need`` source blocks (of ``have``) that ``spec`` names: ``even`` (evenly spaced, the
+    first and the last kept) or a comma list such as ``0,3``; a bad spec is a ValueError."""
+    if spec == "even":
+        return [round(j * (have - 1) / max(need - 1, 1)) for j in range(need)]
+    try:
+        idx = [int(i) for i in spec.split(",")]
+    except ValueError:
+        raise ValueError(f"checkpoint.init_from_blocks={spec!r}: not 'even' or a comma list of "
+                         "block numbers such as 0,3") from None
+    if len(idx) != need or not all(0 <= i < have for i in idx):
+        raise ValueError(f"checkpoint.init_from_blocks={spec!r}: {what} needs {need} block "
+                         f"numbers in 0..{have - 1}")
+    return idx
+
+
+def pick_blocks(flat_src: Mapping[str, Any], want: Mapping[str, Any], spec: str,
+                source: str) -> dict:
+    """``flat_src`` (per-block keys) with each tower's transformer blocks renumbered to the
+    depth of ``want`` (any layout): block ``j`` of the model is source block ``idx[j]``
+    (:func:`block_indices`; TinyCLIP's manual weight inheritance). Towers of equal depth are
+    kept; with ``spec`` "" another depth is a ValueError naming the option."""
+    have, out = depths(flat_src), dict(flat_src)
+    for tower, need in depths(want).items():
+        n = have.get(tower, need)
+        if n == need:
+            continue
+        if not spec:
+            raise ValueError(f"{source} has {n} blocks in {tower}, the model {need}: set "
+                             "checkpoint.init_from_blocks (even, or the blocks to take, e.g. "
+                             f"{','.join(map(str, block_indices('even', n, need, tower)))})")
+        idx = block_indices(spec, n, need, f"{source}: {tower} ({n} blocks)")
+        mine = {k: _PER_LAYER.match(k) for k in flat_src if k.startswith(f"{tower}/resblocks_")}
+        for k in mine:
+            del out[k]
+        for k, m in mine.items():
+            for j in (j for j, i in enumerate(idx) if i == int(m[2])):
+                out[f"{tower}/resblocks_{j}/{m[3]}"] = flat_src[k]
+    return out
+
+
+def adapt(flat_src: Mapping[str, Any], abstract_flat: Mapping[str, Any], source: str,
+          blocks: str = "") -> dict:
     """Source params (any block layout) checked against and laid out like ``abstract_flat``;
-    another image or patch size is resampled (:func:`resample_vision`)."""
+    another image or patch size is resampled (:func:`resample_vision`), another depth takes the
+    source blocks ``blocks`` names (:func:`pick_blocks`)."""
     want = unstack_layers(abstract_flat)
-    out = check(resample_vision(unstack_layers(flat_src), want, source), want, source, cast=True)
+    flat = pick_blocks(unstack_layers(flat_src), want, blocks, source)
+    out = check(resample_vision(flat, want, source), want, source, cast=True)
     return stack_layers(out) if is_stacked(abstract_flat) else out
 
 
-def place(flat_src: Mapping[str, Any], abstract_tree, shardings=None, source: str = "params"):
+def place(flat_src: Mapping[str, Any], abstract_tree, shardings=None, source: str = "params",
+          blocks: str = ""):
     """Host params (any block layout) as device arrays laid out, typed and sharded like
     ``abstract_tree`` (boxed or not); ``shardings`` None puts them on the first local device."""
     abstract = nn.meta.unbox(abstract_tree)
     leaves, treedef = jax.tree_util.tree_flatten_with_path(abstract)
-    host = adapt(flat_src, {key_str(p): x for p, x in leaves}, source)
+    host = adapt(flat_src, {key_str(p): x for p, x in leaves}, source, blocks)
     if shardings is None:
         one = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
         sh_leaves = [one] * len(leaves)
@@ -181,13 +240,13 @@ def place(flat_src: Mapping[str, Any], abstract_tree, shardings=None, source: st
     return jax.tree_util.tree_unflatten(treedef, arrays)
 
 
-def take(target_tree, source_tree, pattern: str, source: str = "source"):
+def take(target_tree, source_tree, pattern: str, source: str = "source", blocks: str = ""):
     """``target_tree`` (device arrays) with the parameters whose paths match ``pattern``
     (``re.search``, e.g. ``^visual/``) replaced by ``source_tree``'s (nested or flat, NumPy, any
     block layout), cast to the target's dtypes and placed with its shardings; the others are
     kept (LiT: a pretrained image tower beside a fresh text tower). A ValueError names a pattern
     that matches nothing, and each missing or mis-shaped key of the source; another image or
-    patch size is resampled (:func:`resample_vision`)."""
+    patch size is resampled (:func:`resample_vision`), another depth as :func:`pick_blocks`."""
     rx = re.compile(pattern)
     leaves, treedef = jax.tree_util.tree_flatten_with_path(nn.meta.unbox(target_tree))
     keys = [key_str(p) for p, _ in leaves]
@@ -195,8 +254,9 @@ def take(target_tree, source_tree, pattern: str, source: str = "source"):
     if not chosen:
         raise ValueError(f"checkpoint.init_from_params={pattern!r} matches no parameter of the "
                          f"model; parameters look like {_fmt_keys(keys, 3)}")
-    src = resample_vision(unstack_layers(flatten_params(source_tree)),
-                          {k: x for k, (_, x) in zip(keys, leaves, strict=True)}, source)
+    target = {k: x for k, (_, x) in zip(keys, leaves, strict=True)}
+    src = pick_blocks(unstack_layers(flatten_params(source_tree)), target, blocks, source)
+    src = resample_vision(src, target, source)
     if is_stacked(keys):
         src = stack_layers(src)
     host = check({k: src[k] for k in chosen if k in src}, chosen,

@@ -85,18 +85,19 @@ def _run_config(path: Path) -> dict:
     return run
 
 
-def _other_grid(path: Path, abstract_tree) -> bool:
-    """Whether the checkpoint's saved model has another patch kernel or position-embedding
-    shape than ``abstract_tree`` (then it is restored on the host and resampled)."""
+def _other_shape(path: Path, abstract_tree) -> bool:
+    """Whether the checkpoint's saved model has another patch kernel, position-embedding shape
+    or depth than ``abstract_tree`` (then it is restored on the host: resampled, its blocks
+    picked by :func:`clip_jax.params.pick_blocks`)."""
     try:
         cfg = config_lib.resolve_model_config(_run_config(path)["model"])
     except FileNotFoundError:  # no run config saved: restore as it is
         return False
     saved = params_lib.flatten_params(models.abstract_params(cfg))
     want = params_lib.flatten_params(abstract_tree)
-    return any(k in saved and k in want and tuple(saved[k].shape) != tuple(want[k].shape)
-               for k in (params_lib.POS_EMBED, params_lib.PATCH_KERNEL,
-                         params_lib.ATTNPOOL_POS_EMBED))
+    return params_lib.depths(saved) != params_lib.depths(want) or any(
+        k in saved and k in want and tuple(saved[k].shape) != tuple(want[k].shape)
+        for k in (params_lib.POS_EMBED, params_lib.PATCH_KERNEL, params_lib.ATTNPOOL_POS_EMBED))
 
 
 def _checkpoint_source(path: Path) -> Source:
@@ -158,16 +159,21 @@ def resolve(path: str | os.PathLike, model_config: str | None = None,
     return refit(src, src.cfg.replace(**overrides)) if overrides else src
 
 
-def load_params(path: str | os.PathLike, abstract_tree, shardings=None):
+def load_params(path: str | os.PathLike, abstract_tree, shardings=None, blocks: str = ""):
     """Params of any source laid out, typed and sharded like ``abstract_tree`` (``init_from``).
 
     Orbax checkpoints restore straight into the shardings; files are read on the host and
     placed shard by shard. Shapes must match (errors name the key), except that another image
-    or patch size is resampled (:func:`clip_jax.params.resample_vision`).
+    or patch size is resampled (:func:`clip_jax.params.resample_vision`) and another depth takes
+    the source blocks ``blocks`` names (``checkpoint.init_from_blocks``:
+    :func:`clip_jax.params.pick_blocks`).
     """
     kind = kind_of(path)
+    if blocks:
+        return params_lib.place(params_lib.flatten_params(resolve(path).params), abstract_tree,
+                                shardings, f"{kind} {path}", blocks)
     if kind == "checkpoint":
-        if not _other_grid(Path(path), abstract_tree):
+        if not _other_shape(Path(path), abstract_tree):
             return checkpoint.load_params(str(path), abstract_tree, shardings)
         return params_lib.place(params_lib.flatten_params(_checkpoint_source(Path(path)).params),
                                 abstract_tree, shardings, f"checkpoint {path}")

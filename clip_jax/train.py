@@ -425,16 +425,17 @@ def init_from(setup: Setup, config) -> TrainState:
     merge, own = models.merge_variables, distill.model_params  # distillation extras: fresh
     if ck.init_from_params:
         src = dict(sources.resolve(ck.init_from).params)
-        src_stats = src.pop(models.STATS, {})
-        params = {**state.params, **params_lib.take(own(state.params), src, ck.init_from_params,
-                                                    ck.init_from)}
+        src_stats, pick = src.pop(models.STATS, {}), (ck.init_from_params, ck.init_from)
+        params = {**state.params, **params_lib.take(own(state.params), src, *pick,
+                                                    ck.init_from_blocks)}
         stats, rx = state.batch_stats, re.compile(ck.init_from_params)
         if any(rx.search(k) for k in params_lib.flatten_params(stats)):
-            stats = params_lib.take(stats, src_stats, ck.init_from_params, ck.init_from)
+            stats = params_lib.take(stats, src_stats, *pick)
         return state.replace(params=params, batch_stats=stats)
     tree = dict(sources.load_params(
         ck.init_from, merge(own(setup.abstract_state.params), setup.abstract_state.batch_stats),
-        merge(own(setup.state_shardings.params), setup.state_shardings.batch_stats)))
+        merge(own(setup.state_shardings.params), setup.state_shardings.batch_stats),
+        ck.init_from_blocks))
     stats = tree.pop(models.STATS, state.batch_stats)
     return state.replace(params={**state.params, **tree}, batch_stats=stats)
 

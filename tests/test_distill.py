@@ -26,8 +26,10 @@ from clip_jax import (
     losses,
     models,
     plan,
+    sources,
     train,
 )
+from clip_jax import config as config_lib
 from clip_jax import params as params_lib
 from clip_jax.data import transforms
 from clip_jax.data.synthetic import SyntheticSource
@@ -444,3 +446,47 @@ def test_init_from_params_takes_the_student_and_leaves_the_projection_fresh(tmp_
     c.checkpoint.init_from_params = f"^{distill.EXTRA}/"
     with pytest.raises(ValueError, match="matches no parameter of the model"):
         train.init_from(setup, c)
+
+
+def test_a_shallower_student_inherits_evenly_spaced_teacher_blocks(tmp_path):
+    """``checkpoint.init_from_blocks`` (TinyCLIP's weight inheritance): a 2-block student from a
+    4-block teacher's workdir takes blocks 0 and 3 of each tower ("even"), or those named, in
+    the student's scanned layout; without it another depth is an error naming the option (the
+    orbax restore used to take the first blocks silently); a bundle reads the same."""
+    t = tiny.get_config()
+    t.model.vision.layers = t.model.text.layers = 4
+    t.total_steps, t.checkpoint.every_steps, t.logging.tensorboard = 1, 0, False
+    train.train(t, str(tmp_path / "teacher"), jax.devices()[:1])
+    src = sources.resolve(tmp_path / "teacher")
+    want = params_lib.flatten_params(src.params)
+    path = bundle.save_bundle(tmp_path / "b", src.params, src.cfg)
+    c = tiny.get_config()
+    c.model.scan = True
+    setup = train.build(c, jax.devices()[:1])
+    for source in (tmp_path / "teacher", path):
+        c.checkpoint.init_from = str(source)
+        with pytest.raises(ValueError, match="has 4 blocks in .*init_from_blocks.* 0,3"):
+            train.init_from(setup, c)
+        c.checkpoint.init_from_blocks = "even"
+        got = params_lib.unstack_layers(params_lib.flatten_params(jax.device_get(
+            train.init_from(setup, c).params)))
+        assert set(got) == {k for k in want if "resblocks_2" not in k and "resblocks_3" not in k}
+        for k, v in got.items():
+            np.testing.assert_array_equal(v, want[k.replace("resblocks_1", "resblocks_3")], k)
+        c.checkpoint.init_from_blocks = ""
+    c.checkpoint.init_from_params, c.checkpoint.init_from_blocks = "^text/", "2,1"
+    state = train.init_from(setup, c)
+    got = params_lib.unstack_layers(params_lib.flatten_params(jax.device_get(state.params)))
+    fresh = params_lib.unstack_layers(params_lib.flatten_params(train.init_state(setup).params))
+    for k, v in got.items():
+        ref = fresh[k] if k.startswith("visual/") else want[k.replace(
+            "resblocks_0", "resblocks_2")]
+        np.testing.assert_array_equal(v, ref, k)
+    c.checkpoint.init_from_blocks = "0,1,2"
+    with pytest.raises(ValueError, match="needs 2 block numbers in 0..3"):
+        train.init_from(setup, c)
+    for bad, msg in (("0,x", "not 'even' or a comma list"), ("even", "needs checkpoint.init_from")):
+        c.checkpoint.init_from, c.checkpoint.init_from_blocks = str(path) * (bad != "even"), bad
+        c.checkpoint.init_from_params = ""
+        with pytest.raises(ValueError, match=msg):
+            config_lib.validate(c)
