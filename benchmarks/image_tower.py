@@ -11,7 +11,9 @@ the batch's statistics, updating them), the gradient of a scalar of its output w
 its params: the image half of ``benchmarks/vs_open_clip.py``'s step without the text tower, the
 loss and AdamW, so a change to a convolution or a norm shows in seconds, not minutes. Prints
 the best and median wall seconds and the best CPU seconds (all threads) of ``--reps`` calls
-after a warm-up, then one JSON line. The op times of ``--profile`` are summed over threads.
+after a warm-up, and the compiled call's temporary memory (XLA's buffer assignment: the
+activations kept for the backward, not the compiler's own), then one JSON line. The op times
+of ``--profile`` are summed over threads.
 """
 
 from __future__ import annotations
@@ -91,18 +93,21 @@ def main() -> None:
     import jax
 
     fn, params = build(args.model_config, args.batch)
-    jax.block_until_ready(fn(*params))
+    compiled = fn.lower(*params).compile()
+    temp_gib = compiled.memory_analysis().temp_size_in_bytes / 2**30
+    jax.block_until_ready(compiled(*params))
     wall, cpu = [], []
     for _ in range(args.reps):
         t, c = time.perf_counter(), time.process_time()
-        jax.block_until_ready(fn(*params))
+        jax.block_until_ready(compiled(*params))
         wall.append(time.perf_counter() - t)
         cpu.append(time.process_time() - c)
     print(f"{os.path.basename(args.model_config)} batch {args.batch}: wall best {min(wall):.3f} s, "
-          f"median {statistics.median(wall):.3f} s; CPU best {min(cpu):.3f} s")
+          f"median {statistics.median(wall):.3f} s; CPU best {min(cpu):.3f} s; "
+          f"XLA temporaries {temp_gib:.2f} GiB")
     result = {"model_config": os.path.basename(args.model_config), "batch": args.batch,
               "wall_best": round(min(wall), 4), "wall_median": round(statistics.median(wall), 4),
-              "cpu_best": round(min(cpu), 4)}
+              "cpu_best": round(min(cpu), 4), "temp_gib": round(temp_gib, 3)}
     if args.profile:
         kinds, ops, meta = profile(fn, params)
         result["op_ms_total"] = round(sum(ops.values()))
