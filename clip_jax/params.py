@@ -197,9 +197,10 @@ def pick_blocks(flat_src: Mapping[str, Any], want: Mapping[str, Any], spec: str,
         if n == need:
             continue
         if not spec:
-            raise ValueError(f"{source} has {n} blocks in {tower}, the model {need}: set "
-                             "checkpoint.init_from_blocks (even, or the blocks to take, e.g. "
-                             f"{','.join(map(str, block_indices('even', n, need, tower)))})")
+            even = ",".join(map(str, block_indices("even", n, need, tower)))
+            raise ValueError(f"{source} has {n} blocks in {tower}, the model {need} (to start "
+                             "from some of them: checkpoint.init_from_blocks=even, or a list "
+                             f"such as {even})")
         idx = block_indices(spec, n, need, f"{source}: {tower} ({n} blocks)")
         mine = {k: _PER_LAYER.match(k) for k in flat_src if k.startswith(f"{tower}/resblocks_")}
         for k in mine:
