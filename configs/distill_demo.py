@@ -25,8 +25,8 @@ teacher = configs/demo.py on a 1500-step schedule, held-out zero-shot 77.17%; 40
 seeds 0-3): from scratch 62.6% (std 1.4, range 3.3 points); distilled (stored + inherit)
 82.5% (std 0.7): +19.9 points. Inheritance alone gives 82.4%: on this corpus the KD term
 adds nothing to held-out zero-shot (earlier figures: without inheritance no objective moved
-it), a little to retrieval. Step: stored 0.995x the from-scratch step in CPU seconds, online
-2.54x (the earlier, narrower student).
+it), a little to retrieval. Step: stored 1.077x the from-scratch step in CPU seconds (median
+of 5 rounds), online 1.58x.
 """
 
 from clip_jax.config import base_config
