@@ -237,30 +237,20 @@ def _pad_same(x, k: int):
 
 @jax.custom_vjp
 def _depthwise_shifts(x, kernel):
-    """Depthwise stride-1 "same" convolution (kernel (k, k, 1, C)) as k*k shifted products:
-    one fused element-wise loop forward, where XLA:CPU's grouped convolution is slow. Its VJP
-    keeps only ``x``: autodiff kept the k*k shifted slices for the weight gradient, 49 copies
-    of each ConvNeXt block's input. The input gradient is the same sum over the padded ``dy``
-    with the kernel flipped; the weight gradient a loop over the k*k kernel positions, one
-    slice alive at a time (unrolled, XLA:CPU materialises all of them at once, or runs the
-    fused slice-reductions 3x slower). convnext_base's image tower at batch 4, forward +
-    backward: 4.6 -> 1.2 GiB of XLA temporaries, 4.9-5.3 -> 2.9-3.3 s."""
+    """Depthwise stride-1 "same" convolution (kernel (k, k, 1, C)) as k*k shifted products
+    (XLA:CPU's grouped convolution is slow). The VJP keeps only ``x`` (autodiff kept the k*k
+    slices: convnext_base's tower at batch 4 held 4.6 GiB, now 1.2) and loops over the kernel
+    positions for the weight gradient, one slice alive (unrolled: all kept, or 3x slower)."""
     k, (h, w) = kernel.shape[0], x.shape[1:3]
     xp = _pad_same(x, k)
     return sum(xp[:, i:i + h, j:j + w] * kernel[i, j, 0] for i in range(k) for j in range(k))
 
 
-def _depthwise_fwd(x, kernel):
-    return _depthwise_shifts(x, kernel), (x, kernel)
-
-
 def _depthwise_bwd(res, dy):
-    x, kernel = res
-    k = kernel.shape[0]
-    dx = _depthwise_shifts(dy, jnp.flip(kernel, (0, 1)))
-    xp = _pad_same(x, k)
+    (x, kernel), k = res, res[1].shape[0]
+    dx, xp = _depthwise_shifts(dy, jnp.flip(kernel, (0, 1))), _pad_same(x, k)
 
-    def tap(_, n):  # one kernel position's weight gradient: a loop keeps one slice alive
+    def tap(_, n):  # one kernel position's weight gradient
         return None, jnp.sum(jax.lax.dynamic_slice(xp, (0, n // k, n % k, 0), x.shape) * dy,
                              (0, 1, 2))
 
@@ -268,7 +258,8 @@ def _depthwise_bwd(res, dy):
     return dx, dw.astype(kernel.dtype)
 
 
-_depthwise_shifts.defvjp(_depthwise_fwd, _depthwise_bwd)
+_depthwise_shifts.defvjp(lambda x, kernel: (_depthwise_shifts(x, kernel), (x, kernel)),
+                         _depthwise_bwd)
 
 
 def _conv_xla(x, kernel, stride=1, padding=None, groups=1):
