@@ -36,6 +36,7 @@ from clip_jax.data.synthetic import SyntheticSource
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                                 "configs"))
+import distill_demo  # noqa: E402
 import tiny  # noqa: E402
 
 N, D = 32, 16
@@ -490,3 +491,8 @@ def test_a_shallower_student_inherits_evenly_spaced_teacher_blocks(tmp_path):
         c.checkpoint.init_from_params = ""
         with pytest.raises(ValueError, match=msg):
             config_lib.validate(c)
+    for arg, stored in (("T,stored=D,inherit", "D"), ("T,scratch,inherit", "")):  # the demo's
+        c = distill_demo.get_config(arg)
+        config_lib.validate(c)
+        assert (c.checkpoint.init_from, c.checkpoint.init_from_blocks) == ("T", "even")
+        assert (c.distill.embeddings, tuple(c.distill.teachers)) == (stored, ())
