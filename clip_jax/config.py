@@ -117,7 +117,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.checkpoint.init_from = ""  # a checkpoint dir or bundle to start from (fine-tuning)
     c.checkpoint.init_from_params = ""  # regex of the param paths taken from it ("" = all)
     # a source of another depth: its transformer blocks to take, "even" (evenly spaced, first
-    # and last kept: TinyCLIP's weight inheritance) or a list such as "0,3" ("" = same depth)
+    # and last kept: TinyCLIP's weight inheritance) or a list such as "0,3" ("" = same depth);
+    # a tower as deep as the source's is taken whole
     c.checkpoint.init_from_blocks = ""
 
     c.eval = ml_collections.ConfigDict()  # what every evaluation shares (see eval_sets)
