@@ -19,6 +19,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from clip_jax import convolution
+
 
 def quick_gelu(x):
     return x * jax.nn.sigmoid(1.702 * x)
@@ -230,88 +232,14 @@ class PatchEmbed(nn.Module):
         return x
 
 
-def _pad_same(x, k: int):
-    """``x`` (B, H, W, C) padded by ``k // 2`` on each side of H and W: a "same" k x k window."""
-    return jnp.pad(x, ((0, 0), (k // 2, k // 2), (k // 2, k // 2), (0, 0)))
-
-
-@jax.custom_vjp
-def _depthwise_shifts(x, kernel):
-    """Depthwise stride-1 "same" convolution (kernel (k, k, 1, C)) as k*k shifted products
-    (XLA:CPU's grouped convolution is slow). The VJP keeps only ``x`` (autodiff kept the k*k
-    slices: convnext_base's tower at batch 4 held 4.6 GiB, now 1.2) and loops over the kernel
-    positions for the weight gradient, one slice alive (unrolled: all kept, or 3x slower)."""
-    k, (h, w) = kernel.shape[0], x.shape[1:3]
-    xp = _pad_same(x, k)
-    return sum(xp[:, i:i + h, j:j + w] * kernel[i, j, 0] for i in range(k) for j in range(k))
-
-
-def _depthwise_bwd(res, dy):
-    (x, kernel), k = res, res[1].shape[0]
-    dx, xp = _depthwise_shifts(dy, jnp.flip(kernel, (0, 1))), _pad_same(x, k)
-
-    def tap(_, n):  # one kernel position's weight gradient
-        return None, jnp.sum(jax.lax.dynamic_slice(xp, (0, n // k, n % k, 0), x.shape) * dy,
-                             (0, 1, 2))
-
-    dw = jax.lax.scan(tap, None, jnp.arange(k * k))[1].reshape(k, k, 1, -1)
-    return dx, dw.astype(kernel.dtype)
-
-
-_depthwise_shifts.defvjp(lambda x, kernel: (_depthwise_shifts(x, kernel), (x, kernel)),
-                         _depthwise_bwd)
-
-
-def _conv_xla(x, kernel, stride=1, padding=None, groups=1):
-    p = kernel.shape[0] // 2 if padding is None else padding
-    return jax.lax.conv_general_dilated(x, kernel, (stride, stride), [(p, p)] * 2,
-                                        dimension_numbers=("NHWC", "HWIO", "NHWC"),
-                                        feature_group_count=groups)
-
-
-@jax.custom_vjp
-def _conv_same_cpu(x, kernel):
-    """A stride-1 "same" convolution whose weight gradient is im2col matmuls, ``dy^T @ cols``
-    (one per kernel row), where XLA:CPU's convolution weight gradient transposes both operands
-    and ran at about a quarter of the forward's rate (RN50's 3x3 convolutions; the image
-    tower's forward + backward at batch 8 is 8-12% faster so); the input gradient is the transposed
-    convolution (the kernel flipped in space, in/out swapped), as autodiff gives."""
-    return _conv_xla(x, kernel)
-
-
-def _conv_same_fwd(x, kernel):
-    return _conv_xla(x, kernel), (x, kernel)
-
-
-def _conv_same_bwd(res, dy):
-    x, kernel = res
-    k, (h, w, c) = kernel.shape[0], x.shape[1:]
-    dx = _conv_xla(dy, jnp.flip(kernel, (0, 1)).swapaxes(2, 3))
-    xp = _pad_same(x, k)
-    # the columns of the k horizontal shifts once, (B, H + k - 1, W, k * C); each kernel row i
-    # is then a matmul over rows i..i+H of them: 10-20% faster than all k * k shifts
-    # concatenated (most of this gradient's time is building the columns)
-    cols = jnp.concatenate([xp[:, :, j:j + w] for j in range(k)], -1)
-    dy_t = dy.reshape(-1, dy.shape[-1]).T
-    dw_t = jnp.concatenate([jnp.dot(dy_t, cols[:, i:i + h].reshape(-1, k * c))
-                            for i in range(k)], -1)
-    return dx, dw_t.T.reshape(kernel.shape).astype(kernel.dtype)
-
-
-_conv_same_cpu.defvjp(_conv_same_fwd, _conv_same_bwd)
-
-
 class Conv(nn.Module):
     """A square 2-D convolution, NHWC, ``kernel`` (k, k, in / groups, features) as ``nn.Conv``
-    stores it (open_clip's and timm's weights map onto it unchanged), with the computation XLA's
-    CPU backend runs fastest and every backend runs exactly: a 1x1 convolution is one matmul over
-    the channels and a patchifying one (stride = window, no padding) a reshape + matmul, like
-    :class:`PatchEmbed` (their weight gradients are then matmuls too, without the activation
-    transposes XLA:CPU's convolution gradient makes); on CPU a depthwise "same" convolution
-    (ConvNeXt's 7x7) is a sum of k*k shifted products, 2.5-3.6x faster forward + backward there
-    than XLA:CPU's grouped convolution, and a dense "same" one (ResNet's 3x3) keeps XLA's
-    convolution forward with im2col matmuls for its weight gradient; the rest go to
-    ``lax.conv_general_dilated``."""
+    stores it (open_clip's and timm's weights map onto it unchanged), computed as each backend
+    runs it fastest and exactly: on CPU by oneDNN (:mod:`clip_jax.convolution`) where it is
+    built; else a 1x1 convolution is one matmul over the channels and a patchifying one (stride
+    = window, no padding) a reshape + matmul, like :class:`PatchEmbed` (their weight gradients
+    are then matmuls too, without the activation transposes XLA:CPU's convolution gradient
+    makes), and the rest go to :func:`clip_jax.convolution.xla`."""
 
     features: int
     kernel_size: int
@@ -330,7 +258,9 @@ class Conv(nn.Module):
         kernel = self.param("kernel", self.kernel_init,
                             (k, k, cin // self.groups, self.features), self.param_dtype)
         x, kernel = x.astype(self.dtype), kernel.astype(self.dtype)
-        if self.groups == 1 and p == 0 and (k == 1 or k == s):
+        if convolution.usable(x, kernel):
+            y = convolution.onednn(x, kernel, s, p)
+        elif self.groups == 1 and p == 0 and (k == 1 or k == s):
             if k == 1:
                 x = x[:, ::s, ::s]
             else:  # non-overlapping k x k patches, (dy, dx, c) as the kernel's rows
@@ -338,14 +268,8 @@ class Conv(nn.Module):
                 x = x[:, :h * k, :w * k].reshape(b, h, k, w, k, cin).transpose(0, 1, 3, 2, 4, 5)
                 x = x.reshape(b, h, w, k * k * cin)
             y = jnp.dot(x, kernel.reshape(k * k * cin, -1))
-        elif (self.groups == cin == self.features and s == 1 and 2 * p == k - 1
-              and jax.default_backend() == "cpu"):
-            y = _depthwise_shifts(x, kernel)
-        elif (self.groups == 1 and s == 1 and 2 * p == k - 1
-              and jax.default_backend() == "cpu"):
-            y = _conv_same_cpu(x, kernel)
         else:
-            y = _conv_xla(x, kernel, s, p, self.groups)
+            y = convolution.xla(x, kernel, s, p, self.groups)
         if self.use_bias:
             y = y + self.param("bias", self.bias_init, (self.features,),
                                self.param_dtype).astype(self.dtype)

@@ -23,8 +23,8 @@ LAYERS = (
      "clip_jax.data", "clip_jax.data.*", "clip_jax.evaluate", "clip_jax.evaluate.templates",
      "clip_jax.evaluate.plots"),
     # the model, its math and its placement
-    ("clip_jax.layers", "clip_jax.models", "clip_jax.models.*", "clip_jax.losses",
-     "clip_jax.kd_losses",
+    ("clip_jax.convolution", "clip_jax.layers", "clip_jax.models", "clip_jax.models.*",
+     "clip_jax.losses", "clip_jax.kd_losses",
      "clip_jax.sharding", "clip_jax.config", "clip_jax.recipes", "clip_jax.optimizer",
      "clip_jax.flops", "clip_jax.monitor", "clip_jax.stability"),
     ("clip_jax.params",),

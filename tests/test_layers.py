@@ -1,12 +1,14 @@
 """The building blocks in clip_jax.layers against the library versions they replace."""
 
+import platform
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from clip_jax import layers
+from clip_jax import convolution, layers
 
 
 def test_fast_layers_equal_their_references():
@@ -149,17 +151,26 @@ def test_patch_embed_bias():
     np.testing.assert_allclose(embed.apply({"params": p}, images), want, atol=1e-5)
 
 
+ONEDNN_HERE = platform.system() == "Linux" and platform.machine() == "x86_64"
+
+
+@pytest.mark.parametrize("impl", ["onednn", "xla"])
 @pytest.mark.parametrize("k,stride,pad,groups,features,bias", [
     (1, 1, 0, 1, 12, False), (1, 2, 0, 1, 12, False),  # 1x1: a matmul (strided: subsampled)
     (2, 2, 0, 1, 12, True), (4, 4, 0, 1, 12, True),  # patchifying (ConvNeXt stem, downsamples)
     (3, 1, 1, 1, 12, False), (5, 1, 2, 1, 4, True),  # "same": im2col weight gradient on CPU
     (3, 2, 1, 1, 12, False), (7, 1, 3, 6, 12, True),  # XLA's conv
     (7, 1, 3, 6, 6, True)])  # depthwise "same" (ConvNeXt's): shifted products on CPU
-def test_conv_equals_flax_conv(k, stride, pad, groups, features, bias):
-    """layers.Conv computes nn.Conv's function and gradients from the same parameters (the
-    matmul, shifted-product and im2col-gradient forms included), odd sizes (a remainder for
-    the patchifying case) included."""
+def test_conv_equals_flax_conv(k, stride, pad, groups, features, bias, impl, monkeypatch):
+    """layers.Conv computes nn.Conv's function and gradients from the same parameters, both on
+    oneDNN's kernels (the custom calls of clip_jax.convolution; required where the package
+    installs them, Linux x86-64) and on XLA (the matmul, shifted-product and im2col-gradient
+    forms included), odd sizes (rows no strided window reaches) included."""
     x = jax.random.normal(jax.random.key(0), (2, 11, 13, 6))
+    if impl == "xla":
+        monkeypatch.setenv("CLIP_JAX_CONV", "xla")
+    elif not ONEDNN_HERE:
+        pytest.skip("oneDNN's kernels are installed on Linux x86-64 only")
     ours = layers.Conv(features, k, stride, pad, groups, bias,
                        bias_init=nn.initializers.normal(1.0))
     ref = nn.Conv(features, (k, k), strides=stride, padding=[(pad, pad)] * 2,
@@ -167,7 +178,41 @@ def test_conv_equals_flax_conv(k, stride, pad, groups, features, bias):
     params = ours.init(jax.random.key(1), x)
     assert jax.tree.map(jnp.shape, params) == jax.tree.map(
         jnp.shape, ref.init(jax.random.key(1), x))
+    assert ("clip_jax_conv_fwd" in jax.jit(ours.apply).lower(params, x).as_text()) == (
+        impl == "onednn")
     g = jax.random.normal(jax.random.key(2), ref.apply(params, x).shape)
     np.testing.assert_allclose(ours.apply(params, x), ref.apply(params, x), atol=1e-5)
     for a, b in zip(jax.vjp(ours.apply, params, x)[1](g), jax.vjp(ref.apply, params, x)[1](g)):
         jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-4), a, b)
+
+
+@pytest.mark.skipif(not ONEDNN_HERE, reason="oneDNN's kernels are installed on Linux x86-64")
+def test_onednn_conv_under_a_mesh_stays_sharded_and_equal():
+    """On an 8-device mesh the custom calls run per batch shard (shard_map): the loss and
+    gradients equal the unsharded ones, and the compiled step gathers no activations (the
+    weight gradient is summed over the shards); a batch the mesh does not divide is computed
+    whole, equal too; bfloat16 runs XLA's convolution; a missing oneDNN is a one-line reason."""
+    conv = layers.Conv(16, 3, 2, 1, use_bias=False)
+    x = jax.random.normal(jax.random.key(0), (8, 9, 9, 8))
+    params = conv.init(jax.random.key(1), x)
+    loss = lambda p, x: jnp.sum(jnp.sin(conv.apply(p, x)))
+    step = jax.jit(jax.value_and_grad(loss, (0, 1)))
+    want = step(params, x)
+    mesh = jax.make_mesh((4, 2, 1), ("data", "fsdp", "tensor"),
+                         axis_types=(jax.sharding.AxisType.Auto,) * 3)
+    with jax.set_mesh(mesh):
+        xs = jax.device_put(x, jax.NamedSharding(mesh, jax.P(("data", "fsdp"))))
+        hlo = step.lower(params, xs).compile().as_text()
+        got = step(params, xs)
+        assert "clip_jax_conv_bwd_weights" in hlo and "all-gather" not in hlo
+        odd = step(params, x[:6])
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5),
+                 odd, step(params, x[:6]))
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5), got, want)
+    half = jax.tree.map(lambda a: a.astype(jnp.bfloat16), params)
+    assert "clip_jax_conv" not in jax.jit(
+        layers.Conv(16, 3, 2, 1, dtype=jnp.bfloat16).apply).lower(half, x).as_text()
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(convolution, "_dist_file", lambda *a: None)
+        with pytest.raises(RuntimeError, match="oneDNN is not installed"):
+            convolution.build()
