@@ -32,6 +32,7 @@ import pathlib
 import shutil
 import subprocess
 import tempfile
+import threading
 
 import jax
 import jax.numpy as jnp
@@ -42,6 +43,7 @@ _SOURCE = pathlib.Path(__file__).with_name("convolution_onednn.cc")
 _TARGETS = {"fwd": "ClipJaxConvForward", "bwd_data": "ClipJaxConvBackwardData",
             "bwd_weights": "ClipJaxConvBackwardWeights"}
 log = logging.getLogger(__name__)
+_LOCK = threading.Lock()
 
 
 def _dist_file(dist: str, suffix: str) -> pathlib.Path | None:
@@ -84,9 +86,14 @@ def build() -> pathlib.Path:
     return out
 
 
-@functools.cache
 def _registered() -> bool:
     """Build, load and register the kernels once; False (with a warning saying why) if not."""
+    with _LOCK:  # threads tracing at once register once
+        return _register()
+
+
+@functools.cache
+def _register() -> bool:
     try:
         lib = ctypes.cdll.LoadLibrary(str(build()))
     except (RuntimeError, OSError) as e:
