@@ -5,8 +5,8 @@ XLA:CPU's own convolutions run at a fraction of the machine's matmul rate: RN50'
 convolutions forward + backward took about twice the time of oneDNN's (the library torch's CPU
 path runs), and the 1x1 ones, as matmuls, paid a transposed copy of every activation for their
 weight gradients: most of clip_jax's gap to open_clip on a CPU. So on CPU, where the
-``onednn-cpu-gomp`` / ``onednn-devel-cpu-gomp`` packages (a dependency on Linux x86-64) and a
-C++ compiler are present, ``convolution_onednn.cc`` is compiled once into a cache (keyed by its
+``onednn`` extra (``onednn-cpu-gomp`` / ``onednn-devel-cpu-gomp``, Linux x86-64) and a C++
+compiler are present, ``convolution_onednn.cc`` is compiled once into a cache (keyed by its
 source, jaxlib and oneDNN; ``$XDG_CACHE_HOME/clip_jax``) and :func:`onednn` runs its forward,
 input-gradient and weight-gradient primitives as XLA custom calls, on NHWC activations and
 ``nn.Conv``'s (k, k, in / groups, out) kernels as they are. :func:`usable` says where: float32
@@ -29,6 +29,7 @@ import logging
 import math
 import os
 import pathlib
+import platform
 import shutil
 import subprocess
 import tempfile
@@ -44,6 +45,7 @@ _TARGETS = {"fwd": "ClipJaxConvForward", "bwd_data": "ClipJaxConvBackwardData",
             "bwd_weights": "ClipJaxConvBackwardWeights"}
 log = logging.getLogger(__name__)
 _LOCK = threading.Lock()
+_PLATFORM_OK = platform.system() == "Linux" and platform.machine() == "x86_64"
 
 
 def _dist_file(dist: str, suffix: str) -> pathlib.Path | None:
@@ -55,54 +57,111 @@ def _dist_file(dist: str, suffix: str) -> pathlib.Path | None:
     return next((p for p in paths if p.as_posix().endswith(suffix)), None)
 
 
-def build() -> pathlib.Path:
-    """Compile ``convolution_onednn.cc`` against the installed oneDNN, once (cached); raises
-    RuntimeError saying why it can't."""
+def _onednn_install() -> tuple[pathlib.Path, pathlib.Path, str] | None:
+    """(libdnnl.so, dnnl.hpp, oneDNN's version) of the 'onednn' extra; None where it is absent."""
     lib = _dist_file("onednn-cpu-gomp", "lib/libdnnl.so")
     header = _dist_file("onednn-devel-cpu-gomp", "include/oneapi/dnnl/dnnl.hpp")
     if lib is None or header is None:
-        raise RuntimeError("oneDNN is not installed (pip install onednn-cpu-gomp "
-                           "onednn-devel-cpu-gomp)")
-    cxx = os.environ.get("CXX") or shutil.which("c++") or shutil.which("g++")
-    if cxx is None:
-        raise RuntimeError("no C++ compiler (c++, g++ or $CXX) to build the oneDNN kernels")
-    parts = [_SOURCE.read_text(), importlib.metadata.version("jaxlib"), str(lib), cxx]
+        return None
+    return lib, header, importlib.metadata.version("onednn-cpu-gomp")
+
+
+class Unavailable(RuntimeError):
+    """oneDNN's kernels cannot run here; ``chosen`` when that follows from the install (another
+    platform, the ``onednn`` extra absent) rather than from a failure worth a warning."""
+
+    def __init__(self, why: str, chosen: bool = False):
+        super().__init__(why)
+        self.chosen = chosen
+
+
+def _compiler() -> str:
+    """The C++ compiler to build with: ``$CXX`` (a name on the PATH or a path), else ``c++`` or
+    ``g++`` on the PATH."""
+    asked = os.environ.get("CXX")
+    if asked:
+        found = shutil.which(asked)
+        if found is None:
+            raise Unavailable(f"the C++ compiler CXX={asked} was not found")
+        return found
+    found = shutil.which("c++") or shutil.which("g++")
+    if found is None:
+        raise Unavailable("no C++ compiler on the PATH (c++, g++ or $CXX) to build them")
+    return found
+
+
+def build() -> pathlib.Path:
+    """Compile ``convolution_onednn.cc`` against the installed oneDNN once per machine (cached
+    under ``$XDG_CACHE_HOME/clip_jax``, keyed by the source, jaxlib's and oneDNN's versions and
+    the compiler); raises :class:`Unavailable` saying why it can't. A failed compile is
+    remembered beside the cache (``.failed``, holding the compiler's message): later processes
+    raise it again without retrying until that file is deleted or the key changes."""
+    if not _PLATFORM_OK:
+        raise Unavailable("oneDNN's kernels are built on Linux x86-64 only", chosen=True)
+    installed = _onednn_install()
+    if installed is None:
+        raise Unavailable("the 'onednn' extra is not installed (pip install 'clip_jax[onednn]' "
+                          "and a C++ compiler for faster CPU convolutions)", chosen=True)
+    lib, header, version = installed
+    cxx = _compiler()
+    parts = [_SOURCE.read_text(), importlib.metadata.version("jaxlib"), version, cxx]
     key = hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
     cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     out = pathlib.Path(cache) / "clip_jax" / f"convolution_onednn-{key}.so"
+    failed = out.with_suffix(".failed")
     if out.exists():
         return out
+    if failed.exists():
+        raise Unavailable(f"building the oneDNN kernels failed on this machine before (delete "
+                          f"{failed} to retry): {failed.read_text().strip()}")
     out.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(suffix=".so", dir=out.parent)
     os.close(fd)
     cmd = [cxx, "-O2", "-std=c++17", "-shared", "-fPIC", "-w", str(_SOURCE), "-o", tmp,
            f"-I{jax.ffi.include_dir()}", f"-I{header.parents[2]}", f"-L{lib.parent}", "-ldnnl",
            f"-Wl,-rpath,{lib.parent}"]
-    done = subprocess.run(cmd, capture_output=True, text=True)
-    if done.returncode:
+    try:
+        done = subprocess.run(cmd, capture_output=True, text=True)
+        error = done.stderr.strip()[-500:] or f"exit status {done.returncode}"
+    except OSError as e:  # a compiler that cannot be executed
+        done, error = None, str(e)
+    if done is None or done.returncode:
         os.unlink(tmp)
-        raise RuntimeError(f"building the oneDNN kernels failed: {done.stderr.strip()[-500:]}")
+        why = f"{cxx}: {error}"
+        _write_atomic(failed, why)
+        raise Unavailable(f"building the oneDNN kernels failed: {why}")
     os.replace(tmp, out)  # atomic: processes building at once each leave a whole library
     return out
 
 
+def _write_atomic(path: pathlib.Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent)
+    with os.fdopen(fd, "w") as f:
+        f.write(text + "\n")
+    os.replace(tmp, path)
+
+
 def _registered() -> bool:
-    """Build, load and register the kernels once; False (with a warning saying why) if not."""
+    """Build, load and register the kernels once; False if not (see :func:`reason`)."""
     with _LOCK:  # threads tracing at once register once
-        return _register()
+        return reason() is None
 
 
 @functools.cache
-def _register() -> bool:
+def reason() -> str | None:
+    """Why oneDNN's kernels do not run in this process (None: built and registered). Said once:
+    a warning where they were asked for (the extra is installed) and failed, else at INFO."""
     try:
         lib = ctypes.cdll.LoadLibrary(str(build()))
-    except (RuntimeError, OSError) as e:
-        log.warning("XLA's convolutions run instead of oneDNN's: %s", e)
-        return False
+    except (Unavailable, OSError) as e:
+        chosen = getattr(e, "chosen", False)
+        log.log(logging.INFO if chosen else logging.WARNING,
+                "XLA's convolutions run instead of oneDNN's: %s", e)
+        return str(e)
     for name, symbol in _TARGETS.items():
         jax.ffi.register_ffi_target(f"clip_jax_conv_{name}",
                                     jax.ffi.pycapsule(getattr(lib, symbol)), platform="cpu")
-    return True
+    return None
 
 
 def _platform() -> str:

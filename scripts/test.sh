@@ -1,38 +1,61 @@
 #!/usr/bin/env bash
-# Install clip_jax with its test extras and run the whole suite (README: "run the tests").
-# Arguments go to pytest (e.g. `bash scripts/test.sh tests/test_open_clip.py -x`).
+# Run the tests (README: "run the tests"; .ci/run calls this). Arguments go to pytest, e.g.
+#   bash scripts/test.sh tests/test_open_clip.py -x
+#   bash scripts/test.sh -m ''          # every test, the slow ones included
 #
-# The torch-based comparison extras are alternatives (their torch pins differ); their tests skip
-# cleanly where they are absent:
-# - by default 'compare' (torch==2.13.0 CPU + transformers), installed when it can be;
-# - with CLIP_JAX_COMPARE=1, 'open-clip' instead (torch==2.14.1, the ~6.7 GB CUDA build, with
-#   torchvision 0.29.1, open-clip-torch 3.3.0 and transformers): open_clip itself is then run by
-#   tests/test_open_clip.py. Asked for, it must install and import, else this script stops.
-# An environment that holds torchvision is never given compare's torch 2.13.0: torchvision 0.29.1
-# does not import beside it, and transformers' CLIPModel then fails (tests fail, not skip).
-# 'tpu-aot' (libtpu: compile for TPU topologies on this CPU host, tests/test_plan.py) is
-# installed when it can be.
+# It makes (once) a virtual environment .venv/ with Python 3.12 or later (jax 0.12 needs it;
+# CLIP_JAX_PYTHON=/path/to/python picks one), installs clip_jax there with the versions CI
+# tested (constraints.txt) and these extras:
+# - test (pytest, xdist, ruff) and onednn (oneDNN's CPU convolutions; their tests skip, saying
+#   why, without the extra or a C++ compiler);
+# - compare (torch 2.14.1, torchvision, open_clip, transformers: several GB) and tpu-aot
+#   (libtpu: compile for TPU topologies on this CPU) when they install; without them their
+#   tests skip. CLIP_JAX_COMPARE=0 leaves compare out.
+# The default run leaves out the tests marked slow (multi-minute end-to-end runs) except the
+# ones that guard a row of the README's "What survives what" table (tests/conftest.py).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-pip_extra() { python3 -m pip install -q --disable-pip-version-check -e ".[$1]"; }
-has_dist() { python3 -c 'import importlib.metadata as m, sys; m.distribution(sys.argv[1])' "$1" \
-  2>/dev/null; }
-pip_extra test
-if [[ "${CLIP_JAX_COMPARE:-0}" != 0 ]]; then
-  pip_extra open-clip
-  python3 -c 'import open_clip, transformers; from transformers import CLIPModel' || {
-    echo "error: CLIP_JAX_COMPARE=1, but open_clip / transformers do not import after installing" \
-         "the 'open-clip' extra (above)" >&2
-    exit 1
-  }
-elif has_dist torchvision; then
-  echo "note: torchvision is installed, so the 'compare' extra (torch==2.13.0, beside which" \
-       "torchvision does not import) is not; CLIP_JAX_COMPARE=1 installs the 'open-clip' extra"
-else
-  pip_extra compare \
-    || echo "note: optional extra 'compare' (torch==2.13.0, transformers) not installed; its tests skip"
+started=$SECONDS
+
+python_ok() { "$1" -c 'import sys; sys.exit(sys.version_info < (3, 12))' 2>/dev/null; }
+find_python() {
+  local c
+  if [[ -n "${CLIP_JAX_PYTHON:-}" ]]; then
+    python_ok "$CLIP_JAX_PYTHON" && { echo "$CLIP_JAX_PYTHON"; return; }
+    echo "error: CLIP_JAX_PYTHON=$CLIP_JAX_PYTHON is not Python 3.12 or later" >&2; return 1
+  fi
+  for c in python3.12 python3.13 python3.14 python3; do
+    command -v "$c" >/dev/null && python_ok "$c" && { command -v "$c"; return; }
+  done
+  if command -v pyenv >/dev/null; then  # installed but not selected
+    for c in "$(pyenv root)"/versions/3.1[2-9]*/bin/python3; do
+      python_ok "$c" && { echo "$c"; return; }
+    done
+  fi
+  echo "error: clip_jax needs Python 3.12 or later (jax 0.12); none found on the PATH" \
+       "(set CLIP_JAX_PYTHON)" >&2
+  return 1
+}
+
+VENV=.venv
+if ! python_ok "$VENV/bin/python"; then
+  py=$(find_python)
+  rm -rf "$VENV"
+  "$py" -m venv "$VENV"
+  echo "made $VENV with $("$VENV/bin/python" --version)"
 fi
-pip_extra tpu-aot \
-  || echo "note: optional extra 'tpu-aot' (jax[tpu], libtpu) not installed; the TPU compile tests skip"
-ruff check clip_jax tests benchmarks configs examples
-python3 -m pytest -q -p no:cacheprovider "$@"
+PY=$PWD/$VENV/bin/python
+pip_install() { "$PY" -m pip install -q --disable-pip-version-check -c constraints.txt "$@"; }
+pip_install -e ".[test,onednn]"
+if [[ "${CLIP_JAX_COMPARE:-1}" != 0 ]]; then
+  pip_install -e ".[compare]" \
+    || echo "note: optional extra 'compare' (torch, open_clip, transformers) not installed;" \
+            "its tests skip"
+fi
+pip_install -e ".[tpu-aot]" \
+  || echo "note: optional extra 'tpu-aot' (jax[tpu], libtpu) not installed; the TPU compile" \
+          "tests skip"
+echo "installed in $((SECONDS - started)) s: $("$PY" -c 'import jax, flax; print(
+  "jax", jax.__version__, "flax", flax.__version__)')"
+"$VENV/bin/ruff" check clip_jax tests benchmarks configs examples
+"$PY" -m pytest -q -p no:cacheprovider "$@"

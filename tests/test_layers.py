@@ -1,6 +1,10 @@
 """The building blocks in clip_jax.layers against the library versions they replace."""
 
-import platform
+
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import flax.linen as nn
 import jax
@@ -9,6 +13,8 @@ import numpy as np
 import pytest
 
 from clip_jax import convolution, layers
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def test_fast_layers_equal_their_references():
@@ -151,7 +157,12 @@ def test_patch_embed_bias():
     np.testing.assert_allclose(embed.apply({"params": p}, images), want, atol=1e-5)
 
 
-ONEDNN_HERE = platform.system() == "Linux" and platform.machine() == "x86_64"
+def _onednn_or_skip():
+    """oneDNN's kernels run where the 'onednn' extra and a C++ compiler are (CI installs both);
+    elsewhere their tests skip, printing why."""
+    why = convolution.reason()
+    if why is not None:
+        pytest.skip(f"oneDNN's kernels are not available: {why}")
 
 
 @pytest.mark.parametrize("impl", ["onednn", "xla"])
@@ -163,14 +174,14 @@ ONEDNN_HERE = platform.system() == "Linux" and platform.machine() == "x86_64"
     (7, 1, 3, 6, 6, True)])  # depthwise "same" (ConvNeXt's): shifted products on CPU
 def test_conv_equals_flax_conv(k, stride, pad, groups, features, bias, impl, monkeypatch):
     """layers.Conv computes nn.Conv's function and gradients from the same parameters, both on
-    oneDNN's kernels (the custom calls of clip_jax.convolution; required where the package
-    installs them, Linux x86-64) and on XLA (the matmul, shifted-product and im2col-gradient
+    oneDNN's kernels (the custom calls of clip_jax.convolution, where the 'onednn' extra is
+    installed) and on XLA (the matmul, shifted-product and im2col-gradient
     forms included), odd sizes (rows no strided window reaches) included."""
     x = jax.random.normal(jax.random.key(0), (2, 11, 13, 6))
     if impl == "xla":
         monkeypatch.setenv("CLIP_JAX_CONV", "xla")
-    elif not ONEDNN_HERE:
-        pytest.skip("oneDNN's kernels are installed on Linux x86-64 only")
+    else:
+        _onednn_or_skip()
     ours = layers.Conv(features, k, stride, pad, groups, bias,
                        bias_init=nn.initializers.normal(1.0))
     ref = nn.Conv(features, (k, k), strides=stride, padding=[(pad, pad)] * 2,
@@ -186,12 +197,12 @@ def test_conv_equals_flax_conv(k, stride, pad, groups, features, bias, impl, mon
         jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-4), a, b)
 
 
-@pytest.mark.skipif(not ONEDNN_HERE, reason="oneDNN's kernels are installed on Linux x86-64")
 def test_onednn_conv_under_a_mesh_stays_sharded_and_equal():
     """On an 8-device mesh the custom calls run per batch shard (shard_map): the loss and
     gradients equal the unsharded ones, and the compiled step gathers no activations (the
     weight gradient is summed over the shards); a batch the mesh does not divide is computed
     whole, equal too; bfloat16 runs XLA's convolution; a missing oneDNN is a one-line reason."""
+    _onednn_or_skip()
     conv = layers.Conv(16, 3, 2, 1, use_bias=False)
     x = jax.random.normal(jax.random.key(0), (8, 9, 9, 8))
     params = conv.init(jax.random.key(1), x)
@@ -214,5 +225,56 @@ def test_onednn_conv_under_a_mesh_stays_sharded_and_equal():
         layers.Conv(16, 3, 2, 1, dtype=jnp.bfloat16).apply).lower(half, x).as_text()
     with pytest.MonkeyPatch.context() as m:
         m.setattr(convolution, "_dist_file", lambda *a: None)
-        with pytest.raises(RuntimeError, match="oneDNN is not installed"):
+        with pytest.raises(convolution.Unavailable, match="'onednn' extra is not installed"):
             convolution.build()
+
+
+def test_no_compiler_falls_back_to_xla_and_a_failed_build_is_remembered(tmp_path, monkeypatch):
+    """Without a C++ compiler (CXX names none, none on the PATH) a fresh process runs XLA's
+    convolution, equal to nn.Conv, saying why once; a compile that fails is tried once per
+    machine and key: the next build raises the remembered error without running the compiler,
+    and another compiler (another key) tries again."""
+    script = (
+        "import logging, sys\n"
+        "logging.basicConfig(level=logging.INFO, format='%(levelname)s %(message)s')\n"
+        "import flax.linen as nn, jax, numpy as np\n"
+        "from clip_jax import convolution, layers\n"
+        "x = jax.random.normal(jax.random.key(0), (2, 9, 9, 4))\n"
+        "ours = layers.Conv(8, 3, 1, 1, use_bias=False)\n"
+        "ref = nn.Conv(8, (3, 3), padding=[(1, 1)] * 2, use_bias=False)\n"
+        "p = ours.init(jax.random.key(1), x)\n"
+        "assert 'clip_jax_conv' not in jax.jit(ours.apply).lower(p, x).as_text()\n"
+        "np.testing.assert_allclose(ours.apply(p, x), ref.apply(p, x), atol=1e-5)\n"
+        "print('ok')\n")
+    env = dict(os.environ, PATH=str(tmp_path / "empty"), CXX=str(tmp_path / "no" / "c++"),
+               XDG_CACHE_HOME=str(tmp_path / "cache"), PYTHONPATH=str(REPO))
+    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]
+    said = [ln for ln in done.stderr.splitlines() if "instead of oneDNN's" in ln]
+    assert len(said) == 1, done.stderr[-2000:]
+    assert ("CXX=" + env["CXX"] + " was not found" in said[0]
+            or "'onednn' extra is not installed" in said[0]
+            or "Linux x86-64 only" in said[0]), said
+
+    # a compiler that fails, counting its runs
+    calls = tmp_path / "calls"
+    for name in ("cxx1", "cxx2"):
+        fake = tmp_path / name
+        fake.write_text(f"#!/bin/sh\necho {name} >> {calls}\necho 'error: no' >&2\nexit 1\n")
+        fake.chmod(0o755)
+    lib = tmp_path / "onednn" / "lib" / "libdnnl.so"
+    header = tmp_path / "onednn" / "include" / "oneapi" / "dnnl" / "dnnl.hpp"
+    monkeypatch.setattr(convolution, "_PLATFORM_OK", True)
+    monkeypatch.setattr(convolution, "_onednn_install", lambda: (lib, header, "2023.2.0"))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.setenv("CXX", str(tmp_path / "cxx1"))
+    with pytest.raises(convolution.Unavailable, match="failed: .*cxx1: error: no"):
+        convolution.build()
+    with pytest.raises(convolution.Unavailable, match="failed on this machine before"):
+        convolution.build()
+    assert calls.read_text().split() == ["cxx1"]
+    monkeypatch.setenv("CXX", str(tmp_path / "cxx2"))
+    with pytest.raises(convolution.Unavailable, match="failed: .*cxx2"):
+        convolution.build()
+    assert calls.read_text().split() == ["cxx1", "cxx2"]
