@@ -55,7 +55,7 @@ def save_bundle(out_dir: str | os.PathLike, params, cfg: models.ModelConfig, tok
                 preprocess: Mapping | None = None) -> Path:
     """Write a bundle: ``model.safetensors`` + ``config.json`` + the tokenizer's files."""
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    files.make_dir(out)
     flat = params_lib.flatten_params(jax.device_get(params))
     expected = params_lib.flatten_params(models.abstract_params(cfg))
     flat = params_lib.check(flat, expected, "params to bundle", cast=False)

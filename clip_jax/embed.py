@@ -173,10 +173,8 @@ def embed_shard(model: inference.InferenceModel, url: str, batch_size: int = 256
 
 
 def _save_npy(path: str, array: np.ndarray) -> None:
-    tmp = f"{path}.{os.getpid()}.tmp"
-    with open(tmp, "wb") as f:
+    with files.atomic_path(path) as tmp, open(tmp, "wb") as f:
         np.save(f, array)
-    os.replace(tmp, path)
 
 
 def read_json(path: str):
@@ -228,7 +226,7 @@ def embed_shards(model: inference.InferenceModel, urls: Sequence[str], out_dir: 
         raise cli.UserError(f"model {model_spec!r} has no tokenizer: captions cannot be "
                             "encoded (re-export it with its tokenizer)")
     log = log or (lambda s: print(s, file=sys.stderr, flush=True))
-    os.makedirs(out_dir, exist_ok=True)
+    files.make_dir(out_dir)
     d = model.cfg.embed_dim
     _check_model(out_dir, model_spec, d)
     names = shard_names(urls)

@@ -145,7 +145,7 @@ def filter_shards(model: inference.InferenceModel, urls: Sequence[str], out_dir:
         raise cli.UserError(f"no valid sample (image + caption) in the {len(urls)} shard(s): "
                             f"skipped {emb_report['totals']}")
     cut, t_f = threshold(everything, min_score, top_fraction)
-    os.makedirs(os.path.join(out_dir, DONE), exist_ok=True)
+    files.make_dir(os.path.join(out_dir, DONE))
     sizes, per_shard = {}, {}
     for i, (url, name, s) in enumerate(zip(urls, names, scores, strict=True)):
         marker = os.path.join(out_dir, DONE, name + ".json")

@@ -236,10 +236,7 @@ class MetricsWriter:
                     keep.append(line)
             except json.JSONDecodeError:  # a line cut by a kill mid-write
                 continue
-        tmp = self.path + ".tmp"
-        with open(tmp, "w") as f:
-            f.writelines(keep)
-        os.replace(tmp, self.path)
+        files.write_atomic(self.path, "".join(keep))
 
     def last_record(self, step: int | None = None) -> dict:
         """The metrics logged at the last step (``<= step``), all lines of that step merged."""

@@ -25,6 +25,7 @@ from typing import Any
 import ftfy
 import regex
 
+from clip_jax import files
 from clip_jax.data.tokenizer_base import TokenizerBase
 
 CLIP_VOCAB_FILE = "bpe_simple_vocab_16e6.txt.gz"
@@ -254,8 +255,8 @@ class ClipBPETokenizer(TokenizerBase):
     def save(self, directory: str | os.PathLike) -> Path:
         """Write the vocabulary and ``tokenizer_config.json`` into ``directory``."""
         directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        (directory / CLIP_VOCAB_FILE).write_bytes(self._gz)
+        files.make_dir(directory)
+        files.write_atomic(directory / CLIP_VOCAB_FILE, self._gz)
         self._write_config(directory, vocab_file=CLIP_VOCAB_FILE)
         return directory
 

@@ -43,6 +43,7 @@ from collections.abc import Iterable, Sequence
 
 import numpy as np
 
+from clip_jax import files
 from clip_jax.data.demo_render import BACKGROUNDS, COLOURS, caption, plural_of, render
 from clip_jax.data.progress import Progress
 from clip_jax.data.write_shards import open_tar_writer
@@ -158,11 +159,7 @@ def _write_shard_job(job: tuple) -> tuple[str, int]:
 
 
 def _atomic_json(path: str, obj) -> None:
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=1, sort_keys=True)
-        f.write("\n")
-    os.replace(tmp, path)
+    files.write_json(path, obj, sort_keys=True)
 
 
 def _brace(split: str, n_shards: int) -> str:
@@ -193,7 +190,7 @@ def generate(out_dir: str, train_samples: int = DEFAULT_TRAIN_SAMPLES,
     jobs, n_shards = [], {}
     for split, total in (("train", train_samples), ("eval", eval_samples)):
         directory = os.path.join(out_dir, split)
-        os.makedirs(directory, exist_ok=True)
+        files.make_dir(directory)
         n_shards[split] = -(-total // samples_per_shard)
         keep = {f"{k:05d}.tar" for k in range(n_shards[split])}
         for name in os.listdir(directory):  # shards left over from a larger earlier corpus

@@ -87,8 +87,8 @@ class HFTokenizer(TokenizerBase):
 
     def save(self, directory: str | os.PathLike) -> Path:
         directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        self._tok.save(str(directory / HF_FILE))
+        files.make_dir(directory)
+        files.write_atomic(directory / HF_FILE, self._tok.to_str())
         self._write_config(directory, tokenizer_file=HF_FILE)
         return directory
 
@@ -332,7 +332,7 @@ def write_hf_tokenizer(out_dir: str | os.PathLike, tokenizer, context_length: in
     ``SiglipTokenizer``). Returns a one-line note when HF's tokenizer will not give the same ids
     (or no files could be written), else None."""
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    files.make_dir(out)
     kind = getattr(tokenizer, "kind", None)
     notes = []
     if kind == ClipBPETokenizer.kind:

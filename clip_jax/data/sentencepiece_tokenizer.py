@@ -26,6 +26,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+from clip_jax import files
 from clip_jax.data.clip_bpe import basic_clean
 from clip_jax.data.tokenizer_base import TokenizerBase
 
@@ -137,7 +138,7 @@ class RecipeTokenizer(TokenizerBase):
     def save(self, directory: str | os.PathLike) -> Path:
         """Write the vocabulary file and ``tokenizer_config.json`` (kind + recipe)."""
         directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
+        files.make_dir(directory)
         name = self._write_vocab(directory)
         self._write_config(directory, file=name, recipe=self.recipe)
         return directory
@@ -211,7 +212,7 @@ class SentencePieceTokenizer(RecipeTokenizer):
 
     def _write_vocab(self, directory: Path) -> str:
         name = self.model_file.name if self.model_file.name in SPM_FILES else SPM_FILES[0]
-        (directory / name).write_bytes(self._proto)
+        files.write_atomic(directory / name, self._proto)
         return name
 
 

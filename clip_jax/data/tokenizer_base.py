@@ -11,12 +11,13 @@ Subclasses (:mod:`clip_jax.data.clip_bpe`, :mod:`clip_jax.data.hf_tokenizer`,
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from clip_jax import files
 
 CONFIG_FILE = "tokenizer_config.json"
 
@@ -88,7 +89,7 @@ class TokenizerBase:
     def _write_config(self, directory: Path, **extra: Any) -> None:
         config = {"kind": self.kind, "vocab_size": self.vocab_size, "sot_id": self.sot_id,
                   "eot_id": self.eot_id, "pad_id": self.pad_id, **extra}
-        (directory / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
+        files.write_json(directory / CONFIG_FILE, config, indent=2)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(vocab_size={self.vocab_size})"

@@ -223,7 +223,7 @@ def write_samples(samples: Iterable[tuple[str, bytes, str, str]], out_dir: str,
     """
     if samples_per_shard < 1:
         raise ValueError(f"samples_per_shard must be >= 1, got {samples_per_shard}")
-    os.makedirs(out_dir, exist_ok=True)
+    files.make_dir(out_dir)
     it = iter(samples)
     out: dict[str, int] = {}
     index = start_index
@@ -337,7 +337,7 @@ def write_from_rows(rows: list[tuple[str, str]], out_dir: str, samples_per_shard
     Every image is decoded before it is stored; one that does not decode is skipped (a shard
     then holds fewer samples; keys keep their row numbers). ``progress``: a progress display on
     stderr (:class:`clip_jax.data.progress.Progress`) instead of a ``log`` line per shard."""
-    os.makedirs(out_dir, exist_ok=True)
+    files.make_dir(out_dir)
     summary = {"rows": len(rows), "samples": 0, "shards": 0, "written": 0, "kept": 0,
                "skipped_empty_caption": 0, "skipped_missing_image": 0,
                "skipped_undecodable_image": 0}

@@ -217,7 +217,7 @@ def write_report(reports: dict[str, dict], out_dir: str, prefix: str = "",
                  extra: dict | None = None) -> list[str]:
     """``<out_dir>/<prefix>report.json`` and, per zero-shot evaluation (200 classes at most),
     ``<out_dir>/<prefix><name>_confusion.png``; returns the paths, the report first."""
-    os.makedirs(out_dir, exist_ok=True)
+    files.make_dir(out_dir)
     path = os.path.join(out_dir, f"{prefix}report.json")
     files.write_json(path, {**(extra or {}), "evals": reports})
     written = [path]

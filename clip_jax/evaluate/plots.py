@@ -18,6 +18,8 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from clip_jax import files
+
 _TRAIN_PANELS = (
     ("loss", "train loss", True),
     ("logit_scale", "logit scale", False),
@@ -220,4 +222,4 @@ def plot_suite(headlines: dict[str, dict[str, float]], out_png: str,
 
 def _ensure_parent(path: str) -> None:
     parent = os.path.dirname(os.path.abspath(path))
-    os.makedirs(parent, exist_ok=True)
+    files.make_dir(parent)

@@ -206,7 +206,7 @@ def write_suite(result: dict, out_dir: str, extra: dict | None = None,
                 title: str = "") -> list[str]:
     """``report.json`` (``extra`` + the result), ``suite.md`` and (with any result)
     ``suite.png``; returns the paths written."""
-    os.makedirs(out_dir, exist_ok=True)
+    files.make_dir(out_dir)
     report = os.path.join(out_dir, "report.json")
     files.write_json(report, {**(extra or {}), **result})
     table = os.path.join(out_dir, "suite.md")

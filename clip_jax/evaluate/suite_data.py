@@ -343,7 +343,7 @@ def card_to_folder(card: str, out_dir: str, train_fraction: float = 0.5) -> dict
         for i, img in enumerate(imgs):
             split = "train" if i < n_train else "test"
             d = os.path.join(out_dir, split, str(y))
-            os.makedirs(d, exist_ok=True)
+            files.make_dir(d)
             Image.fromarray(img).save(os.path.join(d, f"{i:05d}.png"))
             counts[split] += 1
     for name, items in (("classnames.txt", ds.class_names), ("templates.txt", ds.templates)):

@@ -176,7 +176,7 @@ def export_hf(out_dir: str | os.PathLike, params, cfg: models.ModelConfig, token
                       stacklevel=2)
     config = hf_config(cfg, tokenizer, None if siglip else bias)
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    files.make_dir(out)
     save_safetensors(sd, out / bundle.WEIGHTS_FILE, {"format": "pt"})
     files.write_json(out / bundle.CONFIG_FILE, config)
     pre = dict(preprocess or bundle.default_preprocess(cfg.vision.image_size))

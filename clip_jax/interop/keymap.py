@@ -115,11 +115,13 @@ def from_external(state_dict: Mapping[str, Any], cfg: models.ModelConfig, fmt: s
     Every expected key must be present with the expected shape and a float dtype (cast to
     ``cfg.param_dtype``); missing and unexpected keys are listed in the ValueError. A parameter
     the format keeps outside its state dict (CLIPModel's logit bias) takes ``cfg``'s value.
+    Values that cannot be right are refused with the tensor's name (:func:`check_values`).
     """
     mod = _family_module(cfg, fmt)
     sd = _normalize_state_dict(state_dict, mod, fmt)
     expected = external_shapes(cfg, fmt)
     params_lib.check(sd, expected, source, cast=False)
+    check_values(sd, source)
     flat = {}
     for rule in _rules(cfg, fmt):
         ours = rule.inv(tuple(np.asarray(sd[k]) for k in rule.theirs))
@@ -129,6 +131,26 @@ def from_external(state_dict: Mapping[str, Any], cfg: models.ModelConfig, fmt: s
     want = params_lib.unstack_layers(params_lib.flatten_params(models.abstract_params(cfg)))
     flat = params_lib.check(flat, want, source, cast=True)
     return params_lib.unflatten_params(params_lib.stack_layers(flat) if cfg.scan else flat)
+
+
+def check_values(sd: Mapping[str, Any], source: str) -> None:
+    """Every imported tensor is finite, and statistics are possible (a variance is >= 0): a
+    model built from anything else gives NaN embeddings, so the import is refused, naming the
+    tensor (and the first bad value's index)."""
+    for key in sorted(sd):
+        a = np.asarray(sd[key])
+        if a.dtype.kind == "V":  # bfloat16 (ml_dtypes)
+            a = a.astype(np.float32)
+        if a.dtype.kind not in "fc":
+            continue
+        bad = ~np.isfinite(a)
+        what = "a non-finite value"
+        if not bad.any() and key.endswith(("running_var", "/var")):
+            bad, what = a < 0, "a negative variance"
+        if bad.any():
+            at = tuple(int(i) for i in np.argwhere(bad)[0])
+            raise ValueError(f"{source}: {key} holds {what} ({a[at] if at else a.item()!r} at "
+                             f"index {at}); the weights are damaged, refusing to import them")
 
 
 def _normalize_state_dict(sd: Mapping[str, Any], mod, fmt: str) -> dict[str, Any]:

@@ -39,7 +39,7 @@ def export_open_clip(out_dir: str | os.PathLike, params, cfg: models.ModelConfig
     config = {"model_cfg": models.to_open_clip_config(cfg),
               "preprocess_cfg": _open_clip_preprocess(pre)}
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    files.make_dir(out)
     save_safetensors(sd, out / OPEN_CLIP_WEIGHTS, {"format": "pt"})
     files.write_json(out / OPEN_CLIP_CONFIG, config)
     if tokenizer is not None:

@@ -10,8 +10,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.numpy import save_file
+
+from clip_jax import files
 
 
 def save_safetensors(tensors: Mapping[str, Any], path: str | os.PathLike,
@@ -19,9 +21,11 @@ def save_safetensors(tensors: Mapping[str, Any], path: str | os.PathLike,
     """Write (atomically: temp file + rename) contiguous NumPy copies of ``tensors``."""
     path = Path(path)
     arrays = {k: np.array(v, order="C", copy=None) for k, v in tensors.items()}  # keeps 0-d
-    tmp = path.with_name(path.name + ".tmp")
-    save_file(arrays, str(tmp), metadata=dict(metadata or {}))
-    os.replace(tmp, path)
+    with files.atomic_path(path) as tmp:
+        try:
+            save_file(arrays, tmp, metadata=dict(metadata or {}))
+        except SafetensorError as e:  # its write errors (a full disk) are OS errors
+            raise OSError(str(e)) from e
 
 
 def read_safetensors(path: str | os.PathLike) -> dict[str, np.ndarray]:
