@@ -21,7 +21,7 @@ import ml_collections
 from absl import flags
 from ml_collections import config_dict, config_flags
 
-from clip_jax import cli, models, optimizer, stability
+from clip_jax import cli, config_schema, models, optimizer, stability
 from clip_jax.cli import UserError
 
 P = config_dict.placeholder
@@ -210,7 +210,9 @@ _CHOICES = {
 
 
 def validate(c: ml_collections.ConfigDict) -> None:
-    """Cross-key checks that the types alone cannot express."""
+    """Each key's declared type and range (:mod:`clip_jax.config_schema`), then the cross-key
+    checks that the types alone cannot express."""
+    config_schema.check(c)
     for key, choices in _CHOICES.items():
         value = c
         for part in key.split("."):

@@ -5,12 +5,16 @@ from __future__ import annotations
 
 import io
 import json
+import pathlib
+import sys
 
 import jax
 import numpy as np
 import pytest
+from absl import flags
 
-from clip_jax import bundle, cli, export, models
+from clip_jax import bundle, cli, config_schema, export, models, train
+from clip_jax import config as config_lib
 from clip_jax.interop import keymap, weights_io
 
 TINY = models.get_model_config("tiny")
@@ -98,3 +102,77 @@ def test_imported_weights_that_cannot_be_right_are_refused_naming_the_tensor(tin
     _one_line_error(*_run(export.main, ["import", "--from", "hf", "--src", hf_dir, "--out",
                                         tmp_path / "x"]), "token_embedding", "non-finite")
     assert not (tmp_path / "x").exists()
+
+
+# ---------------------------------------------------------------------------------------------
+# Config values: every numeric key declared (clip_jax/config_schema.py), fuzzed on the CLI
+
+TINY_CONFIG = str(pathlib.Path(__file__).resolve().parents[1] / "configs" / "tiny.py")
+# where 0 or a negative number means something (off, "fill", a seed, a logit bias): accepted
+ZERO_OK = {"seed", "loss_block_size", "model.init_logit_scale", "model.init_logit_bias",
+           "model.ls_init_value", "model.lock_image_unlocked_groups", "model.text.eot_id",
+           "optimizer.warmup_steps", "optimizer.end_lr_ratio", "optimizer.weight_decay",
+           "optimizer.b1", "optimizer.b2", "optimizer.grad_clip_norm", "data.demo_seed",
+           "data.tokenizer_vocab_size", "data.shuffle_buffer", "data.workers",
+           "data.synthetic_noise", "checkpoint.every_steps", "checkpoint.keep",
+           "checkpoint.keep_period", "eval.every_steps", "eval.probe_max_per_class",
+           "stability.max_skips_in_a_row", "stability.spike_factor",
+           "stability.spike_warmup_steps", "stability.rollback_skip_steps",
+           "stability.max_rollbacks", "distill.clip_weight", "distill.kd_weight",
+           "distill.feature_weight", "distill.teacher_logit_scale", "model.vision.patch_dropout"}
+NEGATIVE_OK = {"seed", "data.demo_seed", "model.init_logit_scale", "model.init_logit_bias",
+               "model.ls_init_value"}
+
+
+def _numeric_keys(c, prefix=""):
+    for key in c:
+        value = c[key]
+        if isinstance(value, config_lib.ml_collections.ConfigDict):
+            yield from _numeric_keys(value, f"{prefix}{key}.")
+        elif c.get_ref(key).get_type() in (int, float):
+            yield f"{prefix}{key}"
+
+
+def _check_only(argv):
+    """The train CLI up to its last check before anything is written, as in a fresh process:
+    absl defines the ``--config.KEY`` override flags once, from ``sys.argv``."""
+    for name in list(flags.FLAGS):
+        if name.split(".")[0] in ("config", "workdir", "verbose"):
+            delattr(flags.FLAGS, name)
+    saved, sys.argv = sys.argv, ["clip_jax.train", *argv]
+    try:
+        config, _ = config_lib.parse_flags(sys.argv)
+    finally:
+        sys.argv = saved
+    train.check_config(config)
+
+
+def test_every_numeric_config_key_has_a_declared_type_and_range():
+    assert set(_numeric_keys(config_lib.base_config())) == set(config_schema.RANGES)
+
+
+def test_fuzz_config_keys_and_open_clip_json_give_one_line_errors(tmp_path):
+    base = ["--config", TINY_CONFIG, "--workdir", str(tmp_path / "w")]
+    assert _run(_check_only, base) == (0, "")
+    for key in sorted(_numeric_keys(config_lib.base_config())):
+        for value in ("abc", "nan", "inf", "-3", "0"):
+            rc, err = _run(_check_only, [*base, f"--config.{key}={value}"])
+            if (value == "0" and key in ZERO_OK) or (value == "-3" and key in NEGATIVE_OK):
+                assert rc in (0, 2) and "Traceback" not in err, (key, value, err)
+            else:
+                _one_line_error(rc, err, key)
+    good = models.to_open_clip_config(TINY)
+    path = tmp_path / "oc.json"
+    for where in ("", "vision_cfg", "text_cfg"):
+        sub = good[where] if where else good
+        for key in [k for k, v in sub.items() if isinstance(v, int | float)]:
+            for value in ("64", float("nan"), 0, -3, True):
+                changed = json.loads(json.dumps(good))
+                (changed[where] if where else changed)[key] = value
+                path.write_text(json.dumps(changed))
+                _one_line_error(*_run(_check_only, [
+                    *base, f"--config.model.open_clip_config={path}"]), str(path), key)
+    for text in ("[1, 2]", '{"model_cfg": null}', '{"embed_dim": 32, "vision_cfg": 3}', "{"):
+        path.write_text(text)
+        _one_line_error(*_run(_check_only, [*base, f"--config.model.open_clip_config={path}"]),
+                        str(path))

@@ -25,7 +25,8 @@ LAYERS = (
     # the model, its math and its placement
     ("clip_jax.convolution", "clip_jax.layers", "clip_jax.models", "clip_jax.models.*",
      "clip_jax.losses", "clip_jax.kd_losses",
-     "clip_jax.sharding", "clip_jax.config", "clip_jax.recipes", "clip_jax.optimizer",
+     "clip_jax.sharding", "clip_jax.config", "clip_jax.config_schema", "clip_jax.recipes",
+     "clip_jax.optimizer",
      "clip_jax.flops", "clip_jax.monitor", "clip_jax.stability"),
     ("clip_jax.params",),
     # formats, each apart from the things it stores

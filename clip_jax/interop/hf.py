@@ -25,6 +25,7 @@ import numpy as np
 
 from clip_jax import bundle, files, models
 from clip_jax import params as params_lib
+from clip_jax.config_schema import ANY_FLOAT, BOOL, COUNT, POSITIVE, Range, check_mapping
 from clip_jax.data.tokenizer import load_tokenizer, read_hf_tokenizer, write_hf_tokenizer
 from clip_jax.interop import hf_siglip, keymap
 from clip_jax.interop.weights_io import read_state_dict, save_safetensors
@@ -39,8 +40,22 @@ def is_hf_dir(path: Path) -> bool:
         "text_config" in d and "vision_config" in d))
 
 
+_HF_RANGES = {k: POSITIVE for k in (
+    "vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+    "max_position_embeddings", "image_size", "patch_size", "num_channels", "projection_size")}
+_HF_RANGES.update(layer_norm_eps=Range(float, 0, 1, lo_open=True, hi_open=True),
+                  eos_token_id=COUNT, vision_use_head=BOOL)
+_HF_TOP_RANGES = {"projection_dim": POSITIVE, "logit_scale_init_value": ANY_FLOAT,
+                  "clip_jax_logit_bias": ANY_FLOAT}
+
+
 def model_config_from_hf(hf: Mapping) -> models.ModelConfig:
-    """ModelConfig from a ``CLIPConfig`` or ``SiglipConfig`` dict (by ``model_type``)."""
+    """ModelConfig from a ``CLIPConfig`` or ``SiglipConfig`` dict (by ``model_type``); the
+    numeric keys' types and ranges are checked first (``_HF_RANGES``)."""
+    check_mapping("config.json", hf, _HF_TOP_RANGES)
+    for key in ("text_config", "vision_config"):
+        if hf.get(key) is not None:
+            check_mapping(f"config.json {key}", hf[key], _HF_RANGES)
     kind = hf.get("model_type", "clip")
     if kind == hf_siglip.MODEL_TYPE:
         return hf_siglip.model_config_from_hf(hf)
@@ -59,7 +74,10 @@ def read_hf_dir(path: Path):
     hf = bundle.read_config(path)
     if not isinstance(hf, dict):
         raise ValueError(f"{path} has no readable {bundle.CONFIG_FILE}")
-    cfg = model_config_from_hf(hf)
+    try:
+        cfg = model_config_from_hf(hf)
+    except ValueError as e:
+        raise ValueError(f"{path / bundle.CONFIG_FILE}: {e}") from None
     for name in HF_WEIGHTS:
         if (path / name).is_file():
             sd = read_state_dict(path / name)

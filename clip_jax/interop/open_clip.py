@@ -72,11 +72,18 @@ def import_open_clip(src: str | os.PathLike, model_config: str | None = None, sc
         weights = src
     oc_cfg = None
     if (folder / OPEN_CLIP_CONFIG).is_file():
-        oc_cfg = json.loads((folder / OPEN_CLIP_CONFIG).read_text())
+        try:
+            oc_cfg = json.loads((folder / OPEN_CLIP_CONFIG).read_text(encoding="utf-8"))
+        except (OSError, ValueError) as e:
+            raise ValueError(f"{folder / OPEN_CLIP_CONFIG}: not a readable JSON file: {e}"
+                             ) from None
     if model_config:
         cfg = _resolve_model_config_arg(model_config)
     elif oc_cfg is not None:
-        cfg = models.from_open_clip_config(oc_cfg)
+        try:
+            cfg = models.from_open_clip_config(oc_cfg)
+        except ValueError as e:
+            raise ValueError(f"{folder / OPEN_CLIP_CONFIG}: {e}") from None
     else:
         raise ValueError(f"no {OPEN_CLIP_CONFIG} next to {weights}: pass --model-config (an "
                          f"open_clip model-config JSON with embed_dim, vision_cfg, text_cfg)")
@@ -86,7 +93,8 @@ def import_open_clip(src: str | os.PathLike, model_config: str | None = None, sc
     cfg = cfg.replace(scan=scan)
     params = keymap.from_external(sd, cfg, "open_clip", source=f"open_clip weights {weights}")
     pre = bundle.default_preprocess(cfg.vision.image_size)
-    pc = (oc_cfg or {}).get("preprocess_cfg") or {}
+    pc = oc_cfg.get("preprocess_cfg") if isinstance(oc_cfg, dict) else None
+    pc = pc if isinstance(pc, dict) else {}
     for key in ("mean", "std"):
         if key in pc:
             pre[key] = list(pc[key])

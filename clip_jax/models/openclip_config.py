@@ -18,6 +18,7 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
+from clip_jax.config_schema import ANY_FLOAT, BOOL, COUNT, POS_FLOAT, POSITIVE, Range, check_mapping
 from clip_jax.models.config import INIT_LOGIT_SCALE, ModelConfig, TextConfig, VisionConfig
 from clip_jax.models.presets import CONVNEXT_TRUNKS, SIGLIP_TRUNKS
 
@@ -55,6 +56,44 @@ _TIMM_TRUNKS = {
     **{("so400m", 16, r): "gelu_tanh" for r in (256, 384, 512)},
     ("giantopt", 16, 256): "gelu_tanh", ("giantopt", 16, 384): "gelu_tanh",
 }
+
+
+# The numeric keys' types and ranges (a list, such as a ResNet's layers: each element).
+_TOP_RANGES = {"embed_dim": POSITIVE, "init_logit_scale": ANY_FLOAT, "init_logit_bias": ANY_FLOAT,
+               "quick_gelu": BOOL}
+_TOWER_RANGES = {k: POSITIVE for k in ("image_size", "layers", "width", "patch_size",
+                                       "head_width", "heads", "context_length", "vocab_size")}
+_TOWER_RANGES.update(mlp_ratio=POS_FLOAT, patch_dropout=Range(float, 0, 1, hi_open=True),
+                     ls_init_value=ANY_FLOAT, eos_id=COUNT,
+                     **{k: BOOL for k in ("no_ln_pre", "qk_norm", "no_causal_mask", "proj_bias",
+                                          "output_tokens", "final_ln_after_pool")})
+
+
+def _read(cfg) -> dict:
+    """The JSON object (text or a file's), its shape and its numbers checked."""
+    if isinstance(cfg, str):
+        if cfg.lstrip().startswith(("{", "[")):
+            text = cfg
+        else:
+            try:
+                with open(cfg, encoding="utf-8") as f:
+                    text = f.read()
+            except (OSError, UnicodeDecodeError) as e:
+                raise ValueError(f"open_clip model config {cfg}: cannot be read: {e}") from None
+        try:
+            cfg = json.loads(text)
+        except ValueError as e:
+            raise ValueError(f"open_clip model config is not JSON: {e}") from None
+    if isinstance(cfg, Mapping):
+        cfg = dict(cfg)
+    cfg = check_mapping("open_clip model config", cfg, {})
+    if "model_cfg" in cfg:
+        cfg = check_mapping("open_clip model config model_cfg", cfg["model_cfg"], {})
+    cfg = check_mapping("open_clip model config", dict(cfg), _TOP_RANGES)
+    for key in ("vision_cfg", "text_cfg"):
+        if key in cfg:
+            check_mapping(f"open_clip {key}", cfg[key], _TOWER_RANGES)
+    return cfg
 
 
 def _check_keys(where: str, sub: Mapping, ok) -> None:
@@ -193,10 +232,14 @@ def from_open_clip_config(cfg: Mapping[str, Any] | str) -> ModelConfig:
     implement (attentional pooling, HF towers, other timm trunks...) raise a ValueError naming
     the key, so a checkpoint is never silently loaded into a different network.
     """
-    if isinstance(cfg, str):
-        text = cfg if cfg.lstrip().startswith("{") else open(cfg).read()
-        cfg = json.loads(text)
-    cfg = dict(cfg.get("model_cfg", cfg))
+    path = cfg if isinstance(cfg, str) and not cfg.lstrip().startswith(("{", "[")) else None
+    try:
+        return _from_open_clip_config(_read(cfg))
+    except ValueError as e:
+        raise ValueError(f"{path}: {e}" if path and path not in str(e) else str(e)) from None
+
+
+def _from_open_clip_config(cfg: dict) -> ModelConfig:
     for key in ("embed_dim", "vision_cfg", "text_cfg"):
         if key not in cfg:
             raise ValueError(f"open_clip model config lacks {key!r}")

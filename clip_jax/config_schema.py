@@ -1,0 +1,129 @@
+"""Every numeric config key's type and range, declared once and checked before anything runs.
+
+``RANGES`` maps each int/float key of :func:`clip_jax.config.base_config` to a :class:`Range`
+(``tests/test_hostile.py`` asserts that none is missing). :func:`check` refuses a wrong type
+(a bool or a string where a number goes), NaN and infinities, and a value outside the range, in
+one line naming the key; ``off`` lists the values that mean "off" or "fill" outside the range
+(``stability.spike_factor=0``, ``mesh.data=-1``). Cross-key rules stay in ``config.validate``.
+The model-config files a run reads (open_clip JSON, HF ``config.json``) declare their keys the
+same way and go through :func:`check_mapping`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Range:
+    kind: type = int  # int, float (an int is accepted for a float) or bool
+    lo: float | None = None
+    hi: float | None = None
+    lo_open: bool = False  # lo < value (else lo <= value)
+    hi_open: bool = False
+    off: tuple = ()  # values accepted outside [lo, hi], with their meaning in the message
+
+    def describe(self) -> str:
+        if self.kind is bool:
+            return "true or false"
+        kind = "an integer" if self.kind is int else "a finite number"
+        parts = []
+        if self.lo is not None:
+            parts.append(f"{'>' if self.lo_open else '>='} {self.lo:g}")
+        if self.hi is not None:
+            parts.append(f"{'<' if self.hi_open else '<='} {self.hi:g}")
+        extra = f" (or {', '.join(f'{o:g}' for o in self.off)})" if self.off else ""
+        return f"{kind} {' and '.join(parts)}{extra}".strip()
+
+    def ok(self, v) -> bool:
+        if self.kind is bool or isinstance(v, bool):
+            return self.kind is bool and isinstance(v, bool)
+        if isinstance(v, bool) or not isinstance(v, int | float):
+            return False
+        if self.kind is int and not isinstance(v, int):
+            return False
+        if not math.isfinite(v):
+            return False
+        if v in self.off:
+            return True
+        if self.lo is not None and (v <= self.lo if self.lo_open else v < self.lo):
+            return False
+        return not (self.hi is not None and (v >= self.hi if self.hi_open else v > self.hi))
+
+
+COUNT, POSITIVE = Range(int, 0), Range(int, 1)
+ANY_INT, ANY_FLOAT = Range(int), Range(float)
+NONNEG, POS_FLOAT = Range(float, 0), Range(float, 0, lo_open=True)
+FRACTION = Range(float, 0, 1)  # [0, 1]
+OPEN_UNIT = Range(float, 0, 1, lo_open=True, hi_open=True)  # (0, 1)
+MESH = Range(int, 1, off=(-1,))
+BOOL = Range(bool)
+
+RANGES: dict[str, Range] = {
+    "seed": ANY_INT, "batch_size": POSITIVE, "total_steps": POSITIVE,
+    "log_every_steps": POSITIVE, "accum_steps": POSITIVE, "loss_block_size": COUNT,
+    "model.embed_dim": POSITIVE, "model.init_logit_scale": ANY_FLOAT,
+    "model.init_logit_bias": ANY_FLOAT, "model.ln_eps": OPEN_UNIT,
+    "model.ls_init_value": ANY_FLOAT, "model.lock_image_unlocked_groups": COUNT,
+    **{f"model.{t}.{k}": POSITIVE for t in ("vision", "text")
+       for k in ("width", "layers", "heads", "mlp_dim")},
+    "model.vision.image_size": POSITIVE, "model.vision.patch_size": POSITIVE,
+    "model.vision.patch_dropout": Range(float, 0, 1, hi_open=True),
+    "model.text.context_length": POSITIVE, "model.text.vocab_size": POSITIVE,
+    "model.text.eot_id": COUNT,
+    "optimizer.lr": POS_FLOAT, "optimizer.warmup_steps": COUNT,
+    "optimizer.end_lr_ratio": FRACTION, "optimizer.weight_decay": NONNEG,
+    "optimizer.b1": Range(float, 0, 1, hi_open=True), "optimizer.b2": Range(float, 0, 1,
+                                                                              hi_open=True),
+    "optimizer.eps": POS_FLOAT, "optimizer.grad_clip_norm": NONNEG,
+    "mesh.data": MESH, "mesh.fsdp": MESH, "mesh.tensor": MESH,
+    "data.demo_train_samples": POSITIVE, "data.demo_seed": ANY_INT,
+    "data.tokenizer_vocab_size": COUNT, "data.shuffle_buffer": COUNT, "data.workers": COUNT,
+    "data.image_size": POSITIVE, "data.synthetic_classes": POSITIVE,
+    "data.synthetic_noise": NONNEG, "data.prefetch": POSITIVE, "data.worker_prefetch": POSITIVE,
+    "data.tfds_weight": POS_FLOAT,
+    "checkpoint.every_steps": COUNT, "checkpoint.keep": COUNT, "checkpoint.keep_period": COUNT,
+    "eval.every_steps": COUNT, "eval.probe_max_per_class": COUNT, "eval.batch_size": POSITIVE,
+    "stability.max_skips_in_a_row": COUNT, "stability.spike_factor": Range(
+        float, 1, lo_open=True, off=(0,)),
+    "stability.spike_warmup_steps": COUNT, "stability.spike_ema_decay": OPEN_UNIT,
+    "stability.rollback_skip_steps": COUNT, "stability.max_rollbacks": COUNT,
+    "debug.spike_scale": POS_FLOAT,
+    "distill.clip_weight": NONNEG, "distill.kd_weight": NONNEG, "distill.feature_weight": NONNEG,
+    "distill.teacher_logit_scale": NONNEG,
+}
+
+
+def _get(c, key: str):
+    for part in key.split("."):
+        c = c[part]
+    return c
+
+
+def check_value(name: str, v, r: Range) -> None:
+    if not r.ok(v):
+        raise ValueError(f"{name}={v!r}: must be {r.describe()}")
+
+
+def check(c) -> None:
+    """Each declared key of ``c`` that is set (a placeholder left ``None`` is the preset's) has
+    its type and range; else one line naming the key, the value and what it must be."""
+    for key, r in RANGES.items():
+        v = _get(c, key)
+        if v is not None:
+            check_value(f"config {key}", v, r)
+
+
+def check_mapping(where: str, d, table: dict[str, Range]) -> dict:
+    """``d`` is a JSON object and its declared keys that are present and not null are in range
+    (a list: each element); returns ``d``."""
+    if not isinstance(d, dict):
+        raise ValueError(f"{where}: expected a JSON object, got {type(d).__name__} {d!r:.60}")
+    for key, r in table.items():
+        v = d.get(key)
+        for i, x in enumerate(v if isinstance(v, list | tuple) else [v]):
+            if x is not None:
+                check_value(f"{where}.{key}" + (f"[{i}]" if isinstance(v, list | tuple) else ""),
+                            x, r)
+    return d
