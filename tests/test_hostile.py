@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import pathlib
 import sys
 
@@ -176,3 +177,62 @@ def test_fuzz_config_keys_and_open_clip_json_give_one_line_errors(tmp_path):
         path.write_text(text)
         _one_line_error(*_run(_check_only, [*base, f"--config.model.open_clip_config={path}"]),
                         str(path))
+
+
+# ---------------------------------------------------------------------------------------------
+# Evaluation inputs: one rule for templates, unreadable files counted, empty results explained
+
+
+def _suite_folder(data, per_class):
+    from PIL import Image
+
+    for split, n in (("train", per_class), ("test", 2)):
+        for c, name in enumerate(("cat", "dog")):
+            (data / "demo" / split / name).mkdir(parents=True)
+            for i in range(n):
+                Image.fromarray(np.full((8, 8, 3), 60 + 120 * c, np.uint8)).save(
+                    data / "demo" / split / name / f"{i}.png")
+
+
+class _Encoder:
+    image_size, batch_size = 16, 8
+
+    def encode_image(self, images):
+        return np.eye(2, dtype=np.float32)[(np.asarray(images).mean((1, 2, 3)) > 0).astype(int)]
+
+    def encode_text(self, texts):
+        return np.eye(2, dtype=np.float32)[[int("dog" in t) for t in texts]]
+
+
+def test_evaluation_inputs_follow_one_rule_and_an_empty_result_says_why(tmp_path, tiny_bundle,
+                                                                       monkeypatch):
+    from clip_jax.evaluate import __main__ as eval_main
+    from clip_jax.evaluate import datasets, suite, templates
+
+    data = tmp_path / "data"
+    _suite_folder(data, per_class=2)
+    tfile = data / "demo" / "templates.txt"
+    for text, why in (("a {} with {color}\n", "no other field"), ("a photo\n", "class name"),
+                      ("\n", "no entries"), ("a {\n", "not a format string")):
+        tfile.write_text(text)
+        for how in (lambda: suite.run_suite(_Encoder(), ["demo"], str(data), log=print),
+                    lambda: templates.get_templates(str(tfile))):  # the --templates FILE path
+            with pytest.raises(ValueError, match=why) as e:
+                how()
+            assert str(tfile) in str(e.value)
+    tfile.write_text("a photo of a {}.\n")
+    (data / "demo" / "test" / "dog" / "2.png").mkdir()  # a file that cannot be read
+    r = suite.run_suite(_Encoder(), ["demo"], str(data), log=print)
+    assert r["suite"]["demo"]["zeroshot"]["acc1"] == 1.0
+    assert r["details"]["demo"]["skipped"]["skipped_unreadable_image"] == 1
+    real = os.listdir
+    monkeypatch.setattr(datasets.os, "listdir", lambda p: (_ for _ in ()).throw(
+        PermissionError(13, "Permission denied")) if str(p).endswith("cat") else real(p))
+    with pytest.raises(ValueError, match=r"cannot read the folder .*cat: Permission denied"):
+        suite.run_suite(_Encoder(), ["demo"], str(data), log=print)
+    monkeypatch.undo()
+    rc, err = _run(eval_main.main, ["--model", tiny_bundle, "--suite", "demo", "--data-dir", data,
+                                    "--eval", "fewshot", "--shots", "1000", "--out",
+                                    tmp_path / "out"])
+    _one_line_error(rc, err, "nothing was evaluated", "demo: a class has", "smallest k in [1000]")
+    assert "Not evaluated:" in (tmp_path / "out" / "suite.md").read_text()

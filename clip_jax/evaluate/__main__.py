@@ -138,6 +138,10 @@ def _run_suite(args, names: list[str], shots: tuple[int, ...]) -> int:
         "model": os.path.abspath(args.model), "suite_name": args.suite,
         "data_dir": os.path.abspath(args.data_dir), "evals": names,
         "max_per_class": args.max_per_class})
+    if not result["suite"]:  # an evaluation that produced nothing says why
+        why = "; ".join(f"{n}: {w}" for n, w in {**result["missing"], **result["not_run"]}.items())
+        raise cli.UserError(f"nothing was evaluated ({why or 'no datasets'}); the report is "
+                            f"{written[0]}")
     print(json.dumps({"report": written[0], "table": written[1],
                       **suite_lib.suite_scalars(result)}, sort_keys=True))
     return 0

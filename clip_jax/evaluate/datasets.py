@@ -61,6 +61,9 @@ class LabelledSet:
     samples: Callable[[int], Iterator[tuple[np.ndarray, int]]]
     stats: dict = dataclasses.field(default_factory=lambda: dict.fromkeys(_STATS, 0))
 
+    def __post_init__(self):
+        self.templates = templates_lib.check_templates(self.templates, self.name)
+
 
 @dataclasses.dataclass
 class CaptionedSet:
@@ -81,6 +84,29 @@ def _decode(data, size: int, stats: dict) -> np.ndarray | None:
     except transforms.DECODE_ERRORS:  # corrupt / truncated image: skip and count
         stats["skipped_corrupt_image"] += 1
         return None
+
+
+def list_folder(path: str) -> list[str]:
+    """A folder's entries, sorted; one that cannot be read is the user's error, named."""
+    try:
+        return sorted(os.listdir(path))
+    except OSError as e:
+        raise ValueError(f"cannot read the folder {path}: {e.strerror or e}") from None
+
+
+def folder_images(files: Sequence[tuple[str, int]], size: int, stats: dict):
+    """``(image, label)`` of ``(path, label)`` files; one that cannot be read (permissions, an
+    I/O error) is skipped and counted like a corrupt one (``skipped_unreadable_image``)."""
+    for path, label in files:
+        try:
+            with open(path, "rb") as f:
+                data = f.read()
+        except OSError:
+            stats["skipped_unreadable_image"] = stats.get("skipped_unreadable_image", 0) + 1
+            continue
+        arr = _decode(data, size, stats)
+        if arr is not None:
+            yield arr, label
 
 
 # ---------------------------------------------------------------------------------------------
@@ -176,10 +202,10 @@ def _shards_captioned(spec, name: str) -> CaptionedSet:
 def _folder_labelled(root: str, templates: Sequence[str] | None) -> LabelledSet:
     if not os.path.isdir(root):
         raise FileNotFoundError(f"image folder {root} does not exist")
-    classes = sorted(d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d)))
+    classes = [d for d in list_folder(root) if os.path.isdir(os.path.join(root, d))]
     files = []
     for label, c in enumerate(classes):
-        for f in sorted(os.listdir(os.path.join(root, c))):
+        for f in list_folder(os.path.join(root, c)):
             if f.lower().endswith(_FOLDER_SUFFIXES):
                 files.append((os.path.join(root, c, f), label))
     if not files:
@@ -189,14 +215,7 @@ def _folder_labelled(root: str, templates: Sequence[str] | None) -> LabelledSet:
                      [c.replace("_", " ") for c in classes],
                      list(templates or DEFAULT_TEMPLATES), None)
 
-    def samples(size):
-        for path, label in files:
-            with open(path, "rb") as f:
-                arr = _decode(f.read(), size, ds.stats)
-            if arr is not None:
-                yield arr, label
-
-    ds.samples = samples
+    ds.samples = lambda size: folder_images(files, size, ds.stats)
     return ds
 
 

@@ -131,13 +131,14 @@ def run_suite(encoder, names: Sequence[str], data_dir: str,
               seeds: Sequence[int] = (0, 1, 2), probe_sizes: tuple[int, int] | None = None,
               log: Callable[[str], None] = print) -> dict:
     """``{"suite": {dataset: {kind: metrics}}, "details": {dataset: {...}}, "missing":
-    {dataset: how to prepare it}}`` (see the module docstring)."""
+    {dataset: how to prepare it}, "not_run": {dataset: why nothing was evaluated}}`` (see the
+    module docstring)."""
     bad = [k for k in evals if k not in SUITE_EVALS]
     if bad:
         raise ValueError(f"suite evaluations {bad}: choose from {SUITE_EVALS}")
     if not data_dir or not os.path.isdir(data_dir):
         raise FileNotFoundError(f"--data-dir {data_dir!r} is not a directory")
-    results, details, missing = {}, {}, {}
+    results, details, missing, not_run = {}, {}, {}, {}
     for name in names:
         entry = registry.ENTRIES[name]
         where = suite_data.locate(entry, data_dir)
@@ -157,9 +158,16 @@ def run_suite(encoder, names: Sequence[str], data_dir: str,
                 encoder, entry, data_dir, where, tuple(evals), batch_size, max_per_class,
                 tuple(int(k) for k in shots), tuple(seeds), probe_sizes)
         details[name]["seconds"] = time.perf_counter() - t0
+        if not results[name]:  # e.g. fewer training images per class than any k
+            del results[name]
+            not_run[name] = "; ".join(str(details[name][k]) for k in ("probes", "fewshot")
+                                      if k in details[name]) or "nothing to evaluate"
+            log(f"{name}: not evaluated: {not_run[name]}")
+            continue
         log(f"{name}: " + ", ".join(f"{k} {v['headline']:.4f}" for k, v in results[name].items())
             + f" ({entry.metric}, {details[name]['seconds']:.1f} s)")
-    return metrics.jsonable({"suite": results, "details": details, "missing": missing})
+    return metrics.jsonable({"suite": results, "details": details, "missing": missing,
+                             "not_run": not_run})
 
 
 def suite_table(result: dict, title: str = "") -> str:
@@ -178,6 +186,9 @@ def suite_table(result: dict, title: str = "") -> str:
         vals = [r[k]["headline"] for r in suite.values() if k in r]
         means.append(f"**{100 * np.mean(vals):.1f}** ({len(vals)})" if vals else "")
     lines.append("| mean (datasets) | | " + " | ".join(means) + " |")
+    if result.get("not_run"):
+        lines += ["", "Not evaluated:", ""]
+        lines += [f"- {name}: {why}" for name, why in result["not_run"].items()]
     if result.get("missing"):
         lines += ["", "Not in the data dir (how to prepare each):", ""]
         lines += [f"- {how}" for how in result["missing"].values()]

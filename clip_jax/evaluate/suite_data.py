@@ -65,8 +65,9 @@ def _folder_list(root: str | None, name: str) -> list[str] | None:
 
 def templates(entry: registry.Entry, folder: str | None = None) -> list[str]:
     """The entry's templates (a folder's ``templates.txt`` where the registry names none)."""
-    if not entry.templates and _folder_list(folder, "templates.txt"):
-        return _folder_list(folder, "templates.txt")
+    path = os.path.join(folder, "templates.txt") if folder else ""
+    if not entry.templates and path and os.path.isfile(path):  # the rule of --templates FILE
+        return templates_lib.get_templates(path)
     if entry.templates in prompts.TEMPLATES:
         return list(prompts.TEMPLATES[entry.templates])
     return templates_lib.get_templates(entry.templates or "imagenet_simple")
@@ -208,8 +209,8 @@ def missing_message(entry: registry.Entry) -> str:
 
 def _folder_classes(split_dir: str, names: list[str] | None) -> tuple[list[str], dict]:
     """(class names, {folder: label}) by the module docstring's rule."""
-    folders = sorted(d for d in os.listdir(split_dir)
-                     if os.path.isdir(os.path.join(split_dir, d)))
+    folders = [d for d in datasets.list_folder(split_dir)
+               if os.path.isdir(os.path.join(split_dir, d))]
     if names is None:  # no registry names: the folders are the classes
         return [f.replace("_", " ") for f in folders], {f: i for i, f in enumerate(folders)}
     if folders and all(f.isdigit() and int(f) < len(names) for f in folders):
@@ -228,20 +229,13 @@ def _folder_set(entry, split_dir: str, names, display: str) -> datasets.Labelled
     names, label_of = _folder_classes(split_dir, names or _folder_list(root, "classnames.txt"))
     files = [(os.path.join(split_dir, c, f), label)
              for c, label in sorted(label_of.items())
-             for f in sorted(os.listdir(os.path.join(split_dir, c)))
+             for f in datasets.list_folder(os.path.join(split_dir, c))
              if f.lower().endswith(_SUFFIXES)]
     if not files:
         raise ValueError(f"{split_dir}: no <class>/<image> files ({', '.join(_SUFFIXES)})")
     ds = datasets.LabelledSet(display, names, templates(entry, root), None)
 
-    def samples(size):
-        for path, label in files:
-            with open(path, "rb") as f:
-                arr = datasets._decode(f.read(), size, ds.stats)
-            if arr is not None:
-                yield arr, label
-
-    ds.samples = samples
+    ds.samples = lambda size: datasets.folder_images(files, size, ds.stats)
     return ds
 
 

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import json
 import os
+import string
 from collections.abc import Sequence
 
 DEFAULT_TEMPLATES = ("a photo of a {}.",)  # when a dataset or a user names no templates
@@ -416,7 +417,22 @@ def get_templates(spec: str | Sequence[str]) -> list[str]:
     ("imagenet" = the 80 OpenAI templates, "imagenet_simple" = the 7-template subset,
     "cifar10"/"cifar100" = the 18 CIFAR templates), a user list or a file."""
     templates = _resolve(spec, _TEMPLATES, "templates")
+    return check_templates(templates, spec if isinstance(spec, str) else "templates")
+
+
+def check_templates(templates: Sequence[str], where: str) -> list[str]:
+    """The one rule for prompt templates, however they arrive (a name, a file, a flag, a
+    suite folder's ``templates.txt``, a card): at least one, each a ``str.format`` string whose
+    only fields are the class name, ``{}`` (or ``{0}``) or ``{c}``: a template without one
+    gives every class the same prompt (a meaningless score), another field fails to format."""
+    if not templates:
+        raise ValueError(f"{where}: no templates")
     for t in templates:
-        if "{}" not in t and "{c}" not in t:
-            raise ValueError(f"template {t!r} has no '{{}}' (or '{{c}}') placeholder")
-    return templates
+        try:
+            fields = {f for _, f, _, _ in string.Formatter().parse(t) if f is not None}
+        except ValueError as e:
+            raise ValueError(f"{where}: template {t!r} is not a format string: {e}") from None
+        if not fields or not (fields <= {"", "0"} or fields == {"c"}):
+            raise ValueError(f"{where}: template {t!r} must hold the class name as '{{}}' (or "
+                             f"'{{c}}') and no other field (has {sorted(fields)})")
+    return list(templates)
