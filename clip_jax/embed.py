@@ -45,7 +45,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from clip_jax import cli, files, inference
-from clip_jax.data import tario, transforms
+from clip_jax.data import stored, tario, transforms
 from clip_jax.data.shards import expand_shards
 from clip_jax.data.stored import REPORT, SUFFIXES  # the format the train stream reads back
 
@@ -237,21 +237,26 @@ def embed_shards(model: inference.InferenceModel, urls: Sequence[str], out_dir: 
     t0 = time.time()
     for i, (url, name) in enumerate(zip(urls, names, strict=True)):
         base = os.path.join(out_dir, name)
-        if is_done(out_dir, name):
-            info = read_json(base + ".done.json")
-            if info["shard"] != url:
-                raise cli.UserError(f"{base}.done.json holds the embeddings of {info['shard']}, "
-                                    f"not of {url}: use another --out for other shards")
+        info = read_json(base + ".done.json") if is_done(out_dir, name) else None
+        if info is not None and info["shard"] != url:
+            raise cli.UserError(f"{base}.done.json holds the embeddings of {info['shard']}, "
+                                f"not of {url}: use another --out for other shards")
+        changed = info is not None and stored.changed_since(info, url)
+        if changed:
+            log(f"embed {name}: {changed}: embedding it again")
+        if info is not None and not changed:
             report["resumed"] += 1
         else:
             stats = tario.new_stats()
             stats["shards"] = 1
             t = time.time()
+            identity = stored.shard_identity(url)  # before the read: a rewrite during it shows
             emb = embed_shard(model, url, batch_size, stats)
             _save_npy(base + ".img.npy", emb.image)
             _save_npy(base + ".txt.npy", emb.text)
             files.write_json(base + ".keys.json", emb.keys)
-            info = {"shard": url, "name": name, **stats, "seconds": round(time.time() - t, 3)}
+            info = {"shard": url, "name": name, **stats, "seconds": round(time.time() - t, 3),
+                    **identity}
             files.write_json(base + ".done.json", info)
             report["embedded_now"] += 1
             skipped = sum(v for k, v in stats.items() if k.startswith("skipped"))

@@ -236,3 +236,51 @@ def test_evaluation_inputs_follow_one_rule_and_an_empty_result_says_why(tmp_path
                                     tmp_path / "out"])
     _one_line_error(rc, err, "nothing was evaluated", "demo: a class has", "smallest k in [1000]")
     assert "Not evaluated:" in (tmp_path / "out" / "suite.md").read_text()
+
+
+# ---------------------------------------------------------------------------------------------
+# Training data and the artifacts made from it
+
+
+def test_shards_that_are_not_tars_and_a_tokenizer_of_no_captions_are_one_line(tmp_path):
+    from clip_jax.data import pipeline, prepare
+    from clip_jax.data.tokenizer import train_tokenizer
+
+    for i in range(2):
+        (tmp_path / f"{i}.tar").write_text("not a tar\n")
+    c = config_lib.base_config()
+    c.data.source, c.data.train, c.data.workers = "webdataset", f"{tmp_path}/{{0..1}}.tar", 0
+    work = tmp_path / "w"
+    with pytest.raises(ValueError, match="found 0 captions") as e:
+        prepare.prepare_tokenizer(c.data, str(work), 512)
+    assert c.data.train in str(e.value)
+    assert not (work / prepare.TOKENIZER_DIR).exists()  # nothing saved for a resume to reuse
+    tok = train_tokenizer([f"a photo of thing {i}" for i in range(50)], 300, tmp_path / "tok")
+    it = pipeline.make_train_iterator(c.data, tok, 16, 4, 0, 0, 1, context_length=16)
+    _one_line_error(*_run(lambda argv: next(it), []), "no valid sample", "1.tar",
+                    "webdataset tars")
+    it.close()
+
+
+def test_stored_embeddings_know_their_shards_a_rewritten_one_is_named_and_re_embedded(tmp_path):
+    import test_embed
+
+    from clip_jax import embed, inference
+    from clip_jax.data import stored
+
+    spec, _ = test_embed.make_shards(str(tmp_path / "shards"))
+    model = inference.load(test_embed.tiny_bundle(str(tmp_path)), batch_size=8)
+    urls, out = embed.list_shards(spec), str(tmp_path / "emb")
+    embed.embed_shards(model, urls, out, "m", batch_size=8, log=print)
+    assert stored.open_dirs([out], urls)[0].names  # as embedded: joined
+    shard = pathlib.Path(urls[0])
+    data = shard.read_bytes()
+    shard.write_bytes(data)  # the same bytes again (a new mtime): the same shard
+    assert len(stored.open_dirs([out], urls)[0].names) == 2
+    test_embed.make_shards(str(tmp_path / "shards"), seed=1)  # rewritten in place
+    with pytest.raises(ValueError, match=r"00000\.done\.json was written for the shard .*"
+                                         r"00000\.tar, but it .*embed it again"):
+        stored.open_dirs([out], urls)
+    report = embed.embed_shards(model, urls, out, "m", batch_size=8, log=print)
+    assert (report["embedded_now"], report["resumed"]) == (2, 0)  # both shards were rewritten
+    assert len(stored.open_dirs([out], urls)[0].names) == 2

@@ -49,6 +49,9 @@ def _first_captions(spec: str, limit: int) -> list[str]:
     return captions
 
 
+MIN_TOKENIZER_CAPTIONS = 100  # fewer: a vocabulary of byte symbols and filler, never saved
+
+
 def _train_captions(data_cfg, limit: int) -> list[str]:
     """The first captions of ``data.train`` (webdataset) or, with a tfds split among the
     sources, of each source in turn (an equal share each, in order)."""
@@ -80,6 +83,11 @@ def prepare_tokenizer(data_cfg, workdir: str, vocab_size: int):
     if spec == "train":
         t0 = time.time()
         captions = _train_captions(data_cfg, TOKENIZER_TRAIN_CAPTIONS)
+        if len(captions) < MIN_TOKENIZER_CAPTIONS:  # refused before anything is saved
+            raise ValueError(
+                f"data.tokenizer='train' found {len(captions)} captions in the training data "
+                f"(data.train={data_cfg.train!r}); fitting a tokenizer needs at least "
+                f"{MIN_TOKENIZER_CAPTIONS}: check the shards, or give a tokenizer spec")
         # Every process fits the same tokenizer from the same captions (deterministic), so no
         # shared filesystem is needed; process 0 keeps the copy in the workdir.
         out = tok_dir if jax.process_index() == 0 else os.path.join(

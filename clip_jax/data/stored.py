@@ -18,11 +18,17 @@ sample whose shard or key has no row in some directory is skipped and counted
 (``skipped_no_embedding``), which keeps the batch sequence a pure function of the data, so
 the iterator state resumes it exactly. Shard URLs match as written in ``NAME.done.json``,
 local paths after ``realpath`` (``data/x.tar`` and ``/abs/data/x.tar`` are one shard).
+
+``NAME.done.json`` also records the local shard's identity when it was embedded
+(:func:`shard_identity`: size, mtime and a hash of its first and last 64 KiB): a shard
+rewritten since (another sample order, other samples under the same keys) is an error naming
+it (:func:`changed_since`), never a silent join of one image to another image's row.
 """
 
 from __future__ import annotations
 
 import glob
+import hashlib
 import json
 import os
 from collections import OrderedDict
@@ -54,6 +60,50 @@ def canonical(url: str) -> str:
     if url.startswith("pipe:") or ("://" in url and not url.startswith("file://")):
         return url
     return os.path.realpath(url.removeprefix("file://"))
+
+
+_PROBE = 1 << 16  # bytes hashed at each end of a shard
+
+
+def _local(url: str) -> bool:
+    return not (url.startswith("pipe:") or ("://" in url and not url.startswith("file://")))
+
+
+def _probe(path: str, size: int) -> str:
+    h = hashlib.sha1()
+    with open(path, "rb") as f:
+        h.update(f.read(_PROBE))
+        if size > 2 * _PROBE:
+            f.seek(size - _PROBE)
+            h.update(f.read(_PROBE))
+    return h.hexdigest()
+
+
+def shard_identity(url: str) -> dict:
+    """``{"size", "mtime_ns", "probe"}`` of a local shard; ``{}`` for a pipe or remote URL."""
+    if not _local(url):
+        return {}
+    path = canonical(url)
+    st = os.stat(path)
+    return {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "probe": _probe(path, st.st_size)}
+
+
+def changed_since(info: dict, url: str) -> str | None:
+    """Why the shard at ``url`` is not the one the marker ``info`` was written for, or None
+    (the same; or no identity recorded: a remote shard, an output of an older clip_jax). The
+    hash is read only when the mtime moved (a rewrite of the same bytes is the same shard)."""
+    if "size" not in info or not _local(url):
+        return None
+    path = canonical(url)
+    try:
+        st = os.stat(path)
+    except OSError as e:
+        return f"it cannot be read ({e.strerror or e})"
+    if st.st_size != info["size"]:
+        return f"it has {st.st_size} bytes, {info['size']} when it was embedded"
+    if st.st_mtime_ns != info.get("mtime_ns") and _probe(path, st.st_size) != info.get("probe"):
+        return "it was rewritten with other content since it was embedded"
+    return None
 
 
 def read_report(d: str) -> dict:
@@ -96,11 +146,17 @@ def open_dirs(dirs: Sequence[str], urls: Sequence[str]) -> tuple[StoredDir, ...]
             name = os.path.basename(marker)[:-len(".done.json")]
             try:
                 with open(marker) as f:
-                    url = canonical(str(json.load(f)["shard"]))
+                    info = json.load(f)
+                url = canonical(str(info["shard"]))
             except (OSError, ValueError, KeyError, TypeError):
                 continue  # a broken marker: that shard counts as not embedded
             if url in wanted and all(os.path.isfile(os.path.join(d, name + s))
                                      for s in SUFFIXES):
+                why = changed_since(info, url)
+                if why:
+                    raise ValueError(f"stored embeddings: {marker} was written for the shard "
+                                     f"{url}, but {why}: embed it again (python -m "
+                                     f"clip_jax.embed --data <the shards> --out {d})")
                 names[url] = name
         if not names:
             first = sorted(wanted)[0] if wanted else "none"

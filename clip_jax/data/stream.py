@@ -65,6 +65,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from clip_jax.cli import UserError
 from clip_jax.data import stored as stored_lib
 from clip_jax.data import transforms
 from clip_jax.data.hashing import hash_ints as _hash
@@ -141,8 +142,9 @@ class _SourceReader:
         limit = (2 * len(self.src.shards) + 16 if self.spec.resampled
                  else 2 * len(self._epoch_shards()))
         if self._empty_run > limit:
-            raise RuntimeError(f"{self.spec.name}: no valid sample in {self._empty_run} "
-                               f"consecutive shards (last: {url})")
+            raise UserError(f"{self.spec.name}: no valid sample in {self._empty_run} "
+                            f"consecutive shards (last: {url}): are they webdataset tars of "
+                            "images and captions?")
         self._valid_in_shard = False
         self.pos, self.groups = self.pos + 1, 0
         if not self.spec.resampled and self.pos >= len(self._epoch_shards()):
@@ -317,13 +319,16 @@ class BatchMaker:
             if self.lookup is not None:
                 keys.append(raw.key)
                 rows.append(found)
-        text = np.asarray(self.tokenizer(captions, spec.context_length), dtype=np.int32)
+        ids = self.tokenizer(captions, spec.context_length)  # or {"text": ..., more fields}
+        fields = dict(ids) if isinstance(ids, Mapping) else {"text": ids}
+        text = np.asarray(fields.pop("text"), dtype=np.int32)
         if text.shape != (spec.batch_size, spec.context_length):
             raise ValueError(f"tokenizer returned shape {text.shape}, expected "
                              f"{(spec.batch_size, spec.context_length)}")
         self.batches += 1
         self.stats["samples"] += spec.batch_size
-        batch = {"image": images, "text": text}
+        batch = {"image": images, "text": text,  # + e.g. a distillation teacher's own ids
+                 **{k: np.asarray(v, np.int32) for k, v in fields.items()}}
         if self.lookup is not None:
             batch["key"] = np.asarray(keys)
             for k in range(len(spec.stored)):
