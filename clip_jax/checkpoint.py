@@ -37,6 +37,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
 
+from clip_jax import params as params_lib
 from clip_jax.cli import RunError, UserError
 from clip_jax.data import tokenizer as tokenizer_lib
 
@@ -72,6 +73,11 @@ class CheckpointSaveError(RunError):
 
 class CheckpointRestoreError(RunError):
     """No checkpoint step in the directory can be read."""
+
+
+class StateStructureError(UserError):
+    """The checkpoints hold another state than this config builds: a config change, not damage
+    (the steps are left where they are)."""
 
 
 class NonFiniteStateError(RunError):
@@ -285,6 +291,27 @@ class Checkpointer:
                 "process count (the mesh may differ)")
         return out["state"], data["processes"][jax.process_index()]
 
+    def _check_structure(self, step: int) -> None:
+        """Refuse up front, naming the keys, a resume whose config builds another state than
+        the newest step holds (unreadable metadata: left to the restore's own checks)."""
+        try:
+            md = ocp.StandardCheckpointer().metadata(os.path.join(self.directory, str(step),
+                                                                  "state"))
+            md = getattr(md, "item_metadata", md)
+            saved = getattr(md, "tree", md)
+        except Exception:  # noqa: BLE001 - a damaged step: restore_latest reports it
+            return
+        diff = params_lib.structure_diff(saved, self.abstract_state) if isinstance(
+            saved, dict) else []
+        if diff:
+            more = f" (and {len(diff) - 6} more)" if len(diff) > 6 else ""
+            raise StateStructureError(
+                f"checkpoint step {step} in {self.directory} holds another state than this "
+                f"config builds: {'; '.join(diff[:6])}{more}. The config changed what is "
+                "trained (the model, distill.teachers or distill.feature_weight...): resume "
+                "with the config the checkpoints were saved with (the workdir's config.json), "
+                "or start in a new workdir; the checkpoints are untouched")
+
     def restore_latest(self, log=print):
         """``(state, data state)`` of the newest step that can be read, or None if there is no
         step at all. Unreadable newer steps (truncated or missing files, an empty step
@@ -292,6 +319,8 @@ class Checkpointer:
         ``<step>.corrupt-<time>``, only once a readable step has been found."""
         self.manager.reload()
         steps = sorted(self.manager.all_steps(), reverse=True)
+        if steps:
+            self._check_structure(steps[0])
         bad: list[tuple[int, str]] = []
         for step in steps:
             try:

@@ -381,7 +381,15 @@ def check_resume(saved, requested, workdir: str = "") -> list[tuple[str, object,
     :class:`ResumeConfigError` (one line: the offending keys as ``key: old -> new``) if a change
     alters the saved state's shapes (model, loss type, optimizer structure, data source or
     tokenizer); return the other, safe, changes (steps, schedule, logging, eval, data paths,
-    mesh, batch...), which the caller records."""
+    mesh, batch...), which the caller records. A teacher in the student's own workdir (it
+    would move as the student trains: each restart another teacher) is refused."""
+    home = os.path.realpath(workdir) if workdir else None
+    for t in ((requested.get("distill") or {}).get("teachers") or ()) if home else ():
+        if os.path.commonpath([home, os.path.realpath(t)]) == home:
+            raise ResumeConfigError(f"config distill.teachers: {t} is the student's own workdir "
+                                    f"{workdir} (or inside it), a teacher that moves as the "
+                                    "student trains: give a fixed teacher (a bundle, another "
+                                    "run's workdir)")
     diff = config_diff(saved, requested)
     refused = [d for d in diff if _changes_state(*d)]
     if refused:

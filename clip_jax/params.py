@@ -413,3 +413,29 @@ def vision_grid(image_size, patch_size) -> int:
         raise ValueError(f"model.vision.image_size={image_size} is not a multiple of "
                          f"model.vision.patch_size={patch_size}")
     return image_size // patch_size
+
+
+def _shapes(tree) -> dict[str, tuple]:
+    """``{"a/b/c": shape}`` of a pytree's leaves (dicts, dataclasses and orbax's metadata)."""
+    out = {}
+    for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
+        name = "/".join(str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k))))
+                        for k in path)
+        out[name] = tuple(getattr(leaf, "shape", np.shape(leaf)))
+    return out
+
+
+def structure_diff(saved, target) -> list[str]:
+    """How the ``params`` and ``batch_stats`` of a saved state differ from ``target``'s:
+    missing and unexpected leaves, other shapes (empty when they agree)."""
+    def part(tree, key):
+        sub = tree.get(key) if isinstance(tree, dict) else getattr(tree, key, None)
+        return {f"{key}/{k}": v for k, v in _shapes(sub).items()} if sub is not None else {}
+
+    have = {**part(saved, "params"), **part(saved, "batch_stats")}
+    want = {**part(target, "params"), **part(target, "batch_stats")}
+    out = [f"missing {k}" for k in sorted(set(want) - set(have))]
+    out += [f"unexpected {k}" for k in sorted(set(have) - set(want))]
+    out += [f"{k} has shape {have[k]}, expected {want[k]}" for k in sorted(set(have) & set(want))
+            if have[k] != want[k]]
+    return out

@@ -2,6 +2,7 @@
 # Run the tests (README: "run the tests"; .ci/run calls this). Arguments go to pytest, e.g.
 #   bash scripts/test.sh tests/test_open_clip.py -x
 #   bash scripts/test.sh -m ''          # every test, the slow ones included
+#   bash scripts/test.sh -m slow        # only the slow ones
 #
 # It makes (once) a virtual environment .venv/ with Python 3.12 or later (jax 0.12 needs it;
 # CLIP_JAX_PYTHON=/path/to/python picks one), installs clip_jax there with the versions CI
@@ -58,4 +59,5 @@ pip_install -e ".[tpu-aot]" \
 echo "installed in $((SECONDS - started)) s: $("$PY" -c 'import jax, flax; print(
   "jax", jax.__version__, "flax", flax.__version__)')"
 "$VENV/bin/ruff" check clip_jax tests benchmarks configs examples
-"$PY" -m pytest -q -p no:cacheprovider "$@"
+# two workers (pytest-xdist) by default: CLIP_JAX_TEST_WORKERS=0 runs in this process
+"$PY" -m pytest -q -p no:cacheprovider -n "${CLIP_JAX_TEST_WORKERS:-2}" "$@"

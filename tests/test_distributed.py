@@ -15,13 +15,12 @@ LAUNCH = os.path.join(REPO, "launch", "local_multiprocess.sh")
 TRAIN = [sys.executable, "-m", "clip_jax.train", "--config", "configs/tiny.py",
          "--config.total_steps=15", "--config.mesh.fsdp=2", "--config.checkpoint.every_steps=0"]
 
-pytestmark = pytest.mark.slow
-
 
 def _losses(workdir):
     return np.array([json.loads(x)["loss"] for x in open(os.path.join(workdir, "metrics.jsonl"))])
 
 
+@pytest.mark.slow
 def test_two_processes_match_one_process(tmp_path):
     env = dict(os.environ, LOG_DIR=str(tmp_path / "logs"))
     env.pop("XLA_FLAGS", None)

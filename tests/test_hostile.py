@@ -284,3 +284,41 @@ def test_stored_embeddings_know_their_shards_a_rewritten_one_is_named_and_re_emb
     report = embed.embed_shards(model, urls, out, "m", batch_size=8, log=print)
     assert (report["embedded_now"], report["resumed"]) == (2, 0)  # both shards were rewritten
     assert len(stored.open_dirs([out], urls)[0].names) == 2
+
+
+def test_a_resume_that_changes_the_state_or_distils_from_itself_is_refused_naming_why(tmp_path):
+    import types
+
+    from clip_jax import checkpoint
+
+    def tree(extra):
+        params = {"tower": {"kernel": np.ones((2, 3), np.float32)}, **extra}
+        return {"step": np.int32(1), "params": params}
+
+    def checkpointer(state):
+        abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(np.shape(x), x.dtype), state)
+        on_cpu = jax.tree.map(lambda _: jax.sharding.SingleDeviceSharding(jax.devices()[0]),
+                              state)
+        cfg = types.SimpleNamespace(every_steps=1, keep=2, keep_period=0, async_save=False)
+        return checkpoint.Checkpointer(str(tmp_path), cfg, on_cpu, abstract)
+
+    saved = tree({"proj": np.ones((4, 8), np.float32)})
+    ck = checkpointer(saved)
+    ck.save(1, jax.device_put(saved), {}, "{}", force=True)
+    ck.close()
+    changed = tree({"proj": np.ones((4, 16), np.float32), "teacher0": np.ones(3, np.float32)})
+    ck = checkpointer(changed)
+    rc, err = _run(lambda argv: ck.restore_latest(), [])
+    _one_line_error(rc, err, "step 1", "missing params/teacher0",
+                    "params/proj has shape (4, 8), expected (4, 16)", "checkpoints are untouched")
+    assert "can be read" not in err and "Move the step" not in err
+    assert sorted(os.listdir(ck.directory)) == ["1"]  # nothing moved aside
+    state, _ = checkpointer(saved).restore_latest()
+    assert int(state["step"]) == 1  # the same config resumes
+
+    c = config_lib.base_config()
+    c.distill.teachers = (str(tmp_path / "checkpoints"),)
+    with pytest.raises(config_lib.ResumeConfigError, match="student's own workdir"):
+        config_lib.check_resume(c.to_dict(), c, str(tmp_path))
+    c.distill.teachers = (str(tmp_path.parent / "teacher"),)
+    assert config_lib.check_resume(c.to_dict(), c, str(tmp_path)) == []

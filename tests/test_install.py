@@ -123,3 +123,35 @@ def test_requirements_are_bounded_and_constraints_pin_them():
     missing = (core | extras["test"]) - set(pins)
     assert not missing, f"constraints.txt pins none of {sorted(missing)}"
     assert pins["jax"].startswith("0.12.") and pins["jaxlib"] == pins["jax"]
+
+
+def _readme_guards() -> list[tuple[str, str]]:
+    """(test file, test function) for each test the README's "What survives what" table names
+    (a cell may name several, the later ones as ``::name`` of the same file)."""
+    text = (REPO / "README.md").read_text()
+    table = text[text.index("What survives what (each row"):]
+    table = table[:table.index("\n\n", table.index("|"))]
+    found = []
+    for row in table.splitlines()[3:]:
+        path = None
+        for ref in re.findall(r"`((?:tests/[\w/]+\.py)?::\w+)`", row.split("|")[-2]):
+            if not ref.startswith("::"):
+                path = ref.split("::")[0]
+            found.append((path, ref.split("::")[1]))
+    return found
+
+
+def test_the_default_run_keeps_every_test_the_readme_promises_by():
+    """No test named in the README's "What survives what" table is marked slow (the default
+    run, CI's, leaves slow tests out), and each exists."""
+    guards = _readme_guards()
+    assert len(guards) >= 10
+    for path, name in guards:
+        tree = ast.parse((REPO / path).read_text())
+        module_marks = [ast.unparse(n.value) for n in tree.body if isinstance(n, ast.Assign)
+                        and any(getattr(t, "id", "") == "pytestmark" for t in n.targets)]
+        assert not any("slow" in m for m in module_marks), f"{path} is marked slow"
+        fns = [n for n in ast.walk(tree) if isinstance(n, ast.FunctionDef) and n.name == name]
+        assert fns, f"README names {path}::{name}, which does not exist"
+        marks = [ast.unparse(d) for d in fns[0].decorator_list]
+        assert not any("slow" in m for m in marks), f"{path}::{name} is marked slow"

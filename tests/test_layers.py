@@ -8,6 +8,7 @@ from pathlib import Path
 
 import flax.linen as nn
 import jax
+import jax.extend.core
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -137,9 +138,16 @@ def test_attention_logits_and_softmax_stay_float32_under_bfloat16():
     q, k, v = (jax.random.normal(key, (2, 4, 16, 32)) * 2 for key in ks)
     bf = [a.astype(jnp.bfloat16) for a in (q, k, v)]
     jaxpr = jax.make_jaxpr(lambda *a: layers.attention(*a, False, "xla"))(*bf)
-    exps = [e for e in jaxpr.jaxpr.eqns if e.primitive.name == "exp"]
+
+    def eqns(jaxpr):  # nested ones too (jax 0.12.1 keeps softmax's custom_jvp_call)
+        for e in jaxpr.eqns:
+            yield e
+            for sub in jax.extend.core.jaxprs_in_params(e.params):
+                yield from eqns(sub)
+
+    exps = [e for e in eqns(jaxpr.jaxpr) if e.primitive.name == "exp"]
     assert exps and all(e.invars[0].aval.dtype == jnp.float32 for e in exps)
-    dots = [e for e in jaxpr.jaxpr.eqns if e.primitive.name == "dot_general"]
+    dots = [e for e in eqns(jaxpr.jaxpr) if e.primitive.name == "dot_general"]
     assert dots[0].outvars[0].aval.dtype == jnp.float32  # q k^T accumulates to f32 logits
     got = layers.attention(*bf, False, "xla")
     assert got.dtype == jnp.bfloat16

@@ -1,5 +1,5 @@
-"""open_clip itself against clip_jax (the opt-in ``open-clip`` extra: torch 2.14.1, torchvision
-0.29.1, open-clip-torch 3.3.0; ``CLIP_JAX_COMPARE=1 bash scripts/test.sh`` installs it).
+"""open_clip itself against clip_jax (the ``compare`` extra: torch 2.14.1, torchvision 0.29.1,
+open-clip-torch 3.3.0; ``scripts/test.sh`` installs it unless ``CLIP_JAX_COMPARE=0``).
 
 (a) a random open_clip ``CLIP`` built by ``open_clip.create_model`` from a JSON model config,
 saved as open_clip saves it, imported with ``clip_jax.export import --from open_clip``, gives
@@ -9,7 +9,7 @@ open_clip`` loads strictly in ``open_clip.create_model`` (a registered config wi
 the ids of ``open_clip.get_tokenizer("ViT-B-32")`` on a hard corpus; (a) and (b) run with
 qk-norm and layer scale too; (d) open_clip's SigLIP (a timm trunk) imports with its embeddings,
 and its full-size layouts are our key maps'. The whole module skips where open_clip does not
-import (the default ``compare`` extra has no torchvision).
+import.
 """
 
 from __future__ import annotations

@@ -171,6 +171,7 @@ def test_a_frozen_resnet_tower_runs_batchnorm_in_inference_mode(tmp_path):
         train.build(c, jax.devices()[:2])
 
 
+@pytest.mark.slow
 def test_batch_stats_are_checkpointed_restored_exactly_and_exported(tmp_path):
     from clip_jax import checkpoint, sources
 
@@ -234,7 +235,7 @@ def test_resolution_change_resamples_the_attention_pools_positional_embedding():
     assert emb.shape == (2, 32) and np.isfinite(np.asarray(emb)).all()
 
 
-@pytest.mark.parametrize("pattern", ["^visual/", ""])
+@pytest.mark.parametrize("pattern", [pytest.param("^visual/", marks=pytest.mark.slow), ""])
 def test_init_from_takes_the_batchnorm_statistics_with_the_weights(tmp_path, pattern):
     """LiT with a pretrained ResNet (``init_from_params='^visual/'``, the image tower frozen):
     its running statistics come with its weights; a full ``init_from`` takes all of them."""
@@ -320,6 +321,7 @@ def test_sigkill_and_resume_is_exact_with_batch_stats(tmp_path):
         np.testing.assert_allclose(np.asarray(y), np.asarray(x), rtol=1e-5, atol=1e-7)
 
 
+@pytest.mark.slow
 def test_create_model_of_a_resnet_preset_carries_its_statistics():
     from clip_jax import inference
 
@@ -373,6 +375,7 @@ def test_weight_decay_mask_and_frozen_preset_know_the_conv_tower_names():
         assert all(f == key.startswith("visual/") for key, f in frozen.items())
 
 
+@pytest.mark.slow
 def test_remat_recomputes_bottlenecks_with_the_same_gradients_and_statistics():
     """model.remat on a ResNet tower: the Bottlenecks are rematerialised (checkpoint in the
     jaxpr) and the gradients and the updated BatchNorm statistics equal those without."""
@@ -398,5 +401,5 @@ def test_remat_recomputes_bottlenecks_with_the_same_gradients_and_statistics():
         prims = {e.primitive.name for e in jax.make_jaxpr(fn)(v["params"]).jaxpr.eqns}
         assert ("remat2" in prims) == remat
         out[remat] = fn(v["params"])
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5),
                  out[False], out[True])
