@@ -54,7 +54,7 @@ def read_torch_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
     except ImportError as e:
         raise ImportError(
             f"{path} is a PyTorch pickle; clip_jax reads those only through "
-            f"torch.load(weights_only=True), which needs torch (pip install torch==2.13.0). "
+            f"torch.load(weights_only=True), which needs torch (pip install 'clip_jax[compare]'). "
             f"Alternatively convert it to safetensors (safetensors.torch.save_file) where you "
             f"trust the file, and pass the .safetensors file.") from e
     try:
