@@ -139,6 +139,7 @@ def test_open_clips_convnext_jsons_parse_as_the_presets():
             vision={"width": 64}))
 
 
+@pytest.mark.slow
 def test_a_convnext_trains_with_drop_path(tmp_path, tiny_trunk):
     import sys
 

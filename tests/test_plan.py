@@ -116,6 +116,7 @@ def test_analytic_flops_match_xla_on_an_unrolled_compile(remat, accum, loss, imp
         f.hardware, rel=1e-3)
 
 
+@pytest.mark.slow
 @needs_libtpu
 def test_analytic_remat_recompute_matches_the_tpu_compile():
     """The TPU compiler runs the recompute ``flops`` counts: its extra FLOPs with remat (an
@@ -207,6 +208,7 @@ def test_tiny_on_v5e_2x2_compiles_and_its_arguments_are_the_planned_shards():
     assert cost["flops"] > 0 and cost["optimal_seconds"] > 0
 
 
+@pytest.mark.slow
 @needs_libtpu
 def test_a_bigger_batch_needs_more_temp_memory():
     # The tiny model's temp bytes on TPU are not proportional to the batch: measured 13.1 MB
