@@ -23,7 +23,6 @@ reduction over the state per save), so ``keep`` cannot rotate the good checkpoin
 from __future__ import annotations
 
 import base64
-import functools
 import json
 import os
 import signal
@@ -32,12 +31,13 @@ import time
 from pathlib import Path
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
+from orbax.checkpoint import checkpoint_managers as cm
 
 from clip_jax import params as params_lib
+from clip_jax import stability
 from clip_jax.cli import RunError, UserError
 from clip_jax.data import tokenizer as tokenizer_lib
 
@@ -75,6 +75,11 @@ class CheckpointRestoreError(RunError):
     """No checkpoint step in the directory can be read."""
 
 
+class _Protected(cm.CustomSteps):  # the steps of a set the caller updates
+    def __init__(self, steps: set[int]):
+        self._steps_set = steps
+
+
 class StateStructureError(UserError):
     """The checkpoints hold another state than this config builds: a config change, not damage
     (the steps are left where they are)."""
@@ -84,25 +89,7 @@ class NonFiniteStateError(RunError):
     """The state to save holds NaN or inf: the save is refused and the run stops."""
 
 
-def nonfinite_leaves(tree) -> list[str]:
-    """The ``/``-joined paths of the floating-point leaves of ``tree`` holding a NaN or inf:
-    one jitted reduction per leaf, one small transfer (cached per tree structure)."""
-    named = [(jax.tree_util.keystr(p, simple=True, separator="/"), x)
-             for p, x in jax.tree_util.tree_leaves_with_path(tree)
-             if jnp.issubdtype(x.dtype, jnp.inexact)]
-    if not named:
-        return []
-    sh = getattr(named[0][1], "sharding", None)
-    out = jax.sharding.NamedSharding(sh.mesh, jax.sharding.PartitionSpec()) \
-        if isinstance(sh, jax.sharding.NamedSharding) else None
-    ok = np.asarray(jax.device_get(_all_finite(out)([x for _, x in named])))
-    return [name for (name, _), good in zip(named, ok) if not good]
-
-
-@functools.cache
-def _all_finite(out_sharding):
-    return jax.jit(lambda xs: jnp.stack([jnp.all(jnp.isfinite(x)) for x in xs]),
-                   out_shardings=out_sharding)
+nonfinite_leaves = stability.nonfinite_leaves  # (the guard's: a save is one more check)
 
 
 class ProcessCountError(UserError):
@@ -191,9 +178,12 @@ class Checkpointer:
         self.every = int(ckpt_cfg.every_steps)  # 0 = only at the end (and on preemption)
         self.state_shardings, self.abstract_state = state_shardings, abstract_state
         self.tokenizer_files = _tokenizer_files(tokenizer)
+        self.protected: set[int] = set()  # see protect()
+        self.good, self.judged = None, False
+        keep = [cm.LatestN(ckpt_cfg.keep), _Protected(self.protected)] + (
+            [cm.EveryNSteps(ckpt_cfg.keep_period)] if ckpt_cfg.keep_period else [])
         options = ocp.CheckpointManagerOptions(
-            max_to_keep=ckpt_cfg.keep or None,
-            keep_period=ckpt_cfg.keep_period or None,
+            preservation_policy=cm.AnyPreservationPolicy(keep) if ckpt_cfg.keep else None,
             enable_async_checkpointing=bool(ckpt_cfg.async_save),
             create=True,
             save_decision_policy=save_policy(self.every),
@@ -250,7 +240,35 @@ class Checkpointer:
                 f"training stopped (later steps would be unprotected); last good checkpoint: "
                 f"{'none' if good is None else f'step {good}'}") from e
 
+    def protect(self, good: int | None, pending=()) -> None:
+        """The guard's good checkpoint and those awaiting its confirmation: never rotated."""
+        self.good, self.judged = good, True
+        self.protected.clear()
+        self.protected.update({good, *pending} - {None})
+
+    def set_aside_after(self, step: int | None, tag: str) -> list[str]:
+        """The steps after ``step`` (all if None) moved aside: a resume restores ``step``."""
+        self.wait()
+        return self._move_aside(sorted(s for s in self.manager.all_steps()
+                                       if step is None or s > step), tag)
+
+    def _move_aside(self, steps: list[int], tag: str) -> list[str]:
+        """Steps renamed to ``<step>.<tag>-<time>`` (never deleted); their new names."""
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        names = [f"{s}.{tag}-{stamp}" for s in steps]
+        if steps and jax.process_index() == 0:
+            for s, name in zip(steps, names, strict=True):
+                os.rename(os.path.join(self.directory, str(s)),
+                          os.path.join(self.directory, name))
+        if steps and jax.process_count() > 1:
+            multihost_utils.sync_global_devices(f"clip_jax: checkpoints moved ({tag})")
+        if steps:
+            self.manager.reload()
+        return names
+
     def _last_good(self, exclude: int | None) -> int | None:
+        if self.judged:  # the newest taken while healthy (stability.HostGuard)
+            return max(self.protected, default=None)
         try:
             steps = [int(p) for p in os.listdir(self.directory) if p.isdigit()
                      and int(p) != exclude]
@@ -304,13 +322,12 @@ class Checkpointer:
         diff = params_lib.structure_diff(saved, self.abstract_state) if isinstance(
             saved, dict) else []
         if diff:
-            more = f" (and {len(diff) - 6} more)" if len(diff) > 6 else ""
             raise StateStructureError(
                 f"checkpoint step {step} in {self.directory} holds another state than this "
-                f"config builds: {'; '.join(diff[:6])}{more}. The config changed what is "
-                "trained (the model, distill.teachers or distill.feature_weight...): resume "
-                "with the config the checkpoints were saved with (the workdir's config.json), "
-                "or start in a new workdir; the checkpoints are untouched")
+                f"config builds ({'; '.join(diff[:6])}{' ...' * (len(diff) > 6)}): the config "
+                "changed what is trained (the model, distill.teachers or feature_weight...); "
+                "resume with the workdir's config.json, or use a new workdir; the checkpoints "
+                "are untouched")
 
     def restore_latest(self, log=print):
         """``(state, data state)`` of the newest step that can be read, or None if there is no
@@ -341,18 +358,10 @@ class Checkpointer:
                 f"no checkpoint in {self.directory} can be read (" + "; ".join(
                     f"step {s}: {err}" for s, err in bad) + "); nothing was moved. Move the "
                 "step directories away to start afresh, or use a new workdir")
-        stamp = time.strftime("%Y%m%d-%H%M%S")
-        for s, err in bad:
-            src = os.path.join(self.directory, str(s))
-            dst = f"{src}.corrupt-{stamp}"
-            if jax.process_index() == 0:
-                os.rename(src, dst)
-            log(f"checkpoint step {s} cannot be read ({err}); moved it to {dst}, resuming "
-                f"from step {step}")
-        if bad:
-            if jax.process_count() > 1:
-                multihost_utils.sync_global_devices("clip_jax: corrupt checkpoints moved")
-            self.manager.reload()
+        names = self._move_aside([s for s, _ in bad], "corrupt")
+        for (s, err), name in zip(bad, names, strict=True):
+            log(f"checkpoint step {s} cannot be read ({err}); moved it to "
+                f"{os.path.join(self.directory, name)}, resuming from step {step}")
         return out
 
     def wait(self) -> None:

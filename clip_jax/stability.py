@@ -24,10 +24,12 @@ caused by a bad batch would not recur.
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import flax
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax.sharding import PartitionSpec as P
 
 from clip_jax.cli import RunError
@@ -169,32 +171,93 @@ def metrics(g: GuardState) -> dict:
 # On the host, at the sync points
 
 
+def nonfinite_leaves(tree) -> list[str]:
+    """The ``/``-joined paths of the floating-point leaves of ``tree`` holding a NaN or inf:
+    one jitted reduction per leaf, one small transfer (cached per tree structure)."""
+    named = [(jax.tree_util.keystr(p, simple=True, separator="/"), x)
+             for p, x in jax.tree_util.tree_leaves_with_path(tree)
+             if jnp.issubdtype(x.dtype, jnp.inexact)]
+    if not named:
+        return []
+    sh = getattr(named[0][1], "sharding", None)
+    out = jax.sharding.NamedSharding(sh.mesh, jax.sharding.PartitionSpec()) \
+        if isinstance(sh, jax.sharding.NamedSharding) else None
+    ok = np.asarray(jax.device_get(_all_finite(out)([x for _, x in named])))
+    return [name for (name, _), good in zip(named, ok) if not good]
+
+
+@functools.cache
+def _all_finite(out_sharding):
+    return jax.jit(lambda xs: jnp.stack([jnp.all(jnp.isfinite(x)) for x in xs]),
+                   out_shardings=out_sharding)
+
+
+
 class DivergedError(RunError):
     """Too many updates skipped in a row, or a rollback loop: the run stops (exit 1)."""
 
 
-def _where(ckpt) -> str:
-    step = ckpt.latest_step()
-    return "none" if step is None else f"step {step} ({ckpt.directory}/{step})"
-
-
 class HostGuard:
     """The loop's side of the guard: ``check(step, guard, ckpt)`` at each sync point raises
-    :class:`DivergedError` or returns True when a rollback is due."""
+    :class:`DivergedError` or returns True when a rollback is due.
+
+    It also knows which checkpoint is *good*, since finite is not good (at a far too high
+    learning rate the weights reach 1e13 with the loss still in its band, a few steps before it
+    turns NaN): one taken at a sync point with no update skipped since the one before, and
+    confirmed by ``max(1, stability.max_skips_in_a_row)`` steps without a skipped update after
+    it (a skip before that disowns it). The good one and those awaiting confirmation are
+    protected from ``checkpoint.keep``'s rotation; a stop names the good one and moves the
+    later checkpoints aside (``<step>.diverged-<time>``, kept), so that a resume (at a lower
+    learning rate) starts from it. The checkpoint a run resumed from counts as good."""
 
     def __init__(self, cfg, guard: GuardState):
         self.cfg = cfg
         self.spikes_seen = int(guard.spikes)  # spikes already dealt with
         self.rollbacks_to: dict[int, int] = {}
+        self.skipped, self.healthy_at = int(guard.skipped), {}
+        self.good: int | None = None
+        self.pending: list[int] = []  # healthy saves awaiting confirmation
+        self.seen: int | None = None  # the newest checkpoint step already judged
+        self.started = False
+
+    def _judge(self, step: int, g: GuardState, ckpt) -> None:
+        healthy = int(g.skipped) == self.skipped  # no update skipped since the last sync point
+        self.skipped = int(g.skipped)
+        saved = ckpt.latest_step()  # saves follow a check at the same step: judged at the next
+        if not self.started:
+            self.started, self.good = True, saved  # the step this run started from
+            self.seen = saved
+        elif saved is not None and saved != self.seen:
+            self.seen = saved
+            if self.healthy_at.get(saved):
+                self.pending.append(saved)
+        if not healthy:
+            self.pending = []
+        horizon = max(1, self.cfg.max_skips_in_a_row)
+        for c in [c for c in self.pending if step - c >= horizon]:
+            self.good = c
+            self.pending.remove(c)
+        ckpt.protect(self.good, self.pending)
+        self.healthy_at = {step: healthy}
+
+    def _stop(self, ckpt, why: str) -> DivergedError:
+        moved = ckpt.set_aside_after(self.good, "diverged")
+        where = "none" if self.good is None else f"step {self.good} ({ckpt.directory}/" \
+                                                 f"{self.good})"
+        aside = f"; the {len(moved)} later checkpoints were moved aside and kept (" \
+                f"{', '.join(moved[:2])}{', ...' * (len(moved) > 2)})" if moved else ""
+        return DivergedError(f"{why}; last good checkpoint: {where}{aside}; a resume starts "
+                             f"{'afresh' if self.good is None else 'from it'}: lower the "
+                             "learning rate")
 
     def check(self, step: int, g: GuardState, ckpt) -> bool:
+        self._judge(step, g, ckpt)
         n, most = int(g.in_a_row), self.cfg.max_skips_in_a_row
         if most and n >= most:
-            raise DivergedError(
+            raise self._stop(ckpt, (
                 f"step {step}: the updates of steps {step - n + 1}-{step} were all skipped "
                 f"({n} in a row >= stability.max_skips_in_a_row={most}: non-finite loss or "
-                f"gradients, or loss spikes); stopped without saving; last good checkpoint: "
-                f"{_where(ckpt)}")
+                f"gradients, or loss spikes); stopped without saving"))
         due = self.cfg.rollback and int(g.spikes) > self.spikes_seen
         self.spikes_seen = int(g.spikes)
         return bool(due)
@@ -210,4 +273,4 @@ class HostGuard:
                 "learning rate or raise stability.rollback_skip_steps")
 
     def restored(self, g: GuardState) -> None:
-        self.spikes_seen = int(g.spikes)
+        self.spikes_seen, self.skipped = int(g.spikes), int(g.skipped)

@@ -322,3 +322,35 @@ def test_a_resume_that_changes_the_state_or_distils_from_itself_is_refused_namin
         config_lib.check_resume(c.to_dict(), c, str(tmp_path))
     c.distill.teachers = (str(tmp_path.parent / "teacher"),)
     assert config_lib.check_resume(c.to_dict(), c, str(tmp_path)) == []
+
+
+def _train(workdir, *flags):
+    import subprocess
+
+    cmd = [sys.executable, "-m", "clip_jax.train", "--config", TINY_CONFIG, "--workdir",
+           str(workdir), "--config.log_every_steps=1", "--config.checkpoint.every_steps=5",
+           "--config.checkpoint.keep=2", *flags]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+
+
+def test_divergence_names_the_last_good_checkpoint_and_a_lower_lr_resumes_from_it(tmp_path):
+    ok = _train(tmp_path, "--config.total_steps=10")
+    assert ok.returncode == 0, ok.stderr[-2000:]
+    # lr 1e6: the weights reach ~1e13 with finite losses before the losses turn NaN; the
+    # checkpoints taken then (steps 15, 20) are finite but not good
+    bad = _train(tmp_path, "--config.total_steps=60", "--config.optimizer.lr=1e6")
+    err = bad.stderr.strip().splitlines()[-1]
+    assert bad.returncode == 1 and "Traceback" not in bad.stderr, bad.stderr[-2000:]
+    assert "last good checkpoint: step 10" in err and "moved aside and kept" in err, err
+    ckpts = sorted(os.listdir(tmp_path / "checkpoints"))
+    assert "10" in ckpts and not any(c.isdigit() and int(c) > 10 for c in ckpts), ckpts
+    assert any(c.startswith("15.diverged-") for c in ckpts), ckpts  # kept, renamed
+    good = _train(tmp_path, "--config.total_steps=20", "--config.optimizer.lr=1e-3")
+    assert good.returncode == 0, good.stderr[-2000:]
+    assert "resumed from step 10" in good.stdout + good.stderr
+    losses = {}
+    for line in (tmp_path / "metrics.jsonl").read_text().splitlines():
+        r = json.loads(line)
+        if "loss" in r:
+            losses[r["step"]] = r["loss"]
+    assert all(np.isfinite(losses[s]) for s in range(11, 21)), losses

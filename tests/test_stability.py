@@ -148,28 +148,36 @@ def test_sigkill_and_resume_across_skipped_steps_is_exact(tmp_path):
 
 
 def test_a_streak_of_skips_stops_the_run_in_one_line_keeping_good_checkpoints(tmp_path):
-    """Non-finite gradients from step 5 on, ``max_skips_in_a_row=3``: exit 1 at step 7 with one
-    line naming steps 5-7 and the last good checkpoint; nothing saved at step 7; the newest
-    checkpoint (step 6, written mid-streak) holds the finite state of step 4."""
-    c = _config(debug__nonfinite_steps=tuple(range(5, 21)), stability__max_skips_in_a_row=3,
+    """Non-finite gradients from step 7 on, ``max_skips_in_a_row=3``: exit 1 at step 9 with one
+    line naming steps 7-9 and the last *good* checkpoint, step 2 (confirmed by the 3 clean
+    steps after it; step 4's were cut short by step 7, and 6 and 8 were written mid-streak or
+    unconfirmed): the later checkpoints are moved aside (kept), so a resume starts from step 2;
+    nothing saved at step 9; the set-aside step 8 holds the finite state of step 6."""
+    c = _config(debug__nonfinite_steps=tuple(range(7, 21)), stability__max_skips_in_a_row=3,
                 log_every_steps=1, checkpoint__every_steps=2, total_steps=20)
     work, err = tmp_path / "run", io.StringIO()
     code = cli.run(lambda _: train.train(c, str(work), devices=jax.devices()[:1]) and 0, [],
                    stderr=err)
     lines = err.getvalue().strip().splitlines()
     assert code == 1 and len(lines) == 1, err.getvalue()
-    assert "steps 5-7 were all skipped" in lines[0] and "stopped without saving" in lines[0]
-    assert f"last good checkpoint: step 6 ({work}/checkpoints/6)" in lines[0]
-    assert sorted(os.listdir(work / "checkpoints"), key=int) == ["2", "4", "6"]
+    assert "steps 7-9 were all skipped" in lines[0] and "stopped without saving" in lines[0]
+    assert f"last good checkpoint: step 2 ({work}/checkpoints/2)" in lines[0]
+    assert "3 later checkpoints were moved aside and kept" in lines[0]
+    names = os.listdir(work / "checkpoints")
+    assert "2" in names and sorted(n.split(".")[0] for n in names if "diverged" in n) == [
+        "4", "6", "8"]
+    for n in names:  # a resume restores step 2
+        if n != "2":
+            os.rename(work / "checkpoints" / n, work / "checkpoints" / n.split(".")[0])
     setup = train.build(c, jax.devices()[:1])
     ck = checkpoint.Checkpointer(str(work), c.checkpoint, setup.state_shardings,
                                  setup.abstract_state)
-    (s4, _), (s6, d6) = ck.restore(4), ck.restore(6)
+    (s6, _), (s8, d8) = ck.restore(6), ck.restore(8)
     ck.close()
-    assert _finite(jax.device_get(s6.params)) and _same(jax.device_get(
-        (s6.params, s6.opt_state)), jax.device_get((s4.params, s4.opt_state)))
-    assert int(s6.guard.skipped) == 2 and int(s6.step) == 6 and d6["batch_index"] == 6
-    assert max(x["step"] for x in _lines(work)) == 7
+    assert _finite(jax.device_get(s8.params)) and _same(jax.device_get(
+        (s8.params, s8.opt_state)), jax.device_get((s6.params, s6.opt_state)))
+    assert int(s8.guard.skipped) == 2 and int(s8.step) == 8 and d8["batch_index"] == 8
+    assert max(x["step"] for x in _lines(work)) == 9
 
 
 def test_a_nonfinite_state_is_never_saved(tmp_path):
