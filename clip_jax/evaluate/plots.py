@@ -134,8 +134,7 @@ def plot_training_curves(metrics_jsonl_path: str, out_png: str, title: str | Non
         fig = training_curves_figure(records, title)
     except ValueError as e:
         raise ValueError(f"{e} in {metrics_jsonl_path}") from None
-    _ensure_parent(out_png)
-    fig.savefig(out_png)
+    _save(fig, out_png)
     return out_png
 
 
@@ -187,8 +186,7 @@ def plot_confusion_matrix(
     ax.set_title(title or ("confusion matrix (row-normalised)" if normalize
                            else "confusion matrix"))
     fig.tight_layout()
-    _ensure_parent(out_png)
-    fig.savefig(out_png)
+    _save(fig, out_png)
     return out_png
 
 
@@ -215,11 +213,12 @@ def plot_suite(headlines: dict[str, dict[str, float]], out_png: str,
     ax.legend(fontsize="small")
     ax.set_title(title or "evaluation suite")
     fig.tight_layout()
-    _ensure_parent(out_png)
-    fig.savefig(out_png)
+    _save(fig, out_png)
     return out_png
 
 
-def _ensure_parent(path: str) -> None:
-    parent = os.path.dirname(os.path.abspath(path))
-    files.make_dir(parent)
+def _save(fig, path: str) -> None:
+    """``fig`` as a PNG at ``path`` (through clip_jax.files: one-line errors, atomic)."""
+    files.make_dir(os.path.dirname(os.path.abspath(path)))
+    with files.atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
