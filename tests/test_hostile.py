@@ -97,6 +97,16 @@ def test_imported_weights_that_cannot_be_right_are_refused_naming_the_tensor(tin
     taken.write_text("kept")
     _one_line_error(*_run(export.main, ["import", "--from", "hf", "--src", hf_dir, "--out",
                                         taken]), "existing file")
+    conf = json.loads((hf_dir / "config.json").read_text())
+    for where, key, value in (("vision_config", "hidden_size", "64"),
+                              ("text_config", "layer_norm_eps", float("nan")),
+                              ("text_config", "num_attention_heads", 0)):
+        bad = json.loads(json.dumps(conf))
+        bad[where][key] = value
+        (hf_dir / "config.json").write_text(json.dumps(bad))
+        _one_line_error(*_run(export.main, ["import", "--from", "hf", "--src", hf_dir, "--out",
+                                            tmp_path / "x"]), "config.json", f"{where}.{key}")
+    (hf_dir / "config.json").write_text(json.dumps(conf))
     sd = weights_io.read_state_dict(hf_dir / "model.safetensors")
     sd["text_model.embeddings.token_embedding.weight"][0, 0] = np.inf
     weights_io.save_safetensors(sd, hf_dir / "model.safetensors")
