@@ -81,7 +81,7 @@ RANGES: dict[str, Range] = {
     "data.demo_train_samples": POSITIVE, "data.demo_seed": ANY_INT,
     "data.tokenizer_vocab_size": COUNT, "data.shuffle_buffer": COUNT, "data.workers": COUNT,
     "data.image_size": POSITIVE, "data.synthetic_classes": POSITIVE,
-    "data.synthetic_noise": NONNEG, "data.prefetch": POSITIVE, "data.worker_prefetch": POSITIVE,
+    "data.synthetic_noise": NONNEG, "data.prefetch": COUNT, "data.worker_prefetch": POSITIVE,
     "data.tfds_weight": POS_FLOAT,
     "checkpoint.every_steps": COUNT, "checkpoint.keep": COUNT, "checkpoint.keep_period": COUNT,
     "eval.every_steps": COUNT, "eval.probe_max_per_class": COUNT, "eval.batch_size": POSITIVE,

@@ -125,7 +125,7 @@ ZERO_OK = {"seed", "loss_block_size", "model.init_logit_scale", "model.init_logi
            "optimizer.warmup_steps", "optimizer.end_lr_ratio", "optimizer.weight_decay",
            "optimizer.b1", "optimizer.b2", "optimizer.grad_clip_norm", "data.demo_seed",
            "data.tokenizer_vocab_size", "data.shuffle_buffer", "data.workers",
-           "data.synthetic_noise", "checkpoint.every_steps", "checkpoint.keep",
+           "data.synthetic_noise", "data.prefetch", "checkpoint.every_steps", "checkpoint.keep",
            "checkpoint.keep_period", "eval.every_steps", "eval.probe_max_per_class",
            "stability.max_skips_in_a_row", "stability.spike_factor",
            "stability.spike_warmup_steps", "stability.rollback_skip_steps",
