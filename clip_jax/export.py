@@ -60,6 +60,9 @@ def _parser() -> argparse.ArgumentParser:
                         "default: the one found next to the weights")
     s.add_argument("--scan", action="store_true",
                    help="store the blocks stacked (model.scan=True layout)")
+    s.add_argument("--allow-damaged-weights", action="store_true",
+                   help="import tensors holding NaN/inf or negative variances (refused by "
+                        "default: every embedding of such a model is NaN)")
     s.add_argument("--out", required=True, help="bundle directory to write")
     _resample_args(s)
     return p
@@ -86,13 +89,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     out = Path(args.out)
     if args.command == "import":
         if args.src_format == "open_clip":
-            cfg, params, tok, pre = open_clip.import_open_clip(args.src, args.model_config,
-                                                               args.scan)
+            cfg, params, tok, pre = open_clip.import_open_clip(
+                args.src, args.model_config, args.scan, args.allow_damaged_weights)
         else:
             if args.model_config:
                 raise cli.UserError("--model-config applies to --from open_clip only (HF "
                                     "directories carry their config.json)")
-            cfg, params, tok, pre = hf.import_hf(args.src, args.scan)
+            cfg, params, tok, pre = hf.import_hf(args.src, args.scan, args.allow_damaged_weights)
         if _vision(args):
             s = sources.refit(sources.Source(args.src_format, Path(args.src), cfg, params, tok,
                                              pre), cfg.replace(**_vision(args)))

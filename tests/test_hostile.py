@@ -87,6 +87,8 @@ def test_imported_weights_that_cannot_be_right_are_refused_naming_the_tensor(tin
     hub = _open_clip_hub(tmp_path / "oc", TINY, nan)
     _one_line_error(*_run(export.main, ["import", "--from", "open_clip", "--src", hub, "--out",
                                         tmp_path / "x"]), "visual.proj", "non-finite", "(1, 2)")
+    assert _run(export.main, ["import", "--from", "open_clip", "--src", hub, "--out",
+                              tmp_path / "y", "--allow-damaged-weights"])[0] == 0  # asked for
     hub = _open_clip_hub(tmp_path / "rn", models.get_model_config("tiny-rn"), negative_var)
     _one_line_error(*_run(export.main, ["import", "--from", "open_clip", "--src", hub, "--out",
                                         tmp_path / "x"]), "visual.bn1.running_var",

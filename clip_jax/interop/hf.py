@@ -69,7 +69,7 @@ def model_config_from_hf(hf: Mapping) -> models.ModelConfig:
                      f"(SiglipModel)")
 
 
-def read_hf_dir(path: Path):
+def read_hf_dir(path: Path, allow_damaged: bool = False):
     """``(cfg, flat params)`` of a Hugging Face CLIP or SigLIP directory."""
     hf = bundle.read_config(path)
     if not isinstance(hf, dict):
@@ -84,7 +84,8 @@ def read_hf_dir(path: Path):
             break
     else:
         raise FileNotFoundError(f"{path} has none of {', '.join(HF_WEIGHTS)}")
-    params = keymap.from_external(sd, cfg.replace(scan=False), "hf", source=f"HF weights in {path}")
+    params = keymap.from_external(sd, cfg.replace(scan=False), "hf", source=f"HF weights in {path}",
+                                  allow_damaged=allow_damaged)
     return cfg, params_lib.flatten_params(params)
 
 
@@ -209,7 +210,7 @@ def export_hf(out_dir: str | os.PathLike, params, cfg: models.ModelConfig, token
     return out
 
 
-def import_hf(src: str | os.PathLike, scan: bool = False):
+def import_hf(src: str | os.PathLike, scan: bool = False, allow_damaged: bool = False):
     """``(cfg, params, tokenizer or None, preprocess)`` from a Hugging Face CLIP or SigLIP
     directory."""
     src = Path(src)
@@ -217,7 +218,7 @@ def import_hf(src: str | os.PathLike, scan: bool = False):
         raise FileNotFoundError(f"{src} is not a directory (expected a Hugging Face CLIP or "
                                 f"SigLIP model directory with {bundle.CONFIG_FILE} and "
                                 f"{bundle.WEIGHTS_FILE})")
-    cfg, flat = read_hf_dir(src)
+    cfg, flat = read_hf_dir(src, allow_damaged)
     cfg = cfg.replace(scan=scan)
     flat = params_lib.adapt(flat, params_lib.flatten_params(models.abstract_params(cfg)),
                             f"HF directory {src}")

@@ -109,19 +109,21 @@ def external_shapes(cfg: models.ModelConfig, fmt: str) -> dict[str, jax.ShapeDty
 
 
 def from_external(state_dict: Mapping[str, Any], cfg: models.ModelConfig, fmt: str,
-                  source: str = "state dict") -> dict:
+                  source: str = "state dict", allow_damaged: bool = False) -> dict:
     """An open_clip / HF state dict -> our nested params, stacked when ``cfg.scan``.
 
     Every expected key must be present with the expected shape and a float dtype (cast to
     ``cfg.param_dtype``); missing and unexpected keys are listed in the ValueError. A parameter
     the format keeps outside its state dict (CLIPModel's logit bias) takes ``cfg``'s value.
-    Values that cannot be right are refused with the tensor's name (:func:`check_values`).
+    Values that cannot be right are refused with the tensor's name (:func:`check_values`)
+    unless ``allow_damaged`` (``export import --allow-damaged-weights``).
     """
     mod = _family_module(cfg, fmt)
     sd = _normalize_state_dict(state_dict, mod, fmt)
     expected = external_shapes(cfg, fmt)
     params_lib.check(sd, expected, source, cast=False)
-    check_values(sd, source)
+    if not allow_damaged:
+        check_values(sd, source)
     flat = {}
     for rule in _rules(cfg, fmt):
         ours = rule.inv(tuple(np.asarray(sd[k]) for k in rule.theirs))
@@ -150,7 +152,8 @@ def check_values(sd: Mapping[str, Any], source: str) -> None:
         if bad.any():
             at = tuple(int(i) for i in np.argwhere(bad)[0])
             raise ValueError(f"{source}: {key} holds {what} ({a[at] if at else a.item()!r} at "
-                             f"index {at}); the weights are damaged, refusing to import them")
+                             f"index {at}); the weights are damaged, refusing to import them "
+                             "(--allow-damaged-weights imports them anyway)")
 
 
 def _normalize_state_dict(sd: Mapping[str, Any], mod, fmt: str) -> dict[str, Any]:

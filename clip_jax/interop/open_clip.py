@@ -54,7 +54,8 @@ def _resolve_model_config_arg(spec: str) -> models.ModelConfig:
     return models.from_open_clip_config(spec)
 
 
-def import_open_clip(src: str | os.PathLike, model_config: str | None = None, scan: bool = False):
+def import_open_clip(src: str | os.PathLike, model_config: str | None = None, scan: bool = False,
+                     allow_damaged: bool = False):
     """``(cfg, params, tokenizer or None, preprocess)`` from open_clip weights: a weights file
     or a directory holding ``open_clip_model.safetensors`` (or ``open_clip_pytorch_model.bin``)
     and ``open_clip_config.json``. ``model_config``: JSON path/text or preset name."""
@@ -91,7 +92,8 @@ def import_open_clip(src: str | os.PathLike, model_config: str | None = None, sc
     if "logit_bias" in sd and cfg.init_logit_bias is None:
         cfg = cfg.replace(init_logit_bias=float(np.asarray(sd["logit_bias"])))
     cfg = cfg.replace(scan=scan)
-    params = keymap.from_external(sd, cfg, "open_clip", source=f"open_clip weights {weights}")
+    params = keymap.from_external(sd, cfg, "open_clip", source=f"open_clip weights {weights}",
+                                  allow_damaged=allow_damaged)
     pre = bundle.default_preprocess(cfg.vision.image_size)
     pc = oc_cfg.get("preprocess_cfg") if isinstance(oc_cfg, dict) else None
     pc = pc if isinstance(pc, dict) else {}
