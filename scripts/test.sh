@@ -46,16 +46,21 @@ if ! python_ok "$VENV/bin/python"; then
   echo "made $VENV with $("$VENV/bin/python" --version)"
 fi
 PY=$PWD/$VENV/bin/python
-pip_install() { "$PY" -m pip install -q --disable-pip-version-check -c constraints.txt "$@"; }
-pip_install -e ".[test,onednn]"
-if [[ "${CLIP_JAX_COMPARE:-1}" != 0 ]]; then
-  pip_install -e ".[compare]" \
-    || echo "note: optional extra 'compare' (torch, open_clip, transformers) not installed;" \
-            "its tests skip"
+# (pip's notes on find-links folders without the package are left out of the log)
+pip_install() {
+  "$PY" -m pip install -q --disable-pip-version-check -c constraints.txt "$@" \
+    2> >(grep -v "^WARNING: Location 'file:.*' is ignored" >&2)
+}
+optional=(tpu-aot)
+[[ "${CLIP_JAX_COMPARE:-1}" != 0 ]] && optional+=(compare)
+# one resolution for everything; where an optional extra cannot install, each on its own
+if ! pip_install -e ".[test,onednn,$(IFS=,; echo "${optional[*]}")]"; then
+  pip_install -e ".[test,onednn]"
+  for extra in "${optional[@]}"; do
+    pip_install -e ".[$extra]" \
+      || echo "note: optional extra '$extra' did not install; its tests skip, saying why"
+  done
 fi
-pip_install -e ".[tpu-aot]" \
-  || echo "note: optional extra 'tpu-aot' (jax[tpu], libtpu) not installed; the TPU compile" \
-          "tests skip"
 echo "installed in $((SECONDS - started)) s: $("$PY" -c 'import jax, flax; print(
   "jax", jax.__version__, "flax", flax.__version__)')"
 "$VENV/bin/ruff" check clip_jax tests benchmarks configs examples
