@@ -10,11 +10,9 @@ behind ``stop_gradient``), its params bit-identical after training. In the step 
 student's batch through its own preprocessing: the pixels resized on the device when its image
 size differs and renormalised with its mean/std; the student's token ids when the tokenizers
 agree (padded to a longer context), else its own ids, tokenised on the host beside the
-student's (:class:`JointTokenizer`); without captions a differing vocabulary is refused.
-The objective (:func:`objective`) is ``clip_weight * contrastive + kd_weight * KD +
-feature_weight * (1 - cos)`` (:mod:`clip_jax.kd_losses`), all on the global batch in one
-``shard_map``; with ``accum_steps > 1`` the teachers embed the whole batch once per step and the
-student goes through the gradient cache like its plain loss.
+student's as their own batch field (:class:`JointTokenizer`, :func:`text_key`); without
+captions a differing vocabulary is refused. What the step computes from them is the
+distillation objective (:mod:`clip_jax.objectives.distillation`).
 """
 
 from __future__ import annotations
@@ -27,9 +25,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import PartitionSpec as P
 
-from clip_jax import flops, kd_losses, losses, models, sharding, sources
+from clip_jax import flops, kd_losses, models, sharding, sources
 from clip_jax.data import stored as stored_lib
 from clip_jax.data import transforms
 
@@ -139,35 +136,6 @@ def load_stored(config) -> list[StoredTeacher]:
     return out
 
 
-def extra_shapes(config, student_cfg, teachers, stored) -> dict:
-    """The student-side params distillation adds (``{EXTRA: {"proj_k": (D_s, D_k)}}``): a
-    learned projection from the student's embedding to teacher ``k``'s for the feature loss
-    where the widths differ; ``{}`` otherwise. They train and checkpoint with the student but
-    are no part of its model: export and every model source leave them out."""
-    d = student_cfg.embed_dim
-    widths = [t.cfg.embed_dim for t in teachers] + [s.embed_dim for s in stored]
-    if config.distill.feature_weight == 0:
-        return {}
-    shapes = {f"proj_{k}": jax.ShapeDtypeStruct((d, w), jnp.float32)
-              for k, w in enumerate(widths) if w != d}
-    return {EXTRA: shapes} if shapes else {}
-
-
-def init_extra(shapes: dict, rng) -> dict:
-    """Initial values of :func:`extra_shapes`: normal, variance 1 / D_s."""
-    if not shapes:
-        return {}
-    leaves = sorted(shapes[EXTRA])
-    keys = jax.random.split(jax.random.fold_in(rng, 24), len(leaves))
-    return {EXTRA: {k: jax.random.normal(r, shapes[EXTRA][k].shape) /
-                    np.sqrt(shapes[EXTRA][k].shape[0]) for k, r in zip(leaves, keys)}}
-
-
-def model_params(params) -> dict:
-    """The student model's own params: ``params`` without the distillation extras."""
-    return {k: v for k, v in params.items() if k != EXTRA}
-
-
 def check_tokenizers(teachers: list[Teacher], tokenizer, vocab_size: int) -> None:
     """Which teachers read the student's token ids as they are (same vocabulary size and the
     same ids for a few probe captions) and which get their own (``own_text``: the host
@@ -188,41 +156,34 @@ def check_tokenizers(teachers: list[Teacher], tokenizer, vocab_size: int) -> Non
 
 
 class JointTokenizer:
-    """The student's ids, then each ``own_text`` teacher's, side by side: one ``(b, L + sum
-    L_t)`` array per batch from the pipeline (which tokenises on the host);
-    :func:`split_text` takes it apart in the step."""
+    """The student's ids and each ``own_text`` teacher's as their own batch fields: ``{"text":
+    (b, L), "teacher{k}_text": (b, L_k)}`` (:func:`text_key`), tokenised on the host by the
+    pipeline's workers."""
 
     def __init__(self, student, context_length: int, teachers: list[Teacher]):
         self.student, self.context_length = student, context_length
         self.vocab_size = student.vocab_size
-        self.others = [(t.tokenizer, t.cfg.text.context_length) for t in teachers if t.own_text]
+        self.others = [(text_key(k), t.tokenizer, t.cfg.text.context_length)
+                       for k, t in enumerate(teachers) if t.own_text]
 
     def __call__(self, texts, context_length=None):
-        parts = [self.student(texts, self.context_length)]
-        parts += [np.asarray(tok(texts, ctx)) for tok, ctx in self.others]
-        return np.concatenate([np.asarray(p, np.int32) for p in parts], 1)
+        out = {"text": np.asarray(self.student(texts, context_length or self.context_length),
+                                  np.int32)}
+        out.update({key: np.asarray(tok(texts, ctx), np.int32) for key, tok, ctx in self.others})
+        return out
 
 
-def data_view(setup, tokenizer):
-    """(model config, tokenizer) for :func:`clip_jax.input_pipeline.make_data`: the student's,
-    or with ``own_text`` teachers a joint tokenizer and the joint context length."""
-    own = [t for t in setup.teachers if t.own_text]
-    if not own:
-        return setup.model_cfg, tokenizer
-    ctx = setup.model_cfg.text.context_length
-    total = ctx + sum(t.cfg.text.context_length for t in own)
-    return (setup.model_cfg.replace(text=dict(context_length=total)),
-            JointTokenizer(tokenizer, ctx, setup.teachers))
+def host_tokenizer(setup, tokenizer):
+    """The pipeline's tokenizer: the student's, or with ``own_text`` teachers a
+    :class:`JointTokenizer` that adds their ids."""
+    if not any(t.own_text for t in setup.teachers):
+        return tokenizer
+    return JointTokenizer(tokenizer, setup.model_cfg.text.context_length, setup.teachers)
 
 
-def split_text(setup, batch):
-    """``(student batch, [each teacher's token ids or None])`` from a joint batch."""
-    ctx = setup.model_cfg.text.context_length
-    text, own, at = batch["text"], [], ctx
-    for t in setup.teachers:
-        own.append(text[:, at:at + t.cfg.text.context_length] if t.own_text else None)
-        at += t.cfg.text.context_length if t.own_text else 0
-    return {**batch, "text": text[:, :ctx]}, own
+def text_key(k: int) -> str:
+    """The batch field of teacher ``k``'s own token ids (its tokenizer differs)."""
+    return f"teacher{k}_text"
 
 
 def place(teachers: list[Teacher], mesh, dtype: str):
@@ -270,74 +231,16 @@ def _pixels(t: Teacher, images):
     return x
 
 
-def stored_targets(setup, batch):
-    """``[(image, text, logit scale)]`` of each stored teacher: the batch's stored rows."""
-    out = []
-    for k, s in enumerate(setup.stored):
-        img_key, txt_key = stored_lib.field_names(k)
-        out.append(tuple(jax.lax.stop_gradient(batch[key].astype(jnp.float32))
-                         for key in (img_key, txt_key)) + (jnp.float32(s.logit_scale),))
-    return out
-
-
 def _tokens(t: Teacher, text):
     extra = t.cfg.text.context_length - text.shape[1]
     return jnp.pad(text, ((0, 0), (0, extra))) if extra > 0 else text
 
 
-def targets(setup, teacher_params, batch, own_text=None):
-    """``[(image, text, logit scale)]`` of each teacher on the global batch (no gradient);
-    ``own_text``: each teacher's own token ids (:func:`split_text`) or None."""
-    out = []
-    own_text = own_text or [None] * len(setup.teachers)
-    for t, p, ids in zip(setup.teachers, teacher_params, own_text):
-        ids = _tokens(t, batch["text"]) if ids is None else ids
-        with nn.logical_axis_rules(sharding.RULES):
-            img, txt, log_scale, _ = t.model.apply(  # BatchNorm on the running statistics
-                models.variables(p), _pixels(t, batch["image"]), ids)
-        fixed = setup.config.distill.teacher_logit_scale
-        scale = jnp.float32(fixed) if fixed > 0 else jnp.exp(log_scale.astype(jnp.float32))
-        out.append(jax.tree.map(lambda x: jax.lax.stop_gradient(x.astype(jnp.float32)),
-                                (img, txt, scale)))
-    return out
-
-
-def objective(config, mesh, img, txt, logit_scale_param, logit_bias, teach, extra=None):
-    """``(total, parts)``: ``total = clip_weight * clip + kd_weight * kd + feature_weight *
-    feature`` on globally sharded embeddings (one shard_map, all-gathers inside), ``parts`` the
-    unweighted terms in use (``{"clip", "kd", "feature"}``); ``teach`` from :func:`targets` or
-    :func:`stored_targets`, ``extra`` the :data:`EXTRA` params (feature projections)."""
-    d, axes = config.distill, sharding.BATCH_AXES
-    block = config.loss_block_size or None
-    scale = jnp.exp(logit_scale_param)
-    bias = jnp.zeros((), jnp.float32) if logit_bias is None else logit_bias
-    proj = dict(extra or {})
-
-    def body(i, t, s, b, tch, proj):
-        parts = {}
-        if d.clip_weight > 0:
-            if config.loss == "clip":
-                fn = losses.clip_loss if config.loss_impl == "dense" else functools.partial(
-                    losses.clip_loss_blockwise, block_size=block)
-                parts["clip"] = fn(i, t, s, axis_name=axes)
-            else:
-                fn = losses.siglip_loss if config.loss_impl == "dense" else functools.partial(
-                    losses.siglip_loss_blockwise, block_size=block)
-                parts["clip"] = fn(i, t, s, b, axis_name=axes)
-        if d.kd_weight > 0:
-            fn = kd_losses.kd_loss if config.loss_impl == "dense" else functools.partial(
-                kd_losses.kd_loss_blockwise, block_size=block)
-            parts["kd"] = fn(i, t, s, tch, d.combine, axis_name=axes)
-        if d.feature_weight > 0:
-            pairs = []
-            for k, (ti, tt, _) in enumerate(tch):
-                w = proj.get(f"proj_{k}")
-                pairs.append((ti, tt) if w is None else (i @ w, t @ w, ti, tt))
-            parts["feature"] = kd_losses.feature_loss(i, t, pairs, axis_name=axes)
-        weights = {"clip": d.clip_weight, "kd": d.kd_weight, "feature": d.feature_weight}
-        return sum(weights[k] * v for k, v in parts.items()), parts
-
-    tspec = [(P(axes), P(axes), P())] * len(teach)
-    return jax.shard_map(body, mesh=mesh, in_specs=(P(axes), P(axes), P(), P(), tspec,
-                                                    jax.tree.map(lambda _: P(), proj)),
-                         out_specs=P())(img, txt, scale, bias, teach, proj)
+def embed(t: Teacher, params, images, text):
+    """``(image, text, logit scale)`` of teacher ``t`` (its ``params`` placed by :func:`place`)
+    on the student's batch ``images`` (through :func:`_pixels`) and token ids ``text`` (its own
+    ids, or the student's padded to its context); BatchNorm on its running statistics."""
+    with nn.logical_axis_rules(sharding.RULES):
+        img, txt, log_scale, _ = t.model.apply(models.variables(params), _pixels(t, images),
+                                               _tokens(t, text))
+    return img, txt, jnp.exp(log_scale.astype(jnp.float32))

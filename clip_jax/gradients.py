@@ -1,37 +1,30 @@
 """The loss of a global batch and its gradient: the forward of both towers under the logical
-sharding rules, the contrastive loss in a ``shard_map`` that all-gathers embeddings, and the
-gradient cache (``accum_steps > 1``). What :func:`clip_jax.train.train_step` differentiates;
-a BatchNorm tower's running statistics (``batch_stats``) come back updated beside the gradient.
+sharding rules, the run's objective (:mod:`clip_jax.objectives`, its losses all-gather the
+embeddings inside one ``shard_map``) and the gradient cache (``accum_steps > 1``), the same for
+every objective. :func:`loss_and_grads` is what :func:`clip_jax.train.train_step`
+differentiates; a BatchNorm tower's running statistics (``batch_stats``) come back updated
+beside the gradient.
 """
 
 from __future__ import annotations
 
-import functools
+from typing import Any, NamedTuple
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 from jax.sharding import PartitionSpec as P
 
-from clip_jax import distill, input_pipeline, losses, models, optimizer, sharding
+from clip_jax import input_pipeline, models, optimizer, sharding
 
 
-def contrastive_loss(config, mesh, img, txt, logit_scale_param, logit_bias):
-    """The configured loss on globally sharded embeddings, via shard_map + all-gather."""
-    scale = jnp.exp(logit_scale_param)
-    axes = sharding.BATCH_AXES
-    block = config.loss_block_size or None
-    if config.loss == "clip":
-        fn = losses.clip_loss if config.loss_impl == "dense" else functools.partial(
-            losses.clip_loss_blockwise, block_size=block)
-        body = lambda i, t, s: fn(i, t, s, axis_name=axes)
-        args, specs = (img, txt, scale), (P(axes), P(axes), P())
-    else:
-        fn = losses.siglip_loss if config.loss_impl == "dense" else functools.partial(
-            losses.siglip_loss_blockwise, block_size=block)
-        body = lambda i, t, s, b: fn(i, t, s, b, axis_name=axes)
-        args, specs = (img, txt, scale, logit_bias), (P(axes), P(axes), P(), P())
-    return jax.shard_map(body, mesh=mesh, in_specs=specs, out_specs=P())(*args)
+class LossAndGrads(NamedTuple):
+    """What :func:`loss_and_grads` returns."""
+
+    loss: jax.Array  # the objective's weighted sum
+    parts: dict  # its unweighted named parts ({"clip", "kd", "feature"}, those in use)
+    grads: Any  # d loss / d params (the model's and the objective's own)
+    batch_stats: Any  # a BatchNorm tower's updated running statistics (as given otherwise)
 
 
 def image_frozen(setup) -> bool:
@@ -48,16 +41,17 @@ def image_frozen(setup) -> bool:
 
 def forward(setup, params, images, text, rng, batch_stats=None):
     """Training forward: frozen params behind stop_gradient, patch dropout drawn from rng.
-    With ``batch_stats`` (a BatchNorm tower), returns ``(outputs, new batch_stats)``: the
-    statistics of this (global) batch normalise it and update the running ones, unless the
-    image tower is frozen."""
-    params = optimizer.stop_frozen(distill.model_params(params), setup.config.optimizer,
+    Returns ``((img, txt, log logit scale, logit bias or None), batch_stats)``: with
+    ``batch_stats`` (a BatchNorm tower) the statistics of this (global) batch normalise it
+    and update the running ones that come back, unless the image tower is frozen; without,
+    ``batch_stats`` comes back as given."""
+    params = optimizer.stop_frozen(setup.objective.model_params(params), setup.config.optimizer,
                                    setup.config.model.lock_image_unlocked_groups)
     pixels = input_pipeline.device_pixels(images)
     with nn.logical_axis_rules(sharding.RULES):
         if batch_stats is None:
             return setup.model.apply({"params": params}, pixels, text, train=True,
-                                     rngs={"patch_dropout": rng})
+                                     rngs={"patch_dropout": rng}), batch_stats
         if image_frozen(setup):
             out = setup.model.apply({"params": params, models.STATS: batch_stats}, pixels, text,
                                     train=True, image_train=False, rngs={"patch_dropout": rng})
@@ -68,71 +62,36 @@ def forward(setup, params, images, text, rng, batch_stats=None):
         return out, new[models.STATS]
 
 
-HEAD_PARAMS = ("logit_scale", "logit_bias", distill.EXTRA)  # what the loss head reads
-
-
-def _head(setup, teacher_params, batch):
-    """The loss on embeddings, ``(img, txt, head params) -> (loss, parts)`` (head params: the
-    :data:`HEAD_PARAMS` present): the contrastive loss (no parts), or when distilling the
-    objective against the teachers' embeddings of the whole batch (online: computed once,
-    no gradient; stored: the batch's rows) with its terms as parts."""
-    if not distill.active(setup.config):
-        def plain(i, t, hp):
-            return contrastive_loss(setup.config, setup.mesh, i, t, hp["logit_scale"],
-                                    hp.get("logit_bias")), {}
-        return plain
-    if setup.stored:
-        teach = distill.stored_targets(setup, batch)
-    else:
-        batch, own_text = distill.split_text(setup, batch)
-        teach = distill.targets(setup, teacher_params, batch, own_text)
-    return lambda i, t, hp: distill.objective(setup.config, setup.mesh, i, t, hp["logit_scale"],
-                                              hp.get("logit_bias"), teach, hp.get(distill.EXTRA))
-
-
-def _head_params(params) -> dict:
-    return {k: params[k] for k in HEAD_PARAMS if k in params}
-
-
-def loss_and_grads(setup, params, batch, step=0, teacher_params=()):
-    """Loss of the whole global batch and its gradient (with gradient caching if
-    ``accum_steps > 1``); the step seeds the patch dropout, so a resume redraws it exactly.
-    ``teacher_params`` (:mod:`clip_jax.distill`): frozen teachers to distil from."""
-    loss, _, grads, _ = loss_parts_grads_and_stats(setup, params, None, batch, step,
-                                                   teacher_params)
-    return loss, grads
-
-
-def loss_grads_and_stats(setup, params, batch_stats, batch, step=0, teacher_params=()):
-    """:func:`loss_and_grads` and the updated BatchNorm statistics (``batch_stats`` None or
-    empty: a tower without BatchNorm, returned as given)."""
-    loss, _, grads, stats = loss_parts_grads_and_stats(setup, params, batch_stats, batch, step,
-                                                       teacher_params)
-    return loss, grads, stats
-
-
-def loss_parts_grads_and_stats(setup, params, batch_stats, batch, step=0, teacher_params=()):
-    """``(loss, parts, grads, batch_stats)``: :func:`loss_grads_and_stats` with the
-    distillation objective's unweighted terms (``{"clip", "kd", "feature"}``, those in use;
-    ``{}`` without distillation)."""
+def loss_and_grads(setup, params, batch, step=0, teacher_params=(),
+                   batch_stats=None) -> LossAndGrads:
+    """Loss of the whole global batch (the run's objective), its named parts and its gradient
+    (through the gradient cache if ``accum_steps > 1``), and the updated BatchNorm statistics
+    (``batch_stats`` None or empty: a tower without BatchNorm, returned as given). The step
+    seeds the patch dropout, so a resume redraws it exactly. ``teacher_params``
+    (:mod:`clip_jax.distill`): frozen teachers the objective distils from."""
+    objective = setup.objective
     rng = jax.random.fold_in(jax.random.key(setup.config.seed), step)
     stats = batch_stats if batch_stats and jax.tree.leaves(batch_stats) else None
-    head = _head(setup, teacher_params, batch)
-    batch = distill.split_text(setup, batch)[0] if teacher_params else batch
+    targets = objective.targets(teacher_params, batch)  # no gradient, the whole batch at once
+
+    def head_loss(img, txt, head):
+        return objective.loss(setup.mesh, img, txt, head, targets)
+
     if setup.config.accum_steps > 1:
-        loss, parts, grads, new = _loss_and_grads_cached(setup, params, batch, rng, head, stats)
-        return loss, parts, grads, batch_stats if stats is None else new
+        loss, parts, grads, new = _loss_and_grads_cached(setup, params, batch, rng, head_loss,
+                                                         stats)
+        return LossAndGrads(loss, parts, grads, batch_stats if stats is None else new)
 
     def loss_fn(p):
-        out = forward(setup, p, batch["image"], batch["text"], rng, stats)
-        (img, txt, log_scale, bias), new = (out, None) if stats is None else out
-        hp = {**_head_params(p), "logit_scale": log_scale}  # the model's (frozen or not)
-        hp.update({} if bias is None else {"logit_bias": bias})
-        loss, parts = head(img, txt, hp)
+        (img, txt, log_scale, bias), new = forward(setup, p, batch["image"], batch["text"], rng,
+                                                   stats)
+        head = {**objective.head_params(p), "logit_scale": log_scale}  # the model's (frozen?)
+        head.update({} if bias is None else {"logit_bias": bias})
+        loss, parts = head_loss(img, txt, head)
         return loss, (parts, new)
 
     (loss, (parts, new)), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
-    return loss, parts, grads, batch_stats if stats is None else new
+    return LossAndGrads(loss, parts, grads, batch_stats if stats is None else new)
 
 
 def _split_micro(x, shards: int, k: int, mesh):
@@ -159,7 +118,7 @@ def _loss_and_grads_cached(setup, params, batch, rng, head_loss, stats=None):
     loss of all embeddings and its gradient w.r.t. them; 3) re-run each micro-batch forward
     and push its slice of that gradient through (``jax.vjp``), summing parameter gradients.
     Costs one extra forward pass. All inside the one jitted step, with ``lax.scan``.
-    ``head_loss`` is the loss on the embeddings (contrastive, or the distillation objective).
+    ``head_loss(img, txt, head params) -> (loss, parts)``: the objective on the embeddings.
 
     BatchNorm (``stats``): each micro-batch is normalised by its own statistics (as open_clip's
     ``--accum-freq``), the same in both passes; the running statistics are updated once per
@@ -170,8 +129,7 @@ def _loss_and_grads_cached(setup, params, batch, rng, head_loss, stats=None):
     micro["rng"] = jax.random.split(rng, k)  # each micro-batch's patch dropout, in both passes
 
     def embed_stats(p, mb, st):
-        out = forward(setup, p, mb["image"], mb["text"], mb["rng"], st)
-        (img, txt, _, _), new = (out, st) if st is None else out
+        (img, txt, _, _), new = forward(setup, p, mb["image"], mb["text"], mb["rng"], st)
         return (img, txt), new
 
     def embed(p, mb, st=stats):  # the second pass: normalised alike, statistics not kept
@@ -185,7 +143,7 @@ def _loss_and_grads_cached(setup, params, batch, rng, head_loss, stats=None):
     img, txt = _merge_micro(img, shards, mesh), _merge_micro(txt, shards, mesh)
 
     (loss, parts), (g_img, g_txt, g_head) = jax.value_and_grad(
-        head_loss, argnums=(0, 1, 2), has_aux=True)(img, txt, _head_params(params))
+        head_loss, argnums=(0, 1, 2), has_aux=True)(img, txt, setup.objective.head_params(params))
     g_img, g_txt = _split_micro(g_img, shards, k, mesh), _split_micro(g_txt, shards, k, mesh)
 
     def accumulate(acc, xs):
@@ -197,6 +155,6 @@ def _loss_and_grads_cached(setup, params, batch, rng, head_loss, stats=None):
     zeros = jax.tree.map(jnp.zeros_like, params)
     grads, _ = jax.lax.scan(accumulate, zeros, (micro, g_img, g_txt))
     grads = dict(grads)
-    for key, g in g_head.items():  # the logit parameters and projections: the head's only
+    for key, g in g_head.items():  # the logit parameters, the objective's own: the head's
         grads[key] = jax.tree.map(jnp.add, grads[key], g)
     return loss, parts, grads, stats

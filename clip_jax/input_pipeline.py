@@ -19,7 +19,8 @@ from clip_jax.data import pipeline, stored, transforms, workers
 from clip_jax.data.synthetic import SyntheticSource
 
 BATCH_KEYS = ("image", "text")  # what the train step reads; other fields stay on the host
-STORED_PREFIX = "stored"  # + stored per-sample rows (clip_jax.data.stored.field_names)
+# + the objective's fields: stored rows (clip_jax.data.stored.field_names), teachers' own ids
+DEVICE_PREFIXES = ("stored", "teacher")
 _PUT_TIMEOUT_S = 0.1  # how often a blocked producer looks at the stop flag
 _JOIN_TIMEOUT_S = 10.0  # how long close() waits for the producer thread
 
@@ -40,18 +41,11 @@ def make_data(config, model_cfg, batch_size: int, tokenizer=None):
         embeddings=stored.parse_dirs(config.distill.embeddings))
 
 
-def device_keys(config) -> tuple[str, ...]:
-    """The batch fields the train step reads: image, text and the stored rows of each of
-    ``distill.embeddings``."""
-    dirs = stored.parse_dirs(config.distill.embeddings)
-    return (*BATCH_KEYS, *(k for i in range(len(dirs)) for k in stored.field_names(i)))
-
-
 def to_global(batch_sharding: jax.sharding.Sharding, local_batch: dict[str, np.ndarray]):
     """This process's rows of the global batch -> global arrays with ``batch_sharding``."""
     return {k: jax.make_array_from_process_local_data(batch_sharding, v)
             for k, v in local_batch.items()
-            if k in BATCH_KEYS or k.startswith(STORED_PREFIX)}
+            if k in BATCH_KEYS or k.startswith(DEVICE_PREFIXES)}
 
 
 def device_pixels(images: jax.Array) -> jax.Array:

@@ -42,7 +42,6 @@ from ml_collections import config_flags
 from clip_jax import config as config_lib
 from clip_jax import distill, models, sharding, train
 from clip_jax import flops as flops_lib
-from clip_jax.data import stored as stored_lib
 
 GIB = 2.0**30
 FIT_FRACTION = 0.9  # of the chip's HBM: above it, a recipe is reported as not fitting
@@ -141,10 +140,8 @@ def abstract_inputs(setup: train.Setup, image_dtype: str = "float32"):
         "text": jax.ShapeDtypeStruct((n, m.text.context_length), np.int32,
                                      sharding=setup.batch_sharding),
     }
-    for i, s in enumerate(setup.stored):  # distill.embeddings: each sample's float16 rows
-        for key in stored_lib.field_names(i):
-            batch[key] = jax.ShapeDtypeStruct((n, s.embed_dim), np.float16,
-                                              sharding=setup.batch_sharding)
+    for key, f in setup.objective.batch_fields(n).items():  # stored rows, teachers' own ids
+        batch[key] = jax.ShapeDtypeStruct(f.shape, f.dtype, sharding=setup.batch_sharding)
     return state, batch
 
 

@@ -6,7 +6,8 @@ The train step is one ``jax.jit`` with explicit in/out shardings and a donated s
 towers on the global batch (sharded over ``data`` x ``fsdp``), the contrastive loss in a
 ``shard_map`` that all-gathers embeddings, backward, AdamW, logit-scale clamp. Parameters and
 optimizer state are born sharded (``jax.eval_shape`` then a jitted init with ``out_shardings``).
-The loss and its gradients come from :mod:`clip_jax.gradients`; :mod:`clip_jax.stability` guards the
+The loss (the run's :mod:`clip_jax.objectives`) and its gradients come from
+:mod:`clip_jax.gradients`; :mod:`clip_jax.stability` guards the
 update (non-finite or spiking steps are skipped, counted, and may stop or roll back the run).
 """
 
@@ -39,6 +40,7 @@ from clip_jax import (
     input_pipeline,
     models,
     monitor,
+    objectives,
     optimizer,
     sharding,
     sources,
@@ -49,12 +51,6 @@ from clip_jax import params as params_lib
 from clip_jax import workdir as workdir_lib
 from clip_jax.data import prepare
 from clip_jax.evaluate import evaluators
-from clip_jax.gradients import (  # noqa: F401 (train.* API)
-    contrastive_loss,
-    loss_and_grads,
-    loss_grads_and_stats,
-)
-from clip_jax.gradients import forward as _forward  # noqa: F401
 
 LOGIT_SCALE_MAX = math.log(100.0)  # the learned temperature is clamped to 1/100 (CLIP)
 _MIN_SECONDS = 1e-9  # a time span's floor where it divides (a rate over no time)
@@ -83,6 +79,7 @@ class Setup:
     state_shardings: TrainState
     abstract_state: TrainState
     batch_sharding: jax.sharding.NamedSharding
+    objective: objectives.Objectives  # what the step computes (its params, fields, loss)
     teachers: list = dataclasses.field(default_factory=list)  # frozen (clip_jax.distill)
     stored: list = dataclasses.field(default_factory=list)  # stored teacher embeddings
 
@@ -105,18 +102,19 @@ def check_batch(config, mesh, num_processes: int) -> int:
     return shards
 
 
-def plan_state(config, model_cfg, mesh, extra=None):
+def plan_state(config, model_cfg, mesh, objective=None):
     """(model, tx, schedule, abstract TrainState, TrainState of PartitionSpecs) for ``mesh``
-    (a Mesh or an AbstractMesh): shapes from ``jax.eval_shape``, nothing allocated. ``extra``:
-    params beside the model's (:func:`clip_jax.distill.extra_shapes`), replicated."""
+    (a Mesh or an AbstractMesh): shapes from ``jax.eval_shape``, nothing allocated; the
+    ``objective``'s own params (``param_shapes``) beside the model's, replicated."""
     model = models.CLIP(model_cfg)
     tx, schedule = optimizer.make_optimizer(config.optimizer, config.total_steps,
                                             config.model.lock_image_unlocked_groups)
     rng = jax.random.key(config.seed)
     boxed = jax.eval_shape(lambda r: model.init(r, *models.init_inputs(model_cfg))["params"], rng)
-    param_specs = {**sharding.param_specs(boxed, mesh), **jax.tree.map(lambda _: P(), extra or {})}
-    abstract = jax.eval_shape(functools.partial(_init_state, model, model_cfg, tx, extra=extra),
-                              rng)
+    extra = objective.param_shapes() if objective is not None else {}
+    param_specs = {**sharding.param_specs(boxed, mesh), **jax.tree.map(lambda _: P(), extra)}
+    abstract = jax.eval_shape(functools.partial(_init_state, model, model_cfg, tx,
+                                                objective=objective), rng)
     opt_specs = sharding.opt_state_specs(tx, abstract.opt_state, param_specs)
     stats_specs = jax.tree.map(lambda _: P(), abstract.batch_stats)
     return model, tx, schedule, abstract, TrainState(P(), param_specs, opt_specs,
@@ -143,16 +141,16 @@ def build(config: ml_collections.ConfigDict, devices=None) -> Setup:
     model_cfg, mesh = check_config(config, devices)
     teachers = distill.load(config, mesh, model_cfg) if config.distill.teachers else []
     stored = distill.load_stored(config)
-    extra = distill.extra_shapes(config, model_cfg, teachers, stored)  # feature projections
-    model, tx, schedule, abstract, specs = plan_state(config, model_cfg, mesh, extra)
+    objective = objectives.build(config, model_cfg, teachers, stored)
+    model, tx, schedule, abstract, specs = plan_state(config, model_cfg, mesh, objective)
     return Setup(config, model_cfg, model, mesh, tx, schedule,
                  sharding.to_shardings(specs, mesh), abstract, sharding.batch_sharding(mesh),
-                 teachers, stored)
+                 objective, teachers, stored)
 
 
-def _init_state(model, model_cfg, tx, rng, extra=None) -> TrainState:
+def _init_state(model, model_cfg, tx, rng, objective=None) -> TrainState:
     variables = nn.unbox(model.init(rng, *models.init_inputs(model_cfg)))
-    params = {**variables["params"], **distill.init_extra(extra, rng)}
+    params = {**variables["params"], **(objective.init_params(rng) if objective else {})}
     return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
                       guard=stability.init_guard(),
                       batch_stats=variables.get(models.STATS, {}))
@@ -161,8 +159,8 @@ def _init_state(model, model_cfg, tx, rng, extra=None) -> TrainState:
 def init_state(setup: Setup, rng=None) -> TrainState:
     """Initialise parameters directly in their shards (never whole on one device)."""
     rng = jax.random.key(setup.config.seed) if rng is None else rng
-    extra = distill.extra_shapes(setup.config, setup.model_cfg, setup.teachers, setup.stored)
-    init = functools.partial(_init_state, setup.model, setup.model_cfg, setup.tx, extra=extra)
+    init = functools.partial(_init_state, setup.model, setup.model_cfg, setup.tx,
+                             objective=setup.objective)
     return jax.jit(init, out_shardings=setup.state_shardings)(rng)
 
 
@@ -175,13 +173,14 @@ def train_step(setup: Setup, state: TrainState, batch, teachers=()) -> tuple[Tra
     the loss or gradients are not finite or the loss spikes (the step and the data advance).
     ``teachers``: the frozen teachers' params (distillation), read, never updated."""
     cfg, step = setup.config, state.step + 1
-    loss, parts, grads, stats = gradients.loss_parts_grads_and_stats(
-        setup, state.params, state.batch_stats, batch, state.step, teachers)
+    loss, parts, grads, stats = gradients.loss_and_grads(setup, state.params, batch, state.step,
+                                                         teachers, state.batch_stats)
     loss, grads = stability.inject_faults(cfg.debug, step, state.guard, loss, grads)
     updates, opt_state = setup.tx.update(grads, state.opt_state, state.params)
     params = dict(optax.apply_updates(state.params, updates))
     params["logit_scale"] = jnp.clip(params["logit_scale"], 0.0, LOGIT_SCALE_MAX)
-    metrics = {"loss": loss, "lr": setup.schedule(state.step),  # + distillation's terms
+    parts = parts if setup.objective.report_parts else {}
+    metrics = {"loss": loss, "lr": setup.schedule(state.step),  # + the objective's parts
                **{f"loss_{k}": v for k, v in parts.items()},
                **stability.diagnostics(grads, params, updates)}
     apply, guard = stability.decide(cfg.stability, state.guard, step, loss, metrics)
@@ -197,7 +196,8 @@ def train_step(setup: Setup, state: TrainState, batch, teachers=()) -> tuple[Tra
 
 
 def make_train_step(setup: Setup):
-    batch_sh = {k: setup.batch_sharding for k in input_pipeline.device_keys(setup.config)}
+    keys = (*input_pipeline.BATCH_KEYS, *setup.objective.batch_fields(setup.config.batch_size))
+    batch_sh = {k: setup.batch_sharding for k in keys}
     teacher_sh = (distill.shardings(setup.teachers, setup.mesh),) if setup.teachers else ()
     placed = []  # the teachers' params, placed on the first call (plan only lowers)
     step = jax.jit(
@@ -280,8 +280,8 @@ def _train_locked(config, workdir: str, devices, is_main: bool) -> dict:
                                models.count_params(setup.abstract_state.params)))
     if changes:
         writer.log(f"config changed on resume: {config_lib.format_diff(changes)}")
-    data_cfg, data_tok = distill.data_view(setup, tokenizer)  # + teachers' own token ids
-    data = input_pipeline.make_data(config, data_cfg, setup.local_batch_size, data_tok)
+    data = input_pipeline.make_data(config, setup.model_cfg, setup.local_batch_size,
+                                    distill.host_tokenizer(setup, tokenizer))  # + teachers' ids
     ckpt = checkpoint.Checkpointer(workdir, config.checkpoint, setup.state_shardings,
                                    setup.abstract_state, tokenizer)
     try:
@@ -336,7 +336,7 @@ def _train_locked(config, workdir: str, devices, is_main: bool) -> dict:
                 if evaluator and evaluator.due(step):  # each eval at its own every_steps
                     t_eval = time.time()
                     extra = evaluator(models.merge_variables(
-                        distill.model_params(state.params), state.batch_stats), step)
+                        setup.objective.model_params(state.params), state.batch_stats), step)
                     last.update(extra)
                     t_mark += time.time() - t_eval  # throughput counts training time only
                     if not log:
@@ -422,7 +422,7 @@ def init_from(setup: Setup, config) -> TrainState:
     source (:mod:`clip_jax.sources`): all, or those matching ``checkpoint.init_from_params``
     (LiT: ``^visual/``; the statistics of the matching layers come too), the rest fresh."""
     state, ck = init_state(setup), config.checkpoint
-    merge, own = models.merge_variables, distill.model_params  # distillation extras: fresh
+    merge, own = models.merge_variables, setup.objective.model_params  # its own: fresh
     if ck.init_from_params:
         src = dict(sources.resolve(ck.init_from).params)
         src_stats, pick = src.pop(models.STATS, {}), (ck.init_from_params, ck.init_from)

@@ -187,6 +187,11 @@ def _student(teachers, devices=1, impl="dense", accum=1, **distill):
     return c
 
 
+def _targets(setup, tparams, batch):
+    """The distillation objective's teacher targets on ``batch`` (no gradient)."""
+    return jax.jit(lambda t, b: setup.objective.terms[-1].targets(t, b))(tparams, batch)
+
+
 def _batch(setup, seed=0):
     m = setup.model_cfg
     data = SyntheticSource(setup.config.batch_size, m.vision.image_size, m.text.context_length,
@@ -208,14 +213,15 @@ def test_step_loss_and_grads_global_reference_with_and_without_cache(tmp_path, d
         tparams = distill.place(setup.teachers, setup.mesh, "float32")
         batch = _batch(setup)
         with jax.set_mesh(setup.mesh):
-            loss, grads = jax.jit(lambda p, b, t, s=setup: gradients.loss_and_grads(
+            r = jax.jit(lambda p, b, t, s=setup: gradients.loss_and_grads(
                 s, p, b, 0, t))(state.params, batch, tparams)
-        out[accum] = (float(loss), jax.device_get(grads))
+        loss = r.loss
+        out[accum] = (float(loss), jax.device_get(r.grads))
         if accum == 1:  # the NumPy reference on the embeddings of the global batch
             with jax.set_mesh(setup.mesh):
-                img, txt, log_s, _ = jax.jit(lambda p, b, s=setup: gradients.forward(
+                (img, txt, log_s, _), _ = jax.jit(lambda p, b, s=setup: gradients.forward(
                     s, p, b["image"], b["text"], jax.random.key(0)))(state.params, batch)
-                teach = jax.jit(lambda t, b, s=setup: distill.targets(s, t, b))(tparams, batch)
+                teach = _targets(setup, tparams, batch)
             x, y = (np.asarray(a, np.float64) for a in (img, txt))
             ref = [(np.asarray(a, np.float64), np.asarray(b, np.float64), float(s))
                    for a, b, s in teach]
@@ -309,25 +315,25 @@ def test_a_teacher_with_another_tokenizer_gets_its_own_ids_from_the_host(tmp_pat
     setup = train.build(c, jax.devices()[:1])
     distill.check_tokenizers(setup.teachers, tok_s, tok_s.vocab_size)
     assert setup.teachers[0].own_text
-    data_cfg, joint = distill.data_view(setup, tok_s)
-    assert data_cfg.text.context_length == 16 + 24
-    ids = joint(captions[:32])
-    np.testing.assert_array_equal(ids[:, :16], tok_s(captions[:32], 16))
-    np.testing.assert_array_equal(ids[:, 16:], tok_t(captions[:32], 24))
+    key = distill.text_key(0)  # its ids: a batch field of their own, tokenised on the host
+    fields = setup.objective.batch_fields(32)
+    assert {k: f.shape for k, f in fields.items()} == {key: (32, 24)}
+    ids = distill.host_tokenizer(setup, tok_s)(captions[:32])
+    assert sorted(ids) == ["teacher0_text", "text"]
+    np.testing.assert_array_equal(ids["text"], tok_s(captions[:32], 16))
+    np.testing.assert_array_equal(ids[key], tok_t(captions[:32], 24))
     rng = np.random.default_rng(0)
     batch = {"image": jnp.asarray(rng.integers(0, 256, (32, 32, 32, 3), np.uint8)),
-             "text": jnp.asarray(ids)}
+             **{k: jnp.asarray(v) for k, v in ids.items()}}
     tparams = distill.place(setup.teachers, setup.mesh, "float32")
-    student, own = distill.split_text(setup, batch)
-    assert student["text"].shape == (32, 16)
-    got = distill.targets(setup, tparams, student, own)[0][1]
+    got = _targets(setup, tparams, batch)[0][1]
     want = setup.teachers[0].model.apply({"params": tparams[0]}, jnp.asarray(
         tok_t(captions[:32], 24)), method="encode_text")
     np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-5, atol=1e-6)
     state = train.init_state(setup)
     with jax.set_mesh(setup.mesh):
-        loss, _ = jax.jit(lambda p, b, t: gradients.loss_and_grads(setup, p, b, 0, t))(
-            state.params, batch, tparams)
+        loss = jax.jit(lambda p, b, t: gradients.loss_and_grads(setup, p, b, 0, t))(
+            state.params, batch, tparams).loss
     assert np.isfinite(float(loss))
 
 
@@ -369,7 +375,7 @@ def test_a_resnet_teacher_runs_batchnorm_on_its_running_statistics(tmp_path):
     assert models.STATS in tparams[0]
     batch = _batch(setup)
     with jax.set_mesh(setup.mesh):
-        (img, _, _), = jax.jit(lambda t, b, s=setup: distill.targets(s, t, b))(tparams, batch)
+        (img, _, _), = _targets(setup, tparams, batch)
     pixels = np.asarray(batch["image"])
     if pixels.dtype == np.uint8:
         mean, inv_std = transforms.pixel_scale()
@@ -404,8 +410,7 @@ def test_feature_distillation_across_widths_learns_a_projection_with_and_without
         batch = _batch(setup)
         with jax.set_mesh(setup.mesh):
             loss, parts, grads, _ = jax.jit(lambda p, b, t, s=setup: (
-                gradients.loss_parts_grads_and_stats(s, p, None, b, 0, t)))(
-                    state.params, batch, tparams)
+                gradients.loss_and_grads(s, p, b, 0, t)))(state.params, batch, tparams)
         parts = {k: float(v) for k, v in parts.items()}
         assert sorted(parts) == ["clip", "feature", "kd"]
         np.testing.assert_allclose(float(loss), parts["clip"] + 2 * parts["kd"]
@@ -413,10 +418,9 @@ def test_feature_distillation_across_widths_learns_a_projection_with_and_without
         out[accum] = (float(loss), jax.device_get(grads[distill.EXTRA]["proj_0"]))
         if accum == 1:
             with jax.set_mesh(setup.mesh):
-                img, txt, _, _ = jax.jit(lambda p, b, s=setup: gradients.forward(
+                (img, txt, _, _), _ = jax.jit(lambda p, b, s=setup: gradients.forward(
                     s, p, b["image"], b["text"], jax.random.key(0)))(state.params, batch)
-                (ti, tt, _), = jax.jit(lambda t, b, s=setup: distill.targets(s, t, b))(
-                    tparams, batch)
+                (ti, tt, _), = _targets(setup, tparams, batch)
             args = [np.asarray(a) for a in (img, txt, state.params[distill.EXTRA]["proj_0"],
                                             ti, tt)]
             want, g_want = jax.value_and_grad(_ref_feature, argnums=2)(*args)

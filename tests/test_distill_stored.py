@@ -108,7 +108,9 @@ def test_the_feed_places_stored_rows_and_a_wrong_directory_is_one_line(corpus, t
     spec, teacher, out, _ = corpus
     c = tiny.get_config()
     c.data.source, c.data.train, c.distill.embeddings = "webdataset", spec, out
-    assert input_pipeline.device_keys(c) == ("image", "text", "stored0_image", "stored0_text")
+    fields = train.build(c, jax.devices()[:1]).objective.batch_fields(8)
+    assert {k: (f.shape, f.dtype) for k, f in fields.items()} == {
+        "stored0_image": ((8, 32), np.float16), "stored0_text": ((8, 32), np.float16)}
     sh = jax.sharding.SingleDeviceSharding(jax.devices()[0])
     batch = input_pipeline.to_global(sh, next(_iterator(corpus, workers=0)))
     assert sorted(batch) == ["image", "stored0_image", "stored0_text", "text"]  # keys stay
@@ -200,15 +202,15 @@ def test_the_stored_loss_equals_online_distillation_from_the_same_teacher(corpus
         setup = train.build(c, jax.devices()[:1])
         state = train.init_state(setup)
         tparams = distill.place(setup.teachers, setup.mesh, "float32")
-        keys = input_pipeline.device_keys(c)
+        keys = {*input_pipeline.BATCH_KEYS, *setup.objective.batch_fields(8)}
         batch = input_pipeline.to_global(setup.batch_sharding,
                                          {k: v for k, v in host.items() if k in keys})
         with jax.set_mesh(setup.mesh):
             loss, parts, grads, _ = jax.jit(lambda p, b, t, s=setup: (
-                gradients.loss_parts_grads_and_stats(s, p, None, b, 0, t)))(
-                    state.params, batch, tparams)
+                gradients.loss_and_grads(s, p, b, 0, t)))(state.params, batch, tparams)
             if name == "online":  # what the teacher computes online == the rows embed wrote
-                teach = jax.jit(lambda t, b, s=setup: distill.targets(s, t, b))(tparams, batch)
+                teach = jax.jit(lambda t, b, s=setup: s.objective.terms[-1].targets(t, b))(
+                    tparams, batch)
         results[name] = (float(loss), {k: float(v) for k, v in parts.items()},
                          jax.device_get(grads))
     np.testing.assert_allclose(host["stored0_image"].astype(np.float32), teach[0][0], atol=1e-3)
@@ -325,7 +327,7 @@ def test_train_loop_from_stored_embeddings_with_a_feature_projection(corpus, tmp
     assert proj.shape == (24, 32) and not np.array_equal(proj, init)  # trained, saved, read
     exported = sources.resolve(work)
     assert distill.EXTRA not in exported.params and exported.cfg.embed_dim == 24
-    for k, v in distill.model_params(jax.device_get(state.params)).items():
+    for k, v in setup.objective.model_params(jax.device_get(state.params)).items():
         for a, b in zip(jax.tree.leaves(v), jax.tree.leaves(exported.params[k]), strict=True):
             np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 

@@ -35,7 +35,7 @@ LAYERS = (
     ("clip_jax.inference",),
     # evaluation, and feeding batches to the mesh
     ("clip_jax.evaluate.*", "clip_jax.input_pipeline", "clip_jax.distill",
-     "clip_jax.gradients"),
+     "clip_jax.objectives", "clip_jax.objectives.*", "clip_jax.gradients"),
     # entry points: parse, build, call
     ("clip_jax.train", "clip_jax.export", "clip_jax.predict", "clip_jax.plan",
      "clip_jax.evaluate.__main__", "clip_jax.embed", "clip_jax.filter"),

@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from clip_jax import bundle, input_pipeline, models, train
+from clip_jax import bundle, gradients, input_pipeline, models, train
 from clip_jax.data.synthetic import SyntheticSource
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -127,7 +127,7 @@ def test_the_train_step_drops_patches_seeded_by_the_step():
     setup = train.build(c, jax.devices()[:1])
     batch = {"image": jnp.zeros((4, 32, 32, 3), jnp.uint8), "text": jnp.ones((4, 16), jnp.int32)}
     params = models.abstract_params(setup.model_cfg)
-    jaxpr = str(jax.make_jaxpr(lambda p, s: train.loss_and_grads(setup, p, batch, s))(
+    jaxpr = str(jax.make_jaxpr(lambda p, s: gradients.loss_and_grads(setup, p, batch, s))(
         params, jnp.int32(3)))
     assert "f32[4,9,32]" in jaxpr and "f32[4,17,32]" in jaxpr  # 16 patches + CLS -> 8 + CLS
     assert "random_fold_in" in jaxpr  # the draw depends on the step
@@ -147,16 +147,18 @@ def test_gradient_cache_draws_each_micro_batch_once_for_both_of_its_passes():
 
     def reference(p):
         keys = jax.random.split(jax.random.fold_in(jax.random.key(c.seed), step), 2)
-        outs = [train._forward(setup, p, batch["image"][4 * j:4 * j + 4],
-                               batch["text"][4 * j:4 * j + 4], keys[j]) for j in range(2)]
+        outs = [gradients.forward(setup, p, batch["image"][4 * j:4 * j + 4],
+                                  batch["text"][4 * j:4 * j + 4], keys[j])[0] for j in range(2)]
         img = jnp.concatenate([o[0] for o in outs])
         txt = jnp.concatenate([o[1] for o in outs])
-        return train.contrastive_loss(c, setup.mesh, img, txt, p["logit_scale"], None)
+        return setup.objective.loss(setup.mesh, img, txt, {"logit_scale": p["logit_scale"]},
+                                    [None])[0]
 
     with jax.set_mesh(setup.mesh):
-        loss, grads = jax.jit(lambda p: train.loss_and_grads(setup, p, batch, step))(params)
+        loss, _, grads, _ = jax.jit(lambda p: gradients.loss_and_grads(setup, p, batch, step))(
+            params)
         ref_loss, ref_grads = jax.jit(jax.value_and_grad(reference))(params)
-        other = jax.jit(lambda p: train.loss_and_grads(setup, p, batch, step + 1))(params)[0]
+        other = jax.jit(lambda p: gradients.loss_and_grads(setup, p, batch, step + 1))(params)[0]
     np.testing.assert_allclose(float(loss), float(ref_loss), rtol=1e-5)
     for a, b in zip(jax.tree.leaves(grads), jax.tree.leaves(ref_grads)):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-6)

@@ -13,7 +13,7 @@ import pytest
 from jax.sharding import PartitionSpec as P
 
 from clip_jax import config as config_lib
-from clip_jax import input_pipeline, models, optimizer, sharding, train
+from clip_jax import gradients, input_pipeline, models, optimizer, sharding, train
 from clip_jax.data.synthetic import SyntheticSource
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -130,8 +130,9 @@ def test_gradient_cache_accumulation_equals_global_batch_gradients(loss):
                                m.text.vocab_size, 64, 0.5, 0)
         batch = input_pipeline.to_global(setup.batch_sharding, next(data))
         with jax.set_mesh(setup.mesh):
-            fn = jax.jit(lambda p, b, s=setup: train.loss_and_grads(s, p, b))
-            grads[k] = jax.device_get(fn(state.params, batch))
+            fn = jax.jit(lambda p, b, s=setup: gradients.loss_and_grads(s, p, b))
+            r = jax.device_get(fn(state.params, batch))
+            grads[k] = (r.loss, r.grads)
     np.testing.assert_allclose(grads[4][0], grads[1][0], rtol=1e-5)
     flat1 = jax.tree_util.tree_leaves_with_path(grads[1][1])
     flat4 = jax.tree.leaves(grads[4][1])

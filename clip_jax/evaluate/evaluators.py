@@ -320,8 +320,9 @@ def make_train_evaluator(setup, tokenizer, workdir: str | None = None) -> TrainE
         raise ValueError(f"evaluations {text} (zero-shot, retrieval) need a tokenizer: they "
                          "cannot run on data.source='synthetic'")
     m = setup.model_cfg
-    shardings = models.merge_variables(setup.state_shardings.params,  # BatchNorm statistics
-                                       setup.state_shardings.batch_stats)
+    shardings = models.merge_variables(  # the model's params (not the objective's) + BatchNorm
+        setup.objective.model_params(setup.state_shardings.params),
+        setup.state_shardings.batch_stats)
     encoder = MeshEncoder(setup.model, setup.mesh, shardings, tokenizer,
                           m.text.context_length, m.vision.image_size, setup.config.eval.batch_size)
     return TrainEvaluator(specs, encoder, workdir, setup.config.total_steps,

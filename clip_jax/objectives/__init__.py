@@ -1,0 +1,103 @@
+"""Training objectives: what the step computes from the global batch, one file per objective.
+
+    objective = objectives.build(config, model_cfg, teachers, stored)    # once, from the config
+
+:class:`Objectives` is the run's weighted sum of :class:`~clip_jax.objectives.base.Objective`
+terms: the student's contrastive loss (:mod:`.contrastive` softmax or :mod:`.sigmoid`, by
+``config.loss``; weight ``distill.clip_weight`` when distilling, left out at 0) and, with
+teachers or stored embeddings, :mod:`.distillation`. It gathers what the terms declare (the
+params they add beside the model's, the batch fields they read, their no-gradient targets) and
+computes the loss and its named parts in one ``shard_map`` over the batch axes, where the
+losses all-gather the embeddings. :mod:`clip_jax.gradients` differentiates it, with or without
+the gradient cache; :data:`.base.LOSSES` is the one table of ``(loss, loss_impl)`` -> function.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from jax.sharding import PartitionSpec as P
+
+from clip_jax import distill, sharding
+from clip_jax.objectives import contrastive, distillation, sigmoid
+from clip_jax.objectives.base import LOSSES, Local, Objective, loss_fn
+
+__all__ = ["LOSSES", "Local", "Objective", "Objectives", "build", "loss_fn"]
+
+HEAD = ("logit_scale", "logit_bias")  # the model's params the loss reads besides embeddings
+CONTRASTIVE = {"clip": contrastive.Contrastive, "siglip": sigmoid.Sigmoid}
+
+
+class Objectives:
+    """The weighted sum of ``terms``' parts (in order); see the module docstring."""
+
+    def __init__(self, terms):
+        self.terms = list(terms)
+        names = [t.name for t in self.terms if t.param_shapes()]
+        self.param_keys = tuple(names)
+        self.weights = {k: w for t in self.terms for k, w in t.weights().items()}
+
+    @property
+    def report_parts(self) -> bool:
+        """Whether the parts say more than the loss (several, or one weighted)."""
+        return len(self.weights) > 1 or any(w != 1 for w in self.weights.values())
+
+    def param_shapes(self) -> dict:
+        """``{name: {...}}``: the params the terms add beside the model's (replicated)."""
+        return {t.name: s for t in self.terms if (s := t.param_shapes())}
+
+    def init_params(self, rng) -> dict:
+        return {t.name: t.init_params(rng) for t in self.terms if t.param_shapes()}
+
+    def model_params(self, params) -> dict:
+        """``params`` (or a tree shaped like them: shardings, specs) without the terms' own."""
+        return {k: v for k, v in params.items() if k not in self.param_keys}
+
+    def head_params(self, params) -> dict:
+        """What the loss reads of ``params`` besides the embeddings: the logit scale (and bias)
+        and the terms' own params."""
+        return {k: params[k] for k in (*HEAD, *self.param_keys) if k in params}
+
+    def batch_fields(self, batch_size: int) -> dict[str, jax.ShapeDtypeStruct]:
+        """The global batch fields the terms read beyond ``image`` and ``text``."""
+        return {k: v for t in self.terms for k, v in t.batch_fields(batch_size).items()}
+
+    def targets(self, teacher_params, batch) -> list:
+        """Each term's no-gradient targets on the whole global batch."""
+        return [t.targets(teacher_params, batch) for t in self.terms]
+
+    def loss(self, mesh, img, txt, head, targets):
+        """``(total, parts)`` on globally sharded embeddings: ``total = sum weight * part``,
+        ``parts`` unweighted; ``head`` from :meth:`head_params` (``logit_scale`` is the
+        log-parameter), ``targets`` from :meth:`targets`."""
+        axes = sharding.BATCH_AXES
+        scale = jnp.exp(head["logit_scale"])
+        bias = head.get("logit_bias")
+        bias = jnp.zeros((), jnp.float32) if bias is None else bias
+        own = [dict(head.get(t.name, {})) if t.name else {} for t in self.terms]
+        weights = self.weights
+
+        def body(i, t, s, b, targets, own):
+            local, parts = Local(i, t, s, b, axes), {}
+            for term, tg, p in zip(self.terms, targets, own, strict=True):
+                parts.update(term.parts(local, tg, p))
+            return sum(weights[k] * v for k, v in parts.items()), parts
+
+        specs = (P(axes), P(axes), P(), P(),
+                 [t.target_specs(tg) for t, tg in zip(self.terms, targets, strict=True)],
+                 jax.tree.map(lambda _: P(), own))
+        return jax.shard_map(body, mesh=mesh, in_specs=specs, out_specs=P())(
+            img, txt, scale, bias, targets, own)
+
+
+def build(config, model_cfg, teachers=(), stored=()) -> Objectives:
+    """The run's objective from the config: the contrastive loss (``config.loss``), plus
+    distillation with ``teachers`` (:func:`clip_jax.distill.load`) or ``stored``
+    (:func:`clip_jax.distill.load_stored`)."""
+    own = CONTRASTIVE[config.loss]
+    if not distill.active(config):
+        return Objectives([own(config)])
+    w = float(config.distill.clip_weight)
+    terms = [own(config, w)] if w > 0 else []
+    return Objectives([*terms, distillation.Distillation(config, model_cfg.embed_dim, teachers,
+                                                         stored)])

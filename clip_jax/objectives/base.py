@@ -1,0 +1,84 @@
+"""What an objective is, and the one table of loss functions.
+
+An :class:`Objective` is built once from the config. It declares the parameters it adds beside
+the model's (:meth:`~Objective.param_shapes`, under ``params[name]``), the batch fields it reads
+beyond ``image`` and ``text`` (:meth:`~Objective.batch_fields`), what it computes without
+gradients before the loss (:meth:`~Objective.targets`: teacher embeddings), and its loss terms on
+the global batch's embeddings (:meth:`~Objective.parts`, run inside the one ``shard_map`` of
+:class:`clip_jax.objectives.Objectives`, each device holding its rows). Each part has a weight;
+the loss is the weighted sum of every objective's parts.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, NamedTuple
+
+import jax
+
+from clip_jax import kd_losses, losses
+
+# (config.loss or a distillation term, config.loss_impl) -> the loss function on embeddings
+LOSSES = {
+    ("clip", "dense"): losses.clip_loss,
+    ("clip", "blockwise"): losses.clip_loss_blockwise,
+    ("siglip", "dense"): losses.siglip_loss,
+    ("siglip", "blockwise"): losses.siglip_loss_blockwise,
+    ("kd", "dense"): kd_losses.kd_loss,
+    ("kd", "blockwise"): kd_losses.kd_loss_blockwise,
+}
+
+
+def loss_fn(name: str, config):
+    """The :data:`LOSSES` entry for ``(name, config.loss_impl)``; a blockwise one gets
+    ``config.loss_block_size`` (0: its default)."""
+    fn = LOSSES[(name, config.loss_impl)]
+    if config.loss_impl == "dense":
+        return fn
+    return functools.partial(fn, block_size=config.loss_block_size or None)
+
+
+class Local(NamedTuple):
+    """What :meth:`Objective.parts` sees on each device: its rows of the global batch's
+    L2-normalised embeddings, the exponentiated logit scale and the bias (0 without one), all
+    inside ``shard_map`` over ``axes``."""
+
+    img: jax.Array
+    txt: jax.Array
+    scale: jax.Array
+    bias: jax.Array
+    axes: Any
+
+
+class Objective:
+    """One training objective (subclasses: one file each in this package)."""
+
+    name = ""  # its key in the params, when it adds any
+
+    def weights(self) -> dict[str, float]:
+        """Its parts in order and their weights (a part of weight 0 is never computed)."""
+        raise NotImplementedError
+
+    def param_shapes(self) -> dict:
+        """The parameters it adds (``ShapeDtypeStruct`` tree, under ``params[name]``)."""
+        return {}
+
+    def init_params(self, rng) -> dict:
+        return {}
+
+    def batch_fields(self, batch_size: int) -> dict[str, jax.ShapeDtypeStruct]:
+        """The global batch fields it reads beyond ``image`` and ``text``."""
+        return {}
+
+    def targets(self, teacher_params, batch):
+        """What it needs from the whole global batch without gradient (None: nothing)."""
+        return None
+
+    def target_specs(self, targets):
+        """The ``PartitionSpec`` tree of :meth:`targets` inside the loss's ``shard_map``."""
+        return None
+
+    def parts(self, local: Local, targets, params) -> dict[str, jax.Array]:
+        """Its unweighted loss terms (global means) from this device's rows; ``params``: its
+        own (:meth:`param_shapes`)."""
+        raise NotImplementedError
