@@ -345,3 +345,26 @@ def test_plan_compiles_a_recipe_that_reads_stored_embeddings(corpus):
     r = plan.compiled_plan(c, "v5e:2x2")
     assert r["fits"] and r["stored_teachers"] == 1 and "teachers" not in r
     assert "1 (none runs in the step)" in plan.format_table(r)
+
+
+def test_the_pipeline_delivers_a_teachers_own_ids_as_a_field_of_their_own(corpus):
+    """A teacher whose tokenizer differs gets its ids from the host as ``teacher{k}_text``
+    (:class:`clip_jax.distill.JointTokenizer`, tokenised in the workers), placed on the mesh
+    beside the student's: here the teacher's tokenizer is the student's at a longer context."""
+    from types import SimpleNamespace
+
+    spec, teacher, _, _ = corpus
+    tok = _tok(teacher)
+    other = SimpleNamespace(own_text=True, tokenizer=tok,
+                            cfg=SimpleNamespace(text=SimpleNamespace(context_length=24)))
+    joint = distill.JointTokenizer(tok, 16, [SimpleNamespace(own_text=False), other])
+    it = pipeline.TrainIterator(spec, joint, 32, 4, seed=3, workers=1, shuffle_buffer=8,
+                                context_length=16, worker_mode="thread")
+    host = next(it)
+    it.close()
+    key = distill.text_key(1)
+    assert host[key].shape == (4, 24) and host[key].dtype == np.int32
+    np.testing.assert_array_equal(host[key][:, 16:], 0)  # short captions: zeros after 16
+    np.testing.assert_array_equal(host[key][:, :16], host["text"])
+    batch = input_pipeline.to_global(jax.sharding.SingleDeviceSharding(jax.devices()[0]), host)
+    assert sorted(batch) == ["image", key, "text"]
