@@ -200,9 +200,12 @@ def _batch(setup, seed=0):
 
 
 STEP_CASES = [(1, "dense"), (8, "dense"), (8, "blockwise")]
+SLOW_CASES = {(1, "dense"), (8, "blockwise")}  # 8dev-dense stays in the default run
 
 
-@pytest.mark.parametrize("devices,impl", STEP_CASES, ids=[f"{d}dev-{i}" for d, i in STEP_CASES])
+@pytest.mark.parametrize("devices,impl", [
+    pytest.param(d, i, id=f"{d}dev-{i}", marks=[pytest.mark.slow] if (d, i) in SLOW_CASES else [])
+    for d, i in STEP_CASES])
 def test_step_loss_and_grads_global_reference_with_and_without_cache(tmp_path, devices, impl):
     teachers = [_teacher_bundle(tmp_path, seed=1), _teacher_bundle(tmp_path, 32, 16, 16, 2)]
     out = {}
@@ -453,6 +456,7 @@ def test_init_from_params_takes_the_student_and_leaves_the_projection_fresh(tmp_
         train.init_from(setup, c)
 
 
+@pytest.mark.slow
 def test_a_shallower_student_inherits_evenly_spaced_teacher_blocks(tmp_path):
     """``checkpoint.init_from_blocks`` (TinyCLIP's weight inheritance): a 2-block student from a
     4-block teacher's workdir takes blocks 0 and 3 of each tower ("even"), or those named, in

@@ -42,7 +42,7 @@ def _config(**mesh):
     return c
 
 
-@pytest.mark.parametrize("loss", ["clip", "siglip"])
+@pytest.mark.parametrize("loss", ["clip", pytest.param("siglip", marks=pytest.mark.slow)])
 def test_mesh_2x2x2_matches_single_device(loss):
     assert jax.device_count() >= 8
     c8 = _config(data=2, fsdp=2, tensor=2)
@@ -113,7 +113,8 @@ def test_cli_trains_writes_metrics_and_rejects_typos(tmp_path):
     assert "optimzer" in bad.stderr
 
 
-@pytest.mark.parametrize("loss", ["clip", "siglip"])
+# (tests/test_objectives.py checks the cache for every objective in the default run)
+@pytest.mark.parametrize("loss", ["clip", pytest.param("siglip", marks=pytest.mark.slow)])
 def test_gradient_cache_accumulation_equals_global_batch_gradients(loss):
     grads = {}
     for k in (1, 4):
@@ -186,6 +187,7 @@ def test_opt_state_specs_follow_the_params_through_adamw_and_masks():
     assert out.inner_state[0].count == P()
 
 
+@pytest.mark.slow
 def test_train_leaves_the_callers_config_unchanged(tmp_path):
     """The demo corpus and the tokenizer fill in data paths, eval cards and the vocabulary
     size: on the run's own copy, never on the config passed in."""
