@@ -219,9 +219,6 @@ def validate(c: ml_collections.ConfigDict) -> None:
             value = value[part]
         if value not in choices:
             raise ValueError(f"config {key}={value!r}: choose one of {choices}")
-    for key in ("batch_size", "total_steps", "log_every_steps", "accum_steps"):
-        if c[key] <= 0:
-            raise ValueError(f"config {key}={c[key]} must be positive")
     if c.logging.wandb and importlib.util.find_spec("wandb") is None:
         raise ValueError("config logging.wandb=True needs the wandb package: "
                          "pip install 'clip_jax[wandb]' (or wandb)")
@@ -230,8 +227,6 @@ def validate(c: ml_collections.ConfigDict) -> None:
     if c.data.source in ("tfds", "mix") and not c.data.tfds_name:
         raise ValueError(f"config data.source={c.data.source!r} needs data.tfds_name (a tfds "
                          "dataset prepared as array_record, e.g. coco_captions)")
-    if c.data.source == "mix" and not c.data.tfds_weight > 0:
-        raise ValueError(f"config data.tfds_weight={c.data.tfds_weight} must be > 0")
     optimizer.check_settings(c.optimizer.frozen, c.optimizer.lr_multipliers,
                              c.model.lock_image_unlocked_groups)
     if c.optimizer.frozen or c.optimizer.lr_multipliers:  # each pattern names parameters

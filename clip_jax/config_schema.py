@@ -39,7 +39,7 @@ class Range:
     def ok(self, v) -> bool:
         if self.kind is bool or isinstance(v, bool):
             return self.kind is bool and isinstance(v, bool)
-        if isinstance(v, bool) or not isinstance(v, int | float):
+        if not isinstance(v, int | float):
             return False
         if self.kind is int and not isinstance(v, int):
             return False
