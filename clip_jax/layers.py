@@ -134,7 +134,8 @@ class Attention(nn.Module):
     ln_eps: float = 1e-5
 
     @nn.compact
-    def __call__(self, x):
+    def __call__(self, x, mask=None):
+        """``mask``: None, or (B, T) bool, False for keys no token may attend to (padding)."""
         d = x.shape[-1]
         hd = d // self.heads
         # Explicit params (not DenseGeneral, whose flattened init breaks logical constraints).
@@ -156,7 +157,7 @@ class Attention(nn.Module):
         q = nn.with_logical_constraint(q, ("batch", "act_heads", "length", "kv"))
         k = nn.with_logical_constraint(k, ("batch", "act_heads", "length", "kv"))
         v = nn.with_logical_constraint(v, ("batch", "act_heads", "length", "kv"))
-        out = attention(q, k, v, self.causal, self.implementation)
+        out = attention(q, k, v, self.causal, self.implementation, mask)
         out = nn.with_logical_constraint(out, ("batch", "act_heads", "length", "kv"))
         w_out = self.param("kernel_out", logical_init(nn.initializers.normal(self.out_init_std),
                                                       ("heads", "kv", "embed")),
@@ -170,10 +171,12 @@ class Attention(nn.Module):
 ATTENTION_IMPLEMENTATIONS = ("auto", "xla", "cudnn")
 
 
-def attention(q, k, v, causal: bool, implementation: str = "auto"):
+def attention(q, k, v, causal: bool, implementation: str = "auto", mask=None):
     """Softmax attention on (B, H, T, head_dim) q, k, v; returns (B, H, T, head_dim).
 
-    ``q`` may be shorter than ``k``/``v`` (a pooling probe attending to the tokens).
+    ``q`` may be shorter than ``k``/``v`` (a pooling probe attending to the tokens). ``mask``:
+    None, or (B, S) bool over the keys, False for padding no query may attend to (NaFlex's
+    padded patches; every row needs one True); a masked call runs the ``xla`` core.
     ``xla``: two batched matmuls around a float32 softmax (with the causal mask as a constant
     select); on CPU this is 1.4x faster forward + backward than ``jax.nn.dot_product_attention``,
     whose (B, T, H, D) layout costs transposes around every matmul. ``cudnn``: the fused flash
@@ -184,8 +187,8 @@ def attention(q, k, v, causal: bool, implementation: str = "auto"):
         raise ValueError(f"attention implementation {implementation!r}: use one of "
                          f"{ATTENTION_IMPLEMENTATIONS}")
     half = q.dtype in (jnp.bfloat16, jnp.float16)
-    if implementation == "cudnn" or (implementation == "auto" and half
-                                     and jax.default_backend() == "gpu"):
+    if mask is None and (implementation == "cudnn" or (
+            implementation == "auto" and half and jax.default_backend() == "gpu")):
         swap = lambda a: a.swapaxes(1, 2)  # cuDNN wants (B, T, H, D)
         out = jax.nn.dot_product_attention(swap(q), swap(k), swap(v), is_causal=causal,
                                            implementation="cudnn")
@@ -196,6 +199,8 @@ def attention(q, k, v, causal: bool, implementation: str = "auto"):
     if causal:
         t = s.shape[-1]
         s = jnp.where(jnp.tril(jnp.ones((t, t), bool)), s, jnp.finfo(jnp.float32).min)
+    if mask is not None:
+        s = jnp.where(mask[:, None, None, :], s, jnp.finfo(jnp.float32).min)
     p = jax.nn.softmax(s, axis=-1).astype(v.dtype)
     return jnp.einsum("bhts,bhsk->bhtk", p, v)
 
@@ -330,7 +335,7 @@ class ResidualAttentionBlock(nn.Module):
     ls_init_value: float | None = None
 
     @nn.compact
-    def __call__(self, x, _=None):
+    def __call__(self, x, mask=None):
         d = x.shape[-1]
         proj_std = d**-0.5 * (2 * self.layers) ** -0.5
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
@@ -338,7 +343,7 @@ class ResidualAttentionBlock(nn.Module):
         ls = self.ls_init_value
         y = LayerNorm(self.ln_eps, name="ln_1", **kw)(x)
         y = Attention(self.heads, proj_std, self.causal, self.attention, name="attn",
-                      qk_norm=self.qk_norm, ln_eps=self.ln_eps, **kw)(y)
+                      qk_norm=self.qk_norm, ln_eps=self.ln_eps, **kw)(y, mask)
         x = x + (y if ls is None else LayerScale(ls, name="ls_1", **kw)(y))
         y = LayerNorm(self.ln_eps, name="ln_2", **kw)(x)
         y = MLP(self.mlp_dim, self.act, proj_std, name="mlp", **kw)(y)
@@ -362,7 +367,8 @@ class Transformer(nn.Module):
     ls_init_value: float | None = None
 
     @nn.compact
-    def __call__(self, x):
+    def __call__(self, x, mask=None):
+        """``mask``: None, or (B, T) bool, False for padded tokens (no block attends to them)."""
         block = ResidualAttentionBlock
         if self.remat:
             block = nn.remat(block, prevent_cse=not self.scan,
@@ -374,10 +380,11 @@ class Transformer(nn.Module):
         if self.scan:
             stack = nn.scan(
                 block, variable_axes={"params": 0}, split_rngs={"params": True},
-                length=self.layers, metadata_params={nn.PARTITION_NAME: "layers"},
+                in_axes=nn.broadcast, length=self.layers,
+                metadata_params={nn.PARTITION_NAME: "layers"},
             )
-            x, _ = stack(name="resblocks", **kw)(x, None)
+            x, _ = stack(name="resblocks", **kw)(x, mask)
         else:
             for i in range(self.layers):
-                x, _ = block(name=f"resblocks_{i}", **kw)(x)
+                x, _ = block(name=f"resblocks_{i}", **kw)(x, mask)
         return x

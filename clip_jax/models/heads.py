@@ -34,7 +34,7 @@ class ProbeAttention(nn.Module):
     param_dtype: Any = jnp.float32
 
     @nn.compact
-    def __call__(self, q, kv):
+    def __call__(self, q, kv, mask=None):
         d = kv.shape[-1]
         h, hd = self.heads, d // self.heads
         init = nn.initializers.xavier_uniform()
@@ -48,7 +48,7 @@ class ProbeAttention(nn.Module):
         b_out = p("bias_out", nn.initializers.zeros, ("embed",), (d,))
         q = jnp.einsum("btd,dhk->bhtk", q, w_q) + b_q[None, :, None]
         kv = jnp.einsum("btd,dshk->sbhtk", kv, w_kv) + b_kv[:, None, :, None]
-        out = attention(q, kv[0], kv[1], False, self.implementation)
+        out = attention(q, kv[0], kv[1], False, self.implementation, mask)
         return jnp.einsum("bhtk,hkd->btd", out, w_out) + b_out
 
 
@@ -64,14 +64,15 @@ class MAPHead(nn.Module):
     param_dtype: Any = jnp.float32
 
     @nn.compact
-    def __call__(self, x):
+    def __call__(self, x, mask=None):
+        """``mask``: None, or (B, T) bool, False for padded tokens the probe ignores."""
         b, _, d = x.shape
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
         probe = self.param("probe", logical_init(nn.initializers.xavier_uniform(),
                                                  (None, None, "embed")), (1, 1, d),
                            self.param_dtype)
         q = jnp.broadcast_to(probe.astype(self.dtype), (b, 1, d))
-        y = ProbeAttention(self.heads, self.implementation, name="attn", **kw)(q, x)
+        y = ProbeAttention(self.heads, self.implementation, name="attn", **kw)(q, x, mask)
         z = LayerNorm(self.ln_eps, name="ln", **kw)(y)
         y = y + MLP(self.mlp_dim, self.act, (2 * d) ** -0.5, name="mlp", **kw)(z)
         return y[:, 0]
