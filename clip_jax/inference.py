@@ -27,8 +27,8 @@ from PIL import Image
 
 from clip_jax import bundle, models, sources
 from clip_jax import params as params_lib
+from clip_jax.data import naflex, transforms
 from clip_jax.data import tokenizer as tokenizer_lib
-from clip_jax.data import transforms
 from clip_jax.evaluate.templates import DEFAULT_TEMPLATES
 
 # ---------------------------------------------------------------------------------------------
@@ -91,22 +91,24 @@ def build_zeroshot_classifier(
 
 def run_batched(fn: Callable[[np.ndarray], np.ndarray], x: np.ndarray, batch_size: int,
                 min_batch: int, out_dim: int) -> np.ndarray:
-    """``fn`` over ``x`` in chunks of at most ``batch_size`` rows, as float32 NumPy.
+    """``fn`` over ``x`` (an array, or a dict of arrays with one row per input: NaFlex) in chunks
+    of at most ``batch_size`` rows, as float32 NumPy.
 
     A short chunk is padded (repeating its last row) to ``min_batch * 2**k`` rows, capped at
     ``batch_size``, so a jitted ``fn`` compiles for a few shapes only (``min_batch ==
     batch_size``: one shape); the padding rows are dropped from the result.
     """
     outs = []
-    for start in range(0, len(x), batch_size):
-        chunk = x[start:start + batch_size]
-        m = len(chunk)
+    for start in range(0, len(jax.tree.leaves(x)[0]), batch_size):
+        chunk = jax.tree.map(lambda a, s=start: a[s:s + batch_size], x)
+        m = len(jax.tree.leaves(chunk)[0])
         b = min_batch
         while b < m and b < batch_size:
             b *= 2
         b = min(b, batch_size)
         if b > m:
-            chunk = np.concatenate([chunk, np.repeat(chunk[-1:], b - m, axis=0)])
+            chunk = jax.tree.map(
+                lambda a, k=b - m: np.concatenate([a, np.repeat(a[-1:], k, axis=0)]), chunk)
         outs.append(np.asarray(fn(chunk), np.float32)[:m])
     return np.concatenate(outs) if outs else np.zeros((0, out_dim), np.float32)
 
@@ -129,12 +131,23 @@ def preprocess_images(images, image_size: int, mean: Sequence[float] = transform
                       std: Sequence[float] = transforms.CLIP_STD) -> np.ndarray:
     """PIL images, uint8 (H, W, 3) / (N, H, W, 3) arrays or image paths (one or a list) ->
     float32 (N, S, S, 3): shorter side resized (bicubic) to S, center crop, normalised."""
+    images = load_images(images)
+    out = np.empty((len(images), image_size, image_size, 3), np.float32)
+    for i, img in enumerate(images):
+        transforms.normalize(transforms.resize_center_crop(img, image_size), out=out[i],
+                             mean=mean, std=std)
+    return out
+
+
+def load_images(images) -> list[Image.Image]:
+    """PIL images, uint8 (H, W, 3) / (N, H, W, 3) arrays or image paths (one or a list) -> RGB
+    PIL images."""
     if isinstance(images, np.ndarray) and images.ndim == 4:
         images = list(images)
     elif not isinstance(images, list | tuple):
         images = [images]
-    out = np.empty((len(images), image_size, image_size, 3), np.float32)
-    for i, img in enumerate(images):
+    out = []
+    for img in images:
         if isinstance(img, str | os.PathLike):
             with Image.open(img) as f:
                 f.load()
@@ -147,8 +160,7 @@ def preprocess_images(images, image_size: int, mean: Sequence[float] = transform
         elif not isinstance(img, Image.Image):
             raise TypeError(f"cannot preprocess a {type(img).__name__}: expected a PIL image, "
                             f"a uint8 array or a path")
-        transforms.normalize(transforms.resize_center_crop(img, image_size), out=out[i],
-                             mean=mean, std=std)
+        out.append(transforms.to_rgb(img))
     return out
 
 
@@ -201,8 +213,15 @@ class InferenceModel:
     def image_size(self) -> int:
         return self.cfg.vision.image_size
 
-    def preprocess(self, images) -> np.ndarray:
-        """See :func:`preprocess_images`, with this model's size, mean and std."""
+    def preprocess(self, images) -> np.ndarray | dict:
+        """See :func:`preprocess_images`, with this model's size, mean and std; a NaFlex model's
+        images keep their aspect ratio (:func:`clip_jax.data.naflex.preprocess`, the budget
+        ``preprocess.max_num_patches``, default the position table's size)."""
+        if self.cfg.vision.family == "naflex":
+            pre = self.preprocess_cfg
+            return naflex.preprocess(load_images(images), self.cfg.vision.patch_size,
+                                     int(pre.get("max_num_patches", self.cfg.vision.patches())),
+                                     pre["mean"], pre["std"], pre.get("resize", "bilinear"))
         return preprocess_images(images, self.image_size, self.preprocess_cfg["mean"],
                                  self.preprocess_cfg["std"])
 
@@ -217,10 +236,16 @@ class InferenceModel:
                            self.batch_size, len(self.devices), self.cfg.embed_dim)
 
     def encode_image(self, images) -> np.ndarray:
-        """Normalised float NHWC pixels (or anything :meth:`preprocess` takes) -> (N, D)."""
+        """Normalised float NHWC pixels, a NaFlex model's dict of patches, mask and shapes (or
+        anything :meth:`preprocess` takes) -> (N, D)."""
+        if isinstance(images, Mapping):
+            return self._batched(self._encode_image, {k: np.asarray(v) for k, v in
+                                                      images.items()})
         if not (isinstance(images, np.ndarray | jax.Array) and images.ndim == 4
                 and jnp.issubdtype(images.dtype, jnp.floating)):
             images = self.preprocess(images)
+            if isinstance(images, dict):
+                return self._batched(self._encode_image, images)
         return self._batched(self._encode_image, np.asarray(images, np.float32))
 
     def encode_text(self, texts) -> np.ndarray:

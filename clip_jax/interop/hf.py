@@ -1,7 +1,8 @@
 """Hugging Face ``transformers.CLIPModel`` and ``SiglipModel`` directories: export ours, import
 theirs.
 
-A directory holds ``config.json`` (CLIPConfig, or SiglipConfig: :mod:`clip_jax.interop.hf_siglip`),
+A directory holds ``config.json`` (CLIPConfig, SiglipConfig: :mod:`clip_jax.interop.hf_siglip`, or
+Siglip2Config, SigLIP 2 NaFlex: :mod:`clip_jax.interop.hf_siglip2`),
 ``model.safetensors`` (q/k/v split), ``preprocessor_config.json``, the HF tokenizer files when the
 tokenizer can be expressed as one (:func:`clip_jax.data.tokenizer.write_hf_tokenizer`: CLIP BPE,
 trained BPE, SigLIP's ``spiece.model``, SigLIP 2's ``tokenizer.json``; read back by
@@ -27,7 +28,7 @@ from clip_jax import bundle, files, models
 from clip_jax import params as params_lib
 from clip_jax.config_schema import ANY_FLOAT, BOOL, COUNT, POSITIVE, Range, check_mapping
 from clip_jax.data.tokenizer import load_tokenizer, read_hf_tokenizer, write_hf_tokenizer
-from clip_jax.interop import hf_siglip, keymap
+from clip_jax.interop import hf_siglip, hf_siglip2, keymap
 from clip_jax.interop.weights_io import read_state_dict, save_safetensors
 
 HF_PREPROCESSOR = "preprocessor_config.json"
@@ -36,13 +37,15 @@ HF_WEIGHTS = (bundle.WEIGHTS_FILE, "model.safetensors.index.json", "pytorch_mode
 
 def is_hf_dir(path: Path) -> bool:
     d = bundle.read_config(path)
-    return isinstance(d, dict) and (d.get("model_type") in ("clip", hf_siglip.MODEL_TYPE) or (
+    return isinstance(d, dict) and (d.get("model_type") in (
+        "clip", hf_siglip.MODEL_TYPE, hf_siglip2.MODEL_TYPE) or (
         "text_config" in d and "vision_config" in d))
 
 
 _HF_RANGES = {k: POSITIVE for k in (
     "vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
-    "max_position_embeddings", "image_size", "patch_size", "num_channels", "projection_size")}
+    "max_position_embeddings", "image_size", "patch_size", "num_channels", "projection_size",
+    "num_patches")}
 _HF_RANGES.update(layer_norm_eps=Range(float, 0, 1, lo_open=True, hi_open=True),
                   eos_token_id=COUNT, vision_use_head=BOOL)
 _HF_TOP_RANGES = {"projection_dim": POSITIVE, "logit_scale_init_value": ANY_FLOAT,
@@ -61,12 +64,10 @@ def model_config_from_hf(hf: Mapping) -> models.ModelConfig:
         return hf_siglip.model_config_from_hf(hf)
     if kind == "clip":
         return _clip_config_from_hf(hf)
-    if kind == "siglip2":
-        raise ValueError("model_type='siglip2' is SigLIP 2 NaFlex (Siglip2Model: patches at "
-                         "native aspect ratio), a different model; clip_jax reads the "
-                         "fixed-resolution SigLIP 2 checkpoints (model_type 'siglip')")
-    raise ValueError(f"model_type={kind!r}: clip_jax reads 'clip' (CLIPModel) and 'siglip' "
-                     f"(SiglipModel)")
+    if kind == hf_siglip2.MODEL_TYPE:
+        return hf_siglip2.model_config_from_hf(hf)
+    raise ValueError(f"model_type={kind!r}: clip_jax reads 'clip' (CLIPModel), 'siglip' "
+                     f"(SiglipModel) and 'siglip2' (Siglip2Model, NaFlex)")
 
 
 def read_hf_dir(path: Path, allow_damaged: bool = False):
@@ -134,9 +135,12 @@ def _clip_config_from_hf(hf: Mapping) -> models.ModelConfig:
 
 def hf_config(cfg: models.ModelConfig, tokenizer=None, logit_bias: float | None = None) -> dict:
     """A ``CLIPConfig`` dict for a CLIP-family ``cfg`` (``logit_bias``: kept as
-    ``clip_jax_logit_bias``), or a ``SiglipConfig`` dict for a SigLIP-family one."""
+    ``clip_jax_logit_bias``), a ``SiglipConfig`` dict for a SigLIP-family one, a
+    ``Siglip2Config`` for a NaFlex one."""
     if keymap.family(cfg) == "siglip":
         return hf_siglip.hf_config(cfg, tokenizer)
+    if keymap.family(cfg) == "naflex":
+        return hf_siglip2.hf_config(cfg, tokenizer)
     v, t = cfg.vision, cfg.text
     eot = t.vocab_size - 1 if t.eot_id is None else t.eot_id  # None: eot is the largest id
     sot = tokenizer.sot_id if tokenizer is not None else t.vocab_size - 2
@@ -180,9 +184,10 @@ def _clip_preprocessor(s: int, pre: Mapping) -> dict:
 
 def export_hf(out_dir: str | os.PathLike, params, cfg: models.ModelConfig, tokenizer=None,
               preprocess: Mapping | None = None) -> Path:
-    """Write a ``CLIPModel`` or ``SiglipModel`` directory (by ``cfg``'s family); a model neither
-    can hold raises a ValueError naming why, before anything is written."""
-    siglip = keymap.family(cfg) == "siglip"
+    """Write a ``CLIPModel``, ``SiglipModel`` or ``Siglip2Model`` directory (by ``cfg``'s family);
+    a model none can hold raises a ValueError naming why, before anything is written."""
+    fam = keymap.family(cfg)
+    siglip = fam in ("siglip", "naflex")
     params = jax.device_get(params)
     sd = keymap.to_external(params, cfg, "hf")
     flat = params_lib.flatten_params(params)
@@ -200,7 +205,8 @@ def export_hf(out_dir: str | os.PathLike, params, cfg: models.ModelConfig, token
     files.write_json(out / bundle.CONFIG_FILE, config)
     pre = dict(preprocess or bundle.default_preprocess(cfg.vision.image_size))
     s = cfg.vision.image_size
-    files.write_json(out / HF_PREPROCESSOR, hf_siglip.preprocessor_config(s, pre) if siglip
+    files.write_json(out / HF_PREPROCESSOR, hf_siglip2.preprocessor_config(cfg, pre)
+                     if fam == "naflex" else hf_siglip.preprocessor_config(s, pre) if siglip
                      else _clip_preprocessor(s, pre))
     if tokenizer is not None:
         note = write_hf_tokenizer(out, tokenizer, cfg.text.context_length)
@@ -225,10 +231,16 @@ def import_hf(src: str | os.PathLike, scan: bool = False, allow_damaged: bool = 
     pre = bundle.default_preprocess(cfg.vision.image_size)
     try:
         pc = json.loads((src / HF_PREPROCESSOR).read_text())
-        pre["mean"], pre["std"] = list(pc["image_mean"]), list(pc["image_std"])
-        pre["resize"] = {2: "bilinear", 3: "bicubic"}.get(pc.get("resample", 3), "bicubic")
-    except (OSError, ValueError, KeyError, TypeError):
-        pass
+    except (OSError, ValueError):
+        pc = None
+    if cfg.vision.family == "naflex":
+        pre = hf_siglip2.preprocess_from_hf(pc if isinstance(pc, dict) else {}, pre)
+    else:
+        try:
+            pre["mean"], pre["std"] = list(pc["image_mean"]), list(pc["image_std"])
+            pre["resize"] = {2: "bilinear", 3: "bicubic"}.get(pc.get("resample", 3), "bicubic")
+        except (KeyError, TypeError, AttributeError):
+            pass
     tdir = bundle.tokenizer_dir(src)  # our own (tokenizer/); HF's files have no 'kind'
     if tdir is not None:
         tok = load_tokenizer(str(tdir))

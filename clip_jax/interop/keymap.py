@@ -5,7 +5,8 @@ ViT, as open_clip's ``CLIP`` and HF's ``CLIPModel`` name it, and open_clip's tex
 :mod:`~clip_jax.interop.keymap_siglip`: SigLIP, as HF's ``SiglipModel`` and open_clip's timm
 trunk name it; :mod:`~clip_jax.interop.keymap_resnet`: OpenAI's ModifiedResNet with its
 BatchNorm statistics, as open_clip names it; :mod:`~clip_jax.interop.keymap_convnext`: timm's
-ConvNeXt in open_clip's TimmModel); :func:`family` says which one a config is from
+ConvNeXt in open_clip's TimmModel; :mod:`~clip_jax.interop.keymap_siglip2`: SigLIP 2 NaFlex in
+HF's ``Siglip2Model``); :func:`family` says which one a config is from
 its image-tower switches, and a config that no family (or the chosen format) can hold is
 refused with the reason.
 Every conversion is a permutation/reshape/split (:mod:`~clip_jax.interop.layouts`), so round
@@ -25,12 +26,18 @@ import numpy as np
 
 from clip_jax import models
 from clip_jax import params as params_lib
-from clip_jax.interop import keymap_clip, keymap_convnext, keymap_resnet, keymap_siglip
+from clip_jax.interop import (
+    keymap_clip,
+    keymap_convnext,
+    keymap_resnet,
+    keymap_siglip,
+    keymap_siglip2,
+)
 from clip_jax.interop import layouts as L
 
 FORMATS = ("open_clip", "hf")
 FAMILIES = {"clip": keymap_clip, "siglip": keymap_siglip, "resnet": keymap_resnet,
-            "convnext": keymap_convnext}
+            "convnext": keymap_convnext, "naflex": keymap_siglip2}
 _FORMAT_NAMES = {"open_clip": "open_clip", "hf": "Hugging Face"}
 
 # The image-tower switches that make each family (config path -> value); what else a format
@@ -43,9 +50,10 @@ SHAPES = {
 
 
 def family(cfg: models.ModelConfig) -> str:
-    """``"resnet"``, ``"convnext"``, ``"clip"`` or ``"siglip"`` from ``cfg``'s image-tower
-    switches; a ValueError names the switches that keep it from the nearer family otherwise."""
-    if cfg.vision.family in ("resnet", "convnext"):  # a ViT's switches do not apply
+    """``"resnet"``, ``"convnext"``, ``"naflex"`` (SigLIP 2 NaFlex), ``"clip"`` or ``"siglip"``
+    from ``cfg``'s image-tower switches; a ValueError names the switches that keep it from the
+    nearer family otherwise."""
+    if cfg.vision.family in ("resnet", "convnext", "naflex"):  # its own family's switches
         return cfg.vision.family
     diffs = {name: L.mismatches(cfg, want, name) for name, want in SHAPES.items()}
     for name, d in diffs.items():

@@ -11,6 +11,7 @@ import jax.numpy as jnp
 from clip_jax.layers import logical_init
 from clip_jax.models.config import ModelConfig
 from clip_jax.models.convnext import ConvNeXt
+from clip_jax.models.naflex import NaFlexVisionTransformer
 from clip_jax.models.resnet import ModifiedResNet
 from clip_jax.models.text import TextTransformer
 from clip_jax.models.vit import VisionTransformer
@@ -27,7 +28,8 @@ class CLIP(nn.Module):
     cfg: ModelConfig
 
     def setup(self):
-        towers = {"resnet": ModifiedResNet, "convnext": ConvNeXt}
+        towers = {"resnet": ModifiedResNet, "convnext": ConvNeXt,
+                  "naflex": NaFlexVisionTransformer}
         self.visual = towers.get(self.cfg.vision.family, VisionTransformer)(self.cfg)
         self.text = TextTransformer(self.cfg)
         self.logit_scale = self.param(

@@ -15,7 +15,7 @@ INIT_LOGIT_SCALE = math.log(1 / 0.07)
 
 ACTS = ("gelu", "gelu_tanh", "quick_gelu")
 VISION_POOLS = ("tok", "map", "gap")
-VISION_FAMILIES = ("vit", "resnet", "convnext")
+VISION_FAMILIES = ("vit", "resnet", "convnext", "naflex")
 CONVNEXT_PROJ = ("linear", "mlp")
 TEXT_POOLS = ("argmax", "last", "first")
 
@@ -57,7 +57,9 @@ class VisionConfig:
     act: str | None = None  # this tower's activation; None: model.act
     # "vit" | "resnet": OpenAI's ModifiedResNet (models/resnet.py; width = the stem's width,
     # heads = the attention pool's, stages = blocks per stage, open_clip's ``layers`` list) |
-    # "convnext": timm's ConvNeXt as open_clip wraps it (models/convnext.py)
+    # "convnext": timm's ConvNeXt as open_clip wraps it (models/convnext.py) | "naflex": SigLIP 2's
+    # ViT at each image's own aspect ratio (models/naflex.py; position table image_size/patch_size
+    # squared, no class token, no patch dropout)
     family: str = "vit"
     stages: tuple[int, ...] | None = None
     # ConvNeXt (family "convnext", open_clip's timm trunk; width = the first stage's channels):
@@ -89,6 +91,11 @@ class VisionConfig:
         if self.patch_size > self.image_size:
             raise ValueError(f"model.vision.patch_size={self.patch_size}: larger than "
                              f"model.vision.image_size={self.image_size}")
+        if self.family == "naflex" and (self.class_token or self.patch_dropout
+                                        or self.image_size % self.patch_size):
+            raise ValueError("model.vision.family='naflex' needs class_token=false, "
+                             "patch_dropout=0 and an image_size (the position grid) that is a "
+                             "multiple of patch_size")
 
     def _check_conv(self) -> None:
         st = self.stages
@@ -197,7 +204,7 @@ class ModelConfig:
             if (x is not None or name == "init_logit_scale") and (
                     isinstance(x, bool) or not isinstance(x, int | float) or not math.isfinite(x)):
                 raise ValueError(f"model.{name}={x!r}: must be a finite number")
-        if (self.vision.family == "vit" and not self.vision.proj
+        if (self.vision.family in ("vit", "naflex") and not self.vision.proj
                 and self.embed_dim != self.vision.width):
             raise ValueError(f"model.embed_dim={self.embed_dim}: must equal model.vision.width="
                              f"{self.vision.width} when model.vision.proj=false")

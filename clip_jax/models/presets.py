@@ -112,15 +112,16 @@ _SIGLIP_TEXT = {"base": (768, 12, 12, 3072), "large": (1024, 24, 16, 4096),
 
 
 def siglip_config(trunk: str, patch: int, image_size: int, text: str | None = None,
-                  ctx: int = 64, vocab: int = 32000) -> ModelConfig:
+                  ctx: int = 64, vocab: int = 32000, family: str = "vit") -> ModelConfig:
     """A SigLIP ModelConfig: image trunk ``trunk`` (a key of :data:`SIGLIP_TRUNKS`), text tower
-    ``text`` (default: the trunk's size)."""
+    ``text`` (default: the trunk's size); ``family="naflex"``: SigLIP 2 NaFlex, whose position
+    table is (image_size / patch)^2."""
     vw, vl, vh, vm = SIGLIP_TRUNKS[trunk]
     tw, tl, th, tm = _SIGLIP_TEXT[text or trunk]
     return ModelConfig(
         embed_dim=vw,
         vision=VisionConfig(image_size, patch, vw, vl, vh, vm, class_token=False, ln_pre=False,
-                            patch_bias=True, pool="map", proj=False),
+                            patch_bias=True, pool="map", proj=False, family=family),
         text=TextConfig(ctx, vocab, tw, tl, th, tm, causal=False, pool="last", proj_bias=True),
         act="gelu_tanh", ln_eps=1e-6, init_logit_scale=math.log(10.0), init_logit_bias=-10.0,
     )
@@ -153,6 +154,9 @@ PRESETS.update({
     "ViT-SO400M-16-SigLIP2-512": siglip_config("so400m", 16, 512, vocab=_V2),
     "ViT-gopt-16-SigLIP2-256": siglip_config("giantopt", 16, 256, "so400m", vocab=_V2),
     "ViT-gopt-16-SigLIP2-384": siglip_config("giantopt", 16, 384, "so400m", vocab=_V2),
+    # SigLIP 2 NaFlex (HF google/siglip2-*-patch16-naflex: a 16x16 position grid)
+    "ViT-B-16-SigLIP2-NaFlex": siglip_config("base", 16, 256, vocab=_V2, family="naflex"),
+    "ViT-SO400M-16-SigLIP2-NaFlex": siglip_config("so400m", 16, 256, vocab=_V2, family="naflex"),
     # A SigLIP the size of "tiny", for tests.
     "tiny-siglip": PRESETS["tiny"].replace(
         embed_dim=32, vision=dict(class_token=False, ln_pre=False, patch_bias=True, pool="map",
@@ -160,6 +164,7 @@ PRESETS.update({
         text=dict(causal=False, pool="last", proj_bias=True), act="gelu_tanh", ln_eps=1e-6,
         init_logit_scale=math.log(10.0), init_logit_bias=-10.0),
 })
+PRESETS["tiny-naflex"] = PRESETS["tiny-siglip"].replace(vision=dict(family="naflex"))
 
 
 def get_model_config(name: str) -> ModelConfig:
