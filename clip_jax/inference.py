@@ -139,6 +139,15 @@ def preprocess_images(images, image_size: int, mean: Sequence[float] = transform
     return out
 
 
+def preprocess_naflex(images, cfg: models.ModelConfig, pre: Mapping) -> dict:
+    """What :func:`preprocess_images` takes -> a NaFlex model's dict of patches, mask and shapes
+    (:func:`clip_jax.data.naflex.preprocess`: each image at its own aspect ratio, at most
+    ``pre["max_num_patches"]`` patches, default the position table's size)."""
+    return naflex.preprocess(load_images(images), cfg.vision.patch_size,
+                             int(pre.get("max_num_patches", cfg.vision.patches())),
+                             pre["mean"], pre["std"], pre.get("resize", "bilinear"))
+
+
 def load_images(images) -> list[Image.Image]:
     """PIL images, uint8 (H, W, 3) / (N, H, W, 3) arrays or image paths (one or a list) -> RGB
     PIL images."""
@@ -218,10 +227,7 @@ class InferenceModel:
         images keep their aspect ratio (:func:`clip_jax.data.naflex.preprocess`, the budget
         ``preprocess.max_num_patches``, default the position table's size)."""
         if self.cfg.vision.family == "naflex":
-            pre = self.preprocess_cfg
-            return naflex.preprocess(load_images(images), self.cfg.vision.patch_size,
-                                     int(pre.get("max_num_patches", self.cfg.vision.patches())),
-                                     pre["mean"], pre["std"], pre.get("resize", "bilinear"))
+            return preprocess_naflex(images, self.cfg, self.preprocess_cfg)
         return preprocess_images(images, self.image_size, self.preprocess_cfg["mean"],
                                  self.preprocess_cfg["std"])
 
@@ -355,7 +361,9 @@ def create_model(name: str | os.PathLike, tokenizer: str | None = None, seed: in
     if tokenizer is not None:
         tok = tokenizer_lib.load_tokenizer(tokenizer)
 
-    def preprocess(images) -> np.ndarray:
+    def preprocess(images) -> np.ndarray | dict:
+        if cfg.vision.family == "naflex":
+            return preprocess_naflex(images, cfg, pre)
         return preprocess_images(images, cfg.vision.image_size, pre["mean"], pre["std"])
 
     return model, params, preprocess, tok

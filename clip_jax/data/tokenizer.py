@@ -168,7 +168,7 @@ def load_tokenizer(spec: str | os.PathLike | TextTokenizer) -> TextTokenizer:
 BPE_ENV = "CLIP_JAX_BPE"  # path to bpe_simple_vocab_16e6.txt.gz
 SIGLIP_ENV = "CLIP_JAX_SIGLIP_SPM"  # SigLIP's spiece.model (or a directory holding it)
 GEMMA_ENV = "CLIP_JAX_GEMMA_TOKENIZER"  # SigLIP 2's tokenizer.json / tokenizer.model (or a dir)
-FITTED_PRESETS = ("tiny", "small-demo", "tiny-rn")  # vocabulary fitted per run: no standard one
+FITTED_PRESETS = ("tiny", "small-demo", "tiny-rn", "tiny-naflex")  # fitted per run: no standard one
 _HF_REPOS = {"clip": ("openai--clip-*",), "siglip": ("google--siglip-*", "timm--ViT-*SigLIP*"),
              "siglip2": ("google--siglip2-*", "timm--ViT-*SigLIP2*")}
 
