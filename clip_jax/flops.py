@@ -110,11 +110,11 @@ def tower_flops(cfg: models.ModelConfig, train: bool = False) -> dict[str, float
     v, t = cfg.vision, cfg.text
     t_block, t_redo = _block_flops(t.context_length, t.width, t.mlp_dim)
     text = t.layers * t_block + 2 * t.width * cfg.embed_dim
-    if v.family != "vit":  # conv towers: no remat of their own
+    if v.family not in ("vit", "naflex"):  # conv towers: no remat of their own
         vision = _resnet_flops(cfg) if v.family == "resnet" else _convnext_flops(cfg)
         return {"vision": vision, "vision_remat": 0.0, "text": float(text),
                 "text_remat": float(t.layers * t_redo)}
-    patches = (v.image_size // v.patch_size) ** 2
+    patches = (v.image_size // v.patch_size) ** 2  # NaFlex: at its position table's size
     tokens = (v.kept_patches() if train else patches) + 1
     v_block, v_redo = _block_flops(tokens, v.width, v.mlp_dim)
     vision = (2 * patches * (v.patch_size**2 * 3) * v.width + v.layers * v_block
