@@ -32,6 +32,7 @@ from clip_jax import embed, inference
 from clip_jax import filter as filter_lib
 from clip_jax.data import tario
 from clip_jax.data.write_shards import open_tar_writer
+from clip_jax.evaluate import plots
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -79,7 +80,8 @@ def roc_auc(scores: np.ndarray, positive: np.ndarray) -> float:
 def train(workdir: str, shards: str, steps: int, log: str) -> float:
     """A demo-config run on ``shards``; its final held-out zero-shot top-1."""
     metrics = os.path.join(workdir, "metrics.jsonl")
-    if not (os.path.isfile(metrics) and '"eval/zeroshot/top1"' in open(metrics).read()):
+    done = os.path.isfile(metrics) and plots.read_metrics_jsonl(metrics)  # reads old top1 too
+    if not (done and any("eval/zeroshot/acc1" in r for r in done)):
         cmd = [sys.executable, "-m", "clip_jax.train", "--config", "configs/demo.py",
                "--workdir", workdir, f"--config.data.train={shards}",
                f"--config.total_steps={steps}", "--config.eval.every_steps=0",
@@ -87,8 +89,8 @@ def train(workdir: str, shards: str, steps: int, log: str) -> float:
                f"--config.checkpoint.every_steps={steps}"]
         with open(log, "w") as f:
             subprocess.run(cmd, cwd=REPO, check=True, stdout=f, stderr=subprocess.STDOUT)
-    records = [json.loads(line) for line in open(metrics) if line.strip()]
-    return float([r for r in records if "eval/zeroshot/top1" in r][-1]["eval/zeroshot/top1"])
+    records = plots.read_metrics_jsonl(metrics)
+    return float([r for r in records if "eval/zeroshot/acc1" in r][-1]["eval/zeroshot/acc1"])
 
 
 def main() -> None:

@@ -125,15 +125,15 @@ def base_config() -> ml_collections.ConfigDict:
     c.eval.every_steps = 0  # 0 = only at the end (if any evals are configured)
     c.eval.at_end = True
     # One dataset per kind, the short form: each set key is an evaluation named after its kind
-    # (eval/zeroshot/top1...). Datasets are clip_jax.evaluate.datasets specs: a .json card such
+    # (eval/zeroshot/acc1...). Datasets are clip_jax.evaluate.datasets specs: a .json card such
     # as the demo's zeroshot.json, tfds:NAME[:SPLIT], folder:PATH, or shards for retrieval.
     c.eval.zeroshot = ""
     c.eval.retrieval = ""
-    c.eval.fewshot = ""  # k-shot ridge probes (cheap enough for every eval)
+    c.eval.fewshot = ""  # k-shot logistic-regression probes (the CLIP paper's few-shot)
     c.eval.linear_probe = ""  # full logistic-regression probe with an L2 sweep (slow)
     c.eval.templates = ""  # "" = each dataset's own; imagenet, cifar10... or a file
     c.eval.data_dir = ""  # tensorflow-datasets data_dir
-    c.eval.fewshot_shots = (1, 2, 4, 8, 16)
+    c.eval.fewshot_shots = DEFAULT_SHOTS
     c.eval.probe_max_per_class = 0  # probes: cap on training images per class (0 = all)
     c.eval.batch_size = 256
     # Several named evaluations (big_vision's shape), logged as eval/<name>/<metric>:
@@ -258,6 +258,7 @@ def validate(c: ml_collections.ConfigDict) -> None:
 # Evaluations: ``evals`` (named) and the single-dataset ``eval.<kind>`` keys, as one table.
 
 EVAL_KINDS = ("zeroshot", "retrieval", "fewshot", "linear_probe")
+DEFAULT_SHOTS = (1, 2, 4, 8, 16)  # k of the few-shot probes, everywhere (config, CLI, suite)
 EVAL_ENTRY_KEYS = ("kind", "dataset", "every_steps", "templates", "data_dir", "shots",
                    "max_per_class")
 

@@ -325,10 +325,12 @@ def _markdown_code(text: str) -> str:
 
 def summary(last: dict, workdir: str) -> str:
     """The closing lines a person reads: the final loss, each evaluation's top-1 accuracy and
-    where the run's files are (the full last record is in ``final_metrics.json``)."""
+    where the run's files are (the full last record is in ``final_metrics.json``; one written
+    before metrics were renamed says ``top1`` for ``acc1``)."""
     lines = [f"done: final loss {last.get('loss', float('nan')):.4f}"]
-    for key in sorted(k for k in last if k.startswith("eval/") and k.endswith("/top1")):
-        name = key[len("eval/"):-len("/top1")]
+    last = {plots.canonical_name(k): v for k, v in last.items()}
+    for key in sorted(k for k in last if k.startswith("eval/") and k.endswith("/acc1")):
+        name = key[len("eval/"):-len("/acc1")]
         label = "zero-shot top-1" if name == "zeroshot" else f"{name} top-1"
         lines.append(f"{label}: {last[key]:.1%}")
     files = [("metrics", "metrics.jsonl"), ("last metrics", FINAL_METRICS),

@@ -6,7 +6,7 @@ Generates the demo corpus (``clip_jax.data.demo``: coloured, patterned shapes wi
 captions; 12 colour x shape pairs never seen in training) into ``data/demo`` if it is not there,
 fits a byte-level BPE tokenizer on its captions, trains, then evaluates zero-shot
 classification of the 12 held-out pairs (chance 1/12, 0.5 for a model that knows only colour or
-only shape), retrieval and k-shot probes on them (logged as ``eval/zeroshot/top1``,
+only shape), retrieval and k-shot probes on them (logged as ``eval/zeroshot/acc1``,
 ``eval/retrieval/...``, ``eval/fewshot/...``). Point ``--config.data.train`` at any other
 shards (and ``--config.eval.*`` at your eval sets) to train on your own corpus; more eval sets,
 each at its own cadence, are named entries of ``c.evals`` (README "Evaluation"), e.g.

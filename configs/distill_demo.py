@@ -17,7 +17,7 @@ and its other parameters (``checkpoint.init_from_blocks=even``: TinyCLIP's weigh
 inheritance, DistilBERT's initialisation); ``,scratch,inherit`` is inheritance alone. The
 student has the teacher's widths and 2 blocks per tower instead of 4 (2.01M of the teacher's
 3.29M parameters), the teacher's tokenizer, the same data and the same steps; all runs end
-with the demo's held-out zero-shot evaluation (``eval/zeroshot/top1`` on 12 colour x shape
+with the demo's held-out zero-shot evaluation (``eval/zeroshot/acc1`` on 12 colour x shape
 pairs never seen in training).
 
 Measured (docs/benchmarks.md, "Distillation on the demo", fourth figures; 2 CPU cores,

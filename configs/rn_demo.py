@@ -8,7 +8,7 @@ width 16, one Bottleneck per stage (open_clip's ``layers: [1, 1, 1, 1]``), 512 c
 the attention pool (8 heads) at 64 px; BatchNorm statistics over the global batch, carried in
 the train state's ``batch_stats``. Text tower, data, tokenizer, schedule and evaluation as
 configs/demo.py (zero-shot on the 12 held-out colour x shape pairs is logged as
-``eval/zeroshot/top1``). The same run from open_clip's JSON: ``--config.model.name=''
+``eval/zeroshot/acc1``). The same run from open_clip's JSON: ``--config.model.name=''
 --config.model.open_clip_config=FILE.json``.
 """
 

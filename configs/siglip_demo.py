@@ -7,7 +7,7 @@ layers each) with SigLIP's architecture: no class token, no pre-LN, patch-embedd
 head, no image projection (embed_dim = image width 192), bidirectional text pooled at the last
 position with a biased projection, tanh GELU, LayerNorm eps 1e-6; the sigmoid loss with logit
 scale ln 10 and bias -10. Data, tokenizer, schedule and evaluation as configs/demo.py (zero-shot
-on the 12 held-out colour x shape pairs is logged as ``eval/zeroshot/top1``).
+on the 12 held-out colour x shape pairs is logged as ``eval/zeroshot/acc1``).
 """
 
 import importlib.util

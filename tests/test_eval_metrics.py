@@ -30,11 +30,11 @@ def test_zeroshot_hand_computed_with_tie():
     labels = np.array([0, 1, 0, 1, 0, 2])
     # true-class ranks (pessimistic): 0, 1, 2, 0, 1 (tie 0/1 counts against), 0
     r = M.zeroshot_metrics(img, cls, labels, topk=(1, 2, 3))
-    assert r["top1"] == pytest.approx(3 / 6)
-    assert r["top2"] == pytest.approx(5 / 6)
-    assert r["top3"] == pytest.approx(1.0)
-    assert r["per_class_accuracy"] == pytest.approx([1 / 3, 1 / 2, 1.0])
-    assert r["mean_per_class_accuracy"] == pytest.approx((1 / 3 + 1 / 2 + 1) / 3)
+    assert r["acc1"] == pytest.approx(3 / 6)
+    assert r["acc2"] == pytest.approx(5 / 6)
+    assert r["acc3"] == pytest.approx(1.0)
+    assert r["per_class_recall"] == pytest.approx([1 / 3, 1 / 2, 1.0])
+    assert r["mean_per_class_recall"] == pytest.approx((1 / 3 + 1 / 2 + 1) / 3)
     assert r["num_samples"] == 6
     # argmax, lowest index wins the tie of sample 4
     np.testing.assert_array_equal(r["predictions"], [0, 0, 2, 1, 0, 2])
@@ -47,11 +47,11 @@ def test_zeroshot_top5_boundary_and_absent_class():
     scores = np.arange(10, 0, -1, dtype=np.float32)  # class i has rank i
     img = np.stack([scores, scores, scores])
     r = M.zeroshot_metrics(img, cls, np.array([4, 5, 0]))
-    assert r["top1"] == pytest.approx(1 / 3)
-    assert r["top5"] == pytest.approx(2 / 3)  # rank 4 is in the top 5, rank 5 is not
-    assert r["per_class_accuracy"][1] is None  # no samples of class 1
-    assert r["per_class_accuracy"][0] == 1.0 and r["per_class_accuracy"][4] == 0.0
-    assert r["mean_per_class_accuracy"] == pytest.approx(1 / 3)
+    assert r["acc1"] == pytest.approx(1 / 3)
+    assert r["acc5"] == pytest.approx(2 / 3)  # rank 4 is in the top 5, rank 5 is not
+    assert r["per_class_recall"][1] is None  # no samples of class 1
+    assert r["per_class_recall"][0] == 1.0 and r["per_class_recall"][4] == 0.0
+    assert r["mean_per_class_recall"] == pytest.approx(1 / 3)
 
 
 def test_zeroshot_ties_are_order_independent():
@@ -61,7 +61,7 @@ def test_zeroshot_ties_are_order_independent():
     cls = np.tile(_unit(rng.normal(size=(1, 8))), (5, 1))
     labels = rng.integers(0, 5, 50)
     r = M.zeroshot_metrics(img, cls, labels, topk=(1, 4, 5))
-    assert r["top1"] == 0.0 and r["top4"] == 0.0 and r["top5"] == 1.0
+    assert r["acc1"] == 0.0 and r["acc4"] == 0.0 and r["acc5"] == 1.0
     # permuting the classes (and labels consistently) leaves every metric unchanged
     # coarse integer embeddings (many exact ties); no zero rows
     cls = rng.integers(-1, 2, size=(6, 4)).astype(np.float32)
@@ -73,7 +73,7 @@ def test_zeroshot_ties_are_order_independent():
     inv = np.argsort(perm)
     a = M.zeroshot_metrics(img, cls, labels, topk=(1, 2, 5))
     b = M.zeroshot_metrics(img, cls[perm], inv[labels], topk=(1, 2, 5))
-    for k in ("top1", "top2", "top5", "mean_per_class_accuracy"):
+    for k in ("acc1", "acc2", "acc5", "mean_per_class_recall"):
         assert a[k] == pytest.approx(b[k])
 
 
@@ -83,15 +83,15 @@ def test_zeroshot_perfect_and_random():
     labels = rng.integers(0, 100, 2000)
     img = _unit(cls[labels] + 0.01 * rng.normal(size=(2000, 64)))
     r = M.zeroshot_metrics(img, cls, labels)
-    assert r["top1"] == 1.0 and r["top5"] == 1.0 and r["mean_per_class_accuracy"] == 1.0
+    assert r["acc1"] == 1.0 and r["acc5"] == 1.0 and r["mean_per_class_recall"] == 1.0
     assert np.trace(r["confusion_matrix"]) == 2000
     # random embeddings: chance level (10 classes: 0.1 top-1, 0.5 top-5)
     cls = _unit(rng.normal(size=(10, 32)))
     img = _unit(rng.normal(size=(20000, 32)))
     labels = rng.integers(0, 10, 20000)
     r = M.zeroshot_metrics(img, cls, labels)
-    assert abs(r["top1"] - 0.1) < 0.015
-    assert abs(r["top5"] - 0.5) < 0.03
+    assert abs(r["acc1"] - 0.1) < 0.015
+    assert abs(r["acc5"] - 0.5) < 0.03
 
 
 def test_zeroshot_chunking_matches(monkeypatch):
@@ -102,7 +102,7 @@ def test_zeroshot_chunking_matches(monkeypatch):
     full = M.zeroshot_metrics(img, cls, labels, topk=(1, 3))
     monkeypatch.setattr(M, "_CHUNK_ELEMS", 20)  # 2 rows per chunk
     chunked = M.zeroshot_metrics(img, cls, labels, topk=(1, 3))
-    assert full["top1"] == chunked["top1"] and full["top3"] == chunked["top3"]
+    assert full["acc1"] == chunked["acc1"] and full["acc3"] == chunked["acc3"]
     np.testing.assert_array_equal(full["confusion_matrix"], chunked["confusion_matrix"])
 
 
@@ -141,7 +141,7 @@ def test_zeroshot_classifier_ensembling_matches_numpy():
     assert calls[0][0] == "a photo of a cat." and calls[2][1] == "art of sea otter!"
     # the classifier then classifies the class-name prompts' neighbourhood correctly
     r = M.zeroshot_metrics(clf, clf, np.arange(3), topk=(1,))
-    assert r["top1"] == 1.0
+    assert r["acc1"] == 1.0
 
 
 # ------------------------------------------------------------------------------------------
@@ -302,7 +302,10 @@ def test_plot_training_curves(tmp_path):
     lines.append('{"step": 41, "loss"')  # truncated by a crash
     path.write_text("\n".join(lines) + "\n")
     recs = plots.read_metrics_jsonl(str(path))
-    assert len(recs) == 40 and recs[-1]["loss"] == 0.1 and "eval/cifar10/top1" in recs[-1]
+    assert len(recs) == 40 and recs[-1]["loss"] == 0.1
+    # a name of an earlier release (top1) is read as today's (acc1): one curve per metric
+    assert recs[-1]["eval/cifar10/acc1"] == 0.8 and "eval/cifar10/top1" not in recs[-1]
+    assert recs[-1]["eval/retrieval/text_to_image_recall@1"] == 0.5
     out = tmp_path / "sub" / "curves.png"
     assert plots.plot_training_curves(str(path), str(out)) == str(out)
     assert _is_png(out)

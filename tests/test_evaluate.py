@@ -99,10 +99,10 @@ def test_tfds_oracle_zeroshot_and_probes_are_perfect(tfds_dir):
                                  batch_size=5) for kind in ("zeroshot", "fewshot")]
     rep = evaluators.run(OracleEncoder(), specs)
     zs = rep["zeroshot"]
-    assert zs["top1"] == 1.0 and zs["num_samples"] == 12  # 12 test images, batches of 5 padded
+    assert zs["acc1"] == 1.0 and zs["num_samples"] == 12  # 12 test images, batches of 5 padded
     assert np.trace(np.array(zs["confusion_matrix"])) == 12
     assert rep["fewshot"]["4shot"] == 1.0 and rep["fewshot"]["num_train"] == 24
-    assert evaluators.scalars(rep)["eval/zeroshot/top1"] == 1.0
+    assert evaluators.scalars(rep)["eval/zeroshot/acc1"] == 1.0
 
 
 def test_tfds_unprepared_is_a_clear_error(tmp_path):
@@ -129,7 +129,30 @@ def test_folder_set_skips_corrupt_images_and_splits_per_class(tmp_path):
     np.testing.assert_array_equal(tr, tr2)
     rep = evaluators.run(OracleEncoder(), [evaluators.EvalSpec(
         "linear_probe", f"folder:{tmp_path}", shots=(1, 2))])["linear_probe"]
-    assert rep["top1"] == 1.0 and rep["fewshot"]["2shot"] == 1.0
+    assert rep["acc1"] == 1.0 and rep["fewshot"]["2shot"] == 1.0
+
+
+def test_fewshot_without_a_dataset_split_says_why_a_k_did_not_run(tmp_path):
+    """``--eval fewshot --dataset`` is the same logistic-regression probe as the suite's, and a
+    k larger than the smallest class is said, never an empty result: no k at all is an error
+    naming the class and its count, some k are listed in the report."""
+    for c, rgb in zip(COLOURS, PALETTE):
+        os.makedirs(tmp_path / c)
+        for i in range(6 if c != "blue" else 4):
+            (tmp_path / c / f"{i}.png").write_bytes(_png(rgb))
+    spec = evaluators.EvalSpec("fewshot", f"folder:{tmp_path}", shots=(1, 2, 4), seeds=(0, 1))
+    rep = evaluators.run(OracleEncoder(), [spec])["fewshot"]  # half of each class trains
+    assert rep["1shot"] == rep["2shot"] == 1.0 and rep["shots"] == [1, 2]
+    assert rep["method"].startswith("logistic regression") and rep["seeds"] == 2
+    assert rep["shots_not_run"] == "k=[4]: a class has only 2 training images"
+    with pytest.raises(ValueError, match=r"smallest class has 2 training images \('blue'\), "
+                       r"fewer than the smallest k in \[4, 8\]"):
+        evaluators.run(OracleEncoder(), [evaluators.EvalSpec(
+            "fewshot", f"folder:{tmp_path}", shots=(4, 8))])
+    rep = evaluators.run(OracleEncoder(), [evaluators.EvalSpec(
+        "linear_probe", f"folder:{tmp_path}", shots=(4,))])["linear_probe"]
+    assert rep["acc1"] == 1.0 and "fewshot" not in rep
+    assert "smallest class has 2 training images" in rep["fewshot_not_run"]
 
 
 @pytest.fixture(scope="module")
@@ -222,7 +245,7 @@ def test_mesh_encoder_matches_inference_model_and_cli_report(tmp_path, demo_card
                                     str(tmp_path / "run2"), total_steps=7, at_end=True)
     named = two(sharded, 7)
     assert {k.rsplit("/", 1)[0] for k in named} == {"eval/demo", "eval/colours"}
-    for metric in ("top1", "top5", "mean_per_class_accuracy"):
+    for metric in ("acc1", "acc5", "mean_per_class_recall"):
         old = train_scalars[f"eval/zeroshot/{metric}"]
         assert named[f"eval/demo/{metric}"] == pytest.approx(old, abs=1e-9), metric
         assert named[f"eval/colours/{metric}"] == pytest.approx(old, abs=1e-9), metric
@@ -248,7 +271,7 @@ def test_mesh_encoder_matches_inference_model_and_cli_report(tmp_path, demo_card
     imgs, labels = zip(*ds.samples(cfg.vision.image_size))
     probs = model.zero_shot(normalize(np.stack(imgs)), ds.class_names, ds.templates)
     direct = float(np.mean(np.argmax(probs, 1) == np.array(labels)))
-    assert report["evals"]["zeroshot"]["top1"] == pytest.approx(direct)
+    assert report["evals"]["zeroshot"]["acc1"] == pytest.approx(direct)
     assert report["evals"]["zeroshot"]["num_samples"] == 48
 
     out2 = str(tmp_path / "report2")
@@ -265,8 +288,8 @@ def test_mesh_encoder_matches_inference_model_and_cli_report(tmp_path, demo_card
     assert report["datasets"] == {dname: demo_card, "colours": folder}
     assert list(report["evals"]) == [f"zeroshot_{dname}", "zeroshot_colours"]
     for name in report["evals"]:
-        assert report["evals"][name]["top1"] == pytest.approx(direct)
-        assert printed[f"eval/{name}/top1"] == pytest.approx(direct)
+        assert report["evals"][name]["acc1"] == pytest.approx(direct)
+        assert printed[f"eval/{name}/acc1"] == pytest.approx(direct)
         assert os.path.isfile(os.path.join(out2, f"{name}_confusion.png"))
 
 
@@ -368,12 +391,12 @@ def test_training_run_with_demo_corpus_logs_evals(tmp_path):
     lines = [json.loads(x) for x in (work / "metrics.jsonl").read_text().splitlines()]
     assert [x["step"] for x in lines] == [2, 4]
     assert [k for k in lines[0] if k.startswith("eval/")] == [
-        "eval/early/top1", "eval/early/top5", "eval/early/mean_per_class_accuracy"]
+        "eval/early/acc1", "eval/early/acc5", "eval/early/mean_per_class_recall"]
     last = lines[-1]
-    assert last["eval/early/top1"] == last["eval/zeroshot/top1"]  # same set, same params
-    for key in ("eval/zeroshot/top1", "eval/retrieval/text_to_image_recall@1",
+    assert last["eval/early/acc1"] == last["eval/zeroshot/acc1"]  # same set, same params
+    for key in ("eval/zeroshot/acc1", "eval/retrieval/text_to_image_recall@1",
                 "eval/fewshot/2shot", "data/samples"):
         assert key in last, key
-    assert 0.0 <= last["eval/zeroshot/top1"] <= 1.0
+    assert 0.0 <= last["eval/zeroshot/acc1"] <= 1.0
     assert (work / "eval" / "step_4_report.json").is_file()
     assert (work / "tokenizer" / "tokenizer_config.json").is_file()

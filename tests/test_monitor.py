@@ -207,7 +207,7 @@ def test_eval_names_are_kept_and_the_confusion_matrix_is_an_image(tmp_path):
     writer = monitor.MetricsWriter(str(tmp_path), 10, tensorboard=True,
                                    config={"total_steps": 10})
     writer.write(5, {"loss": 2.0})
-    writer.write(10, {"eval/zeroshot/top1": 0.5, "eval/retrieval/image_to_text_recall@1": 0.25})
+    writer.write(10, {"eval/zeroshot/acc1": 0.5, "eval/retrieval/image_to_text_recall@1": 0.25})
     writer.close()
     images = [(e.step, v) for _, e in _tb_events(str(tmp_path / "tensorboard"))
               for v in e.summary.value if v.HasField("image")]
@@ -286,8 +286,8 @@ def test_wandb_enabled_but_missing_or_a_bad_mode_is_a_clear_error(monkeypatch):
 def test_summary_names_the_headline_numbers_and_the_files(tmp_path):
     (tmp_path / "eval").mkdir()
     (tmp_path / "metrics.jsonl").write_text("{}\n")
-    last = {"loss": 0.25, "eval/zeroshot/top1": 0.656, "eval/cifar10/top1": 0.5,
-            "eval/retrieval/mean_recall": 0.3}
+    last = {"loss": 0.25, "eval/zeroshot/acc1": 0.656, "eval/retrieval/mean_recall": 0.3,
+            "eval/cifar10/top1": 0.5}  # (a final_metrics.json of an earlier release: top1)
     text = monitor.summary(last, str(tmp_path))
     lines = text.splitlines()
     assert lines[0] == "done: final loss 0.2500"
@@ -302,7 +302,7 @@ def test_training_curves_draw_one_panel_per_eval_kind():
     for step in range(1, 31):
         rec = {"step": step, "loss": 5.0 / step, "lr": 1e-3, "logit_scale": 14.0}
         if step % 10 == 0:
-            rec.update({"eval/zeroshot/top1": 0.1, "eval/zeroshot/top5": 0.3,
+            rec.update({"eval/zeroshot/acc1": 0.1, "eval/zeroshot/acc5": 0.3,
                         "eval/retrieval/mean_recall": 0.2,
                         "eval/retrieval/text_to_image_recall@1": 0.1,
                         "eval/fewshot/16shot": 0.4, "eval/fewshot/2shot": 0.3,
@@ -315,7 +315,7 @@ def test_training_curves_draw_one_panel_per_eval_kind():
                       "eval: fewshot", "eval: retrieval", "eval: zeroshot"]
     lines = {ax.get_title(): sorted(line.get_label() for line in ax.get_lines())
              for ax in fig.axes}
-    assert lines["eval: zeroshot"] == ["top1", "top5"]
+    assert lines["eval: zeroshot"] == ["acc1", "acc5"]
     assert lines["eval: retrieval"] == ["mean_recall", "text_to_image_recall@1"]
     fewshot = next(ax for ax in fig.axes if ax.get_title() == "eval: fewshot")
     assert [line.get_label() for line in fewshot.get_lines()] == ["1shot", "2shot", "16shot"]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import difflib
 import glob
+import hashlib
 import io
 import json
 import os
@@ -22,7 +23,7 @@ import pytest
 from PIL import Image
 
 from clip_jax import bundle as bundle_lib
-from clip_jax import inference, models
+from clip_jax import cli, inference, models
 from clip_jax.data import demo
 from clip_jax.data import tokenizer as tok_lib
 from clip_jax.data.transforms import CLIP_MEAN, CLIP_STD, normalize, resize_center_crop
@@ -321,7 +322,7 @@ class GreyEncoder:
         return np.eye(2, dtype=np.float32)[(grey * 255 > 120).astype(int)]
 
     def encode_text(self, texts):
-        return np.eye(2, dtype=np.float32)[[int("positive" in t) for t in texts]]
+        return np.eye(2, dtype=np.float32)[[int("positiv" in t) for t in texts]]  # (+ German)
 
 
 def test_run_suite_probes_on_a_folder_set_carve_val_from_train(suite_dir):
@@ -481,3 +482,95 @@ def test_cli_suite_writes_report_table_and_plot(tmp_path, suite_dir, capsys):
     assert res["rendered_sst2"]["zeroshot"]["acc1"] == pytest.approx(expected["acc1"])
     assert res["rendered_sst2"]["zeroshot"]["mean_per_class_recall"] == pytest.approx(
         expected["mean_per_class_recall"])
+
+
+def _suite_cli(argv, load=None):
+    """``python -m clip_jax.evaluate`` in-process with ``inference.load`` giving ``load`` (a
+    GreyEncoder with a tokenizer; None: loading a model fails the test): (exit code, stderr)."""
+    from clip_jax.evaluate.__main__ import main
+
+    def fake_load(*_, **__):
+        assert load is not None, "the model was loaded before the flags were checked"
+        return load
+
+    err = io.StringIO()
+    with mock.patch.object(inference, "load", fake_load):
+        code = cli.run(main, argv, stderr=err)
+    return code, err.getvalue()
+
+
+def test_suite_prompts_are_the_users_in_any_language_and_the_report_names_them(tmp_path,
+                                                                               suite_dir):
+    """--templates / --classnames under --suite (for every dataset, DATASET=, a directory per
+    language) change the zero-shot figure as the prompts say, and report.json and suite.md
+    name them; an option the suite cannot honour is one line, exit 2, before a model loads."""
+    enc = GreyEncoder()
+    enc.tokenizer = object()
+    base = ["--model", "m", "--suite", "clip_paper", "--data-dir", suite_dir, "--datasets",
+            "rendered_sst2,eurosat", "--batch-size", "8"]
+
+    def run(name, *flags):
+        out = str(tmp_path / name)
+        code, err = _suite_cli([*base, *flags, "--out", out], enc)
+        assert code == 0, err
+        with open(os.path.join(out, "report.json")) as f:
+            report = json.load(f)
+        return (report["suite"]["rendered_sst2"]["zeroshot"]["acc1"],
+                report["details"]["rendered_sst2"]["prompts"], report,
+                open(os.path.join(out, "suite.md")).read())
+
+    acc, used, report, table = run("default")
+    entry = registry.ENTRIES["rendered_sst2"]
+    assert acc == 1.0 and used["templates"] == suite_data.templates(entry)
+    assert used["templates_from"] == "registry rendered_sst2"
+    assert used["class_names_from"] == "registry rendered_sst2"
+    assert (f"- rendered_sst2: {len(used['templates'])} templates from registry rendered_sst2; "
+            "class names from registry rendered_sst2") in table
+
+    # A template that names the positive class in every prompt: every class the same
+    # classifier, a tie, which counts against the truth: 0.
+    same = tmp_path / "same.txt"
+    same.write_text("# every prompt says positive\na positive {} review\n")
+    acc, used, report, table = run("same", "--templates", str(same))
+    assert acc == 0.0 and used["templates"] == ["a positive {} review"]
+    digest = hashlib.sha256(same.read_bytes()).hexdigest()
+    assert used["templates_from"] == f"{same} (sha256 {digest})"
+    assert report["details"]["eurosat"]["prompts"]["templates_from"] == used["templates_from"]
+    assert f"1 templates from {same} (sha256 {digest})" in table
+
+    # Per dataset: only rendered_sst2's class names change (swapped: every image misnamed).
+    swapped = tmp_path / "swapped.txt"
+    swapped.write_text("positive\nnegative\n")
+    acc, used, report, _ = run("swapped", "--classnames", f"rendered_sst2={swapped}")
+    assert acc == 0.0 and used["class_names"] == ["positive", "negative"]
+    assert report["details"]["eurosat"]["prompts"]["class_names_from"] == "registry eurosat"
+
+    # Another language: a directory of class names per dataset and a template file.
+    de = tmp_path / "de"
+    de.mkdir()
+    (de / "templates.txt").write_text("eine {} Filmkritik.\n")
+    (de / "rendered_sst2.txt").write_text("negative\npositive\n".replace("ve", "v"))
+    (de / "eurosat.txt").write_text("".join(f"Klasse {i}\n" for i in range(10)))
+    acc, used, report, _ = run("de", "--templates", str(de / "templates.txt"),
+                               "--classnames", str(de))
+    assert acc == 1.0 and used["templates"] == ["eine {} Filmkritik."]
+    assert used["class_names"] == ["negativ", "positiv"]
+    assert report["details"]["eurosat"]["prompts"]["class_names"][3] == "Klasse 3"
+
+    def refused(*flags, match):
+        code, err = _suite_cli([*base, *flags, "--out", str(tmp_path / "x")])
+        assert code == 2 and len(err.strip().splitlines()) == 1 and match in err, err
+
+    refused("--templates", str(same), "--eval", "linear_probe", match="add --eval zeroshot")
+    refused("--classnames", f"rendered_sst2={same}", match="1 names for rendered_sst2's 2")
+    refused("--classnames", str(tmp_path), match="no eurosat.txt there")
+    refused("--templates", f"svhn={same}", match="'svhn' is not a classification dataset")
+    refused("--templates", "nonesuch", match="not a file, a directory nor a template set")
+    refused("--templates", str(same), "--templates", str(de / "templates.txt"),
+            match="given twice for every dataset")
+    refused("--shots", "1,2", match="add --eval fewshot")
+    refused("--seeds", "2", "--eval", "zeroshot,linear_probe", match="add --eval fewshot")
+    refused("--dataset", "x.json", match="--suite and --dataset do not go together")
+    bad = tmp_path / "bad.txt"
+    bad.write_text("a {} and {other}\n")
+    refused("--templates", str(bad), match="must hold the class name")

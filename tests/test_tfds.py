@@ -127,7 +127,7 @@ def test_cli_on_a_tfds_prepared_cifar10(tmp_path, cifar10):
     assert zs["dataset"] == "cifar10:test" and zs["class_names"] == names  # CLIP's names
     assert zs["num_templates"] == 18 and zs["num_samples"] == 20
     assert fs["num_train"] == 20 and fs["num_test"] == 20 and "2shot" in fs
-    assert printed["eval/zeroshot/top1"] == pytest.approx(zs["top1"])
+    assert printed["eval/zeroshot/acc1"] == pytest.approx(zs["acc1"])
     assert os.path.isfile(os.path.join(out, "zeroshot_confusion.png"))
 
     # The same numbers from the source bytes, read another way (no tfds, no dataset code).
@@ -139,7 +139,7 @@ def test_cli_on_a_tfds_prepared_cifar10(tmp_path, cifar10):
     expected = np.zeros((len(names), len(names)), np.int64)
     np.add.at(expected, (labels, probs.argmax(1)), 1)
     np.testing.assert_array_equal(np.array(zs["confusion_matrix"]), expected)
-    assert zs["top1"] == pytest.approx(np.trace(expected) / len(labels))
+    assert zs["acc1"] == pytest.approx(np.trace(expected) / len(labels))
 
 
 def test_tfds_dataset_reads_back_the_source_images_and_labels(cifar10):

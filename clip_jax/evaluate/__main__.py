@@ -20,7 +20,7 @@ Writes ``OUT/report.json`` (``"suite": {dataset: {kind: {"acc1", "acc5",
 the demo corpus's ``zeroshot.json``, ``tfds:cifar10``, ``folder:PATH``, or shards for
 retrieval), optionally named ``NAME=SPEC``; repeat it for several. Every ``--eval`` runs on every
 ``--dataset``. With one unnamed dataset each evaluation is named after its kind (``zeroshot``:
-``eval/zeroshot/top1``, as in training with ``eval.zeroshot``); otherwise ``KIND_NAME``
+``eval/zeroshot/acc1``, as in training with ``eval.zeroshot``); otherwise ``KIND_NAME``
 (``--dataset cifar=tfds:cifar10`` gives ``zeroshot_cifar``), an unnamed dataset's name being
 :func:`clip_jax.evaluate.datasets.short_name` of its spec (``tfds:cifar10`` -> ``cifar10``).
 Writes one ``DIR/report.json`` (``{"model", "datasets": {NAME: SPEC}, "evals": {name:
@@ -39,9 +39,10 @@ import sys
 from collections.abc import Sequence
 
 from clip_jax import cli, inference
-from clip_jax.evaluate import datasets, evaluators, plots, registry
+from clip_jax.config import DEFAULT_SHOTS
+from clip_jax.evaluate import datasets, evaluators, plots, registry, suite_prompts
 from clip_jax.evaluate import suite as suite_lib
-from clip_jax.evaluate.evaluators import DEFAULT_SHOTS, EVALS
+from clip_jax.evaluate.evaluators import EVALS
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 
@@ -56,17 +57,24 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--suite", default="", help="evaluation suite(s) or suite datasets, comma-"
                    "separated (clip_paper, robustness, vtab, retrieval); needs --data-dir")
     p.add_argument("--datasets", default="", help="with --suite: only these of its datasets")
-    p.add_argument("--seeds", type=int, default=3, help="with --suite: few-shot seeds")
+    p.add_argument("--seeds", type=int, default=None,
+                   help="few-shot probes: how many k-shot draws are averaged (default 3)")
     p.add_argument("--dataset", action="append", default=[], metavar="[NAME=]SPEC",
                    help="dataset spec, optionally named; repeat for several (every --eval "
                    "runs on every --dataset)")
-    p.add_argument("--templates", default="", help="prompt templates: imagenet, cifar10, "
-                   "imagenet_simple or a file (default: the dataset's own)")
+    p.add_argument("--templates", action="append", default=[], metavar="[DATASET=]SPEC",
+                   help="zero-shot prompt templates: imagenet, cifar10, imagenet_simple or a "
+                   "file (default: the dataset's own); with --suite also a suite dataset's set, "
+                   "a directory of <dataset>.txt, or DATASET=SPEC for one dataset (repeat)")
+    p.add_argument("--classnames", action="append", default=[], metavar="[DATASET=]SPEC",
+                   help="zero-shot class names, a file in label order (one per line); with "
+                   "--suite also a directory of <dataset>.txt, or DATASET=FILE (repeat)")
     p.add_argument("--data-dir", default="", help="tensorflow-datasets data_dir")
     p.add_argument("--batch-size", type=int, default=256)
-    p.add_argument("--shots", default=",".join(map(str, DEFAULT_SHOTS)),
-                   help="k for few-shot probes, comma-separated")
-    p.add_argument("--max-per-class", type=int, default=0,
+    p.add_argument("--shots", default=None,
+                   help="k for few-shot probes, comma-separated (default "
+                   f"{','.join(map(str, DEFAULT_SHOTS))})")
+    p.add_argument("--max-per-class", type=int, default=None,
                    help="probes: at most this many training images per class (0 = all); "
                    "with --suite every split, test included (quick runs)")
     p.add_argument("--out", default="", help="report directory (default: <workdir>/eval, or "
@@ -106,7 +114,12 @@ def eval_specs(kinds: Sequence[str], values: Sequence[str], **common) -> tuple[d
     return named, specs
 
 
-def _run_suite(args, names: list[str], shots: tuple[int, ...]) -> int:
+def _probe_flags(args) -> list[str]:
+    return [f for f, v in (("--shots", args.shots), ("--seeds", args.seeds)) if v is not None]
+
+
+def _run_suite(args, names: list[str]) -> int:
+    """``--suite``: every flag is honoured or refused in one line (see the module docstring)."""
     if args.dataset:
         raise cli.UserError("--suite and --dataset do not go together: name suite datasets "
                             "with --datasets a,b")
@@ -117,12 +130,21 @@ def _run_suite(args, names: list[str], shots: tuple[int, ...]) -> int:
     if not args.data_dir or not os.path.isdir(args.data_dir):
         raise cli.UserError(f"--suite needs --data-dir, an existing directory (got "
                             f"{args.data_dir!r})")
-    if args.seeds < 1 or args.max_per_class < 0:
-        raise cli.UserError("--seeds must be >= 1 and --max-per-class >= 0")
     try:
         datasets_ = suite_lib.resolve(args.suite, args.datasets.split(","))
     except ValueError as e:
         raise cli.UserError(f"--suite: {e}") from e
+    probe_flags = _probe_flags(args)
+    if probe_flags and "fewshot" not in names:
+        raise cli.UserError(f"{' and '.join(probe_flags)} set the few-shot probes, but --eval "
+                            f"{','.join(names)} runs none over the suite: add --eval fewshot")
+    if all(registry.ENTRIES[n].task == "retrieval" for n in datasets_):
+        unused = probe_flags + (["--max-per-class"] if args.max_per_class is not None else [])
+        if unused:
+            raise cli.UserError(f"{' and '.join(unused)}: the datasets {datasets_} are "
+                                "retrieval sets, which have no classes or probes")
+    choice = suite_prompts.parse(args.templates, args.classnames)
+    suite_lib.check_prompts(choice, datasets_, args.data_dir, names)  # before loading a model
     model = inference.load(args.model, batch_size=args.batch_size)
     if model.tokenizer is None and "zeroshot" in names:
         raise cli.UserError(f"{args.model} has no tokenizer, which zero-shot needs")
@@ -130,14 +152,16 @@ def _run_suite(args, names: list[str], shots: tuple[int, ...]) -> int:
     probe_sizes = registry.SUITE_PROBE_SIZES.get(args.suite)
     result = suite_lib.run_suite(
         model, datasets_, args.data_dir, names, batch_size=args.batch_size,
-        max_per_class=args.max_per_class, shots=shots, seeds=tuple(range(args.seeds)),
-        probe_sizes=probe_sizes, log=lambda m: print(m, file=sys.stderr))
+        max_per_class=args.max_per_class or 0, shots=_shots(args.shots),
+        seeds=tuple(range(args.seeds or 3)), probe_sizes=probe_sizes, prompts=choice,
+        log=lambda m: print(m, file=sys.stderr))
     out = args.out or "eval_report"
     model_name = os.path.basename(os.path.normpath(args.model))
     written = suite_lib.write_suite(result, out, title=f"{base}: {model_name}", extra={
         "model": os.path.abspath(args.model), "suite_name": args.suite,
         "data_dir": os.path.abspath(args.data_dir), "evals": names,
-        "max_per_class": args.max_per_class})
+        "max_per_class": args.max_per_class or 0, "templates": args.templates,
+        "classnames": args.classnames})
     if not result["suite"]:  # an evaluation that produced nothing says why
         why = "; ".join(f"{n}: {w}" for n, w in {**result["missing"], **result["not_run"]}.items())
         raise cli.UserError(f"nothing was evaluated ({why or 'no datasets'}); the report is "
@@ -147,17 +171,40 @@ def _run_suite(args, names: list[str], shots: tuple[int, ...]) -> int:
     return 0
 
 
+def _shots(value: str | None) -> tuple[int, ...]:
+    if value is None:
+        return DEFAULT_SHOTS
+    try:
+        shots = tuple(int(k) for k in value.split(",") if k.strip())
+    except ValueError:
+        shots = ()
+    if not shots or min(shots) < 1:
+        raise cli.UserError(f"--shots {value!r} must be comma-separated integers >= 1")
+    return shots
+
+
+def _one_for_all(args) -> None:
+    """Without --suite, --templates / --classnames are one spec each, for every --dataset."""
+    for flag, values in (("--templates", args.templates), ("--classnames", args.classnames)):
+        if len(values) > 1 or any(_split(v)[0] and not os.path.exists(v) for v in values):
+            raise cli.UserError(f"{flag} {values}: without --suite it takes one spec, for "
+                                "every --dataset (DATASET=SPEC is for --suite)")
+        if values and "zeroshot" not in args.names:
+            raise cli.UserError(f"{flag} chooses zero-shot prompts, but --eval "
+                                f"{','.join(args.names)} runs no zero-shot: add --eval zeroshot")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
 
     names = [n.strip() for e in args.eval for n in e.split(",") if n.strip()]
-    try:
-        shots = tuple(int(k) for k in args.shots.split(",") if k.strip())
-    except ValueError:
-        print(f"error: --shots {args.shots!r} must be comma-separated integers", file=sys.stderr)
-        return 2
+    if args.seeds is not None and args.seeds < 1:
+        raise cli.UserError(f"--seeds {args.seeds}: must be >= 1")
+    if args.max_per_class is not None and args.max_per_class < 0:
+        raise cli.UserError(f"--max-per-class {args.max_per_class}: must be >= 0")
+    shots = _shots(args.shots)
     if args.suite:
-        return _run_suite(args, names or ["zeroshot"], shots)
+        return _run_suite(args, names or ["zeroshot"])
     if not names or not args.dataset:
         raise cli.UserError("give --eval KIND and --dataset SPEC (or --suite NAME --data-dir "
                             "DIR)")
@@ -166,15 +213,31 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: unknown evaluation(s) {bad}; choose from {evaluators.EVALS}",
               file=sys.stderr)
         return 2
-    named, specs = eval_specs(names, args.dataset, templates=args.templates,
-                              data_dir=args.data_dir, shots=shots,
-                              max_per_class=args.max_per_class, batch_size=args.batch_size)
+    if args.datasets:
+        raise cli.UserError(f"--datasets {args.datasets!r} picks datasets of a --suite; "
+                            "without one, give each as --dataset")
+    args.names = names
+    _one_for_all(args)
+    probes_run = {"fewshot", "linear_probe"} & set(names)
+    unused = [f for f in _probe_flags(args) + (["--max-per-class"] if args.max_per_class
+                                                is not None else []) if not probes_run]
+    if unused:
+        raise cli.UserError(f"{' and '.join(unused)} set the probes, but --eval "
+                            f"{','.join(names)} runs none: add --eval fewshot or linear_probe")
+    named, specs = eval_specs(names, args.dataset, templates="".join(args.templates),
+                              classnames="".join(args.classnames), data_dir=args.data_dir,
+                              shots=shots, seeds=tuple(range(args.seeds or 3)),
+                              max_per_class=args.max_per_class or 0, batch_size=args.batch_size)
     model = inference.load(args.model, batch_size=args.batch_size)
     if model.tokenizer is None and ({"zeroshot", "retrieval"} & set(names)):
         print(f"error: {args.model} has no tokenizer, which zero-shot and retrieval need",
               file=sys.stderr)
         return 2
     reports = evaluators.run(model, specs)
+    for name, rep in reports.items():  # k that could not run are said, not dropped silently
+        for key in ("shots_not_run", "fewshot_not_run"):
+            if key in rep:
+                print(f"{name}: {rep[key]}", file=sys.stderr)
 
     workdir = args.model if os.path.isfile(os.path.join(args.model, "metrics.jsonl")) else None
     out = args.out or (os.path.join(workdir, "eval") if workdir else "eval_report")

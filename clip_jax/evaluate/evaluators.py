@@ -8,12 +8,14 @@ devices).
 
 Evaluation kinds (:data:`EVALS`)::
 
-    zeroshot      labelled set: prompt-ensembled classifier, top-1/top-5, per-class, confusion
+    zeroshot      labelled set: prompt-ensembled classifier, acc1/acc5, per-class recall,
+                  confusion matrix
     retrieval     captioned set: image->text / text->image recall@1/5/10 (several captions each)
-    fewshot       labelled set(s): k-shot probes (closed-form ridge, big_vision's; fast enough to
-                  run during training)
+    fewshot       labelled set(s): k-shot logistic-regression probes (the CLIP paper's few-shot
+                  linear probe, :func:`clip_jax.evaluate.probes.fewshot_linear_probe`, as in the
+                  suite), ``{k}shot`` = acc1 averaged over seeds
     linear_probe  labelled set(s): full logistic regression with a validation sweep of the L2
-                  strength (the CLIP paper's protocol), plus k-shot logistic-regression probes
+                  strength (the CLIP paper's protocol), plus the same k-shot probes
 
 An evaluation is an :class:`EvalSpec`: a kind run on one dataset under a name (a run's come
 from ``config.evals`` and the single-dataset ``config.eval.<kind>`` keys, through
@@ -36,12 +38,12 @@ import numpy as np
 
 from clip_jax import config as config_lib
 from clip_jax import files, inference, models, sharding
-from clip_jax.evaluate import datasets, encode, metrics, plots, probes
+from clip_jax.evaluate import datasets, encode, metrics, plots, probes, suite_prompts
 from clip_jax.evaluate import suite as suite_lib
 from clip_jax.evaluate import templates as templates_lib
 
 EVALS = config_lib.EVAL_KINDS
-DEFAULT_SHOTS = (1, 2, 4, 8, 16)
+DEFAULT_SEEDS = (0, 1, 2)
 
 
 @dataclasses.dataclass
@@ -53,8 +55,10 @@ class EvalSpec:
     # probes, else split per class); retrieval: a captioned set
     name: str = ""  # "" = the kind
     templates: str = ""  # "" = the dataset's own; a name (imagenet, cifar10) or a file
+    classnames: str = ""  # zero-shot: "" = the dataset's own; a file (label order)
     data_dir: str = ""  # tfds data_dir
-    shots: tuple[int, ...] = DEFAULT_SHOTS
+    shots: tuple[int, ...] = config_lib.DEFAULT_SHOTS
+    seeds: tuple[int, ...] = DEFAULT_SEEDS  # few-shot: the k-shot draws averaged
     max_per_class: int = 0  # probes: at most this many training images per class (0 = all)
     batch_size: int = 256
     every_steps: int = 0  # during training: run every that many steps (0 = only at the end)
@@ -66,6 +70,7 @@ class EvalSpec:
             raise ValueError(f"evaluation {self.name or self.kind!r} needs a dataset")
         self.name = self.name or self.kind
         self.shots = tuple(int(k) for k in self.shots)
+        self.seeds = tuple(int(k) for k in self.seeds)
 
 
 def specs_from_config(config) -> list[EvalSpec]:
@@ -87,6 +92,16 @@ def _templates(spec: EvalSpec, dataset: datasets.LabelledSet) -> list[str]:
     return dataset.templates
 
 
+def _no_shots(name: str, shots: Sequence[int], train_y: np.ndarray, class_names: Sequence[str],
+              max_per_class: int) -> str:
+    """Why no k of ``shots`` can run: the class with the fewest training images, named."""
+    counts = np.bincount(train_y, minlength=len(class_names))
+    cap = f" (--max-per-class / probe_max_per_class {max_per_class})" if max_per_class else ""
+    return (f"fewshot on {name}: its smallest class has {int(counts.min())} training images"
+            f"{cap} ({class_names[int(counts.argmin())]!r}), fewer than the smallest k in "
+            f"{list(shots)}; lower --shots")
+
+
 # ---------------------------------------------------------------------------------------------
 # Evaluations
 
@@ -95,13 +110,23 @@ def zeroshot(encoder, spec: EvalSpec) -> dict:
     t0 = time.perf_counter()
     ds = datasets.labelled(spec.dataset, spec.data_dir)
     templates = _templates(spec, ds)
+    if spec.classnames:
+        names = templates_lib.get_classnames(spec.classnames)
+        if len(names) != len(ds.class_names):
+            raise ValueError(f"--classnames {spec.classnames}: {len(names)} names for "
+                             f"{ds.name}'s {len(ds.class_names)} classes (one per line, in "
+                             "label order)")
+        ds.class_names = names
     classifier = inference.build_zeroshot_classifier(encoder.encode_text, ds.class_names,
                                                    templates, batch_size=spec.batch_size)
     feats, labels = image_features(encoder, ds, spec.batch_size)
     topk = (1, 5) if len(ds.class_names) > 5 else (1,)
     out = metrics.zeroshot_metrics(feats, classifier, labels, topk=topk)
     out.pop("predictions")
-    out.update(dataset=ds.name, class_names=ds.class_names, num_templates=len(templates),
+    out.update(dataset=ds.name, class_names=ds.class_names, templates=templates,
+               templates_from=spec.templates or "the dataset's own",
+               class_names_from=spec.classnames or "the dataset's own",
+               num_templates=len(templates),
                chance=1.0 / len(ds.class_names), skipped=dict(ds.stats),
                seconds=time.perf_counter() - t0)
     return out
@@ -136,11 +161,17 @@ def fewshot(encoder, spec: EvalSpec) -> dict:
     tr_x, tr_y, te_x, te_y, names, name = _probe_features(encoder, spec)
     shots = _usable_shots(spec.shots, tr_y, len(names))
     if not shots:
-        raise ValueError(f"fewshot on {name}: some class has fewer training images than the "
-                         f"smallest k in {spec.shots}")
-    out = probes.fewshot_lstsq(tr_x, tr_y, te_x, te_y, shots=shots, num_classes=len(names))
-    out.update(dataset=name, method="lstsq (ridge 2**10)", num_train=len(tr_y),
-               num_test=len(te_y), chance=1.0 / len(names), seconds=time.perf_counter() - t0)
+        raise ValueError(_no_shots(name, spec.shots, tr_y, names, spec.max_per_class))
+    out = probes.fewshot_linear_probe(tr_x, tr_y, te_x, te_y, shots=shots, seeds=spec.seeds,
+                                      num_classes=len(names))
+    skipped = [k for k in spec.shots if k not in shots]
+    out.update(dataset=name, method="logistic regression (L-BFGS, l2 1e-2)", shots=shots,
+               seeds=len(spec.seeds), num_train=len(tr_y), num_test=len(te_y),
+               chance=1.0 / len(names), seconds=time.perf_counter() - t0)
+    if skipped:
+        out["shots_not_run"] = (f"k={skipped}: a class has only "
+                                f"{int(np.bincount(tr_y, minlength=len(names)).min())} "
+                                "training images")
     return out
 
 
@@ -151,7 +182,9 @@ def linear_probe(encoder, spec: EvalSpec) -> dict:
     shots = _usable_shots(spec.shots, tr_y, len(names))
     if shots:
         out["fewshot"] = probes.fewshot_linear_probe(tr_x, tr_y, te_x, te_y, shots=shots,
-                                                      num_classes=len(names))
+                                                      seeds=spec.seeds, num_classes=len(names))
+    else:
+        out["fewshot_not_run"] = _no_shots(name, spec.shots, tr_y, names, spec.max_per_class)
     out.update(dataset=name, num_train=len(tr_y), num_test=len(te_y), chance=1.0 / len(names),
                seconds=time.perf_counter() - t0)
     return out
@@ -160,14 +193,18 @@ def linear_probe(encoder, spec: EvalSpec) -> dict:
 def suite(encoder, spec: EvalSpec) -> dict:
     """A ``suite:NAME[:a,b]`` dataset: that suite (or those of its datasets) under
     ``spec.data_dir`` with this evaluation kind (:mod:`clip_jax.evaluate.suite`); missing
-    datasets are listed, not fatal."""
+    datasets are listed, not fatal. A zero-shot entry's ``templates`` apply to every dataset
+    of the suite (:mod:`clip_jax.evaluate.suite_prompts`)."""
     name, _, only = spec.dataset[len("suite:"):].partition(":")
     if spec.kind not in suite_lib.SUITE_EVALS:
         raise ValueError(f"evaluation {spec.name!r}: a suite runs {suite_lib.SUITE_EVALS}, "
                          f"not {spec.kind!r}")
+    chosen = suite_prompts.parse([spec.templates] if spec.templates and
+                                 spec.kind == "zeroshot" else [])
     return suite_lib.run_suite(encoder, suite_lib.resolve(name, only.split(",")),
                                spec.data_dir, (spec.kind,), batch_size=spec.batch_size,
-                               max_per_class=spec.max_per_class, shots=spec.shots)
+                               max_per_class=spec.max_per_class, shots=spec.shots,
+                               seeds=spec.seeds, prompts=chosen)
 
 
 _RUN = {"zeroshot": zeroshot, "retrieval": retrieval, "fewshot": fewshot,
@@ -188,10 +225,10 @@ def run(encoder, specs: Sequence[EvalSpec]) -> dict[str, dict]:
 
 
 _SCALARS = {
-    "zeroshot": ("top1", "top5", "mean_per_class_accuracy"),
+    "zeroshot": ("acc1", "acc5", "mean_per_class_recall"),
     "retrieval": ("image_to_text_recall@1", "image_to_text_recall@5",
                   "text_to_image_recall@1", "text_to_image_recall@5", "mean_recall"),
-    "linear_probe": ("top1",),
+    "linear_probe": ("acc1",),
 }
 
 
@@ -226,7 +263,7 @@ def write_report(reports: dict[str, dict], out_dir: str, prefix: str = "",
             png = os.path.join(out_dir, f"{prefix}{name}_confusion.png")
             plots.plot_confusion_matrix(
                 zs["confusion_matrix"], zs["class_names"], png,
-                title=f"{name}: zero-shot {zs['dataset']}, top-1 {zs['top1']:.3f}")
+                title=f"{name}: zero-shot {zs['dataset']}, acc1 {zs['acc1']:.3f}")
             written.append(png)
     return written
 

@@ -8,14 +8,20 @@ recalls are fractions in [0, 1]. Linear and few-shot probes are in
 API::
 
     zeroshot_metrics(image_embeddings, classifier, labels, topk=(1, 5))
-        -> {"top1", "top5", "per_class_accuracy", "mean_per_class_accuracy", "num_samples",
+        -> {"acc1", "acc5", "per_class_recall", "mean_per_class_recall", "num_samples",
             "predictions", "confusion_matrix"}
     retrieval_metrics(image_embeddings, text_embeddings, text_to_image, ks=(1, 5, 10))
         -> {"image_to_text_recall@k", "text_to_image_recall@k", "mean_recall",
             "image_to_text_median_rank", "text_to_image_median_rank", ...}
     classification_metrics(scores, labels) -> {"acc1", "acc5" (5 classes or more),
-        "mean_per_class_recall"}   (CLIP_benchmark's names; the suite's per-dataset numbers)
+        "mean_per_class_recall"}   (the suite's per-dataset numbers)
     jsonable(metrics) -> the same dict with NumPy arrays / scalars turned into lists / floats
+
+Metric names are CLIP_benchmark's, one per metric everywhere (reports, ``metrics.jsonl``,
+the suite): ``acc{k}`` (top-k accuracy), ``per_class_recall`` / ``mean_per_class_recall``
+(balanced accuracy). Files written before this naming (``top1``, ``top5``,
+``mean_per_class_accuracy``) are read through
+:func:`clip_jax.evaluate.plots.canonical_name`.
 
 Tie rule (one rule for every ranking metric here)
 -------------------------------------------------
@@ -29,7 +35,7 @@ image's best-scoring caption: a hit at k iff any of its captions is in the top k
 exact float comparisons on the score matrix, which is computed in one matmul per chunk.
 ``predictions`` / ``confusion_matrix`` in :func:`zeroshot_metrics` use ``argmax`` (the lowest
 class index wins a tie), since a single predicted class must be chosen; in the presence of
-exact ties the confusion-matrix diagonal can therefore exceed the pessimistic ``top1``.
+exact ties the confusion-matrix diagonal can therefore exceed the pessimistic ``acc1``.
 """
 
 from __future__ import annotations
@@ -117,9 +123,9 @@ def zeroshot_metrics(
 
     ``image_embeddings`` (N, D), ``classifier`` (C, D) (from
     :func:`clip_jax.inference.build_zeroshot_classifier`),
-    ``labels`` (N,) ints in [0, C). Returns ``top{k}`` for each k (pessimistic tie rule, see the
-    module docstring), ``per_class_accuracy`` (list of C top-1 accuracies, ``None`` for classes
-    without samples), ``mean_per_class_accuracy`` (over classes with samples), ``num_samples``,
+    ``labels`` (N,) ints in [0, C). Returns ``acc{k}`` for each k (pessimistic tie rule, see the
+    module docstring), ``per_class_recall`` (list of C top-1 accuracies, ``None`` for classes
+    without samples), ``mean_per_class_recall`` (over classes with samples), ``num_samples``,
     ``predictions`` ((N,) argmax) and ``confusion_matrix`` ((C, C) int64, rows = true class,
     columns = predicted class). ``normalize`` L2-normalises both inputs first (rankings per
     image do not depend on the image norm; it guards against unnormalised classifiers).
@@ -145,14 +151,14 @@ def zeroshot_metrics(
         scores = img[s:s + step] @ cls.T
         ranks[s:s + step] = pessimistic_rank(scores, y[s:s + step])
         preds[s:s + step] = np.argmax(scores, axis=1)
-    out: dict = {f"top{k}": float(np.mean(ranks < k)) for k in topk}
+    out: dict = {f"acc{k}": float(np.mean(ranks < k)) for k in topk}
     hit1 = (ranks < 1).astype(np.float64)
     support = np.bincount(y, minlength=num_classes)
     correct = np.bincount(y, weights=hit1, minlength=num_classes)
     per_class = [float(c / s) if s > 0 else None for c, s in zip(correct, support)]
     present = support > 0
-    out["per_class_accuracy"] = per_class
-    out["mean_per_class_accuracy"] = float(np.mean(correct[present] / support[present]))
+    out["per_class_recall"] = per_class
+    out["mean_per_class_recall"] = float(np.mean(correct[present] / support[present]))
     out["num_samples"] = int(n)
     out["predictions"] = preds
     out["confusion_matrix"] = np.bincount(

@@ -32,10 +32,26 @@ def _is_number(v) -> bool:
     return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
 
 
+_OLD_NAME = re.compile(r"(^|/)(?:top(\d+)|(per_class_accuracy)|(mean_per_class_accuracy))$")
+
+
+def canonical_name(key: str) -> str:
+    """``key`` (a metric or an ``eval/<name>/<metric>`` path) with a name of an earlier release
+    replaced (``top{k}`` -> ``acc{k}``, ``(mean_)per_class_accuracy`` ->
+    ``(mean_)per_class_recall``: :mod:`clip_jax.evaluate.metrics`' names); else unchanged."""
+    m = _OLD_NAME.search(key)
+    if not m:
+        return key
+    new = f"acc{m[2]}" if m[2] else ("per_class_recall" if m[3] else "mean_per_class_recall")
+    return key[:m.start()] + m[1] + new
+
+
 def read_metrics_jsonl(path: str) -> list[dict]:
     """Parse a metrics.jsonl file (one JSON object per line with a ``step`` key).
 
-    Blank and unparsable lines (e.g. a line cut short by a crash) are skipped. When a step
+    Metric names of an earlier release are read as today's (:func:`canonical_name`: a run
+    resumed across the renaming keeps one curve per metric). Blank and unparsable lines (e.g.
+    a line cut short by a crash) are skipped. When a step
     appears several times (a run resumed from an older checkpoint re-logs steps) the records
     are merged, later values winning. Returns the records sorted by step.
     """
@@ -52,7 +68,8 @@ def read_metrics_jsonl(path: str) -> list[dict]:
             if not isinstance(rec, dict) or not _is_number(rec.get("step")):
                 continue
             step = int(rec["step"])
-            by_step.setdefault(step, {}).update(rec)
+            by_step.setdefault(step, {}).update(
+                {canonical_name(k) if k.startswith("eval/") else k: v for k, v in rec.items()})
     return [by_step[s] for s in sorted(by_step)]
 
 

@@ -1,4 +1,4 @@
-"""Linear and few-shot probes on frozen embeddings (multinomial logistic regression, ridge).
+"""Linear and few-shot probes on frozen embeddings (multinomial logistic regression).
 
 Pure functions of arrays, like :mod:`clip_jax.evaluate.metrics` (whose input checks and
 pessimistic tie rule they share): the logistic-regression solver is a jitted JAX L-BFGS, the
@@ -7,12 +7,14 @@ rest float32 / float64 NumPy. Accuracies are fractions in [0, 1].
 API::
 
     linear_probe(train_x, train_y, test_x, test_y, val_x=None, val_y=None, ...)
-        -> {"top1", "best_l2", "val_top1", "sweep", ...}   (multinomial logistic regression)
-    fewshot_linear_probe(train_x, train_y, test_x, test_y, shots=(1, 2, 4, 8, 16), seeds=(0, 1, 2))
-        -> {"1shot": mean top-1 over seeds, "1shot_std", "1shot_per_seed", ...}
-    fewshot_lstsq(train_x, train_y, test_x, test_y, shots=..., seeds=..., l2_reg=2**10)
-        -> same keys (big_vision's closed-form ridge-regression few-shot probe)
+        -> {"acc1", "acc5", "mean_per_class_recall", "best_l2", "val_acc1", "sweep", ...}
+    fewshot_linear_probe(train_x, train_y, test_x, test_y, shots=DEFAULT_SHOTS, seeds=(0, 1, 2))
+        -> {"1shot": mean acc1 over seeds, "1shot_std", "1shot_per_seed", "metrics", ...}
     sample_few_shot(labels, k, seed, num_classes=None) -> indices, exactly k per class
+
+Few-shot means one thing everywhere (``--eval fewshot``, ``eval.fewshot``, the suite): the CLIP
+paper's k-shot linear probe, the same L-BFGS logistic regression as the full probe, fitted on
+exactly k images per class (:func:`fewshot_linear_probe`); ``{k}shot`` is its acc1.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ import numpy as np
 import optax
 import optax.tree_utils as otu
 
+from clip_jax.config import DEFAULT_SHOTS
 from clip_jax.evaluate.metrics import as_f32, as_labels, classification_metrics, pessimistic_rank
 from clip_jax.inference import l2_normalize
 
@@ -168,12 +171,12 @@ def linear_probe(
     ``1e-6 .. 1``, one per decade; fitted from strong to weak regularisation, each warm-started
     from the previous solution), then ``refine_steps`` rounds of a CLIP-style parametric search
     that tries the best value times ``10**(+-step/2)``, halving the step each round. The best l2
-    has the highest validation top-1; ties are broken by the lower validation cross-entropy
+    has the highest validation acc1; ties are broken by the lower validation cross-entropy
     (then the larger l2). With ``refit`` the final model is re-fitted with the best l2 on
-    train + validation (warm-started from the selected model). Returns ``{"top1", "best_l2",
-    "val_top1", "sweep": [{"l2", "val_top1", "val_loss", "iterations"}, ...], "test_metrics"
-    (:func:`~clip_jax.evaluate.metrics.classification_metrics` on test), "iterations",
-    "num_classes", "seconds"}``.
+    train + validation (warm-started from the selected model). Returns the test split's
+    :func:`~clip_jax.evaluate.metrics.classification_metrics` (``acc1``, ``acc5`` with 5
+    classes or more, ``mean_per_class_recall``) and ``{"best_l2", "val_acc1", "sweep": [{"l2",
+    "val_acc1", "val_loss", "iterations"}, ...], "iterations", "num_classes", "seconds"}``.
     """
     t0 = time.perf_counter()
     tr_x = as_f32(train_x, "train_x")
@@ -222,7 +225,7 @@ def linear_probe(
         for l2 in (b * 10.0 ** log_step, b * 10.0 ** -log_step):
             evaluate(float(l2), results[b][2])
     b = best()
-    val_top1, _, model = results[b]
+    val_acc1, _, model = results[b]
     if refit:
         all_x = np.concatenate([fit_x, va_x], axis=0)
         all_y = np.concatenate([fit_y, va_y], axis=0)
@@ -230,11 +233,10 @@ def linear_probe(
         model = fit_logistic_regression(_preprocess(all_x, preprocess, stats), all_y, C, b,
                                         init=model, max_iter=max_iter, tol=tol)
     logits = _preprocess(te_x, preprocess, stats) @ model["w"] + model["b"]
-    top1 = _accuracy_from_logits(logits, te_y)
-    sweep = [{"l2": v, "val_top1": results[v][0], "val_loss": results[v][1],
+    sweep = [{"l2": v, "val_acc1": results[v][0], "val_loss": results[v][1],
               "iterations": results[v][2]["iterations"]} for v in sorted(results)]
-    return {"top1": top1, "test_metrics": classification_metrics(logits, te_y),
-            "best_l2": b, "val_top1": val_top1, "sweep": sweep,
+    return {**classification_metrics(logits, te_y),
+            "best_l2": b, "val_acc1": val_acc1, "sweep": sweep,
             "iterations": model["iterations"], "num_classes": C,
             "seconds": time.perf_counter() - t0}
 
@@ -260,7 +262,7 @@ def sample_few_shot(labels, k: int, seed: int, num_classes: int | None = None) -
 
 
 def _fewshot_summary(accs: dict[int, list[float]], per_k: dict[int, list[dict]]) -> dict:
-    """Per k: mean / std / per-seed top-1, and ``metrics``: {k: the seeds' mean of each
+    """Per k: mean / std / per-seed acc1, and ``metrics``: {k: the seeds' mean of each
     :func:`~clip_jax.evaluate.metrics.classification_metrics` number}."""
     out: dict = {}
     for k, vals in accs.items():
@@ -274,7 +276,7 @@ def _fewshot_summary(accs: dict[int, list[float]], per_k: dict[int, list[dict]])
 
 def fewshot_linear_probe(
     train_x, train_y, test_x, test_y, *,
-    shots: Sequence[int] = (1, 2, 4, 8, 16),
+    shots: Sequence[int] = DEFAULT_SHOTS,
     seeds: Sequence[int] = (0, 1, 2),
     num_classes: int | None = None,
     l2: float | Sequence[float] = 1e-2,
@@ -290,7 +292,7 @@ def fewshot_linear_probe(
     data-independent ``"l2"`` map by default: unit norm times sqrt(D)). ``l2`` is a fixed
     strength, or a sequence selected per (k, seed) on ``val_x``/``val_y`` (required then; note
     that uses more labels than k per class). All fits share one compilation: each k-shot set is
-    padded to ``max(shots) * C`` rows with zero sample weight. Returns ``{"{k}shot": mean top-1,
+    padded to ``max(shots) * C`` rows with zero sample weight. Returns ``{"{k}shot": mean acc1,
     "{k}shot_std", "{k}shot_per_seed", "l2": {k: [chosen l2 per seed]}}``.
     """
     tr_x = as_f32(train_x, "train_x")
@@ -334,53 +336,3 @@ def fewshot_linear_probe(
     out = _fewshot_summary(accs, per_k)
     out["l2"] = chosen
     return out
-
-
-BIG_VISION_BIAS_CONSTANT = 100.0
-
-
-def _lstsq_fit_predict(x, y, num_classes, x_test, l2_reg):
-    """big_vision ``fewshot_lsr``: whiten with the k-shot set's mean/std, append a constant
-    feature (100, so the bias is almost unregularised), regress on one-hot targets in {-1, +1}
-    with ridge ``l2_reg`` through an eigendecomposition of x^T x or x x^T. Float64 NumPy."""
-    x = np.asarray(x, np.float64)
-    mean = x.mean(axis=0, keepdims=True)
-    std = x.std(axis=0, keepdims=True) + 1e-5
-    x = np.pad((x - mean) / std, ((0, 0), (0, 1)), constant_values=BIG_VISION_BIAS_CONSTANT)
-    t = 2.0 * np.eye(num_classes)[y] - 1.0
-    n, d = x.shape
-    if n >= d:
-        eigs, q = np.linalg.eigh(x.T @ x)
-        rhs, lhs = q.T @ (x.T @ t), q
-    else:
-        eigs, q = np.linalg.eigh(x @ x.T)
-        rhs, lhs = q.T @ t, x.T @ q
-    w = (lhs / (eigs + l2_reg)[None, :]) @ rhs
-    xt = (np.asarray(x_test, np.float64) - mean) / std
-    xt = np.pad(xt, ((0, 0), (0, 1)), constant_values=BIG_VISION_BIAS_CONSTANT)
-    return xt @ w
-
-
-def fewshot_lstsq(
-    train_x, train_y, test_x, test_y, *,
-    shots: Sequence[int] = (1, 2, 4, 8, 16),
-    seeds: Sequence[int] = (0, 1, 2),
-    num_classes: int | None = None,
-    l2_reg: float = 2.0 ** 10,
-) -> dict:
-    """big_vision's closed-form least-squares few-shot probe (ridge ``l2_reg = 2**10``),
-    with the same k-shot sampling and output keys as :func:`fewshot_linear_probe`."""
-    tr_x = as_f32(train_x, "train_x")
-    te_x = as_f32(test_x, "test_x")
-    tr_y = as_labels(train_y, "train_y", tr_x.shape[0])
-    te_y = as_labels(test_y, "test_y", te_x.shape[0])
-    C = _infer_num_classes(num_classes, tr_y, te_y)
-    accs: dict[int, list[float]] = {int(k): [] for k in shots}
-    per_k: dict[int, list[dict]] = {int(k): [] for k in shots}
-    for seed in seeds:
-        for k in accs:
-            idx = sample_few_shot(tr_y, k, seed, C)
-            logits = _lstsq_fit_predict(tr_x[idx], tr_y[idx], C, te_x, float(l2_reg))
-            accs[k].append(_accuracy_from_logits(logits, te_y))
-            per_k[k].append(classification_metrics(logits, te_y))
-    return _fewshot_summary(accs, per_k)

@@ -6,7 +6,9 @@ plot.
 dataset the test split is encoded once and every evaluation kind reuses those features:
 
 * ``zeroshot``: the prompt-ensembled classifier, built once per model and dataset (its time is
-  reported: 1000 classes x 80 templates for ImageNet is the slow part);
+  reported: 1000 classes x 80 templates for ImageNet is the slow part) from the registry's
+  templates and class names or the user's (:mod:`clip_jax.evaluate.suite_prompts`), recorded in
+  ``details[<dataset>]["prompts"]`` and listed under the table;
 * ``linear_probe``: the L-BFGS logistic regression, its L2 strength swept on the validation split
   (the dataset's, or a per-class 20% carved from train), refitted on train + validation;
 * ``fewshot``: k-shot logistic regressions, k in ``shots``, averaged over ``seeds`` (the
@@ -29,10 +31,20 @@ from collections.abc import Callable, Sequence
 import numpy as np
 
 from clip_jax import files, inference
-from clip_jax.evaluate import datasets, encode, metrics, plots, probes, registry, suite_data
+from clip_jax.config import DEFAULT_SHOTS
+from clip_jax.evaluate import (
+    datasets,
+    encode,
+    metrics,
+    plots,
+    probes,
+    registry,
+    suite_data,
+    suite_prompts,
+)
 
 SUITE_EVALS = ("zeroshot", "linear_probe", "fewshot")
-DEFAULT_SHOTS = (1, 2, 4, 8, 16)
+_METRICS = ("acc1", "acc5", "mean_per_class_recall")
 
 
 def resolve(suite: str, only: Sequence[str] = ()) -> list[str]:
@@ -82,15 +94,23 @@ def _probe_sets(entry, data_dir, where, encoder, batch_size, max_per_class, size
     return x, y, vx, vy, how
 
 
-def _classification(encoder, entry, data_dir, where, evals, batch_size, max_per_class,
-                    shots, seeds, sizes) -> tuple[dict, dict]:
+def _test_split(entry, data_dir, where, choice):
+    """The test split with the prompts of ``choice`` applied, and their record."""
     test = suite_data.labelled_split(entry, data_dir, "test", where)
+    return test, suite_prompts.apply(choice, entry, test,
+                                     suite_data.prompt_sources(entry, where))
+
+
+def _classification(encoder, entry, data_dir, where, evals, batch_size, max_per_class,
+                    shots, seeds, sizes, choice) -> tuple[dict, dict]:
+    test, used = _test_split(entry, data_dir, where, choice)
     tx, ty = encode.image_features(encoder, test, batch_size, max_per_class)
     names = test.class_names
     out: dict = {}
     info: dict = {"test": test.name, "num_test": int(len(ty)), "num_classes": len(names),
                   "metric": entry.metric, "source": where[0], "skipped": dict(test.stats)}
     if "zeroshot" in evals:
+        info["prompts"] = used
         t0 = time.perf_counter()
         classifier = inference.build_zeroshot_classifier(
             encoder.encode_text, names, test.templates, batch_size=batch_size)
@@ -109,8 +129,9 @@ def _classification(encoder, entry, data_dir, where, evals, batch_size, max_per_
         info.update(num_train=int(len(y)), num_val=int(len(vy)), val=how)
         if "linear_probe" in evals:
             r = probes.linear_probe(x, y, tx, ty, vx, vy, num_classes=len(names))
-            out["linear_probe"] = _with_headline(r["test_metrics"], entry.metric)
-            info["linear_probe"] = {k: r[k] for k in ("best_l2", "val_top1", "sweep")}
+            out["linear_probe"] = _with_headline({k: r[k] for k in _METRICS if k in r},
+                                                 entry.metric)
+            info["linear_probe"] = {k: r[k] for k in ("best_l2", "val_acc1", "sweep")}
         smallest = int(np.bincount(y, minlength=len(names)).min())
         ks = [k for k in shots if k <= smallest]
         if "fewshot" in evals and not ks:
@@ -125,23 +146,41 @@ def _classification(encoder, entry, data_dir, where, evals, batch_size, max_per_
     return out, info
 
 
+def check_prompts(choice: suite_prompts.Choice, names: Sequence[str], data_dir: str,
+                  evals: Sequence[str]) -> dict:
+    """Whether the user's prompts can be honoured on the datasets present (every file read,
+    every class count checked, nothing encoded): a ValueError names the problem. Returns
+    ``{dataset: where it is or None}`` (:func:`clip_jax.evaluate.suite_data.locate`)."""
+    suite_prompts.check(choice, names, evals)
+    located = {name: suite_data.locate(registry.ENTRIES[name], data_dir) for name in names}
+    for name, where in located.items():
+        if choice and where is not None and registry.ENTRIES[name].task == "classification":
+            _test_split(registry.ENTRIES[name], data_dir, where, choice)
+    return located
+
+
 def run_suite(encoder, names: Sequence[str], data_dir: str,
               evals: Sequence[str] = ("zeroshot",), *, batch_size: int = 256,
               max_per_class: int = 0, shots: Sequence[int] = DEFAULT_SHOTS,
               seeds: Sequence[int] = (0, 1, 2), probe_sizes: tuple[int, int] | None = None,
+              prompts: suite_prompts.Choice | None = None,
               log: Callable[[str], None] = print) -> dict:
     """``{"suite": {dataset: {kind: metrics}}, "details": {dataset: {...}}, "missing":
     {dataset: how to prepare it}, "not_run": {dataset: why nothing was evaluated}}`` (see the
-    module docstring)."""
+    module docstring). ``prompts``: the user's templates / class names
+    (:mod:`clip_jax.evaluate.suite_prompts`; checked on every dataset present before anything
+    is encoded), recorded per dataset in ``details[<dataset>]["prompts"]``."""
     bad = [k for k in evals if k not in SUITE_EVALS]
     if bad:
         raise ValueError(f"suite evaluations {bad}: choose from {SUITE_EVALS}")
     if not data_dir or not os.path.isdir(data_dir):
         raise FileNotFoundError(f"--data-dir {data_dir!r} is not a directory")
+    choice = prompts or suite_prompts.Choice()
+    located = check_prompts(choice, names, data_dir, evals)
     results, details, missing, not_run = {}, {}, {}, {}
     for name in names:
         entry = registry.ENTRIES[name]
-        where = suite_data.locate(entry, data_dir)
+        where = located[name]
         if where is None:
             missing[name] = suite_data.missing_message(entry)
             log(missing[name])
@@ -156,7 +195,7 @@ def run_suite(encoder, names: Sequence[str], data_dir: str,
         else:
             results[name], details[name] = _classification(
                 encoder, entry, data_dir, where, tuple(evals), batch_size, max_per_class,
-                tuple(int(k) for k in shots), tuple(seeds), probe_sizes)
+                tuple(int(k) for k in shots), tuple(seeds), probe_sizes, choice)
         details[name]["seconds"] = time.perf_counter() - t0
         if not results[name]:  # e.g. fewer training images per class than any k
             del results[name]
@@ -186,6 +225,11 @@ def suite_table(result: dict, title: str = "") -> str:
         vals = [r[k]["headline"] for r in suite.values() if k in r]
         means.append(f"**{100 * np.mean(vals):.1f}** ({len(vals)})" if vals else "")
     lines.append("| mean (datasets) | | " + " | ".join(means) + " |")
+    used = {n: d["prompts"] for n, d in details.items() if n in suite and "prompts" in d}
+    if used:
+        lines += ["", "Zero-shot prompts:", ""]
+        lines += [f"- {name}: {len(p['templates'])} templates from {p['templates_from']}; "
+                  f"class names from {p['class_names_from']}" for name, p in used.items()]
     if result.get("not_run"):
         lines += ["", "Not evaluated:", ""]
         lines += [f"- {name}: {why}" for name, why in result["not_run"].items()]

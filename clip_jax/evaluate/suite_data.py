@@ -73,6 +73,24 @@ def templates(entry: registry.Entry, folder: str | None = None) -> list[str]:
     return templates_lib.get_templates(entry.templates or "imagenet_simple")
 
 
+def prompt_sources(entry: registry.Entry, where) -> tuple[str, str]:
+    """Where the entry's default templates and class names come from, for the report."""
+    folder = where[1] if where and where[0] == "folder" else None
+    if not entry.templates and folder and os.path.isfile(os.path.join(folder, "templates.txt")):
+        templates_from = os.path.join(os.path.abspath(folder), "templates.txt")
+    else:
+        templates_from = f"registry {entry.templates or 'imagenet_simple'}"
+    if entry.classes:
+        names_from = f"registry {entry.classes}"
+    elif folder:
+        names_from = (os.path.join(os.path.abspath(folder), "classnames.txt")
+                      if os.path.isfile(os.path.join(folder, "classnames.txt"))
+                      else "the class folders")
+    else:
+        names_from = "the tfds builder's label names"
+    return templates_from, names_from
+
+
 def _imagenet_subset(entry: registry.Entry) -> list[int] | None:
     """ImageNet-A/R: the 1000-class indices of their 200 classes (wnids sorted = indices)."""
     wnids = {"imagenet_a": classnames.IMAGENET_A_WNIDS,
