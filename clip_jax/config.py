@@ -77,6 +77,8 @@ def base_config() -> ml_collections.ConfigDict:
     # presets 'image' / 'text': no optimizer state, no update (LiT locks 'image')
     c.optimizer.frozen = ()
     c.optimizer.lr_multipliers = ()  # ((regex, factor), ...): first match scales the update
+    # layer-wise lr decay (EVA-CLIP / timm fine-tuning): block i of L scaled by d ** (L + 1 - i)
+    c.optimizer.layer_decay = 1.0  # 1 = off
 
     c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
 
@@ -229,7 +231,7 @@ def validate(c: ml_collections.ConfigDict) -> None:
                          "dataset prepared as array_record, e.g. coco_captions)")
     optimizer.check_settings(c.optimizer.frozen, c.optimizer.lr_multipliers,
                              c.model.lock_image_unlocked_groups)
-    if c.optimizer.frozen or c.optimizer.lr_multipliers:  # each pattern names parameters
+    if c.optimizer.frozen or c.optimizer.lr_multipliers or c.optimizer.layer_decay != 1:
         optimizer.check_params(models.abstract_params(resolve_model_config(c.model)),
                                c.optimizer, c.model.lock_image_unlocked_groups)
     for key in ("init_from_params", "init_from_blocks"):

@@ -23,6 +23,16 @@ kernel_in``, as :func:`clip_jax.params.flatten_params` gives them):
   scales the parameter's whole AdamW update (its learning rate, weight decay included); no match
   is 1. Stateless: the optimizer state is the same with or without them.
 
+* ``optimizer.layer_decay``: layer-wise learning-rate decay (BEiT, EVA-CLIP's fine-tuning, timm's
+  ``param_groups_layer_decay``), 1 = off. In each transformer tower of depth L its embeddings
+  (patch/token and position embeddings, class token, ``ln_pre``) are layer 0, block i is layer
+  i + 1, the final norm (``ln_post``, ``ln_final``) shares the last block's layer L as in timm's
+  ViT grouping, and the pooling head and projection are layer L + 1; a parameter's update is
+  scaled by ``layer_decay ** (L + 1 - layer)`` (times its multiplier).
+  Parameters outside the towers (the logit scale and bias, an objective's heads) keep 1. A
+  scanned tower's stacked blocks get one factor per block along their leading axis. ResNet and
+  ConvNeXt image towers have no layer ids: a one-line error. Stateless, like the multipliers.
+
 A pattern that matches no parameter is an error (a typo would otherwise freeze nothing).
 """
 
@@ -33,6 +43,7 @@ from collections.abc import Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 # Biases and norms (incl. q_norm/k_norm), layer-scale gammas, the class token and the MAP probe
@@ -179,8 +190,11 @@ def lr_factors(params, lr_multipliers, check: bool = True) -> dict:
 
 def check_params(params, opt_cfg, unlocked_image_groups: int | None = None) -> None:
     """Every frozen pattern and multiplier names parameters of ``params`` (abstract is fine)
-    and something is left to train; a ValueError names the problem."""
+    and something is left to train, and ``optimizer.layer_decay`` finds every tower
+    parameter's layer; a ValueError names the problem."""
     lr_factors(params, opt_cfg.lr_multipliers)
+    if check_layer_decay(opt_cfg.get("layer_decay", 1.0)) != 1.0:
+        layer_decay_factors(params, opt_cfg.layer_decay)
     if opt_cfg.frozen and all(jax.tree.leaves(
             frozen_mask(params, opt_cfg.frozen, unlocked_image_groups))):
         raise ValueError(f"optimizer.frozen={list(opt_cfg.frozen)} freezes every parameter: "
@@ -207,6 +221,97 @@ def scale_by_factors(tx: optax.GradientTransformation, lr_multipliers):
         factors = lr_factors(updates, lr_multipliers, check=False)  # frozen ones are gone
         return jax.tree.map(lambda u, f: u if f == 1.0 else u * jnp.asarray(f, u.dtype),
                             updates, factors), state
+
+    return optax.GradientTransformation(tx.init, update)
+
+
+# Layer ids per tower (see the module docstring): the names before the blocks, the final
+# norm, and the head after them.
+_TOWERS = {
+    "visual": (re.compile(r"^visual/(conv1|class_embedding|positional_embedding|ln_pre)(/|$)"),
+               re.compile(r"^visual/ln_post/"), re.compile(r"^visual/(proj|map_head)(/|$)")),
+    "text": (re.compile(r"^text/(token_embedding|positional_embedding)(/|$)"),
+             re.compile(r"^text/ln_final/"),
+             re.compile(r"^text/(text_projection|text_projection_bias)(/|$)")),
+}
+_BLOCK = re.compile(r"^(visual|text)/transformer/resblocks(?:_(\d+))?/")
+_CONV_TOWER = re.compile(r"^visual/(attnpool|stem_\d+|layer\d+|stages_\d+)/")
+
+
+def check_layer_decay(decay) -> float:
+    if isinstance(decay, bool) or not isinstance(decay, int | float) or not 0 < decay <= 1:
+        raise ValueError(f"optimizer.layer_decay={decay!r}: must be in (0, 1] (1 = off)")
+    return float(decay)
+
+
+def layer_ids(shapes: Mapping[str, tuple[int, ...]]) -> dict[str, tuple[object, int]]:
+    """``{path: (layer id, the tower's L + 1)}`` for every parameter of a tower (a stacked
+    block's id is an array over its leading axis); parameters outside the towers are absent.
+    A ValueError names a conv tower or a tower parameter of no known layer."""
+    depth: dict[str, int] = {}
+    for path, shape in shapes.items():
+        m = _BLOCK.match(path)
+        if m:
+            n = int(m[2]) + 1 if m[2] is not None else int(shape[0])
+            depth[m[1]] = max(depth.get(m[1], 0), n)
+    out = {}
+    for path, shape in shapes.items():
+        tower = path.split("/", 1)[0]
+        if tower not in _TOWERS:
+            continue
+        if _CONV_TOWER.match(path):
+            raise ValueError(f"optimizer.layer_decay: the image tower is convolutional "
+                             f"({path}); layer ids are defined for transformer towers only "
+                             "(scale it with optimizer.lr_multipliers instead)")
+        last = depth.get(tower, 0) + 1
+        embeddings, norm, head = _TOWERS[tower]
+        m = _BLOCK.match(path)
+        if m:
+            out[path] = (int(m[2]) + 1 if m[2] is not None else np.arange(1, shape[0] + 1), last)
+        elif embeddings.match(path):
+            out[path] = (0, last)
+        elif norm.match(path):
+            out[path] = (last - 1, last)
+        elif head.match(path):
+            out[path] = (last, last)
+        else:
+            raise ValueError(f"optimizer.layer_decay: {path} belongs to no layer of the "
+                             f"{tower} tower (embeddings, blocks, final norm or head)")
+    return out
+
+
+def layer_decay_factors(params, decay: float):
+    """A tree like ``params`` (arrays or abstract): each parameter's layer-decay factor, a
+    float or, for a scanned tower's stacked blocks, an array broadcasting along the leading
+    axis (:func:`layer_ids`)."""
+    decay = check_layer_decay(decay)
+    leaves = jax.tree_util.tree_leaves_with_path(params)
+    ids = layer_ids({_path(p): tuple(np.shape(x)) for p, x in leaves})
+
+    def factor(path, x):
+        layer, last = ids.get(_path(path), (None, None))
+        if layer is None:
+            return 1.0
+        f = decay ** (last - np.asarray(layer, np.float64))
+        if f.ndim:
+            return f.astype(np.float32).reshape((-1,) + (1,) * (np.ndim(x) - 1))
+        return float(f)
+
+    return jax.tree_util.tree_map_with_path(factor, params)
+
+
+def scale_by_layer_decay(tx: optax.GradientTransformation, decay: float):
+    """``tx`` with each parameter's update scaled by its :func:`layer_decay_factors` (the
+    tree is the whole model's, so a frozen block does not shift the depth); same state."""
+    decay = check_layer_decay(decay)
+    if decay == 1.0:
+        return tx
+
+    def update(updates, state, params=None):
+        updates, state = tx.update(updates, state, params)
+        factors = layer_decay_factors(updates, decay)
+        return jax.tree.map(lambda u, f: u if np.all(np.asarray(f) == 1.0)
+                            else u * jnp.asarray(f, u.dtype), updates, factors), state
 
     return optax.GradientTransformation(tx.init, update)
 
@@ -240,9 +345,10 @@ def make_optimizer(opt_cfg, total_steps: int, unlocked_image_groups: int | None 
         mask=lambda p: decay_mask(p, opt_cfg.decay_embeddings)))
     frozen, mults = tuple(opt_cfg.get("frozen", ())), tuple(opt_cfg.get("lr_multipliers", ()))
     check_settings(frozen, mults, unlocked_image_groups)
+    decay = check_layer_decay(opt_cfg.get("layer_decay", 1.0))
     tx = scale_by_factors(optax.chain(*parts), mults)
     if not frozen:
-        return tx, schedule
+        return scale_by_layer_decay(tx, decay), schedule
 
     def labels(params):
         if not isinstance(params, Mapping):  # optax.tree_utils.tree_map_params' placeholder
@@ -250,4 +356,6 @@ def make_optimizer(opt_cfg, total_steps: int, unlocked_image_groups: int | None 
         mask = frozen_mask(params, frozen, unlocked_image_groups)
         return jax.tree.map(lambda f: FROZEN if f else TRAINABLE, mask)
 
-    return optax.multi_transform({TRAINABLE: tx, FROZEN: optax.set_to_zero()}, labels), schedule
+    return scale_by_layer_decay(  # outside: it sees every parameter, frozen ones as zeros
+        optax.multi_transform({TRAINABLE: tx, FROZEN: optax.set_to_zero()}, labels),
+        decay), schedule

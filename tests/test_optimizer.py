@@ -147,6 +147,11 @@ def test_lock_image_unlocked_groups_follows_open_clip_and_needs_scan_false():
                 setattr(c.optimizer, "frozen", ("visual/transformer/resblocks_1/",))),
      "set model.scan=False"),
     (lambda c: setattr(c.checkpoint, "init_from_params", "^visual/"), "needs checkpoint.init"),
+    (lambda c: setattr(c.optimizer, "layer_decay", 0.0), "optimizer.layer_decay"),
+    (lambda c: setattr(c.optimizer, "layer_decay", 1.5), "optimizer.layer_decay"),
+    (lambda c: (setattr(c.model.vision, "family", "resnet"),
+                setattr(c.model.vision, "stages", (1, 1, 1, 1)),
+                setattr(c.optimizer, "layer_decay", 0.8)), "image tower is convolutional"),
 ])
 def test_bad_settings_fail_validation_naming_the_key(edit, message):
     c = tiny.get_config()
@@ -219,3 +224,92 @@ def test_lit_demo_config_builds_and_validates():
     moments = sum(x.size for x in jax.tree.leaves(abstract.opt_state)
                   if x.dtype == jnp.float32)
     assert moments == 2 * (models.count_params(abstract.params) - n_vis)
+
+
+def _siglip(**overrides):
+    """A SigLIP-family model shrunk (open_clip's image tower is then a timm ViT)."""
+    return models.get_model_config("ViT-B-16-SigLIP").replace(
+        embed_dim=32, vision={"width": 32, "layers": 3, "heads": 2, "mlp_dim": 64,
+                              "image_size": 32, "patch_size": 8},
+        text={"width": 32, "layers": 2, "heads": 2, "mlp_dim": 64, "vocab_size": 64,
+              "context_length": 8}, **overrides)
+
+
+@pytest.mark.parametrize("scan", [False, True])
+def test_layer_decay_factors_equal_timms_param_groups_layer_decay(scan):
+    """Each image-tower factor equals timm's ``param_groups_layer_decay`` lr_scale for the
+    parameter the open_clip key map names (``visual.trunk.*``: a timm VisionTransformer of the
+    same shape): our factors written as parameter values through ``interop.keymap`` land, per
+    timm name, as constants equal to timm's. With ``scan`` the stacked blocks carry one factor
+    per block."""
+    torch = pytest.importorskip("torch")
+    timm_vit = pytest.importorskip("timm.models.vision_transformer")
+    timm_optim = pytest.importorskip("timm.optim")
+    from clip_jax.interop import keymap
+
+    cfg, decay = _siglip(scan=scan), 0.6
+    v = cfg.vision
+    with torch.device("cpu"):
+        ref = timm_vit.VisionTransformer(
+            img_size=v.image_size, patch_size=v.patch_size, embed_dim=v.width, depth=v.layers,
+            num_heads=v.heads, mlp_ratio=v.mlp_dim / v.width, class_token=False,
+            global_pool="map", num_classes=0, no_embed_class=True)
+    names = {id(p): n for n, p in ref.named_parameters()}
+    scales = {names[id(p)]: g["lr_scale"]
+              for g in timm_optim.param_groups_layer_decay(ref, layer_decay=decay)
+              for p in g["params"]}
+    abstract = models.abstract_params(cfg)
+    factors = optimizer.layer_decay_factors(abstract, decay)
+    filled = jax.tree.map(lambda x, f: np.broadcast_to(np.float32(1) * f, x.shape).copy(),
+                          abstract, factors)
+    external = keymap.to_external(filled, cfg, "open_clip")
+    trunk = {k[len("visual.trunk."):]: np.asarray(a) for k, a in external.items()
+             if k.startswith("visual.trunk.")}
+    assert set(trunk) == set(scales)  # every timm parameter has its clip_jax counterpart
+    for name, arr in trunk.items():
+        np.testing.assert_allclose(arr, scales[name], rtol=1e-6, err_msg=name)
+    assert len(set(scales.values())) == v.layers + 2  # embeddings, 3 blocks, head
+    # The text tower by the same rule, its own depth: d ** (L + 1 - layer).
+    flat = _flat(jax.tree.map(np.asarray, filled))
+    L = cfg.text.layers
+    assert flat["text/token_embedding"].max() == pytest.approx(decay ** (L + 1))
+    assert flat["text/ln_final/scale"].min() == decay  # the final norm: the last block's
+    assert flat["text/text_projection"].min() == flat["logit_bias"] == 1.0
+    blocks = {k: a for k, a in flat.items() if k.startswith("text/transformer/")}
+    if scan:
+        np.testing.assert_allclose(blocks["text/transformer/resblocks/ln_1/scale"][:, 0],
+                                   [decay ** (L - i) for i in range(L)], rtol=1e-6)
+    else:
+        for i in range(L):
+            assert blocks[f"text/transformer/resblocks_{i}/ln_1/scale"].max() == pytest.approx(
+                decay ** (L - i))
+
+
+def test_layer_decay_scales_the_adamw_update_and_keeps_depth_with_a_frozen_tower():
+    """The update of every parameter is the undecayed one times its factor (multipliers
+    multiply), and freezing the image tower changes neither the text factors nor the state."""
+    params = jax.tree.map(np.asarray, _init(models.get_model_config("tiny"), 0))
+    grads = jax.tree.map(lambda x: np.random.default_rng(x.size).normal(size=x.shape)
+                         .astype(np.float32), params)
+    base = dict(grad_clip_norm=0.0, warmup_steps=0, schedule="constant", weight_decay=0.1)
+
+    def first_update(**opt):
+        tx, _ = optimizer.make_optimizer(_config(**base, **opt).optimizer, 10)
+        state = tx.init(params)
+        return _flat(jax.jit(tx.update)(grads, state, params)[0]), state
+
+    plain, plain_state = first_update()
+    decayed, decayed_state = first_update(layer_decay=0.5,
+                                          lr_multipliers=(("^text/ln_final", 3.0),))
+    assert jax.tree.structure(plain_state) == jax.tree.structure(decayed_state)
+    factors = _flat(optimizer.layer_decay_factors(params, 0.5))
+    assert factors["visual/conv1/kernel"] == 0.5 ** 3 and factors["visual/proj"] == 1.0
+    assert factors["visual/transformer/resblocks_1/ln_1/scale"] == 0.5
+    for k in plain:
+        mult = 3.0 if k.startswith("text/ln_final") else 1.0
+        np.testing.assert_allclose(decayed[k], plain[k] * factors[k] * mult, rtol=1e-6,
+                                   err_msg=k)
+    locked, _ = first_update(layer_decay=0.5, frozen=("image",))
+    for k in plain:
+        want = 0.0 if k.startswith("visual/") else plain[k] * factors[k]
+        np.testing.assert_allclose(locked[k], want, rtol=1e-6, err_msg=k)
