@@ -574,3 +574,35 @@ def test_suite_prompts_are_the_users_in_any_language_and_the_report_names_them(t
     bad = tmp_path / "bad.txt"
     bad.write_text("a {} and {other}\n")
     refused("--templates", str(bad), match="must hold the class name")
+
+
+def test_xm3600_languages_are_retrieval_sets_read_from_one_folder(tmp_path):
+    """Crossmodal-3600 laid out as its downloads unpack (images/KEY.jpg, captions.jsonl with
+    a caption list per language): each xm3600_<lang> entry retrieves with that language's
+    captions only; a language a line lacks is one error naming the file and line."""
+    data = str(tmp_path)
+    os.makedirs(os.path.join(data, "xm3600", "images"))
+    with open(os.path.join(data, "xm3600", "captions.jsonl"), "w", encoding="utf-8") as f:
+        for i, colour in enumerate(COLOURS):
+            Image.fromarray(np.full((20, 20, 3), PALETTE[i], np.uint8)).save(
+                os.path.join(data, "xm3600", "images", f"k{i:04x}.jpg"), quality=95)
+            f.write(json.dumps({"image/key": f"k{i:04x}", "image/locale": "en",
+                                "en": {"caption": [f"a {colour} thing", f"{colour} again"]},
+                                "de": {"caption": [f"ein Ding, {colour}"]}},
+                               ensure_ascii=False) + "\n")
+    assert suite.resolve("xm3600") == [f"xm3600_{lang}" for lang in registry.XM3600_LANGUAGES]
+    assert len(registry.XM3600_LANGUAGES) == 36
+    result = suite.run_suite(ColourEncoder(), ["xm3600_en", "xm3600_de"], data,
+                             batch_size=3, log=lambda m: None)
+    for lang, per_image in (("en", 2), ("de", 1)):
+        r = result["suite"][f"xm3600_{lang}"]["retrieval"]
+        assert (r["num_images"], r["num_texts"]) == (4, 4 * per_image), lang
+        assert r["headline"] == r["mean_recall"] == 1.0
+    assert "eval/xm3600_de/mean_recall" in suite.suite_scalars(result)
+    with pytest.raises(ValueError, match=r"captions.jsonl:1: expected a JSON object with "
+                       r"'image/key' and 'fr'"):
+        suite.run_suite(ColourEncoder(), ["xm3600_fr"], data, log=lambda m: None)
+    os.makedirs(tmp_path / "empty")
+    missing = suite.run_suite(ColourEncoder(), ["xm3600_en"], str(tmp_path / "empty"),
+                              log=lambda m: None)
+    assert "crossmodal-3600/images.tgz" in missing["missing"]["xm3600_en"]

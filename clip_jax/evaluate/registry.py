@@ -17,6 +17,9 @@ KITTI: label = closest vehicle's distance bin, from ``objects``). Every dataset 
 a folder ``DIR/<name>/{train,val,test}/<class>/*``; FGVC Aircraft, GTSRB, Country211, FER2013
 and Rendered SST2 only come so (tfds does not build them).
 
+Multilingual retrieval: ``xm3600_<lang>`` (suite ``xm3600``), Crossmodal-3600's captions in
+each of its 36 languages, from one folder.
+
 Headline metric: ``mean_per_class_recall`` where the CLIP paper and DataComp report it (FGVC
 Aircraft, Oxford Pets, Caltech-101, Flowers-102; VOC 2007 as CLIP_benchmark's cropped-object
 classification), else ``acc1``; retrieval: ``mean_recall`` (R@1/5/10 both ways, averaged).
@@ -46,6 +49,7 @@ class Entry:
     task: str = "classification"  # or "retrieval"
     prepare: str = ""  # how to prepare it where there is internet ("" = TFDS_BUILD)
     source: str = ""  # where it comes from, for the README table
+    folder: str = ""  # its folder under the data dir ("" = its name; several may share one)
 
 
 _MPCR = "mean_per_class_recall"
@@ -153,6 +157,21 @@ ENTRIES = {e.name: e for e in (
           "CLIP_benchmark's flickr30k_test_karpathy.txt)"),
 )}
 
+# Crossmodal-3600 (Thapliyal et al. 2022): 3600 Open Images photos, captions in 36 languages.
+# One retrieval entry per language, all read from one folder DIR/xm3600 (captions.jsonl:
+# {"image/key": KEY, "<lang>": {"caption": [...]}, ...} per line; images/KEY.jpg), every
+# caption of the language used (CLIP_benchmark's crossmodal3600 keeps the first per image).
+XM3600_LANGUAGES = ("ar", "bn", "cs", "da", "de", "el", "en", "es", "fa", "fi", "fil", "fr",
+                    "he", "hi", "hr", "hu", "id", "it", "ja", "ko", "mi", "nl", "no", "pl",
+                    "pt", "quz", "ro", "ru", "sv", "sw", "te", "th", "tr", "uk", "vi", "zh")
+ENTRIES.update({f"xm3600_{lang}": Entry(
+    f"xm3600_{lang}", None, train=None, label=f"xm3600:{lang}", task="retrieval",
+    metric="mean_recall", folder="xm3600", source=f"folder (Crossmodal-3600, {lang} captions)",
+    prepare="download https://google.github.io/crossmodal-3600/web-data/captions.zip (its "
+    "captions.jsonl) and https://open-images-dataset.s3.amazonaws.com/crossmodal-3600/"
+    "images.tgz; then lay them out as DIR/xm3600/captions.jsonl and DIR/xm3600/images/KEY.jpg")
+    for lang in XM3600_LANGUAGES})
+
 SUITES = {
     "clip_paper": ("food101", "cifar10", "cifar100", "sun397", "cars", "fgvc_aircraft",
                    "voc2007", "dtd", "pets", "caltech101", "flowers", "mnist", "fer2013",
@@ -165,6 +184,7 @@ SUITES = {
              "smallnorb_elevation"),
     "retrieval": ("flickr30k", "mscoco", "mscoco_1k"),
     "demo": ("demo",),
+    "xm3600": tuple(f"xm3600_{lang}" for lang in XM3600_LANGUAGES),
 }
 # VTAB-1k trains its probes on 800 examples and validates on 200.
 SUITE_PROBE_SIZES = {"vtab": (800, 200)}

@@ -11,7 +11,9 @@ order, as torchvision's ``ImageFolder`` does (GTSRB's ``00000``.., Country211's 
 registry names none (the ``demo`` entry: :func:`card_to_folder` writes both). Retrieval folders:
 ``DIR/flickr30k/images/`` with ``DIR/flickr30k/captions.txt`` (``FILE<TAB>caption``,
 ``FILE#n<TAB>caption`` as in Flickr30k's token file, or CLIP_benchmark's ``FILE.jpg,caption``
-CSV with a header line), one line per caption, in the order images are evaluated.
+CSV with a header line), one line per caption, in the order images are evaluated;
+Crossmodal-3600 (``xm3600_<lang>``): ``DIR/xm3600/images/KEY.jpg`` and its
+``DIR/xm3600/captions.jsonl``, every caption of the entry's language.
 
 API::
 
@@ -26,6 +28,7 @@ API::
 
 from __future__ import annotations
 
+import json
 import os
 import re
 
@@ -199,10 +202,10 @@ smaller split is all of it), ``a+b`` joins."""
 
 
 def _folder_dir(entry: registry.Entry, data_dir: str) -> str | None:
-    """``DIR/<name>`` when it is a folder dataset (it has a split folder, or for retrieval a
-    captions file), not a tfds builder's directory of the same name."""
-    path = os.path.join(data_dir, entry.name)
-    marks = ("captions.txt",) if entry.task == "retrieval" else (
+    """``DIR/<name>`` (``DIR/<entry.folder>``) when it is a folder dataset (it has a split
+    folder, or for retrieval a captions file), not a tfds builder's directory of that name."""
+    path = os.path.join(data_dir, entry.folder or entry.name)
+    marks = ("captions.txt", _XM3600) if entry.task == "retrieval" else (
         "test", *_SPLIT_DIRS["train"], *_SPLIT_DIRS["val"])
     return path if any(os.path.exists(os.path.join(path, m)) for m in marks) else None
 
@@ -306,6 +309,32 @@ def _read_captions(path: str) -> list[tuple[str, str]]:
     return pairs
 
 
+_XM3600 = "captions.jsonl"
+
+
+def _read_xm3600(path: str, lang: str) -> list[tuple[str, str]]:
+    """(``KEY.jpg``, caption) of every ``lang`` caption in Crossmodal-3600's captions.jsonl
+    (``{"image/key": KEY, "<lang>": {"caption": [...]}, ...}`` per line), in file order."""
+    pairs = []
+    with open(path, encoding="utf-8") as f:
+        for i, line in enumerate(f):
+            if not line.strip():
+                continue
+            try:
+                rec = json.loads(line)
+                key, caps = rec["image/key"], rec[lang]["caption"]
+            except (ValueError, KeyError, TypeError) as e:
+                raise ValueError(f"{path}:{i + 1}: expected a JSON object with 'image/key' and "
+                                 f"'{lang}': {{'caption': [...]}} ({type(e).__name__}: {e})"
+                                 ) from None
+            if isinstance(caps, str) or not all(isinstance(c, str) for c in caps):
+                raise ValueError(f"{path}:{i + 1}: '{lang}' captions must be a list of strings")
+            pairs += [(f"{key}.jpg", c.strip()) for c in caps if c.strip()]
+    if not pairs:
+        raise ValueError(f"{path}: no '{lang}' captions")
+    return pairs
+
+
 def captioned_set(entry: registry.Entry, data_dir: str, where=None) -> datasets.CaptionedSet:
     """A retrieval entry's test images with their captions."""
     kind, found = where or locate(entry, data_dir) or (None, None)
@@ -314,7 +343,10 @@ def captioned_set(entry: registry.Entry, data_dir: str, where=None) -> datasets.
     ds = datasets.CaptionedSet(entry.name, None)
     if kind == "folder":
         by_image: dict[str, list[str]] = {}
-        for name, caption in _read_captions(os.path.join(found, "captions.txt")):
+        lang = entry.label.partition("xm3600:")[2]
+        pairs = (_read_xm3600(os.path.join(found, _XM3600), lang) if lang else
+                 _read_captions(os.path.join(found, "captions.txt")))
+        for name, caption in pairs:
             by_image.setdefault(name, []).append(caption)
         images = os.path.join(found, "images")
 
