@@ -23,6 +23,7 @@ from ml_collections import config_dict, config_flags
 
 from clip_jax import cli, config_schema, models, optimizer, stability
 from clip_jax.cli import UserError
+from clip_jax.data import naflex
 
 P = config_dict.placeholder
 
@@ -110,6 +111,10 @@ def base_config() -> ml_collections.ConfigDict:
     c.data.tfds_image_key = "image"  # an Image feature
     c.data.tfds_caption_key = "captions/text"  # a Text, or a Sequence of them (one per epoch)
     c.data.tfds_weight = 1.0  # "mix": its weight beside data.train's sources (their @weights)
+    # SigLIP 2 NaFlex training (data/naflex.py): each image at its own aspect ratio, a bucket
+    # (patches per image, e.g. (128, 256, 576, 784, 1024)) per step from the seed and the step,
+    # tokens // bucket images rounded down to a multiple of batch_multiple (0: the devices)
+    c.data.naflex = ml_collections.ConfigDict(dict(buckets=(), tokens=0, batch_multiple=0))
 
     c.checkpoint = ml_collections.ConfigDict()
     c.checkpoint.every_steps = 0  # 0 = only at the end
@@ -229,6 +234,16 @@ def validate(c: ml_collections.ConfigDict) -> None:
     if c.data.source in ("tfds", "mix") and not c.data.tfds_name:
         raise ValueError(f"config data.source={c.data.source!r} needs data.tfds_name (a tfds "
                          "dataset prepared as array_record, e.g. coco_captions)")
+    if c.data.naflex.buckets:  # NaFlex batches: a NaFlex model, images, no gradient cache
+        v = resolve_model_config(c.model).vision
+        why = ("synthetic data has no images to resize" if c.data.source == "synthetic" else
+               "NaFlex batches run without the gradient cache" if c.accum_steps != 1 else
+               f"model.vision.family={v.family!r} takes square images, not NaFlex batches"
+               if v.family != "naflex" else "")
+        if why:
+            raise ValueError(f"config data.naflex.buckets: {why}")
+        naflex.bucket_plan(tuple(c.data.naflex.buckets), c.data.naflex.tokens, v.patch_size,
+                           c.seed, 1)
     optimizer.check_settings(c.optimizer.frozen, c.optimizer.lr_multipliers,
                              c.model.lock_image_unlocked_groups)
     if c.optimizer.frozen or c.optimizer.lr_multipliers or c.optimizer.layer_decay != 1:

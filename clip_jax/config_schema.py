@@ -83,7 +83,8 @@ RANGES: dict[str, Range] = {
     "data.tokenizer_vocab_size": COUNT, "data.shuffle_buffer": COUNT, "data.workers": COUNT,
     "data.image_size": POSITIVE, "data.synthetic_classes": POSITIVE,
     "data.synthetic_noise": NONNEG, "data.prefetch": COUNT, "data.worker_prefetch": POSITIVE,
-    "data.tfds_weight": POS_FLOAT,
+    "data.tfds_weight": POS_FLOAT, "data.naflex.tokens": COUNT,
+    "data.naflex.batch_multiple": COUNT,
     "checkpoint.every_steps": COUNT, "checkpoint.keep": COUNT, "checkpoint.keep_period": COUNT,
     "eval.every_steps": COUNT, "eval.probe_max_per_class": COUNT, "eval.batch_size": POSITIVE,
     "stability.max_skips_in_a_row": COUNT, "stability.spike_factor": Range(

@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from clip_jax.data import pipeline, stored, transforms, workers
+from clip_jax.data import naflex, pipeline, stored, transforms, workers
 from clip_jax.data.synthetic import SyntheticSource
 
 BATCH_KEYS = ("image", "text")  # what the train step reads; other fields stay on the host
@@ -38,12 +38,24 @@ def make_data(config, model_cfg, batch_size: int, tokenizer=None):
     return pipeline.make_train_iterator(
         config.data, tokenizer, m.vision.image_size, batch_size, config.seed,
         jax.process_index(), jax.process_count(), context_length=m.text.context_length,
-        embeddings=stored.parse_dirs(config.distill.embeddings))
+        embeddings=stored.parse_dirs(config.distill.embeddings), naflex=naflex_plan(config, m))
+
+
+def naflex_plan(config, model_cfg) -> naflex.BucketPlan | None:
+    """``data.naflex``'s :class:`~clip_jax.data.naflex.BucketPlan` (None when off): each
+    bucket's images per step a multiple of ``batch_multiple``, default every device."""
+    n = config.data.naflex
+    if not n.buckets:
+        return None
+    return naflex.bucket_plan(tuple(n.buckets), n.tokens, model_cfg.vision.patch_size,
+                              config.seed, n.batch_multiple or jax.device_count())
 
 
 def to_global(batch_sharding: jax.sharding.Sharding, local_batch: dict[str, np.ndarray]):
-    """This process's rows of the global batch -> global arrays with ``batch_sharding``."""
-    return {k: jax.make_array_from_process_local_data(batch_sharding, v)
+    """This process's rows of the global batch -> global arrays with ``batch_sharding`` (a
+    NaFlex ``image`` is a dict of arrays, each placed so)."""
+    return {k: jax.tree.map(lambda a: jax.make_array_from_process_local_data(batch_sharding, a),
+                            v)
             for k, v in local_batch.items()
             if k in BATCH_KEYS or k.startswith(DEVICE_PREFIXES)}
 
@@ -51,7 +63,13 @@ def to_global(batch_sharding: jax.sharding.Sharding, local_batch: dict[str, np.n
 def device_pixels(images: jax.Array) -> jax.Array:
     """Batches may carry raw ``uint8`` pixels (4x less host-to-device traffic, no float work on
     the input cores): they are CLIP-normalised here, inside the jitted step. Float images are
-    taken as already normalised."""
+    taken as already normalised. NaFlex's dict: its ``patches`` (each (row, column, channel))
+    are normalised so."""
+    if isinstance(images, dict):
+        x = images["patches"]
+        if x.dtype == jnp.uint8:
+            x = device_pixels(x.reshape(*x.shape[:-1], -1, 3)).reshape(x.shape)
+        return {**images, "patches": x}
     if images.dtype != jnp.uint8:
         return images
     mean, inv_std = transforms.pixel_scale()  # the host's normalize, the same arithmetic

@@ -297,3 +297,161 @@ def test_hf_siglip2_round_trip_through_the_cli(tmp_path, capsys):
     diff = float(np.abs(m.encode_image(_images()) - hf_img).max())
     print(f"images -> clip_jax.load vs {type(proc).__name__}: max |diff| {diff:.2e}")
     assert diff < (TOL if pil_cls is not None else 1e-2)
+
+
+# ---------------------------------------------------------------------------------------------
+# (c) training: a bucket per step
+
+
+def _aspect_shards(root, n_shards: int = 4, per_shard: int = 12) -> tuple[str, dict]:
+    """Shards of random pictures from 6 x 60 to 60 x 6 pixels; returns (spec, caption ->
+    pixels)."""
+    import io
+
+    from PIL import Image
+    from test_pipeline import write_tar
+
+    rng = np.random.default_rng(0)
+    root.mkdir(parents=True, exist_ok=True)
+    pictures = {}
+    for s in range(n_shards):
+        members = []
+        for j in range(per_shard):
+            h, w = (int(v) for v in rng.integers(6, 61, 2))
+            pixels = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+            buf = io.BytesIO()
+            Image.fromarray(pixels).save(buf, format="PNG")
+            caption = f"s{s}-{j}"
+            members += [(f"{s:03d}{j:04d}.png", buf.getvalue()),
+                        (f"{s:03d}{j:04d}.txt", caption.encode())]
+            pictures[caption] = pixels
+        write_tar(str(root / f"{s:05d}.tar"), members)
+    return str(root / f"{{00000..{n_shards - 1:05d}}}.tar"), pictures
+
+
+def test_bucket_plan_and_a_budget_that_cannot_hold_a_bucket():
+    plan = naflex_data.bucket_plan((16, 4, 9), 100, 8, seed=0, multiple=4)
+    assert plan.buckets == (4, 9, 16) and plan.batch_sizes == (24, 8, 4)
+    draws = [plan.bucket(k) for k in range(300)]
+    assert draws == [plan.bucket(k) for k in range(300)]  # a function of the step alone
+    assert sorted(set(draws)) == [0, 1, 2] and min(np.bincount(draws)) > 70  # ~uniform
+    assert draws != [naflex_data.bucket_plan((4, 9, 16), 100, 8, 1, 4).bucket(k)
+                     for k in range(300)]  # and of the seed
+    with pytest.raises(ValueError, match=r"tokens=100 does not hold 8 image.*bucket 16: it "
+                                         r"needs at least 128 tokens"):
+        naflex_data.bucket_plan((4, 9, 16), 100, 8, 0, 8)
+    for bad, match in (((), "one or more positive"), ((4, 0), "one or more positive"),
+                       ((4, 4), "listed twice")):
+        with pytest.raises(ValueError, match=match):
+            naflex_data.bucket_plan(bad, 100, 8, 0, 1)
+
+
+def test_the_stream_makes_each_steps_bucket_resumes_exactly_and_splits_over_processes(tmp_path):
+    from test_pipeline import FakeTokenizer
+
+    from clip_jax.data import pipeline
+
+    spec, pictures = _aspect_shards(tmp_path / "shards")
+    plan = naflex_data.bucket_plan((4, 9, 16), 48, 8, seed=0, multiple=2)  # 12, 4 or 2 images
+    cfg = {"train": spec, "workers": 2, "worker_mode": "thread", "shuffle_buffer": 6}
+
+    def make(process_index=0, process_count=1):
+        return pipeline.make_train_iterator(cfg, FakeTokenizer(), 32, 1, seed=3,
+                                            process_index=process_index,
+                                            process_count=process_count, context_length=8,
+                                            naflex=plan)
+
+    def take(it, n):
+        return [next(it) for _ in range(n)]
+
+    it = make()
+    first = take(it, 3)
+    state = json.loads(json.dumps(it.get_state()))
+    batches = first + take(it, 6)
+    it.close()
+    for step, batch in enumerate(batches):
+        x = batch["image"]
+        assert x["patches"].shape == (*plan.shape(step), 8 * 8 * 3) and x["patches"].dtype == (
+            np.uint8)
+        for i, caption in enumerate("".join(chr(c) for c in r if c) for r in batch["text"]):
+            # resized once from the decoded picture, at its own aspect ratio
+            want, shape = naflex_data.patches_uint8(pictures[caption], 8, plan.shape(step)[1])
+            assert x["shapes"][i].tolist() == list(shape)
+            np.testing.assert_array_equal(x["mask"][i], np.arange(x["mask"].shape[1]) < len(want))
+            np.testing.assert_array_equal(x["patches"][i, :len(want)], want)
+    assert len({plan.bucket(s) for s in range(9)}) == 3  # every bucket came up
+
+    again = make()
+    again.set_state(state)
+    for a, b in zip(take(again, 6), batches[3:], strict=True):
+        assert jax.tree.all(jax.tree.map(np.array_equal, a, b))
+    again.close()
+
+    # two processes: half of each step's images each, disjoint
+    halves = [take(make(p, 2), 4) for p in (0, 1)]
+    for step in range(4):
+        caps = [{"".join(chr(c) for c in r if c) for r in h[step]["text"]} for h in halves]
+        assert len(caps[0]) == len(caps[1]) == plan.shape(step)[0] // 2
+        assert not caps[0] & caps[1]
+
+
+def test_the_sigmoid_loss_of_a_step_is_per_image_whatever_the_image_count():
+    """A NaFlex step's image count varies with its bucket; the SigLIP loss of a step is
+    ``sum_ij softplus(-z_ij logits_ij) / n`` (per image: the mean over images of each image's sum
+    over all n texts), as big_vision's and transformers' ``Siglip2Model`` loss, for any n."""
+    from clip_jax import losses
+
+    rng = np.random.default_rng(0)
+    for n in (2, 5, 12):
+        img, txt = (rng.standard_normal((n, 16)).astype(np.float32) for _ in range(2))
+        img /= np.linalg.norm(img, axis=1, keepdims=True)
+        txt /= np.linalg.norm(txt, axis=1, keepdims=True)
+        logits = 7.0 * img @ txt.T - 3.0
+        z = 2 * np.eye(n) - 1
+        ref = np.mean(-np.sum(np.log(1 / (1 + np.exp(-z * logits))), axis=1))
+        assert float(losses.siglip_loss(img, txt, 7.0, -3.0)) == pytest.approx(ref, rel=1e-5)
+
+
+def _naflex_config(spec: str, **mesh):
+    import sys
+
+    sys.path.insert(0, str(__import__("conftest").REPO / "configs"))
+    import tiny
+
+    c = tiny.get_config()
+    c.model.name, c.loss, c.seed = "tiny-naflex", "siglip", 3
+    c.data.source, c.data.train, c.data.workers = "webdataset", spec, 0
+    c.data.naflex.buckets, c.data.naflex.tokens, c.data.naflex.batch_multiple = (4, 9, 16), 192, 8
+    c.mesh.data, c.mesh.fsdp, c.mesh.tensor = (mesh.get(k, 1) for k in ("data", "fsdp",
+                                                                         "tensor"))
+    return c
+
+
+@pytest.mark.slow
+def test_naflex_training_on_8_devices_equals_1_device_step_by_step(tmp_path):
+    from test_pipeline import FakeTokenizer
+
+    from clip_jax import input_pipeline, train
+
+    assert jax.device_count() >= 8
+    spec, _ = _aspect_shards(tmp_path / "shards")
+    runs = []
+    for devices, mesh in ((8, dict(data=2, fsdp=2, tensor=2)), (1, {})):
+        c = _naflex_config(spec, **mesh)
+        c.model.text.vocab_size = 256  # FakeTokenizer's character codes
+        setup = train.build(c, jax.devices()[:devices])
+        state, step = train.init_state(setup), train.make_train_step(setup)
+        data = input_pipeline.make_data(c, setup.model_cfg, setup.local_batch_size,
+                                        FakeTokenizer())
+        losses, sizes = [], []
+        for _ in range(5):
+            batch = next(data)
+            sizes.append(batch["image"]["patches"].shape[:2])
+            state, metrics = step(state, input_pipeline.to_global(setup.batch_sharding, batch))
+            losses.append(float(metrics["loss"]))
+        data.close()
+        runs.append((np.asarray(losses), sizes))
+    plan = input_pipeline.naflex_plan(c, setup.model_cfg)
+    assert runs[0][1] == runs[1][1] == [plan.shape(k) for k in range(5)]
+    assert len(set(runs[0][1])) > 1  # steps of different buckets (one compile each)
+    np.testing.assert_allclose(runs[0][0], runs[1][0], rtol=2e-4)

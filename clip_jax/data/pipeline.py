@@ -115,7 +115,7 @@ class TrainIterator:
                  process_index: int = 0, process_count: int = 1, workers: int = 0,
                  shuffle_buffer: int = 1000, resampled: bool = False, context_length: int = 77,
                  worker_mode: str = "process", prefetch: int = 2, jpeg_draft: bool = True,
-                 embeddings: Sequence[str] = ()):
+                 embeddings: Sequence[str] = (), naflex=None):
         if worker_mode not in ("process", "thread"):
             raise ValueError(f"worker_mode must be 'process' or 'thread', got {worker_mode!r}")
         if not 0 <= process_index < process_count:
@@ -156,7 +156,8 @@ class TrainIterator:
             WorkerSpec(self.sources, int(seed), process_index * self.num_workers + w,
                        num_consumers, bool(resampled), 2 * int(shuffle_buffer), int(batch_size),
                        int(image_size), int(context_length), bool(jpeg_draft),
-                       name=f"worker {w} of process {process_index}", stored=stored)
+                       name=f"worker {w} of process {process_index}", stored=stored,
+                       naflex=naflex, workers=self.num_workers)
             for w in range(self.num_workers)]
         digest = hashlib.sha256(json.dumps([
             s.describe() if isinstance(s, TfdsSource) else [s.shards, s.weight]
@@ -169,6 +170,12 @@ class TrainIterator:
             "context_length": int(context_length), "jpeg_draft": bool(jpeg_draft)}
         if embeddings:  # which samples are skipped depends on them
             self.fingerprint["embeddings"] = list(embeddings)
+        if naflex is not None:  # the buckets, their batch sizes, the patch and the draw
+            self.fingerprint["naflex"] = naflex.describe()
+            bad = [n for n in naflex.batch_sizes if n % process_count]
+            if bad:
+                raise ValueError(f"data.naflex: a step of {bad[0]} images does not split over "
+                                 f"{process_count} processes")
         self._batches = 0
         self._wstates: list[dict | None] = [None] * self.num_workers
         self._runners: list | None = None
@@ -277,7 +284,7 @@ class TrainIterator:
 def make_train_iterator(data_cfg, tokenizer, image_size: int, batch_size: int, seed: int,
                         process_index: int = 0, process_count: int = 1,
                         context_length: int | None = None,
-                        embeddings: Sequence[str] = ()) -> TrainIterator:
+                        embeddings: Sequence[str] = (), naflex=None) -> TrainIterator:
     """The training iterator for this process from ``data_cfg`` (ConfigDict or mapping).
 
     Keys: ``source`` ("webdataset", "tfds" or "mix", see :func:`train_sources`; default
@@ -288,7 +295,10 @@ def make_train_iterator(data_cfg, tokenizer, image_size: int, batch_size: int, s
     ``context_length`` argument, e.g. the model's, overrides it); optional ``worker_mode``
     ("process" | "thread"), ``worker_prefetch`` (batches queued per worker, 2), ``jpeg_draft``
     (let the JPEG decoder downscale large images, True). ``embeddings``: directories of stored
-    per-sample rows to deliver with each sample (:mod:`clip_jax.data.stored`).
+    per-sample rows to deliver with each sample (:mod:`clip_jax.data.stored`). ``naflex``: a
+    :class:`clip_jax.data.naflex.BucketPlan`: batches of ``{"image": {"patches": uint8 (b, n,
+    p*p*3), "mask": bool (b, n), "shapes": int32 (b, 2)}, "text": ...}`` whose ``b`` and ``n``
+    follow each step's bucket (``batch_size`` unused).
     """
     return TrainIterator(
         train_sources(data_cfg), tokenizer, int(image_size), int(batch_size), int(seed),
@@ -298,4 +308,5 @@ def make_train_iterator(data_cfg, tokenizer, image_size: int, batch_size: int, s
         context_length=int(context_length or _cfg(data_cfg, "context_length", 77)),
         worker_mode=str(_cfg(data_cfg, "worker_mode", "process")),
         prefetch=int(_cfg(data_cfg, "worker_prefetch", 2)),
-        jpeg_draft=bool(_cfg(data_cfg, "jpeg_draft", True)), embeddings=embeddings)
+        jpeg_draft=bool(_cfg(data_cfg, "jpeg_draft", True)), embeddings=embeddings,
+        naflex=naflex)

@@ -35,8 +35,11 @@ local shuffle) and the heap holds about ``shuffle_buffer`` raw (undecoded) sampl
 (webdataset's shuffle buffer cannot be rebuilt after a restart; this one can, see below.)
 
 Decode, augment and tokenise happen after the shuffle; the random crop of sample ``i`` uses a
-generator seeded by ``(seed, c, i)``. Workers decode (JPEG: libjpeg-turbo via simplejpeg, DCT
-downscaling) and crop + resize (OpenCV) to ``uint8`` images.
+generator seeded by ``(seed, c, i)``. NaFlex (``spec.naflex``, :class:`clip_jax.data.naflex.
+BucketPlan`): consumer ``c``'s ``j``-th batch is global step ``j * workers + (c mod workers)``,
+whose bucket fixes how many images this consumer puts in it and how many patches each gets;
+images are decoded at their own size and resized once to fit (no crop). Workers decode (JPEG:
+libjpeg-turbo via simplejpeg, DCT downscaling) and crop + resize (OpenCV) to ``uint8`` images.
 
 Exact resume
 ------------
@@ -66,6 +69,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from clip_jax.cli import UserError
+from clip_jax.data import naflex as naflex_lib
 from clip_jax.data import stored as stored_lib
 from clip_jax.data import transforms
 from clip_jax.data.hashing import hash_ints as _hash
@@ -95,6 +99,14 @@ class WorkerSpec:
     jpeg_draft: bool = True
     name: str = "worker"
     stored: tuple = ()  # stored per-sample rows to join (clip_jax.data.stored.StoredDir)
+    naflex: naflex_lib.BucketPlan | None = None  # NaFlex batches: a bucket per step
+    workers: int = 1  # consumers per process (NaFlex: which steps this one makes)
+
+    def naflex_shape(self, batch: int) -> tuple[int, int]:
+        """(images, patches per image) of this consumer's ``batch``-th NaFlex batch: its step's
+        global images split over the processes."""
+        total, bucket = self.naflex.shape(batch * self.workers + self.consumer % self.workers)
+        return total // (self.num_consumers // self.workers), bucket
 
 
 class _SourceReader:
@@ -286,12 +298,18 @@ class BatchMaker:
                 "shuffle": self.shuffler.state()}
 
     def next_batch(self) -> dict[str, np.ndarray]:
-        spec = self.spec
-        images = np.empty((spec.batch_size, spec.image_size, spec.image_size, 3), np.uint8)
+        spec, plan = self.spec, self.spec.naflex
+        if plan is None:
+            n, min_size = spec.batch_size, self.min_size
+            images = np.empty((n, spec.image_size, spec.image_size, 3), np.uint8)
+        else:
+            (n, bucket), min_size, p = spec.naflex_shape(self.batches), None, plan.patch_size
+            images = {"patches": np.zeros((n, bucket, p * p * 3), np.uint8),
+                      "mask": np.zeros((n, bucket), bool), "shapes": np.zeros((n, 2), np.int32)}
         captions: list[str] = []
         keys, rows = [], []
         failures = missing = 0
-        while len(captions) < spec.batch_size:
+        while len(captions) < n:
             index, raw = self.shuffler.pop(self.stats)
             if self.lookup is not None:
                 found = self.lookup.rows(raw.url, raw.key)
@@ -304,7 +322,7 @@ class BatchMaker:
                     continue
                 missing = 0
             try:  # only the decoder's errors mean a bad image: anything else is a bug, raised
-                pixels = transforms.decode_array(raw.image, self.min_size)
+                pixels = transforms.decode_array(raw.image, min_size)
             except transforms.DECODE_ERRORS as e:
                 self.stats["skipped_corrupt_image"] += 1
                 failures += 1
@@ -312,8 +330,13 @@ class BatchMaker:
                     raise RuntimeError(f"{spec.name}: {failures} undecodable images in a row "
                                        f"(last key {raw.key!r})") from e
                 continue
-            rng = np.random.default_rng(_seed_seq(*self.crop_base, index))
-            images[len(captions)] = transforms.random_resized_crop(pixels, spec.image_size, rng)
+            i = len(captions)
+            if plan is None:
+                rng = np.random.default_rng(_seed_seq(*self.crop_base, index))
+                images[i] = transforms.random_resized_crop(pixels, spec.image_size, rng)
+            else:  # at its own aspect ratio, resized once to fit the bucket
+                x, images["shapes"][i] = naflex_lib.patches_uint8(pixels, p, bucket)
+                images["patches"][i, :len(x)], images["mask"][i, :len(x)] = x, True
             failures = 0
             captions.append(raw.caption)
             if self.lookup is not None:
@@ -322,11 +345,11 @@ class BatchMaker:
         ids = self.tokenizer(captions, spec.context_length)  # or {"text": ..., more fields}
         fields = dict(ids) if isinstance(ids, Mapping) else {"text": ids}
         text = np.asarray(fields.pop("text"), dtype=np.int32)
-        if text.shape != (spec.batch_size, spec.context_length):
+        if text.shape != (n, spec.context_length):
             raise ValueError(f"tokenizer returned shape {text.shape}, expected "
-                             f"{(spec.batch_size, spec.context_length)}")
+                             f"{(n, spec.context_length)}")
         self.batches += 1
-        self.stats["samples"] += spec.batch_size
+        self.stats["samples"] += n
         batch = {"image": images, "text": text,  # + e.g. a distillation teacher's own ids
                  **{k: np.asarray(v, np.int32) for k, v in fields.items()}}
         if self.lookup is not None:
