@@ -153,6 +153,10 @@ def test_fewshot_without_a_dataset_split_says_why_a_k_did_not_run(tmp_path):
         "linear_probe", f"folder:{tmp_path}", shots=(4,))])["linear_probe"]
     assert rep["acc1"] == 1.0 and "fewshot" not in rep
     assert "smallest class has 2 training images" in rep["fewshot_not_run"]
+    with pytest.raises(ValueError, match="no test split and each class has one image "
+                       r"\(--max-per-class / probe_max_per_class 1\)"):
+        evaluators.run(OracleEncoder(), [evaluators.EvalSpec(
+            "fewshot", f"folder:{tmp_path}", shots=(1,), max_per_class=1)])
 
 
 @pytest.fixture(scope="module")
