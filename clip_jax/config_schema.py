@@ -94,6 +94,8 @@ RANGES: dict[str, Range] = {
     "debug.spike_scale": POS_FLOAT,
     "distill.clip_weight": NONNEG, "distill.kd_weight": NONNEG, "distill.feature_weight": NONNEG,
     "distill.teacher_logit_scale": NONNEG,
+    **{f"model.decoder.{k}": POSITIVE for k in ("layers", "width", "heads", "mlp_dim")},
+    "model.decoder.pad_id": COUNT, "caption.weight": NONNEG, "caption.masked_pred_prob": FRACTION,
 }
 
 

@@ -45,21 +45,38 @@ def forward(setup, params, images, text, rng, batch_stats=None):
     ``batch_stats`` (a BatchNorm tower) the statistics of this (global) batch normalise it
     and update the running ones that come back, unless the image tower is frozen; without,
     ``batch_stats`` comes back as given."""
-    params = optimizer.stop_frozen(setup.objective.model_params(params), setup.config.optimizer,
+    out, _, batch_stats = forward_rows(setup, params, images, text, rng, batch_stats)
+    return out, batch_stats
+
+
+def forward_rows(setup, params, images, text, rng, batch_stats=None, inputs=None):
+    """:func:`forward`, and the objective's per-example values (``{}`` unless it reads the
+    captioning decoder, which then runs on the same image forward with the objective's
+    ``inputs``: :meth:`~clip_jax.objectives.Objectives.forward_inputs` rows). Returns
+    ``(outputs, rows, batch_stats)``."""
+    objective, inputs = setup.objective, inputs or {}
+    params = optimizer.stop_frozen(objective.model_params(params), setup.config.optimizer,
                                    setup.config.model.lock_image_unlocked_groups)
     pixels = input_pipeline.device_pixels(images)
-    with nn.logical_axis_rules(sharding.RULES):
-        if batch_stats is None:
-            return setup.model.apply({"params": params}, pixels, text, train=True,
-                                     rngs={"patch_dropout": rng}), batch_stats
+    kw = dict(train=True, rngs={"patch_dropout": rng})
+    if objective.decoder:
+        kw.update(method=models.CLIP.caption_forward, parallel=inputs.get("parallel"))
+    variables = {"params": params}
+    if batch_stats is not None:
+        variables[models.STATS] = batch_stats
         if image_frozen(setup):
-            out = setup.model.apply({"params": params, models.STATS: batch_stats}, pixels, text,
-                                    train=True, image_train=False, rngs={"patch_dropout": rng})
-            return out, batch_stats
-        out, new = setup.model.apply({"params": params, models.STATS: batch_stats}, pixels,
-                                     text, train=True, rngs={"patch_dropout": rng},
-                                     mutable=[models.STATS])
-        return out, new[models.STATS]
+            kw["image_train"] = False
+        else:
+            kw["mutable"] = [models.STATS]
+    with nn.logical_axis_rules(sharding.RULES):
+        out = setup.model.apply(variables, pixels, text, **kw)
+    if "mutable" in kw:
+        out, new = out
+        batch_stats = new[models.STATS]
+    if not objective.decoder:
+        return out, {}, batch_stats
+    out, logits = out
+    return out, objective.rows(logits, text, inputs), batch_stats
 
 
 def loss_and_grads(setup, params, batch, step=0, teacher_params=(),
@@ -73,21 +90,22 @@ def loss_and_grads(setup, params, batch, step=0, teacher_params=(),
     rng = jax.random.fold_in(jax.random.key(setup.config.seed), step)
     stats = batch_stats if batch_stats and jax.tree.leaves(batch_stats) else None
     targets = objective.targets(teacher_params, batch)  # no gradient, the whole batch at once
+    inputs = objective.forward_inputs(batch, rng)  # likewise (the rows CapPa decodes in parallel)
 
-    def head_loss(img, txt, head):
-        return objective.loss(setup.mesh, img, txt, head, targets)
+    def head_loss(img, txt, head, rows):
+        return objective.loss(setup.mesh, img, txt, head, targets, rows)
 
     if setup.config.accum_steps > 1:
         loss, parts, grads, new = _loss_and_grads_cached(setup, params, batch, rng, head_loss,
-                                                         stats)
+                                                         stats, inputs)
         return LossAndGrads(loss, parts, grads, batch_stats if stats is None else new)
 
     def loss_fn(p):
-        (img, txt, log_scale, bias), new = forward(setup, p, batch["image"], batch["text"], rng,
-                                                   stats)
+        (img, txt, log_scale, bias), rows, new = forward_rows(
+            setup, p, batch["image"], batch["text"], rng, stats, inputs)
         head = {**objective.head_params(p), "logit_scale": log_scale}  # the model's (frozen?)
         head.update({} if bias is None else {"logit_bias": bias})
-        loss, parts = head_loss(img, txt, head)
+        loss, parts = head_loss(img, txt, head, rows)
         return loss, (parts, new)
 
     (loss, (parts, new)), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
@@ -112,13 +130,16 @@ def _merge_micro(y, shards: int, mesh):
     return jax.lax.with_sharding_constraint(x, sharding.batch_sharding(mesh))
 
 
-def _loss_and_grads_cached(setup, params, batch, rng, head_loss, stats=None):
+def _loss_and_grads_cached(setup, params, batch, rng, head_loss, stats=None, inputs=None):
     """Gradient cache (Gao et al. 2021): the exact global-batch loss with the activation memory
     of one micro-batch. 1) embed every micro-batch, keeping no activations; 2) the contrastive
     loss of all embeddings and its gradient w.r.t. them; 3) re-run each micro-batch forward
     and push its slice of that gradient through (``jax.vjp``), summing parameter gradients.
     Costs one extra forward pass. All inside the one jitted step, with ``lax.scan``.
-    ``head_loss(img, txt, head params) -> (loss, parts)``: the objective on the embeddings.
+    ``head_loss(img, txt, head params, rows) -> (loss, parts)``: the objective on the
+    embeddings and its per-example values (``rows``, e.g. a caption's summed NLL: carried and
+    differentiated like the embeddings; ``inputs``, the objective's per-example forward inputs,
+    are split like the batch).
 
     BatchNorm (``stats``): each micro-batch is normalised by its own statistics (as open_clip's
     ``--accum-freq``), the same in both passes; the running statistics are updated once per
@@ -126,11 +147,13 @@ def _loss_and_grads_cached(setup, params, batch, rng, head_loss, stats=None):
     mesh, k = setup.mesh, setup.config.accum_steps
     shards = sharding.batch_size_per_shard(mesh)
     micro = {key: _split_micro(batch[key], shards, k, mesh) for key in ("image", "text")}
+    micro["inputs"] = {key: _split_micro(v, shards, k, mesh) for key, v in (inputs or {}).items()}
     micro["rng"] = jax.random.split(rng, k)  # each micro-batch's patch dropout, in both passes
 
     def embed_stats(p, mb, st):
-        (img, txt, _, _), new = forward(setup, p, mb["image"], mb["text"], mb["rng"], st)
-        return (img, txt), new
+        (img, txt, _, _), rows, new = forward_rows(setup, p, mb["image"], mb["text"], mb["rng"],
+                                                   st, mb["inputs"])
+        return (img, txt, rows), new
 
     def embed(p, mb, st=stats):  # the second pass: normalised alike, statistics not kept
         return embed_stats(p, mb, st)[0]
@@ -139,21 +162,23 @@ def _loss_and_grads_cached(setup, params, batch, rng, head_loss, stats=None):
         emb, new = embed_stats(params, mb, st)
         return new, emb
 
-    stats, (img, txt) = jax.lax.scan(first, stats, micro)
-    img, txt = _merge_micro(img, shards, mesh), _merge_micro(txt, shards, mesh)
+    stats, emb = jax.lax.scan(first, stats, micro)
+    img, txt, rows = jax.tree.map(lambda x: _merge_micro(x, shards, mesh), emb)
 
-    (loss, parts), (g_img, g_txt, g_head) = jax.value_and_grad(
-        head_loss, argnums=(0, 1, 2), has_aux=True)(img, txt, setup.objective.head_params(params))
-    g_img, g_txt = _split_micro(g_img, shards, k, mesh), _split_micro(g_txt, shards, k, mesh)
+    (loss, parts), g_emb = jax.value_and_grad(head_loss, argnums=(0, 1, 2, 3), has_aux=True)(
+        img, txt, setup.objective.head_params(params), rows)
+    g_head = g_emb[2]
+    g_emb = jax.tree.map(lambda x: _split_micro(x, shards, k, mesh),
+                         (g_emb[0], g_emb[1], g_emb[3]))
 
     def accumulate(acc, xs):
-        mb, gi, gt = xs
+        mb, g_mb = xs
         _, vjp = jax.vjp(lambda p: embed(p, mb), params)
-        (g,) = vjp((gi, gt))
+        (g,) = vjp(g_mb)
         return jax.tree.map(jnp.add, acc, g), None
 
     zeros = jax.tree.map(jnp.zeros_like, params)
-    grads, _ = jax.lax.scan(accumulate, zeros, (micro, g_img, g_txt))
+    grads, _ = jax.lax.scan(accumulate, zeros, (micro, g_emb))
     grads = dict(grads)
     for key, g in g_head.items():  # the logit parameters, the objective's own: the head's
         grads[key] = jax.tree.map(jnp.add, grads[key], g)

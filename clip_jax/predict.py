@@ -1,8 +1,11 @@
-"""Zero-shot prediction with any model source (bundle, workdir, HF or open_clip weights).
+"""Zero-shot prediction with any model source (bundle, workdir, HF or open_clip weights), or
+captions from a model with a decoder.
 
     python -m clip_jax.predict --model SOURCE --image a.jpg [--image b.jpg] \\
         --labels "cat,dog,zebra" [--templates "a photo of a {}." "a drawing of a {}."] \\
         [--top-k 3] [--json]
+    python -m clip_jax.predict --model SOURCE --image a.jpg [--image b.jpg] --caption \\
+        [--beams 4] [--json]
 
 ``--labels``: comma-separated class names, or a file / dataset name understood by
 :func:`clip_jax.evaluate.templates.get_classnames`. ``--templates``: ``str.format`` strings with
@@ -10,6 +13,9 @@
 :func:`clip_jax.evaluate.templates.get_templates` (``imagenet`` = OpenAI's 80 templates); the
 default is ``"a photo of a {}."``. Prints, per image, the labels ranked by probability (softmax of
 ``exp(logit_scale) * cosine similarity``; for SigLIP models each label's own sigmoid).
+``--caption``: one line per image, ``PATH<TAB>caption``, written by the model's captioning
+decoder (:class:`clip_jax.evaluate.captioning.Captioner`; greedy, or beam search with
+``--beams`` > 1), the images in batches of ``--batch-size``.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ from PIL import Image
 
 from clip_jax import cli, inference
 from clip_jax.data.transforms import to_rgb
+from clip_jax.evaluate.captioning import Captioner
 from clip_jax.evaluate.templates import DEFAULT_TEMPLATES, get_classnames, get_templates
 
 
@@ -85,8 +92,12 @@ def _parser() -> argparse.ArgumentParser:
                    "or open_clip weights")
     p.add_argument("--image", action="append", required=True,
                    help="image file (repeat for several)")
-    p.add_argument("--labels", required=True,
+    p.add_argument("--labels", default=None,
                    help='comma-separated class names ("cat,dog,zebra"), a file, or a dataset')
+    p.add_argument("--caption", action="store_true",
+                   help="write a caption per image with the model's decoder (no --labels)")
+    p.add_argument("--beams", type=int, default=1,
+                   help="--caption: beam search with this many beams (1: greedy)")
     p.add_argument("--templates", nargs="+", default=None,
                    help='prompt templates with {} ("a photo of a {}.") or a dataset name/file')
     p.add_argument("--top-k", type=int, default=0, help="print only the k best labels")
@@ -95,8 +106,33 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def caption(args) -> int:
+    """``--caption``: each image's caption, one line (or a JSON list)."""
+    if args.beams < 1:
+        raise cli.UserError(f"--beams {args.beams}: must be >= 1")
+    images = load_images(args.image)
+    model = inference.load(args.model, batch_size=args.batch_size)
+    if model.cfg.decoder is None:
+        raise cli.UserError(f"{args.model} has no captioning decoder (model.decoder), which "
+                            "--caption needs")
+    texts = Captioner(model).captions(images, beams=args.beams)
+    if args.json:
+        print(json.dumps([{"image": p, "caption": t} for p, t in zip(args.image, texts,
+                                                                      strict=True)], indent=2))
+    else:
+        print("\n".join(f"{p}\t{t}" for p, t in zip(args.image, texts, strict=True)))
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.caption:
+        if args.labels or args.templates or args.top_k:
+            raise cli.UserError("--caption writes captions: --labels, --templates and --top-k "
+                                "are for zero-shot prediction")
+        return caption(args)
+    if args.labels is None:
+        raise cli.UserError("give --labels (zero-shot) or --caption")
     labels = parse_labels(args.labels)
     templates = parse_templates(args.templates)
     images = load_images(args.image)

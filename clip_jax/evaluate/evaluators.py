@@ -38,11 +38,11 @@ import numpy as np
 
 from clip_jax import config as config_lib
 from clip_jax import files, inference, models, sharding
-from clip_jax.evaluate import datasets, encode, metrics, plots, probes, suite_prompts
+from clip_jax.evaluate import captioning, datasets, encode, metrics, plots, probes, suite_prompts
 from clip_jax.evaluate import suite as suite_lib
 from clip_jax.evaluate import templates as templates_lib
 
-EVALS = config_lib.EVAL_KINDS
+EVALS = (*config_lib.EVAL_KINDS, "captioning")  # captioning: from the CLI (a decoder)
 DEFAULT_SEEDS = (0, 1, 2)
 
 
@@ -146,13 +146,6 @@ def _probe_features(encoder, spec: EvalSpec):
     x, y = image_features(encoder, train_set, spec.batch_size, spec.max_per_class)
     if test_set is None:
         tr, te = datasets.split_per_class(y)
-        if not len(te):  # every class had one image: nothing left to test on
-            cap = (f" (--max-per-class / probe_max_per_class {spec.max_per_class})"
-                   if spec.max_per_class else "")
-            raise ValueError(f"{spec.kind} on {train_set.name}: it has no test split and "
-                             f"each class has one image{cap}, which cannot be split into "
-                             "train and test; raise --max-per-class or give a dataset with "
-                             "a test split")
         return x[tr], y[tr], x[te], y[te], train_set.class_names, train_set.name
     tx, ty = image_features(encoder, test_set, spec.batch_size)
     return x, y, tx, ty, train_set.class_names, f"{train_set.name} -> {test_set.name}"
@@ -215,7 +208,7 @@ def suite(encoder, spec: EvalSpec) -> dict:
 
 
 _RUN = {"zeroshot": zeroshot, "retrieval": retrieval, "fewshot": fewshot,
-        "linear_probe": linear_probe}
+        "linear_probe": linear_probe, "captioning": captioning.captioning}
 
 
 def run(encoder, specs: Sequence[EvalSpec]) -> dict[str, dict]:
@@ -236,6 +229,7 @@ _SCALARS = {
     "retrieval": ("image_to_text_recall@1", "image_to_text_recall@5",
                   "text_to_image_recall@1", "text_to_image_recall@5", "mean_recall"),
     "linear_probe": ("acc1",),
+    "captioning": ("perplexity", "text_to_image_recall@1", "image_to_text_recall@1"),
 }
 
 

@@ -11,6 +11,7 @@ import jax.numpy as jnp
 from clip_jax.layers import logical_init
 from clip_jax.models.config import ModelConfig
 from clip_jax.models.convnext import ConvNeXt
+from clip_jax.models.decoder import TextDecoder
 from clip_jax.models.naflex import NaFlexVisionTransformer
 from clip_jax.models.resnet import ModifiedResNet
 from clip_jax.models.text import TextTransformer
@@ -23,7 +24,8 @@ def l2_normalize(x, eps: float = 1e-12):
 
 
 class CLIP(nn.Module):
-    """Two towers + learned temperature (and optional bias for the sigmoid loss)."""
+    """Two towers + learned temperature (and optional bias for the sigmoid loss), and with
+    ``cfg.decoder`` a captioning decoder (``text_decoder``) on the image tower's tokens."""
 
     cfg: ModelConfig
 
@@ -39,10 +41,33 @@ class CLIP(nn.Module):
             self.logit_bias = self.param(
                 "logit_bias", logical_init(nn.initializers.constant(self.cfg.init_logit_bias), ()),
                 (), jnp.float32)
+        if self.cfg.decoder is not None:
+            self.text_decoder = TextDecoder(self.cfg)
 
     def encode_image(self, images, normalize: bool = True, train: bool = False):
         x = self.visual(images, train)
         return l2_normalize(x) if normalize else x
+
+    def encode_image_tokens(self, images, train: bool = False):
+        """``(L2-normalised embedding, un-pooled tokens (B, T, width))`` of a ViT tower."""
+        x, tokens = self.visual(images, train, tokens=True)
+        return l2_normalize(x), tokens
+
+    def decode(self, image_tokens, ids, parallel=None):
+        """The decoder's float32 logits (B, T, vocab) for input ``ids`` (B, T) given
+        :meth:`encode_image_tokens`' tokens (:class:`~clip_jax.models.decoder.TextDecoder`)."""
+        return self.text_decoder(image_tokens, ids, parallel)
+
+    def caption_forward(self, images, text, train: bool = False,
+                        image_train: bool | None = None, parallel=None):
+        """:meth:`__call__`'s outputs and the decoder's teacher-forced logits (B, L-1, vocab)
+        for inputs ``text[:, :-1]`` (open_clip CoCa's shift: position i predicts
+        ``text[:, i + 1]``), from the same image forward."""
+        bias = self.logit_bias if self.cfg.init_logit_bias is not None else None
+        image_train = train if image_train is None else image_train
+        img, tokens = self.encode_image_tokens(images, train=image_train)
+        logits = self.decode(tokens, text[:, :-1], parallel)
+        return (img, self.encode_text(text), self.logit_scale, bias), logits
 
     def encode_text(self, text, normalize: bool = True):
         x = self.text(text)
@@ -57,6 +82,8 @@ class CLIP(nn.Module):
         Features are L2-normalised float32; ``logit_scale_param`` is the log-temperature
         parameter (exponentiate, clamped at ln 100 by the optimiser step, for the loss).
         """
+        if self.cfg.decoder is not None and self.is_initializing():  # the decoder's params too
+            return self.caption_forward(images, text, train, image_train)[0]
         bias = self.logit_bias if self.cfg.init_logit_bias is not None else None
         image_train = train if image_train is None else image_train
         return (self.encode_image(images, train=image_train), self.encode_text(text),

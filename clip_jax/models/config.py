@@ -171,6 +171,27 @@ class TextConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class DecoderConfig:
+    """A captioning decoder on the image tower's un-pooled tokens (:mod:`clip_jax.models.decoder`;
+    open_clip CoCa's ``multimodal_cfg``, big_vision CapPa's decoder). Its vocabulary and context
+    are the text tower's; ``pad_id``: the token id ignored as a caption target."""
+
+    layers: int = 12
+    width: int = 512
+    heads: int = 8
+    mlp_dim: int = 2048
+    pad_id: int = 0
+
+    def __post_init__(self):
+        for name in ("layers", "width", "heads", "mlp_dim"):
+            _positive_int(f"model.decoder.{name}", getattr(self, name))
+        p = self.pad_id
+        if isinstance(p, bool) or not isinstance(p, int) or p < 0:
+            raise ValueError(f"model.decoder.pad_id={p!r}: must be a token id >= 0")
+        _heads("model.decoder", self.width, self.heads)
+
+
+@dataclasses.dataclass(frozen=True)
 class ModelConfig:
     embed_dim: int = 512
     vision: VisionConfig = dataclasses.field(default_factory=VisionConfig)
@@ -187,6 +208,7 @@ class ModelConfig:
     attention: str = "auto"  # "auto" | "xla" | "cudnn": see clip_jax.layers.attention
     qk_norm: bool = False  # LayerNorm over head_dim on queries and keys (both towers)
     ls_init_value: float | None = None  # layer scale of each residual branch (both towers)
+    decoder: DecoderConfig | None = None  # a captioning decoder (CoCa / CapPa); None: none
 
     def __post_init__(self):
         _positive_int("model.embed_dim", self.embed_dim)
@@ -208,9 +230,15 @@ class ModelConfig:
                 and self.embed_dim != self.vision.width):
             raise ValueError(f"model.embed_dim={self.embed_dim}: must equal model.vision.width="
                              f"{self.vision.width} when model.vision.proj=false")
+        if self.decoder is not None and self.vision.family != "vit":
+            raise ValueError(f"model.decoder: cross-attends to a ViT's tokens; model.vision."
+                             f"family={self.vision.family!r} has none")
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        d = dataclasses.asdict(self)
+        if d["decoder"] is None:  # a model without a decoder: the dict it always had
+            del d["decoder"]
+        return d
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> ModelConfig:
@@ -221,12 +249,16 @@ class ModelConfig:
             raise ValueError(f"unknown model config keys {sorted(bad)}; known: {sorted(known)}")
         vision = _sub_from_dict(VisionConfig, d.pop("vision", {}) or {}, "vision")
         text = _sub_from_dict(TextConfig, d.pop("text", {}) or {}, "text")
-        return cls(vision=vision, text=text, **d)
+        dec = d.pop("decoder", None)
+        dec = None if dec is None else _sub_from_dict(DecoderConfig, dec, "decoder")
+        return cls(vision=vision, text=text, decoder=dec, **d)
 
     def replace(self, **overrides) -> ModelConfig:
-        """Override fields; ``vision``/``text`` take dicts of their own fields."""
+        """Override fields; ``vision``/``text``/``decoder`` take dicts of their own fields (a
+        decoder dict on a model without one starts from :class:`DecoderConfig`'s defaults)."""
         overrides = dict(overrides)
-        for name, sub in (("vision", self.vision), ("text", self.text)):
+        for name, sub in (("vision", self.vision), ("text", self.text),
+                          ("decoder", self.decoder or DecoderConfig())):
             if isinstance(overrides.get(name), Mapping):
                 overrides[name] = _sub_from_dict(type(sub), overrides[name], name, base=sub)
         return dataclasses.replace(self, **overrides)

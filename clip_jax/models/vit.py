@@ -32,10 +32,13 @@ class VisionTransformer(nn.Module):
     cfg: ModelConfig
 
     @nn.compact
-    def __call__(self, images, train: bool = False):
+    def __call__(self, images, train: bool = False, tokens: bool = False):
         """images: (B, H, W, 3) float, CLIP-normalised. Returns (B, embed_dim), unnormalised.
         ``train`` with ``vision.patch_dropout`` > 0 drops patch tokens after the positional
-        embedding (the ``patch_dropout`` rng collection); evaluation sees every patch."""
+        embedding (the ``patch_dropout`` rng collection); evaluation sees every patch.
+        ``tokens``: returns ``(pooled, tokens)``, ``tokens`` (B, T, width) the un-pooled
+        sequence the pool reads (``ln_post`` of every token, the class token included): what a
+        captioning decoder cross-attends to. The pooled output is the same either way."""
         c, v = self.cfg, self.cfg.vision
         dtype, pdtype = jnp.dtype(c.dtype), jnp.dtype(c.param_dtype)
         kw = dict(dtype=dtype, param_dtype=pdtype)
@@ -66,15 +69,17 @@ class VisionTransformer(nn.Module):
                         c.attention, dtype, pdtype, qk_norm=c.qk_norm,
                         ls_init_value=c.ls_init_value, name="transformer")(x)
         ln_post = LayerNorm(c.ln_eps, name="ln_post", **kw)
+        seq = ln_post(x) if tokens or v.pool != "tok" else None
         if v.pool == "tok":  # the LN of token 0 alone: the same as LN of every token, then pool
             x = ln_post(x[:, 0])
         elif v.pool == "map":
             x = MAPHead(v.heads, v.mlp_dim, act, c.ln_eps, c.attention, name="map_head",
-                        **kw)(ln_post(x))
+                        **kw)(seq)
         else:
-            x = pool_tokens(ln_post(x), v.pool, prefix)
-        if not v.proj:
-            return x
-        proj = self.param("proj", logical_init(nn.initializers.normal(scale), ("embed", "proj")),
-                          (v.width, c.embed_dim), pdtype)
-        return jnp.dot(x, proj.astype(dtype))
+            x = pool_tokens(seq, v.pool, prefix)
+        if v.proj:
+            proj = self.param("proj", logical_init(nn.initializers.normal(scale),
+                                                   ("embed", "proj")),
+                              (v.width, c.embed_dim), pdtype)
+            x = jnp.dot(x, proj.astype(dtype))
+        return (x, seq) if tokens else x

@@ -19,7 +19,7 @@ import jax.numpy as jnp
 from jax.sharding import PartitionSpec as P
 
 from clip_jax import distill, sharding
-from clip_jax.objectives import contrastive, distillation, sigmoid
+from clip_jax.objectives import captioning, contrastive, distillation, sigmoid
 from clip_jax.objectives.base import LOSSES, Local, Objective, loss_fn
 
 __all__ = ["LOSSES", "Local", "Objective", "Objectives", "build", "loss_fn"]
@@ -36,6 +36,7 @@ class Objectives:
         names = [t.name for t in self.terms if t.param_shapes()]
         self.param_keys = tuple(names)
         self.weights = {k: w for t in self.terms for k, w in t.weights().items()}
+        self.decoder = any(t.decoder for t in self.terms)  # the forward runs the decoder
 
     @property
     def report_parts(self) -> bool:
@@ -62,14 +63,23 @@ class Objectives:
         """The global batch fields the terms read beyond ``image`` and ``text``."""
         return {k: v for t in self.terms for k, v in t.batch_fields(batch_size).items()}
 
+    def forward_inputs(self, batch, rng) -> dict:
+        """The terms' per-example forward inputs on the whole global batch (no gradient)."""
+        return {k: v for t in self.terms for k, v in t.forward_inputs(batch, rng).items()}
+
+    def rows(self, logits, text, inputs) -> dict:
+        """The terms' per-example values from the decoder's logits (``{}`` without one)."""
+        return {k: v for t in self.terms for k, v in t.rows(logits, text, inputs).items()}
+
     def targets(self, teacher_params, batch) -> list:
         """Each term's no-gradient targets on the whole global batch."""
         return [t.targets(teacher_params, batch) for t in self.terms]
 
-    def loss(self, mesh, img, txt, head, targets):
+    def loss(self, mesh, img, txt, head, targets, rows=None):
         """``(total, parts)`` on globally sharded embeddings: ``total = sum weight * part``,
         ``parts`` unweighted; ``head`` from :meth:`head_params` (``logit_scale`` is the
-        log-parameter), ``targets`` from :meth:`targets`."""
+        log-parameter), ``targets`` from :meth:`targets`, ``rows`` from :meth:`rows` (sharded
+        like the embeddings)."""
         axes = sharding.BATCH_AXES
         scale = jnp.exp(head["logit_scale"])
         bias = head.get("logit_bias")
@@ -77,17 +87,19 @@ class Objectives:
         own = [dict(head.get(t.name, {})) if t.name else {} for t in self.terms]
         weights = self.weights
 
-        def body(i, t, s, b, targets, own):
-            local, parts = Local(i, t, s, b, axes), {}
+        rows = {} if rows is None else rows
+
+        def body(i, t, s, b, targets, own, rows):
+            local, parts = Local(i, t, s, b, axes, rows), {}
             for term, tg, p in zip(self.terms, targets, own, strict=True):
                 parts.update(term.parts(local, tg, p))
             return sum(weights[k] * v for k, v in parts.items()), parts
 
         specs = (P(axes), P(axes), P(), P(),
                  [t.target_specs(tg) for t, tg in zip(self.terms, targets, strict=True)],
-                 jax.tree.map(lambda _: P(), own))
+                 jax.tree.map(lambda _: P(), own), jax.tree.map(lambda _: P(axes), rows))
         return jax.shard_map(body, mesh=mesh, in_specs=specs, out_specs=P())(
-            img, txt, scale, bias, targets, own)
+            img, txt, scale, bias, targets, own, rows)
 
 
 def build(config, model_cfg, teachers=(), stored=()) -> Objectives:
@@ -95,9 +107,11 @@ def build(config, model_cfg, teachers=(), stored=()) -> Objectives:
     distillation with ``teachers`` (:func:`clip_jax.distill.load`) or ``stored``
     (:func:`clip_jax.distill.load_stored`)."""
     own = CONTRASTIVE[config.loss]
+    caption = [captioning.Captioning(config, model_cfg)] if captioning.active(
+        config, model_cfg) else []
     if not distill.active(config):
-        return Objectives([own(config)])
+        return Objectives([own(config), *caption])
     w = float(config.distill.clip_weight)
     terms = [own(config, w)] if w > 0 else []
     return Objectives([*terms, distillation.Distillation(config, model_cfg.embed_dim, teachers,
-                                                         stored)])
+                                                         stored), *caption])

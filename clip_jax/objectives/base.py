@@ -7,6 +7,12 @@ gradients before the loss (:meth:`~Objective.targets`: teacher embeddings), and 
 the global batch's embeddings (:meth:`~Objective.parts`, run inside the one ``shard_map`` of
 :class:`clip_jax.objectives.Objectives`, each device holding its rows). Each part has a weight;
 the loss is the weighted sum of every objective's parts.
+
+An objective that reads the captioning decoder (``decoder = True``) also gives the forward
+per-example inputs drawn once on the whole global batch (:meth:`~Objective.forward_inputs`:
+which rows CapPa predicts in parallel) and turns the decoder's logits into per-example values
+(:meth:`~Objective.rows`, e.g. summed token NLL), which reach :meth:`~Objective.parts` as
+``local.rows``: so the gradient cache carries them like the embeddings and stays exact.
 """
 
 from __future__ import annotations
@@ -48,12 +54,14 @@ class Local(NamedTuple):
     scale: jax.Array
     bias: jax.Array
     axes: Any
+    rows: dict = {}  # this device's rows of the objectives' per-example values (Objective.rows)
 
 
 class Objective:
     """One training objective (subclasses: one file each in this package)."""
 
     name = ""  # its key in the params, when it adds any
+    decoder = False  # whether the forward runs the model's captioning decoder for it
 
     def weights(self) -> dict[str, float]:
         """Its parts in order and their weights (a part of weight 0 is never computed)."""
@@ -77,6 +85,16 @@ class Objective:
     def target_specs(self, targets):
         """The ``PartitionSpec`` tree of :meth:`targets` inside the loss's ``shard_map``."""
         return None
+
+    def forward_inputs(self, batch, rng) -> dict:
+        """Per-example inputs of the forward (N, ...) drawn on the whole global batch, no
+        gradient (``parallel``: (N,) bool, the decoder rows CapPa predicts in parallel)."""
+        return {}
+
+    def rows(self, logits, text, inputs) -> dict:
+        """Per-example values (N,) from the decoder's teacher-forced ``logits`` (N, L-1, V)
+        of ``text`` (N, L), read by :meth:`parts` as ``local.rows``."""
+        return {}
 
     def parts(self, local: Local, targets, params) -> dict[str, jax.Array]:
         """Its unweighted loss terms (global means) from this device's rows; ``params``: its
