@@ -4,14 +4,21 @@
         [--eval retrieval ...] [--dataset [NAME=]SPEC ...] [--templates imagenet] \\
         [--data-dir TFDS_DIR] [--out DIR]
     python -m clip_jax.evaluate --model SRC --suite clip_paper --data-dir DIR \\
-        [--datasets a,b] [--eval zeroshot,linear_probe,fewshot] [--max-per-class N] --out OUT
+        [--datasets a,b] [--eval zeroshot,linear_probe,fewshot] [--max-per-class N] \\
+        [--templates [DATASET=]SPEC ...] [--classnames [DATASET=]SPEC ...] --out OUT
 
 ``--suite``: a suite of :mod:`clip_jax.evaluate.registry` (clip_paper, robustness, vtab,
-retrieval), a dataset of it, or a comma list; every dataset present under ``--data-dir`` is
-evaluated with each ``--eval`` (default zeroshot; retrieval sets always retrieve) and each
-missing one is named in one line with how to prepare it (:mod:`clip_jax.evaluate.suite`).
-Writes ``OUT/report.json`` (``"suite": {dataset: {kind: {"acc1", "acc5",
-"mean_per_class_recall", "headline"}}}``), ``OUT/suite.md`` and ``OUT/suite.png``.
+retrieval, xm3600), a dataset of it, or a comma list; every dataset present under
+``--data-dir`` is evaluated with each ``--eval`` (default zeroshot; retrieval sets always
+retrieve) and each missing one is named in one line with how to prepare it
+(:mod:`clip_jax.evaluate.suite`). Zero-shot prompts are the registry's unless ``--templates`` /
+``--classnames`` choose them, for every dataset or per dataset
+(:mod:`clip_jax.evaluate.suite_prompts`). Writes ``OUT/report.json`` (``"suite": {dataset:
+{kind: {"acc1", "acc5", "mean_per_class_recall", "headline"}}}``, the prompts used in
+``"details"``), ``OUT/suite.md`` and ``OUT/suite.png``. Every flag is honoured or refused in
+one line (exit 2) before a model loads: prompts without zeroshot, ``--shots`` / ``--seeds``
+without fewshot, probe flags on retrieval sets only, ``--dataset`` (and, without ``--suite``,
+``--datasets``, ``DATASET=`` prompts, probe flags without a probe).
 
 ``--model``: any model source (:mod:`clip_jax.sources`): a bundle, a training workdir or its
 ``checkpoints`` directory (latest complete step), an HF CLIP directory or open_clip weights.

@@ -146,6 +146,13 @@ def _probe_features(encoder, spec: EvalSpec):
     x, y = image_features(encoder, train_set, spec.batch_size, spec.max_per_class)
     if test_set is None:
         tr, te = datasets.split_per_class(y)
+        if not len(te):  # every class had one image: nothing left to test on
+            cap = (f" (--max-per-class / probe_max_per_class {spec.max_per_class})"
+                   if spec.max_per_class else "")
+            raise ValueError(f"{spec.kind} on {train_set.name}: it has no test split and "
+                             f"each class has one image{cap}, which cannot be split into "
+                             "train and test; raise --max-per-class or give a dataset with "
+                             "a test split")
         return x[tr], y[tr], x[te], y[te], train_set.class_names, train_set.name
     tx, ty = image_features(encoder, test_set, spec.batch_size)
     return x, y, tx, ty, train_set.class_names, f"{train_set.name} -> {test_set.name}"
