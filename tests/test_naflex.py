@@ -455,3 +455,57 @@ def test_naflex_training_on_8_devices_equals_1_device_step_by_step(tmp_path):
     assert runs[0][1] == runs[1][1] == [plan.shape(k) for k in range(5)]
     assert len(set(runs[0][1])) > 1  # steps of different buckets (one compile each)
     np.testing.assert_allclose(runs[0][0], runs[1][0], rtol=2e-4)
+
+
+@pytest.mark.slow
+def test_naflex_sigkill_and_resume_equals_an_uninterrupted_run(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from conftest import REPO
+
+    spec, _ = _aspect_shards(tmp_path / "shards", per_shard=16)  # 64 captions: a tokenizer
+    steps, every = 200, 20
+
+    def cmd(workdir):
+        return [sys.executable, "-m", "clip_jax.train", "--config", "configs/tiny.py",
+                "--workdir", str(workdir), "--config.model.name=tiny-naflex",
+                "--config.loss=siglip", "--config.data.source=webdataset",
+                f"--config.data.train={spec}", "--config.data.naflex.buckets=(4, 9, 16)",
+                "--config.data.naflex.tokens=64", "--config.data.workers=2",
+                "--config.data.worker_mode=thread", f"--config.total_steps={steps}",
+                f"--config.checkpoint.every_steps={every}", "--config.log_every_steps=1"]
+
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2",
+               PYTHONUNBUFFERED="1")
+
+    def metrics(workdir):
+        rows = [json.loads(x) for x in open(workdir / "metrics.jsonl")]
+        return [{k: r[k] for k in ("step", "loss", "grad_norm")} for r in rows]
+
+    ref = subprocess.run(cmd(tmp_path / "ref"), cwd=REPO, env=env, capture_output=True,
+                         text=True, timeout=900)
+    assert ref.returncode == 0, ref.stderr[-3000:]
+    run = tmp_path / "killed"
+    proc = subprocess.Popen(cmd(run), cwd=REPO, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    t0 = time.time()
+    while not (run / "checkpoints" / str(every) / "commit_success.txt").exists():
+        assert proc.poll() is None, proc.stdout.read()[-3000:]
+        assert time.time() - t0 < 600
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert every <= metrics(run)[-1]["step"] < steps  # it died part-way
+    again = subprocess.run(cmd(run), cwd=REPO, env=env, capture_output=True, text=True,
+                           timeout=900)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "resumed from step" in again.stdout
+    m_ref, m_run = metrics(tmp_path / "ref"), metrics(run)
+    assert [m["step"] for m in m_run] == [m["step"] for m in m_ref] == list(range(1, steps + 1))
+    for a, b in zip(m_ref, m_run, strict=True):
+        np.testing.assert_allclose(a["loss"], b["loss"], rtol=1e-5, err_msg=str(a["step"]))
+        np.testing.assert_allclose(a["grad_norm"], b["grad_norm"], rtol=1e-5)
