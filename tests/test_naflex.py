@@ -509,3 +509,55 @@ def test_naflex_sigkill_and_resume_equals_an_uninterrupted_run(tmp_path):
     for a, b in zip(m_ref, m_run, strict=True):
         np.testing.assert_allclose(a["loss"], b["loss"], rtol=1e-5, err_msg=str(a["step"]))
         np.testing.assert_allclose(a["grad_norm"], b["grad_norm"], rtol=1e-5)
+
+
+def test_predict_and_embed_feed_a_naflex_model_each_image_at_its_own_aspect_ratio(tmp_path,
+                                                                                  capsys):
+    from PIL import Image
+    from test_embed import WORDS, make_shards
+
+    from clip_jax import bundle, cli, embed, inference, predict
+    from clip_jax.data import tario
+    from clip_jax.data.tokenizer import train_tokenizer
+
+    tok = train_tokenizer([" ".join(WORDS)] * 20, 512, str(tmp_path / "tok"))
+    cfg = models.get_model_config("tiny-naflex")
+    rng = np.random.default_rng(0)
+    params = jax.tree.map(lambda x: 0.3 * rng.standard_normal(x.shape).astype(x.dtype),
+                          models.abstract_params(cfg))
+    pre = dict(bundle.default_preprocess(32), mean=[0.5] * 3, std=[0.5] * 3, resize="bilinear",
+               max_num_patches=12)
+    model_dir = str(bundle.save_bundle(tmp_path / "bundle", params, cfg, tok, pre))
+    m = inference.load(model_dir, batch_size=8)
+    images = [rng.integers(0, 256, (h, w, 3), dtype=np.uint8) for h, w in ((20, 80), (60, 20))]
+    grids = m.preprocess(images)["shapes"].tolist()
+    assert grids == [[h // 8, w // 8] for h, w in (naflex_data.target_size(*i.shape[:2], 8, 12)
+                                                   for i in images)]
+    assert all(r != c for r, c in grids)  # not squares
+    mine = m.encode_image(images)
+    np.testing.assert_array_equal(mine, m.encode_image(naflex_data.preprocess(images, 8, 12)))
+    square = m.encode_image(inference.preprocess_images(images, 32, [0.5] * 3, [0.5] * 3))
+    assert float(np.abs(mine - square).max()) > 1e-3  # a square crop would be another input
+
+    paths = []
+    for i, img in enumerate(images):
+        paths.append(str(tmp_path / f"{i}.png"))
+        Image.fromarray(img).save(paths[-1])
+    labels = ["red star", "blue circle", "green square"]
+    capsys.readouterr()
+    assert cli.run(predict.main, ["--model", model_dir, "--image", paths[0], "--image",
+                                  paths[1], "--labels", ",".join(labels), "--json"]) == 0
+    got = json.loads(capsys.readouterr().out)
+    want = m.zero_shot(images, labels, predict.parse_templates(None))
+    for row, ref in zip(got, want, strict=True):
+        probs = {p["label"]: p["probability"] for p in row["predictions"]}
+        np.testing.assert_allclose([probs[c] for c in labels], ref, rtol=1e-5)
+
+    spec, _ = make_shards(str(tmp_path / "shards"), n_shards=1, per_shard=5)
+    out = str(tmp_path / "emb")
+    assert cli.run(embed.main, ["--model", model_dir, "--data", spec, "--out", out,
+                                "--batch-size", "4"]) == 0
+    url = embed.list_shards(spec)[0]
+    ref = [img for _, img, _ in tario.iterate_samples(url)]
+    np.testing.assert_allclose(embed.load_shard(out, "00000").image, m.encode_image(ref),
+                               atol=2e-3, rtol=0)
