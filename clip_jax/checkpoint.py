@@ -23,9 +23,9 @@ reduction over the state per save), so ``keep`` cannot rotate the good checkpoin
 from __future__ import annotations
 
 import base64
+import dataclasses
 import json
 import os
-import signal
 import tempfile
 import time
 from pathlib import Path
@@ -33,6 +33,7 @@ from pathlib import Path
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+from etils import epath
 from jax.experimental import multihost_utils
 from orbax.checkpoint import checkpoint_managers as cm
 
@@ -62,6 +63,7 @@ def _allgather_json(obj) -> list:
 
 CHECKPOINTS_SUBDIR = "checkpoints"  # where a training workdir keeps its orbax steps
 ITEMS = ("state", "data", "config", "tokenizer")
+REBUILT = ("ema",)  # state fields a step may lack that the caller rebuilds (a new average)
 
 
 class CheckpointSaveError(RunError):
@@ -133,43 +135,15 @@ def save_policy(every_steps: int):
     return ocp.checkpoint_managers.AnySavePolicy(policies)
 
 
-class Preemption:
-    """When to save and exit on a preemption notice (SIGTERM): ``reached(step)`` at each step
-    boundary; the run then saves that step (forced) and exits cleanly.
-
-    One process: a SIGTERM handler sets a flag, read at the next step boundary. Several
-    processes: each host may get the signal at a different step, and a save is a collective, so
-    they must agree on the step: JAX's preemption sync manager (which owns SIGTERM once
-    ``jax.distributed`` is initialised) propagates the notice and names the same sync step on
-    every host; orbax's ``CheckpointManager.reached_preemption`` reads it (a local check).
-    Without ``jax.distributed`` that manager does not exist, hence the handler of our own.
-    """
-
-    def __init__(self, checkpointer: Checkpointer):
-        self.checkpointer = checkpointer
-        self.requested = False
-        self._old = None
-        self._multi = jax.process_count() > 1
-
-    def __enter__(self):
-        if not self._multi:
-            try:
-                self._old = signal.signal(signal.SIGTERM, self._handle)
-            except ValueError:  # not the main thread
-                self._old = None
-        return self
-
-    def _handle(self, *_):
-        self.requested = True
-
-    def reached(self, step: int) -> bool:
-        if self._multi:
-            self.requested = self.requested or self.checkpointer.reached_preemption(step)
-        return self.requested
-
-    def __exit__(self, *exc):
-        if self._old is not None:
-            signal.signal(signal.SIGTERM, self._old)
+def _saved_tree(ckpt_dir: str, step: int) -> dict | None:
+    """The metadata tree of ``step``'s state (None when it cannot be read)."""
+    try:
+        md = ocp.PyTreeCheckpointHandler().metadata(epath.Path(ckpt_dir) / str(step) / "state")
+        md = getattr(md, "item_metadata", md)
+        saved = getattr(md, "tree", md)
+    except Exception:  # noqa: BLE001 - a damaged step: restore_latest reports it
+        return None
+    return saved if isinstance(saved, dict) else None
 
 
 class Checkpointer:
@@ -190,7 +164,7 @@ class Checkpointer:
         )
         self.manager = ocp.CheckpointManager(self.directory, options=options, item_names=ITEMS)
         self._pending: int | None = None  # step of a save not yet known to be complete
-        self.failed = False
+        self.failed, self.dropped = False, []  # dropped: see restore()
 
     def should_save(self, step: int) -> bool:
         """Orbax's decision (:func:`save_policy`): a multiple of ``every_steps``, or the step
@@ -288,18 +262,34 @@ class Checkpointer:
         return self.manager.latest_step()
 
     def restore(self, step: int):
+        """``(state, this process's data state)`` of ``step``. A field of the state that the
+        step lacks (saved before it existed, or with ``ema`` off) comes back as this config's
+        when that is empty (``batch_stats`` of a ViT), as None when it is in :data:`REBUILT`
+        (the caller rebuilds it), else the step cannot be read; a field the step holds and
+        this config's state has not (``ema`` turned off) is not read (:attr:`dropped`)."""
         target = _abstract_with_shardings(self.abstract_state, self.state_shardings)
-        try:
+        fields = {f.name: getattr(target, f.name) for f in dataclasses.fields(target)}
+        tree = _saved_tree(self.directory, step)
+        full = {k for k, v in fields.items() if jax.tree.leaves(v)}  # fields with arrays
+        saved = full if tree is None else {k for k, v in tree.items() if v != {}}
+        bad = sorted(full - saved - set(REBUILT))
+        if bad:
+            raise ValueError(f"checkpoint step {step} has no {', '.join(bad)}")
+        self.dropped = sorted(saved - full)
+        if saved == full and (tree is None or set(tree) == set(fields)):
             out = self.manager.restore(step, args=ocp.args.Composite(
                 state=ocp.args.StandardRestore(target), data=ocp.args.JsonRestore()))
-        except ValueError as e:  # a checkpoint from before TrainState.batch_stats existed
-            stats = getattr(target, "batch_stats", None)
-            if "batch_stats" not in str(e) or stats is None or jax.tree.leaves(stats):
-                raise
-            fields = {k: v for k, v in vars(target).items() if k != "batch_stats"}
-            out = dict(self.manager.restore(step, args=ocp.args.Composite(
-                state=ocp.args.StandardRestore(fields), data=ocp.args.JsonRestore())))
-            out["state"] = target.replace(**out["state"])
+            state = out["state"]
+        else:  # the fields both have, read apart (the manager's "state" handler saves)
+            out = self.manager.restore(step, args=ocp.args.Composite(data=ocp.args.JsonRestore()))
+            have = {k: fields[k] for k in full & saved}
+            with ocp.Checkpointer(ocp.PyTreeCheckpointHandler()) as reader:
+                part = reader.restore(os.path.join(self.directory, str(step), "state"),
+                                      args=ocp.args.PyTreeRestore(
+                    item=have, partial_restore=True, restore_args=jax.tree.map(
+                        lambda x: ocp.ArrayRestoreArgs(sharding=x.sharding), have)))
+            state = target.replace(**{k: None if k in full else v for k, v in fields.items()
+                                      if k not in have}, **part)
         data = out["data"]
         if data["process_count"] != jax.process_count():
             raise ProcessCountError(
@@ -307,20 +297,13 @@ class Checkpointer:
                 f"{data['process_count']} processes but {jax.process_count()} are running: "
                 "the data-iterator state cannot be split differently; resume with the same "
                 "process count (the mesh may differ)")
-        return out["state"], data["processes"][jax.process_index()]
+        return state, data["processes"][jax.process_index()]
 
     def _check_structure(self, step: int) -> None:
         """Refuse up front, naming the keys, a resume whose config builds another state than
         the newest step holds (unreadable metadata: left to the restore's own checks)."""
-        try:
-            md = ocp.StandardCheckpointer().metadata(os.path.join(self.directory, str(step),
-                                                                  "state"))
-            md = getattr(md, "item_metadata", md)
-            saved = getattr(md, "tree", md)
-        except Exception:  # noqa: BLE001 - a damaged step: restore_latest reports it
-            return
-        diff = params_lib.structure_diff(saved, self.abstract_state) if isinstance(
-            saved, dict) else []
+        saved = _saved_tree(self.directory, step)
+        diff = params_lib.structure_diff(saved, self.abstract_state) if saved else []
         if diff:
             raise StateStructureError(
                 f"checkpoint step {step} in {self.directory} holds another state than this "
@@ -362,6 +345,9 @@ class Checkpointer:
         for (s, err), name in zip(bad, names, strict=True):
             log(f"checkpoint step {s} cannot be read ({err}); moved it to "
                 f"{os.path.join(self.directory, name)}, resuming from step {step}")
+        if self.dropped:
+            log(f"checkpoint step {step} holds {', '.join(self.dropped)}, which this config's "
+                "state has not (ema.decay=0): not restored (the step directory keeps it)")
         return out
 
     def wait(self) -> None:
@@ -390,11 +376,12 @@ def _read_only(ckpt_dir: str) -> ocp.CheckpointManager:
                                  options=ocp.CheckpointManagerOptions(read_only=True))
 
 
-def load_params(path: str, abstract_params, shardings=None):
+def load_params(path: str, abstract_params, shardings=None, weights: str = "raw"):
     """Parameters only, from a training workdir or its checkpoints directory (latest step),
     restored straight into ``shardings``; the source run's optimizer state is never read.
-    A ``batch_stats`` key of ``abstract_params`` (a BatchNorm tower's statistics, as
-    ``models.merge_variables`` puts them) is restored from the state's ``batch_stats``."""
+    ``weights="ema"``: the run's weight average (:mod:`clip_jax.ema`) instead, in the dtypes
+    of ``abstract_params``. A ``batch_stats`` key of ``abstract_params`` (a BatchNorm tower's
+    statistics, as ``models.merge_variables`` puts them) comes from the state's."""
     if not os.path.isdir(path):
         raise FileNotFoundError(f"{path}: no such directory (expected a training workdir or "
                                 f"its {CHECKPOINTS_SUBDIR}/ directory)")
@@ -407,14 +394,20 @@ def load_params(path: str, abstract_params, shardings=None):
     if step is None:
         manager.close()
         raise FileNotFoundError(f"{path}: no complete orbax checkpoint step under {ckpt_dir}")
+    key = {"raw": "params", "ema": "ema"}[weights]
+    if key == "ema" and not (_saved_tree(ckpt_dir, step) or {}).get("ema"):
+        manager.close()
+        raise ValueError(f"{path}: checkpoint step {step} holds no EMA weights (its run had "
+                         "ema.decay=0): ask for the raw weights")
     tree = dict(_abstract_with_shardings(abstract_params, shardings))
     stats = tree.pop("batch_stats", None)  # a BatchNorm tower's: TrainState.batch_stats
-    target = {"params": tree} if stats is None else {"params": tree, "batch_stats": stats}
-    restore_args = jax.tree.map(lambda x: ocp.ArrayRestoreArgs(sharding=x.sharding), target)
+    target = {key: tree} if stats is None else {key: tree, "batch_stats": stats}
+    restore_args = jax.tree.map(lambda x: ocp.ArrayRestoreArgs(sharding=x.sharding,
+                                                               dtype=x.dtype), target)
     restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
         item=target, restore_args=restore_args, partial_restore=True)))
     manager.close()
-    out = dict(restored["state"]["params"])
+    out = dict(restored["state"][key])
     if stats is not None:
         out["batch_stats"] = restored["state"]["batch_stats"]
     return out

@@ -184,6 +184,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.distill.dtype = "float32"  # the teachers' params and compute: "float32" or "bfloat16"
     c.distill.embeddings = ""  # stored teacher embeddings DIR[,DIR2] (instead of teachers)
     c.caption = ml_collections.ConfigDict(dict(weight=1.0, masked_pred_prob=0.0))  # + CapPa
+    c.ema = ml_collections.ConfigDict(dict(  # weight EMA (clip_jax/ema.py); decay 0 = off
+        decay=0.0, every_steps=1, start_step=0, warmup_power=0.0))
 
     c.lock()
     c.evals.unlock()  # a config file adds names; eval_sets checks every entry
@@ -210,13 +212,9 @@ def resolve_model_config(model_cfg: Mapping) -> models.ModelConfig:
     return base.replace(**overrides)
 
 
-_CHOICES = {
-    "loss": ("clip", "siglip"),
-    "loss_impl": ("dense", "blockwise"),
-    "data.source": ("synthetic", "webdataset", "tfds", "mix"),
-    "data.worker_mode": ("process", "thread"),
-    "logging.wandb_mode": ("offline", "online"),
-}
+_CHOICES = {"loss": ("clip", "siglip"), "loss_impl": ("dense", "blockwise"),
+            "data.source": ("synthetic", "webdataset", "tfds", "mix"),
+            "data.worker_mode": ("process", "thread"), "logging.wandb_mode": ("offline", "online")}
 
 
 def validate(c: ml_collections.ConfigDict) -> None:

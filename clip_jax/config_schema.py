@@ -78,6 +78,8 @@ RANGES: dict[str, Range] = {
                                                                               hi_open=True),
     "optimizer.eps": POS_FLOAT, "optimizer.grad_clip_norm": NONNEG,
     "optimizer.layer_decay": Range(float, 0, 1, lo_open=True),
+    "ema.decay": Range(float, 0, 1, hi_open=True), "ema.every_steps": POSITIVE,
+    "ema.start_step": COUNT, "ema.warmup_power": NONNEG,
     "mesh.data": MESH, "mesh.fsdp": MESH, "mesh.tensor": MESH,
     "data.demo_train_samples": POSITIVE, "data.demo_seed": ANY_INT,
     "data.tokenizer_vocab_size": COUNT, "data.shuffle_buffer": COUNT, "data.workers": COUNT,

@@ -5,7 +5,7 @@ CLI::
 
     # SRC: any model source (a training workdir or its checkpoints/ directory, a bundle, an HF
     # CLIP directory, open_clip weights; see clip_jax.sources)
-    python -m clip_jax.export bundle    --checkpoint SRC --out DIR
+    python -m clip_jax.export bundle    --checkpoint SRC --out DIR [--weights ema]
     python -m clip_jax.export open_clip --checkpoint SRC --out DIR
     python -m clip_jax.export hf        --checkpoint SRC --out DIR
     # open_clip (.safetensors, or a .pt/.bin state dict read with torch.load(weights_only=True))
@@ -44,6 +44,8 @@ def _parser() -> argparse.ArgumentParser:
                        help="any model source: training workdir or its checkpoints/ "
                             "directory, bundle, HF CLIP directory, open_clip weights")
         s.add_argument("--out", required=True, help="output directory")
+        s.add_argument("--weights", choices=sources.WEIGHTS, default="raw",
+                       help="ema: the weight average of a training run with ema.decay > 0")
         _resample_args(s)
     s = sub.add_parser("import", help="open_clip / HF CLIP weights -> bundle (also usable as "
                                       "checkpoint.init_from for fine-tuning)")
@@ -112,7 +114,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     src = Path(args.checkpoint)
     if out.resolve() == src.resolve():
         raise cli.UserError("--out must differ from --checkpoint")
-    s = sources.resolve(src, overrides=_vision(args))
+    s = sources.resolve(src, overrides=_vision(args), weights=args.weights)
     cfg, params, tok, pre = s.cfg, s.params, s.tokenizer, s.preprocess
     if args.command == "bundle":
         bundle.save_bundle(out, params, cfg.replace(remat=False), tok, pre)

@@ -306,10 +306,12 @@ class InferenceModel:
         return _softmax(logits)
 
 
-def load(path: str | os.PathLike, devices=None, batch_size: int = 64) -> InferenceModel:
+def load(path: str | os.PathLike, devices=None, batch_size: int = 64,
+         weights: str = "raw") -> InferenceModel:
     """Any model source (bundle, training workdir or checkpoints dir, HF CLIP directory,
-    open_clip weights; see :mod:`clip_jax.sources`) as an :class:`InferenceModel`."""
-    src = sources.resolve(path)
+    open_clip weights; see :mod:`clip_jax.sources`) as an :class:`InferenceModel`;
+    ``weights="ema"``: a training run's weight average (:data:`clip_jax.sources.WEIGHTS`)."""
+    src = sources.resolve(path, weights=weights)
     return InferenceModel(src.cfg, src.params, src.tokenizer, src.preprocess, devices,
                           batch_size)
 

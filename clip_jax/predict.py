@@ -28,7 +28,7 @@ from collections.abc import Sequence
 
 from PIL import Image
 
-from clip_jax import cli, inference
+from clip_jax import cli, inference, sources
 from clip_jax.data.transforms import to_rgb
 from clip_jax.evaluate.captioning import Captioner
 from clip_jax.evaluate.templates import DEFAULT_TEMPLATES, get_classnames, get_templates
@@ -103,6 +103,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--top-k", type=int, default=0, help="print only the k best labels")
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
     p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--weights", choices=sources.WEIGHTS, default="raw",
+                   help="ema: the weight average of a training run with ema.decay > 0")
     return p
 
 
@@ -111,7 +113,7 @@ def caption(args) -> int:
     if args.beams < 1:
         raise cli.UserError(f"--beams {args.beams}: must be >= 1")
     images = load_images(args.image)
-    model = inference.load(args.model, batch_size=args.batch_size)
+    model = inference.load(args.model, batch_size=args.batch_size, weights=args.weights)
     if model.cfg.decoder is None:
         raise cli.UserError(f"{args.model} has no captioning decoder (model.decoder), which "
                             "--caption needs")
@@ -136,7 +138,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     labels = parse_labels(args.labels)
     templates = parse_templates(args.templates)
     images = load_images(args.image)
-    model = inference.load(args.model, batch_size=args.batch_size)
+    model = inference.load(args.model, batch_size=args.batch_size, weights=args.weights)
     probs = predict(model, images, labels, templates)
     if args.json:
         out = []

@@ -14,6 +14,9 @@ kind           what the path is
                holding ``open_clip_config.json`` and its weights
 ``checkpoint`` a training workdir or its ``checkpoints/`` directory (latest complete step)
 =============  ===============================================================================
+
+``weights``: :data:`WEIGHTS`, the trained params (``raw``) or, from a ``checkpoint`` whose run
+kept one (``ema.decay`` > 0), their exponential moving average (``ema``, :mod:`clip_jax.ema`).
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from clip_jax.data.tokenizer import load_tokenizer
 from clip_jax.interop import hf, open_clip
 
 KINDS = ("bundle", "hf", "open_clip", "checkpoint")
+WEIGHTS = ("raw", "ema")
 _WEIGHT_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin", ".ckpt")
 
 
@@ -100,12 +104,12 @@ def _other_shape(path: Path, abstract_tree) -> bool:
         for k in (params_lib.POS_EMBED, params_lib.PATCH_KERNEL, params_lib.ATTNPOOL_POS_EMBED))
 
 
-def _checkpoint_source(path: Path) -> Source:
+def _checkpoint_source(path: Path, weights: str = "raw") -> Source:
     cfg = config_lib.resolve_model_config(_run_config(path)["model"])
     abstract = models.abstract_params(cfg)
     cpu = jax.sharding.SingleDeviceSharding(jax.local_devices(backend="cpu")[0])
     params = jax.device_get(checkpoint.load_params(
-        str(path), abstract, jax.tree.map(lambda _: cpu, abstract)))
+        str(path), abstract, jax.tree.map(lambda _: cpu, abstract), weights))
     tok = checkpoint.load_tokenizer(str(path))  # the one saved with these weights
     for d in (path, path.parent):
         tdir = bundle.tokenizer_dir(d) if tok is None else None
@@ -131,16 +135,22 @@ def refit(src: Source, cfg: models.ModelConfig) -> Source:
 
 
 def resolve(path: str | os.PathLike, model_config: str | None = None,
-            scan: bool | None = None, overrides: dict | None = None) -> Source:
+            scan: bool | None = None, overrides: dict | None = None,
+            weights: str = "raw") -> Source:
     """Read any of :data:`KINDS` into a :class:`Source` (params on the host).
 
     ``model_config`` (open_clip only): a JSON path/text or preset name when no
     ``open_clip_config.json`` sits next to the weights. ``scan`` overrides the block layout;
     ``overrides`` other ModelConfig fields (``{"vision": {"image_size": 336}}`` resamples, see
-    :func:`refit`).
+    :func:`refit`). ``weights``: ``raw`` or ``ema`` (:data:`WEIGHTS`).
     """
     path = Path(path)
+    if weights not in WEIGHTS:
+        raise ValueError(f"weights={weights!r}: choose one of {WEIGHTS}")
     kind = kind_of(path)
+    if weights == "ema" and kind != "checkpoint":
+        raise ValueError(f"{path} is a {kind} source, one set of weights without an EMA: EMA "
+                         "weights come from a training workdir whose run had ema.decay > 0")
     if model_config and kind != "open_clip":
         raise ValueError(f"a model config applies to open_clip weights only; {path} is a "
                          f"{kind} and carries its own")
@@ -152,7 +162,7 @@ def resolve(path: str | os.PathLike, model_config: str | None = None,
     elif kind == "open_clip":
         src = Source(kind, path, *open_clip.import_open_clip(path, model_config, bool(scan)))
     else:
-        src = _checkpoint_source(path)
+        src = _checkpoint_source(path, weights)
     overrides = dict(overrides or {})
     if scan is not None and src.cfg.scan != scan:
         overrides["scan"] = scan

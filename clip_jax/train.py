@@ -7,9 +7,9 @@ towers on the global batch (sharded over ``data`` x ``fsdp``), the contrastive l
 ``shard_map`` that all-gathers embeddings, backward, AdamW, logit-scale clamp. Parameters and
 optimizer state are born sharded (``jax.eval_shape`` then a jitted init with ``out_shardings``).
 The loss (the run's :mod:`clip_jax.objectives`) and its gradients come from
-:mod:`clip_jax.gradients`; :mod:`clip_jax.stability` guards the
-update (non-finite or spiking steps are skipped, counted, and may stop or roll back the run).
-"""
+:mod:`clip_jax.gradients`; :mod:`clip_jax.stability` guards the update (non-finite or
+spiking steps are skipped, counted, and may stop or roll back the run); :mod:`clip_jax.ema`
+keeps the weight average."""
 
 from __future__ import annotations
 
@@ -36,12 +36,14 @@ from clip_jax import (
     cli,
     distill,
     distributed,
+    ema,
     gradients,
     input_pipeline,
     models,
     monitor,
     objectives,
     optimizer,
+    preemption,
     sharding,
     sources,
     stability,
@@ -64,6 +66,7 @@ class TrainState:
     guard: stability.GuardState  # skipped updates, loss EMA, rollbacks (checkpointed)
     # BatchNorm running statistics (a ResNet tower; empty otherwise), replicated, checkpointed
     batch_stats: Any = flax.struct.field(default_factory=dict)
+    ema: Any = flax.struct.field(default_factory=dict)  # the params' average (clip_jax.ema)
 
 
 @dataclasses.dataclass
@@ -114,11 +117,12 @@ def plan_state(config, model_cfg, mesh, objective=None):
     extra = objective.param_shapes() if objective is not None else {}
     param_specs = {**sharding.param_specs(boxed, mesh), **jax.tree.map(lambda _: P(), extra)}
     abstract = jax.eval_shape(functools.partial(_init_state, model, model_cfg, tx,
-                                                objective=objective), rng)
+                                                objective=objective, ema_cfg=config.ema), rng)
     opt_specs = sharding.opt_state_specs(tx, abstract.opt_state, param_specs)
     stats_specs = jax.tree.map(lambda _: P(), abstract.batch_stats)
-    return model, tx, schedule, abstract, TrainState(P(), param_specs, opt_specs,
-                                                     stability.guard_specs(), stats_specs)
+    return model, tx, schedule, abstract, TrainState(
+        P(), param_specs, opt_specs, stability.guard_specs(), stats_specs,
+        param_specs if ema.enabled(config.ema) else {})
 
 
 def check_config(config: ml_collections.ConfigDict, devices=None):
@@ -148,19 +152,19 @@ def build(config: ml_collections.ConfigDict, devices=None) -> Setup:
                  objective, teachers, stored)
 
 
-def _init_state(model, model_cfg, tx, rng, objective=None) -> TrainState:
+def _init_state(model, model_cfg, tx, rng, objective=None, ema_cfg=None) -> TrainState:
     variables = nn.unbox(model.init(rng, *models.init_inputs(model_cfg)))
     params = {**variables["params"], **(objective.init_params(rng) if objective else {})}
     return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
-                      guard=stability.init_guard(),
-                      batch_stats=variables.get(models.STATS, {}))
+                      guard=stability.init_guard(), batch_stats=variables.get(models.STATS, {}),
+                      ema=ema.init(params) if ema_cfg and ema.enabled(ema_cfg) else {})
 
 
 def init_state(setup: Setup, rng=None) -> TrainState:
     """Initialise parameters directly in their shards (never whole on one device)."""
     rng = jax.random.key(setup.config.seed) if rng is None else rng
     init = functools.partial(_init_state, setup.model, setup.model_cfg, setup.tx,
-                             objective=setup.objective)
+                             objective=setup.objective, ema_cfg=setup.config.ema)
     return jax.jit(init, out_shardings=setup.state_shardings)(rng)
 
 
@@ -187,12 +191,13 @@ def train_step(setup: Setup, state: TrainState, batch, teachers=()) -> tuple[Tra
     if stability.active(cfg.stability):
         params, opt_state, stats = stability.select(
             apply, (params, opt_state, stats), (state.params, state.opt_state, state.batch_stats))
+    average = ema.update(cfg.ema, state.ema, params, step, apply) if state.ema else state.ema
     metrics.update(stability.metrics(guard))
     metrics["logit_scale"] = jnp.exp(params["logit_scale"])
     if "logit_bias" in params:
         metrics["logit_bias"] = params["logit_bias"]
     return TrainState(step=step, params=params, opt_state=opt_state, guard=guard,
-                      batch_stats=stats), metrics
+                      batch_stats=stats, ema=average), metrics
 
 
 def make_train_step(setup: Setup):
@@ -242,35 +247,10 @@ def train(config: ml_collections.ConfigDict, workdir: str, devices=None) -> dict
         return _train_locked(config, workdir, devices, is_main)
 
 
-def prepare_data(config, workdir: str):
-    """The demo corpus (if configured) and the run's tokenizer, with ``config`` pointed at
-    them: ``data.train`` and the eval cards at the demo, ``model.text.vocab_size`` at the
-    tokenizer's (an explicit, different ``vocab_size`` is an error). Returns the tokenizer."""
-    model_cfg = config_lib.resolve_model_config(config.model)
-    # shards of one's own (or a tfds source) replace the demo
-    if config.data.demo and not config.data.train and config.data.source != "tfds":
-        demo = prepare.prepare_demo(config.data.demo, config.data.demo_train_samples,
-                                    model_cfg.vision.image_size, config.data.demo_seed)
-        config.data.train = demo["train"]
-        for key in ("zeroshot", "retrieval", "fewshot"):
-            if not config.eval[key] and key not in config.evals:
-                config.eval[key] = demo["card"]
-    tok = prepare.prepare_tokenizer(config.data, workdir, model_cfg.text.vocab_size)
-    if tok is None:
-        return None
-    explicit = config.model.text.vocab_size
-    if explicit is not None and explicit != tok.vocab_size:
-        raise ValueError(f"the tokenizer ({config.data.tokenizer}) has {tok.vocab_size} tokens "
-                         f"but model.text.vocab_size={explicit}; drop the override or make them "
-                         "equal")
-    if model_cfg.text.vocab_size != tok.vocab_size:
-        config.model.text.vocab_size = tok.vocab_size
-    return tok
-
-
 def _train_locked(config, workdir: str, devices, is_main: bool) -> dict:
     saved_config = workdir_lib.saved_config(workdir)
-    tokenizer = prepare_data(config, workdir)
+    tokenizer = prepare.prepare_run(config, config_lib.resolve_model_config(config.model),
+                                    workdir)
     changes = [] if saved_config is None else config_lib.check_resume(
         saved_config, config, workdir)
     setup = build(config, devices)
@@ -297,6 +277,7 @@ def _train_locked(config, workdir: str, devices, is_main: bool) -> dict:
             return _already_complete(int(state.step), config, workdir, writer, ckpt, data)
         data.set_state(data_state)
         writer.log(f"resumed from step {int(state.step)} in {workdir}")
+        state = _fresh_ema(setup, state, writer.log) if state.ema is None else state
     else:
         state = init_from(setup, config) if config.checkpoint.init_from else init_state(setup)
     start_step = int(state.step)
@@ -309,7 +290,7 @@ def _train_locked(config, workdir: str, devices, is_main: bool) -> dict:
     last: dict = {}
     t_mark, step_mark, compile_s = time.time(), start_step, None
     try:
-        with checkpoint.Preemption(ckpt) as preempt:
+        with preemption.Preemption(ckpt) as preempt:
             step = start_step
             while step < config.total_steps:
                 step += 1
@@ -335,8 +316,10 @@ def _train_locked(config, workdir: str, devices, is_main: bool) -> dict:
                     t_mark, step_mark = now, step
                 if evaluator and evaluator.due(step):  # each eval at its own every_steps
                     t_eval = time.time()
-                    extra = evaluator(models.merge_variables(
-                        setup.objective.model_params(state.params), state.batch_stats), step)
+                    extra = evaluator(_eval_variables(setup, state, state.params), step)
+                    if state.ema:  # the average's metrics beside: eval_ema/<name>/<metric>
+                        extra.update({k.replace("eval/", "eval_ema/", 1): v for k, v in evaluator(
+                            _eval_variables(setup, state, state.ema), step, tag="ema_").items()})
                     last.update(extra)
                     t_mark += time.time() - t_eval  # throughput counts training time only
                     if not log:
@@ -370,6 +353,22 @@ def _train_locked(config, workdir: str, devices, is_main: bool) -> dict:
     return writer.finish(last)
 
 
+def _eval_variables(setup: Setup, state: TrainState, params):
+    """The model's variables to evaluate: ``params`` (or the average) + BatchNorm statistics."""
+    params = ema.as_params(params, state.params)
+    return models.merge_variables(setup.objective.model_params(params), state.batch_stats)
+
+
+def _fresh_ema(setup: Setup, state: TrainState, log=None) -> TrainState:
+    """``state`` with its average restarted from its params (after ``init_from``, or when a
+    checkpoint saved without one is resumed with ``ema.decay`` > 0: said to ``log``)."""
+    if not ema.enabled(setup.config.ema):
+        return state
+    if log is not None:
+        log(f"checkpoint step {int(state.step)} has no EMA: the average starts from its params")
+    return state.replace(ema=ema.reset(state.params, setup.state_shardings.ema))
+
+
 def _rollback(setup: Setup, ckpt, data, feed, guard, step: int, spike: int, writer):
     """PaLM's remedy for the loss spike at step ``spike``: restore the newest checkpoint and
     skip the data of the ``stability.rollback_skip_steps`` steps after it (the steps up to
@@ -385,6 +384,7 @@ def _rollback(setup: Setup, ckpt, data, feed, guard, step: int, spike: int, writ
     guard.rollback_to(target, spike)  # raises on a rollback loop
     feed.close()
     state, data_state = ckpt.restore(target)
+    state = _fresh_ema(setup, state, writer.log) if state.ema is None else state
     g = jax.device_get(state.guard)
     guard.restored(g)
     g = g.replace(rollbacks=g.rollbacks + 1, replay_until=np.int32(step))
@@ -431,13 +431,13 @@ def init_from(setup: Setup, config) -> TrainState:
         stats, rx = state.batch_stats, re.compile(ck.init_from_params)
         if any(rx.search(k) for k in params_lib.flatten_params(stats)):
             stats = params_lib.take(stats, src_stats, *pick)
-        return state.replace(params=params, batch_stats=stats)
+        return _fresh_ema(setup, state.replace(params=params, batch_stats=stats))
     tree = dict(sources.load_params(
         ck.init_from, merge(own(setup.abstract_state.params), setup.abstract_state.batch_stats),
         merge(own(setup.state_shardings.params), setup.state_shardings.batch_stats),
         ck.init_from_blocks))
     stats = tree.pop(models.STATS, state.batch_stats)
-    return state.replace(params={**state.params, **tree}, batch_stats=stats)
+    return _fresh_ema(setup, state.replace(params={**state.params, **tree}, batch_stats=stats))
 
 
 # ---------------------------------------------------------------------------------------------

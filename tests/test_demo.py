@@ -262,7 +262,7 @@ def test_the_run_seed_does_not_regenerate_the_demo_corpus(tmp_path):
     several seeds (concurrent ones too) read the one corpus of ``data.demo_seed``, and a new
     ``data.demo_seed`` makes another."""
     from clip_jax import config as config_lib
-    from clip_jax import train
+    from clip_jax.data import prepare as prepare_lib
 
     def prepare(seed, demo_seed, workdir):
         c = config_lib.base_config()
@@ -270,7 +270,8 @@ def test_the_run_seed_does_not_regenerate_the_demo_corpus(tmp_path):
         c.data.source, c.data.demo = "webdataset", str(tmp_path / "demo")
         c.data.demo_train_samples, c.data.tokenizer = 300, "train"
         c.seed, c.data.demo_seed = seed, demo_seed
-        train.prepare_data(c, str(tmp_path / workdir))
+        prepare_lib.prepare_run(c, config_lib.resolve_model_config(c.model),
+                                str(tmp_path / workdir))
         with open(tmp_path / "demo" / "zeroshot.json") as f:
             return json.load(f)["seed"], os.path.getmtime(tmp_path / "demo" / "zeroshot.json")
 

@@ -27,10 +27,11 @@ LAYERS = (
      "clip_jax.losses", "clip_jax.kd_losses",
      "clip_jax.sharding", "clip_jax.config", "clip_jax.config_schema", "clip_jax.recipes",
      "clip_jax.optimizer",
-     "clip_jax.flops", "clip_jax.monitor", "clip_jax.stability"),
+     "clip_jax.flops", "clip_jax.monitor", "clip_jax.stability", "clip_jax.ema"),
     ("clip_jax.params",),
     # formats, each apart from the things it stores
-    ("clip_jax.interop", "clip_jax.interop.*", "clip_jax.bundle", "clip_jax.checkpoint"),
+    ("clip_jax.interop", "clip_jax.interop.*", "clip_jax.bundle", "clip_jax.checkpoint",
+     "clip_jax.preemption"),
     ("clip_jax.sources",),
     ("clip_jax.inference",),
     # evaluation, and feeding batches to the mesh

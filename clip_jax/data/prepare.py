@@ -103,3 +103,29 @@ def prepare_tokenizer(data_cfg, workdir: str, vocab_size: int):
     if jax.process_index() == 0:
         tok.save(tok_dir)
     return tok
+
+
+def prepare_run(config, model_cfg, workdir: str):
+    """The demo corpus (if configured) and the run's tokenizer, with ``config`` pointed at
+    them: ``data.train`` and the eval cards at the demo, ``model.text.vocab_size`` at the
+    tokenizer's (an explicit, different ``vocab_size`` is an error). ``model_cfg``: the
+    config's resolved model. Returns the tokenizer."""
+    # shards of one's own (or a tfds source) replace the demo
+    if config.data.demo and not config.data.train and config.data.source != "tfds":
+        corpus = prepare_demo(config.data.demo, config.data.demo_train_samples,
+                              model_cfg.vision.image_size, config.data.demo_seed)
+        config.data.train = corpus["train"]
+        for key in ("zeroshot", "retrieval", "fewshot"):
+            if not config.eval[key] and key not in config.evals:
+                config.eval[key] = corpus["card"]
+    tok = prepare_tokenizer(config.data, workdir, model_cfg.text.vocab_size)
+    if tok is None:
+        return None
+    explicit = config.model.text.vocab_size
+    if explicit is not None and explicit != tok.vocab_size:
+        raise ValueError(f"the tokenizer ({config.data.tokenizer}) has {tok.vocab_size} tokens "
+                         f"but model.text.vocab_size={explicit}; drop the override or make them "
+                         "equal")
+    if model_cfg.text.vocab_size != tok.vocab_size:
+        config.model.text.vocab_size = tok.vocab_size
+    return tok

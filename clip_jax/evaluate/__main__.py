@@ -21,7 +21,8 @@ without fewshot, probe flags on retrieval sets only, ``--dataset`` (and, without
 ``--datasets``, ``DATASET=`` prompts, probe flags without a probe).
 
 ``--model``: any model source (:mod:`clip_jax.sources`): a bundle, a training workdir or its
-``checkpoints`` directory (latest complete step), an HF CLIP directory or open_clip weights.
+``checkpoints`` directory (latest complete step), an HF CLIP directory or open_clip weights;
+``--weights ema``: a training run's weight average (:mod:`clip_jax.ema`) instead of its params.
 ``--eval``: zeroshot, retrieval, fewshot, linear_probe (repeat the flag or give a comma list).
 ``--dataset``: a dataset spec (see :mod:`clip_jax.evaluate.datasets`: a ``.json`` card such as
 the demo corpus's ``zeroshot.json``, ``tfds:cifar10``, ``folder:PATH``, or shards for
@@ -45,7 +46,7 @@ import re
 import sys
 from collections.abc import Sequence
 
-from clip_jax import cli, inference
+from clip_jax import cli, inference, sources
 from clip_jax.config import DEFAULT_SHOTS
 from clip_jax.evaluate import datasets, evaluators, plots, registry, suite_prompts
 from clip_jax.evaluate import suite as suite_lib
@@ -86,6 +87,8 @@ def _parser() -> argparse.ArgumentParser:
                    "with --suite every split, test included (quick runs)")
     p.add_argument("--out", default="", help="report directory (default: <workdir>/eval, or "
                    "eval_report for a bundle)")
+    p.add_argument("--weights", choices=sources.WEIGHTS, default="raw",
+                   help="ema: the weight average of a training run with ema.decay > 0")
     return p
 
 
@@ -152,7 +155,7 @@ def _run_suite(args, names: list[str]) -> int:
                                 "retrieval sets, which have no classes or probes")
     choice = suite_prompts.parse(args.templates, args.classnames)
     suite_lib.check_prompts(choice, datasets_, args.data_dir, names)  # before loading a model
-    model = inference.load(args.model, batch_size=args.batch_size)
+    model = inference.load(args.model, batch_size=args.batch_size, weights=args.weights)
     if model.tokenizer is None and "zeroshot" in names:
         raise cli.UserError(f"{args.model} has no tokenizer, which zero-shot needs")
     base = args.suite.replace(",", "+")
@@ -235,7 +238,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                               classnames="".join(args.classnames), data_dir=args.data_dir,
                               shots=shots, seeds=tuple(range(args.seeds or 3)),
                               max_per_class=args.max_per_class or 0, batch_size=args.batch_size)
-    model = inference.load(args.model, batch_size=args.batch_size)
+    model = inference.load(args.model, batch_size=args.batch_size, weights=args.weights)
     if model.tokenizer is None and ({"zeroshot", "retrieval", "captioning"} & set(names)):
         print(f"error: {args.model} has no tokenizer, which zero-shot, retrieval and "
               "captioning need",

@@ -343,15 +343,16 @@ class TrainEvaluator:
         return [s for s in self.specs
                 if last or (s.every_steps > 0 and step % s.every_steps == 0)]
 
-    def __call__(self, params, step: int) -> dict[str, float]:
+    def __call__(self, params, step: int, tag: str = "") -> dict[str, float]:
+        """``tag``: the report files' names after the step (``ema_``: the weight average's)."""
         specs = self.due(step)
         if not specs:
             return {}
         reports = run(self.encoder.bind(params), specs)
         self.encoder.bind(None)
         if self.workdir and jax.process_index() == 0:
-            write_report(reports, os.path.join(self.workdir, "eval"), prefix=f"step_{step}_",
-                         extra={"step": int(step)})
+            write_report(reports, os.path.join(self.workdir, "eval"),
+                         prefix=f"step_{step}_{tag}", extra={"step": int(step)})
         return scalars(reports)
 
 
