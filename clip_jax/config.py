@@ -239,6 +239,7 @@ def validate(c: ml_collections.ConfigDict) -> None:
         v = resolve_model_config(c.model).vision
         why = ("synthetic data has no images to resize" if c.data.source == "synthetic" else
                "NaFlex batches run without the gradient cache" if c.accum_steps != 1 else
+               "distill.teachers see square images, not NaFlex batches" if c.distill.teachers else
                f"model.vision.family={v.family!r} takes square images, not NaFlex batches"
                if v.family != "naflex" else "")
         if why:
