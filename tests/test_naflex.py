@@ -160,6 +160,20 @@ def test_bad_budgets_and_degenerate_images_are_one_line_or_handled():
             models.abstract_params(_cfg()))
     with pytest.raises(ValueError, match="family='naflex' needs class_token=false"):
         models.get_model_config("tiny-naflex").replace(vision={"class_token": True})
+    # NaFlex batches need a NaFlex model, real images, no gradient cache, no online teacher
+    from clip_jax import config as config_lib
+
+    for key, value, why in (("model.name", "tiny-siglip", "family='vit' takes square images"),
+                            ("data.source", "synthetic", "synthetic data has no images"),
+                            ("accum_steps", 2, "without the gradient cache"),
+                            ("distill.teachers", ("t",), "teachers see square images")):
+        c = config_lib.base_config()
+        c.model.name, c.data.source, c.data.train = "tiny-naflex", "webdataset", "x.tar"
+        c.data.naflex.buckets, c.data.naflex.tokens = (4, 9), 100
+        parent, _, leaf = key.rpartition(".")
+        (c[parent] if parent else c)[leaf] = value
+        with pytest.raises(ValueError, match=why):
+            config_lib.validate(c)
 
 
 # ---------------------------------------------------------------------------------------------
