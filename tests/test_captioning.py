@@ -22,6 +22,8 @@ from PIL import Image
 from clip_jax import bundle, cli, gradients, inference, input_pipeline, models, predict, train
 from clip_jax.data.hf_tokenizer import train_tokenizer
 from clip_jax.data.synthetic import SyntheticSource
+from clip_jax.interop import hf as interop_hf
+from clip_jax.interop import open_clip as interop_open_clip
 from clip_jax.models import decoder as decoder_lib
 from clip_jax.objectives import captioning
 
@@ -273,3 +275,12 @@ def test_predict_caption_prints_a_trained_models_caption(tmp_path, capsys):
                                   "--caption"])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and "no captioning decoder" in err[0], err
+
+
+def test_open_clip_and_hf_exports_refuse_a_decoder_before_writing(tmp_path):
+    """Neither format holds this decoder yet: a ValueError naming it, nothing written."""
+    cfg, _, params = _tiny_decoder_model()
+    for fn in (interop_open_clip.export_open_clip, interop_hf.export_hf):
+        with pytest.raises(ValueError, match="captioning decoder"):
+            fn(tmp_path / "out", params, cfg)
+    assert not (tmp_path / "out").exists()

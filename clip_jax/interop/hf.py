@@ -186,6 +186,9 @@ def export_hf(out_dir: str | os.PathLike, params, cfg: models.ModelConfig, token
               preprocess: Mapping | None = None) -> Path:
     """Write a ``CLIPModel``, ``SiglipModel`` or ``Siglip2Model`` directory (by ``cfg``'s family);
     a model none can hold raises a ValueError naming why, before anything is written."""
+    if cfg.decoder is not None:
+        raise ValueError("this model has a captioning decoder (model.decoder), which no Hugging "
+                         "Face CLIP / SigLIP model holds; export a bundle")
     fam = keymap.family(cfg)
     siglip = fam in ("siglip", "naflex")
     params = jax.device_get(params)
