@@ -214,3 +214,46 @@ def test_weights_ema_reads_the_average_and_a_source_without_one_is_one_line(runs
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) <= 2 and "EMA" in err[0], err  # the error line (and a hint)
     assert not (tmp_path / "x").exists()
+
+
+def test_a_resume_may_turn_the_average_on_or_off_and_old_checkpoints_restore(tmp_path):
+    """A step saved before ``TrainState.ema`` existed restores with EMA off as it did; with
+    EMA on its average is None, which the train loop starts from the params (one line); a
+    step holding an average restores with EMA off, its average left unread (``dropped``)."""
+    def setup_for(decay):
+        c = _config(**{"ema.decay": decay, "mesh.fsdp": 1, "mesh.tensor": 1})
+        return train.build(c, jax.devices()[:1])
+
+    off, on = setup_for(0.0), setup_for(0.9)
+    state = train.init_state(off)
+    old = {f: getattr(state, f) for f in ("step", "params", "opt_state", "guard", "batch_stats")}
+
+    def save(setup, step, tree):
+        saver = checkpoint.Checkpointer(str(tmp_path), setup.config.checkpoint,
+                                        setup.state_shardings, setup.abstract_state)
+        saver.save(step, tree, {}, force=True)
+        saver.close()
+
+    def restore(setup, step):
+        reader = checkpoint.Checkpointer(str(tmp_path), setup.config.checkpoint,
+                                         setup.state_shardings, setup.abstract_state)
+        out = reader.restore(step)[0], reader.dropped
+        reader.close()
+        return out
+
+    save(off, 1, old)  # the layout of a checkpoint from before the average
+    got, dropped = restore(off, 1)
+    assert got.ema == {} and dropped == []
+    np.testing.assert_array_equal(_flat(got.params), _flat(state.params))
+    got, _ = restore(on, 1)
+    assert got.ema is None
+    lines = []
+    got = train._fresh_ema(on, got, lines.append)
+    assert lines == ["checkpoint step 0 has no EMA: the average starts from its params"]
+    np.testing.assert_array_equal(_flat(got.ema), _flat(got.params))
+    bumped = jax.tree.map(lambda x: x + 1, got.ema)  # an average that is not the params
+    save(on, 2, got.replace(ema=bumped))
+    back, dropped = restore(off, 2)
+    assert back.ema == {} and dropped == ["ema"]
+    np.testing.assert_array_equal(_flat(back.params), _flat(state.params))
+    np.testing.assert_array_equal(_flat(restore(on, 2)[0].ema), _flat(bumped))
