@@ -84,7 +84,8 @@ def main():
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--dtype", default="float32")
-    ap.add_argument("--remat", action="store_true")
+    ap.add_argument("--remat", nargs="?", const="full", default="none",
+                    help="a model.remat policy (bare --remat: full)")
     ap.add_argument("--scan", action="store_true")
     ap.add_argument("--loss", default="clip", choices=["clip", "siglip"])
     ap.add_argument("--loss-impl", default="dense", choices=["dense", "blockwise"])

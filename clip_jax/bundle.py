@@ -20,6 +20,7 @@ import jax
 
 from clip_jax import files, layers, models
 from clip_jax import params as params_lib
+from clip_jax import remat as remat_lib
 from clip_jax.data.tokenizer import KINDS as TOKENIZER_KINDS
 from clip_jax.data.tokenizer import load_tokenizer
 from clip_jax.data.transforms import CLIP_MEAN, CLIP_STD
@@ -137,7 +138,8 @@ def bundle_config(path: str | os.PathLike) -> tuple[models.ModelConfig, dict]:
     checks = {
         "dtype": (lambda v: v in _DTYPES, f"one of {list(_DTYPES)}"),
         "param_dtype": (lambda v: v in _DTYPES, f"one of {list(_DTYPES)}"),
-        "remat": (lambda v: isinstance(v, bool), "true or false"),
+        "remat": (lambda v: isinstance(v, bool) or v in remat_lib.POLICIES,
+                  f"true, false or one of {list(remat_lib.POLICIES)}"),
         "scan": (lambda v: isinstance(v, bool), "true or false"),
         "attention": (lambda v: v in layers.ATTENTION_IMPLEMENTATIONS,
                       f"one of {list(layers.ATTENTION_IMPLEMENTATIONS)}"),

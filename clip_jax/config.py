@@ -42,9 +42,10 @@ def base_config() -> ml_collections.ConfigDict:
     c.model = ml_collections.ConfigDict()
     c.model.name = "tiny"
     c.model.open_clip_config = ""  # path to an open_clip model-config JSON (overrides name)
-    c.model.embed_dim, c.model.remat, c.model.scan = P(int), P(bool), P(bool)
+    # remat: a clip_jax.remat.POLICIES name (none | full | minimal | ...; plan --remat auto)
+    c.model.embed_dim, c.model.scan, c.model.remat = P(int), P(bool), P(str)
     c.model.act, c.model.dtype, c.model.param_dtype = P(str), P(str), P(str)
-    c.model.attention = P(str)  # "auto" (cuDNN flash on GPU in half precision), "xla", "cudnn"
+    c.model.attention = P(str)  # "auto" (cuDNN on GPU in bf16), "xla", "xla_f32", "cudnn"
     c.model.init_logit_scale = P(float)
     c.model.init_logit_bias = P(float)
     # architecture switches (clip_jax.models.ModelConfig; the SigLIP presets set them)

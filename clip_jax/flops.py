@@ -28,6 +28,7 @@ from __future__ import annotations
 import dataclasses
 
 from clip_jax import models
+from clip_jax import remat as remat_lib
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,19 +46,37 @@ class StepFlops:
         return self.model / batch
 
 
-def _block_flops(tokens: int, width: int, mlp_dim: int) -> tuple[float, float]:
+# The matmuls of a block each rematerialisation policy (clip_jax.remat_lib.POLICIES)
+# recomputes in the backward: those whose outputs it does not keep and the backward needs.
+# ``c_proj`` is never recomputed (its gradients need only its input and weight); ``full``
+# recomputes every other one (measured so on XLA's unrolled compiles); ``values`` (p v) is redone
+# only where the attention output feeds the output projection's weight gradient unsaved;
+# ``scores`` wherever the softmax is not kept (no policy keeps it); ``out`` where the residual
+# sum after attention (the second LayerNorm's input) must be rebuilt.
+_REMAT_REDO = {
+    "none": (),
+    "save_dot_except_mlp": ("scores", "c_fc"),
+    "minimal": ("scores", "values"),
+    "minimal_offloaded": ("scores", "values"),
+    "save_attention": ("scores", "out", "c_fc"),
+    "save_qkv_proj": ("scores", "values", "out", "c_fc"),
+    "save_out_proj": ("qkv", "scores", "values", "c_fc"),
+    "full": ("qkv", "scores", "values", "out", "c_fc"),
+}
+
+
+def _block_flops(tokens: int, width: int, mlp_dim: int,
+                 remat: str = "full") -> tuple[float, float]:
     """Forward matmul FLOPs of one residual attention block on one sample, and the part of
-    them that ``remat`` recomputes in the backward: all but the MLP's output projection
-    (``c_proj``), whose output the backward never needs (its gradients need only its input
-    and weight); measured so on XLA's unrolled compiles."""
+    them that the ``remat`` policy recomputes in the backward (:data:`_REMAT_REDO`)."""
     t, d, m = tokens, width, mlp_dim
-    qkv = 2 * t * d * 3 * d
-    scores = 2 * t * t * d  # q k^T over all heads
-    values = 2 * t * t * d  # p v
-    out = 2 * t * d * d
-    c_fc = c_proj = 2 * t * d * m
-    total = qkv + scores + values + out + c_fc + c_proj
-    return total, total - c_proj
+    parts = {"qkv": 2 * t * d * 3 * d,
+             "scores": 2 * t * t * d,  # q k^T over all heads
+             "values": 2 * t * t * d,  # p v
+             "out": 2 * t * d * d,
+             "c_fc": 2 * t * d * m,
+             "c_proj": 2 * t * d * m}
+    return sum(parts.values()), sum(parts[k] for k in _REMAT_REDO[remat])
 
 
 def _conv(hw: int, k: int, cin: int, cout: int, groups: int = 1) -> int:
@@ -103,12 +122,15 @@ def _convnext_flops(cfg: models.ModelConfig) -> float:
     return float(f + head)
 
 
-def tower_flops(cfg: models.ModelConfig, train: bool = False) -> dict[str, float]:
-    """Forward matmul FLOPs per sample, ``{"vision", "text"}``, and what ``remat`` recomputes
-    of them per sample, ``{"vision_remat", "text_remat"}``. ``train``: the vision blocks see
-    only the patches that ``vision.patch_dropout`` keeps (every patch is still embedded)."""
+def tower_flops(cfg: models.ModelConfig, train: bool = False,
+                remat: str | bool = "full") -> dict[str, float]:
+    """Forward matmul FLOPs per sample, ``{"vision", "text"}``, and what the ``remat`` policy
+    recomputes of them per sample, ``{"vision_remat", "text_remat"}``. ``train``: the vision
+    blocks see only the patches that ``vision.patch_dropout`` keeps (every patch is still
+    embedded)."""
     v, t = cfg.vision, cfg.text
-    t_block, t_redo = _block_flops(t.context_length, t.width, t.mlp_dim)
+    remat = remat_lib.remat_name(remat)
+    t_block, t_redo = _block_flops(t.context_length, t.width, t.mlp_dim, remat)
     text = t.layers * t_block + 2 * t.width * cfg.embed_dim
     if v.family not in ("vit", "naflex"):  # conv towers: no remat of their own
         vision = _resnet_flops(cfg) if v.family == "resnet" else _convnext_flops(cfg)
@@ -116,7 +138,7 @@ def tower_flops(cfg: models.ModelConfig, train: bool = False) -> dict[str, float
                 "text_remat": float(t.layers * t_redo)}
     patches = (v.image_size // v.patch_size) ** 2  # NaFlex: at its position table's size
     tokens = (v.kept_patches() if train else patches) + 1
-    v_block, v_redo = _block_flops(tokens, v.width, v.mlp_dim)
+    v_block, v_redo = _block_flops(tokens, v.width, v.mlp_dim, remat)
     vision = (2 * patches * (v.patch_size**2 * 3) * v.width + v.layers * v_block
               + 2 * v.width * cfg.embed_dim)
     return {"vision": float(vision), "vision_remat": float(v.layers * v_redo),
@@ -136,20 +158,22 @@ _LOSS_MATMULS = {
 }
 
 
-def train_step_flops(model_cfg: models.ModelConfig, batch: int, remat: bool | None = None,
+def train_step_flops(model_cfg: models.ModelConfig, batch: int,
+                     remat: str | bool | None = None,
                      accum_steps: int = 1, loss: str = "clip",
                      loss_impl: str = "dense") -> StepFlops:
     """FLOPs of one train step on a global batch of ``batch`` samples.
 
-    ``remat`` defaults to ``model_cfg.remat``. ``accum_steps > 1`` is the gradient cache
-    (one extra forward of both towers). Divide by the number of chips for per-chip figures.
+    ``remat`` (a policy name; true/false: full/none) defaults to ``model_cfg.remat``.
+    ``accum_steps > 1`` is the gradient cache (one extra forward of both towers). Divide by the
+    number of chips for per-chip figures.
     """
-    remat = model_cfg.remat if remat is None else remat
+    remat = remat_lib.remat_name(model_cfg.remat if remat is None else remat)
     if (loss, loss_impl) not in _LOSS_MATMULS:
         raise ValueError(f"unknown loss {loss!r} / loss_impl {loss_impl!r}")
-    per = tower_flops(model_cfg, train=True)
+    per = tower_flops(model_cfg, train=True, remat=remat)
     forward = batch * (per["vision"] + per["text"])
-    redo = batch * (per["vision_remat"] + per["text_remat"]) if remat else 0.0
+    redo = batch * (per["vision_remat"] + per["text_remat"])
     sim = 2.0 * batch * batch * model_cfg.embed_dim
     fwd_mm, bwd_mm = _LOSS_MATMULS[(loss, loss_impl)]
     model_loss = sim * 3 * (2 if loss == "clip" else 1)  # fwd + 2x bwd, no recomputation

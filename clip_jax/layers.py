@@ -18,8 +18,10 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from jax.ad_checkpoint import checkpoint_name
 
 from clip_jax import convolution
+from clip_jax import remat as remat_lib
 
 
 def quick_gelu(x):
@@ -68,31 +70,35 @@ def logical_init(init, names):
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
 def layer_norm(x, scale, bias, eps: float = 1e-5):
-    """``(x - mean) / sqrt(var + eps) * scale + bias`` over the last axis, in float32.
+    """``(x - mean) / sqrt(var + eps) * scale + bias`` over the last axis, computed in float32
+    whatever ``x``'s dtype (the result is float32; its gradient has ``x``'s dtype).
 
     Both moments come from one pass over ``x`` (var = E[x^2] - E[x]^2, as flax's LayerNorm does
-    by default), and the backward is written out (two row means and one elementwise pass,
-    from the saved normalised input) instead of autodiff's chain of broadcasts: the layer norms
-    took ~20% of a small model's step on CPU before.
+    by default), and the backward is written out (two row means and one elementwise pass)
+    instead of autodiff's chain of broadcasts: the layer norms took ~20% of a small model's
+    step on CPU before. The backward keeps ``x`` itself (bfloat16 in a bf16 model) and the row
+    statistics, and rebuilds the normalised input from them: keeping the float32 normalised
+    input instead wrote and read 4 bytes per element where 2 do (TPU: fewer HBM bytes per step).
     """
     return _layer_norm_fwd(x, scale, bias, eps)[0]
 
 
 def _layer_norm_fwd(x, scale, bias, eps):
-    mean = x.mean(-1, keepdims=True)
-    var = jnp.maximum(jnp.square(x).mean(-1, keepdims=True) - jnp.square(mean), 0.0)
+    xf = x.astype(jnp.float32)
+    mean = xf.mean(-1, keepdims=True)
+    var = jnp.maximum(jnp.square(xf).mean(-1, keepdims=True) - jnp.square(mean), 0.0)
     inv = jax.lax.rsqrt(var + eps)
-    xhat = (x - mean) * inv
-    return xhat * scale + bias, (xhat, inv, scale)
+    return (xf - mean) * inv * scale + bias, (x, mean, inv, scale)
 
 
 def _layer_norm_bwd(eps, res, g):
     del eps
-    xhat, inv, scale = res
+    x, mean, inv, scale = res
+    xhat = (x.astype(jnp.float32) - mean) * inv
     gs = g * scale
     dx = inv * (gs - gs.mean(-1, keepdims=True) - xhat * (gs * xhat).mean(-1, keepdims=True))
     rows = tuple(range(g.ndim - 1))
-    return dx, (g * xhat).sum(rows), g.sum(rows)
+    return dx.astype(x.dtype), (g * xhat).sum(rows), g.sum(rows)
 
 
 layer_norm.defvjp(_layer_norm_fwd, _layer_norm_bwd)
@@ -112,8 +118,7 @@ class LayerNorm(nn.Module):
                            self.param_dtype)
         bias = self.param("bias", logical_init(nn.initializers.zeros, ("norm",)), (d,),
                           self.param_dtype)
-        y = layer_norm(x.astype(jnp.float32), scale.astype(jnp.float32),
-                       bias.astype(jnp.float32), self.eps)
+        y = layer_norm(x, scale.astype(jnp.float32), bias.astype(jnp.float32), self.eps)
         return y.astype(self.dtype)
 
 
@@ -147,8 +152,8 @@ class Attention(nn.Module):
         # One (d, 3d) matmul (the 4-D kernel viewed as a matrix: a free reshape), then heads
         # moved before time once, so both attention matmuls and their gradients are plain
         # batched GEMMs with no layout copies in between.
-        qkv = jnp.einsum("btd,dshk->sbhtk", x, w_in.astype(self.dtype)) + b_in.astype(
-            self.dtype)[:, None, :, None]
+        qkv = checkpoint_name(jnp.einsum("btd,dshk->sbhtk", x, w_in.astype(self.dtype))
+                              + b_in.astype(self.dtype)[:, None, :, None], "qkv")
         q, k, v = qkv[0], qkv[1], qkv[2]  # (B, H, T, hd)
         if self.qk_norm:
             kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
@@ -158,17 +163,18 @@ class Attention(nn.Module):
         k = nn.with_logical_constraint(k, ("batch", "act_heads", "length", "kv"))
         v = nn.with_logical_constraint(v, ("batch", "act_heads", "length", "kv"))
         out = attention(q, k, v, self.causal, self.implementation, mask)
-        out = nn.with_logical_constraint(out, ("batch", "act_heads", "length", "kv"))
+        out = checkpoint_name(nn.with_logical_constraint(out, ("batch", "act_heads", "length",
+                                                               "kv")), "attn_core")
         w_out = self.param("kernel_out", logical_init(nn.initializers.normal(self.out_init_std),
                                                       ("heads", "kv", "embed")),
                            (self.heads, hd, d), self.param_dtype)
         b_out = self.param("bias_out", logical_init(nn.initializers.zeros, ("embed",)), (d,),
                            self.param_dtype)
-        return jnp.einsum("bhtk,hkd->btd", out, w_out.astype(self.dtype)) + b_out.astype(
-            self.dtype)
+        return checkpoint_name(jnp.einsum("bhtk,hkd->btd", out, w_out.astype(self.dtype))
+                               + b_out.astype(self.dtype), "attn_out")
 
 
-ATTENTION_IMPLEMENTATIONS = ("auto", "xla", "cudnn")
+ATTENTION_IMPLEMENTATIONS = ("auto", "xla", "xla_f32", "cudnn")
 
 
 def attention(q, k, v, causal: bool, implementation: str = "auto", mask=None):
@@ -177,16 +183,22 @@ def attention(q, k, v, causal: bool, implementation: str = "auto", mask=None):
     ``q`` may be shorter than ``k``/``v`` (a pooling probe attending to the tokens). ``mask``:
     None, or (B, S) bool over the keys, False for padding no query may attend to (NaFlex's
     padded patches; every row needs one True); a masked call runs the ``xla`` core.
-    ``xla``: two batched matmuls around a float32 softmax (with the causal mask as a constant
-    select); on CPU this is 1.4x faster forward + backward than ``jax.nn.dot_product_attention``,
-    whose (B, T, H, D) layout costs transposes around every matmul. ``cudnn``: the fused flash
-    kernel of ``jax.nn.dot_product_attention`` (GPU, float16/bfloat16 only). ``auto``: cuDNN on
-    a GPU with half-precision inputs, else ``xla``.
+    ``xla``: two batched matmuls around a softmax computed in float32 (with the causal mask as a
+    constant select); on CPU this is 1.4x faster forward + backward than
+    ``jax.nn.dot_product_attention``, whose (B, T, H, D) layout costs transposes around every
+    matmul. With half-precision q, k, v the logits and the probabilities kept for the backward
+    are stored in that precision (the max, exp and sum are float32), as big_vision's bf16
+    attention and most trainers store them: on TPU the (B, H, T, T) tensors are the largest HBM
+    traffic of a ViT block, and their float32 copies cost 18% more bytes per ViT-B/16 block
+    (docs/benchmarks.md, "The TPU step"). ``xla_f32``: the same with float32 logits and
+    probabilities whatever the inputs' precision (for runs whose attention logits grow large).
+    ``cudnn``: the fused flash kernel of ``jax.nn.dot_product_attention`` (GPU,
+    float16/bfloat16 only). ``auto``: cuDNN on a GPU with half-precision inputs, else ``xla``.
     """
     if implementation not in ATTENTION_IMPLEMENTATIONS:
         raise ValueError(f"attention implementation {implementation!r}: use one of "
                          f"{ATTENTION_IMPLEMENTATIONS}")
-    half = q.dtype in (jnp.bfloat16, jnp.float16)
+    half = q.dtype in (jnp.bfloat16, jnp.float16) and implementation != "xla_f32"
     if mask is None and (implementation == "cudnn" or (
             implementation == "auto" and half and jax.default_backend() == "gpu")):
         swap = lambda a: a.swapaxes(1, 2)  # cuDNN wants (B, T, H, D)
@@ -194,15 +206,45 @@ def attention(q, k, v, causal: bool, implementation: str = "auto", mask=None):
                                            implementation="cudnn")
         return swap(out)
     scale = q.shape[-1] ** -0.5
+    # half precision (not xla_f32): the logits leave the matmul in q's dtype and the
+    # probabilities are kept in v's for the backward (:func:`_softmax_half`), the softmax itself
+    # in float32 in between; otherwise float32 logits and autodiff's softmax
     s = jnp.einsum("bhtk,bhsk->bhts", q * jnp.asarray(scale, q.dtype), k,
-                   preferred_element_type=jnp.float32)
+                   preferred_element_type=q.dtype if half else jnp.float32)
+    low = jnp.finfo(s.dtype).min
     if causal:
         t = s.shape[-1]
-        s = jnp.where(jnp.tril(jnp.ones((t, t), bool)), s, jnp.finfo(jnp.float32).min)
+        s = jnp.where(jnp.tril(jnp.ones((t, t), bool)), s, low)
     if mask is not None:
-        s = jnp.where(mask[:, None, None, :], s, jnp.finfo(jnp.float32).min)
-    p = jax.nn.softmax(s, axis=-1).astype(v.dtype)
+        s = jnp.where(mask[:, None, None, :], s, low)
+    if half:
+        p = _softmax_half(s.astype(v.dtype))
+    else:
+        p = jax.nn.softmax(s, axis=-1).astype(v.dtype)
     return jnp.einsum("bhts,bhsk->bhtk", p, v)
+
+
+@jax.custom_vjp
+def _softmax_half(s):
+    """Softmax over the last axis of half-precision logits, computed in float32 and returned in
+    ``s``'s dtype; its backward keeps only that half-precision output. Autodiff of a float32
+    softmax keeps the float32 probabilities (B, H, T, T) for the backward: on a bf16 ViT-B/16
+    that tensor and its gradient were the largest HBM traffic of the step (docs/benchmarks.md,
+    "The TPU step"). The gradient is the same formula, p * (g - sum(g * p)), in float32."""
+    return jax.nn.softmax(s.astype(jnp.float32), axis=-1).astype(s.dtype)
+
+
+def _softmax_half_fwd(s):
+    p = _softmax_half(s)
+    return p, p
+
+
+def _softmax_half_bwd(p, g):
+    pf, gf = p.astype(jnp.float32), g.astype(jnp.float32)
+    return ((pf * (gf - (gf * pf).sum(-1, keepdims=True))).astype(p.dtype),)
+
+
+_softmax_half.defvjp(_softmax_half_fwd, _softmax_half_bwd)
 
 
 class PatchEmbed(nn.Module):
@@ -296,12 +338,13 @@ class MLP(nn.Module):
             kernel_init=logical_init(nn.initializers.normal((2 * d) ** -0.5), ("embed", "mlp")),
             bias_init=logical_init(nn.initializers.zeros, ("mlp",)),
         )(x)
+        h = checkpoint_name(h, "mlp_fc")
         h = nn.with_logical_constraint(ACTIVATIONS[self.act](h), ("batch", "length", "act_mlp"))
-        return nn.Dense(
+        return checkpoint_name(nn.Dense(
             d, name="c_proj", dtype=self.dtype, param_dtype=self.param_dtype,
             kernel_init=logical_init(nn.initializers.normal(self.proj_init_std), ("mlp", "embed")),
             bias_init=logical_init(nn.initializers.zeros, ("embed",)),
-        )(h)
+        )(h), "mlp_out")
 
 
 class LayerScale(nn.Module):
@@ -358,7 +401,7 @@ class Transformer(nn.Module):
     act: str = "gelu"
     causal: bool = False
     ln_eps: float = 1e-5
-    remat: bool = False
+    remat: str | bool = "none"  # a name of clip_jax.remat.POLICIES
     scan: bool = False
     attention: str = "auto"
     dtype: Any = jnp.float32
@@ -369,10 +412,7 @@ class Transformer(nn.Module):
     @nn.compact
     def __call__(self, x, mask=None):
         """``mask``: None, or (B, T) bool, False for padded tokens (no block attends to them)."""
-        block = ResidualAttentionBlock
-        if self.remat:
-            block = nn.remat(block, prevent_cse=not self.scan,
-                             policy=jax.checkpoint_policies.nothing_saveable)
+        block = remat_lib.remat(ResidualAttentionBlock, self.remat, self.scan)
         kw = dict(heads=self.heads, mlp_dim=self.mlp_dim, layers=self.layers, act=self.act,
                   causal=self.causal, ln_eps=self.ln_eps, attention=self.attention,
                   dtype=self.dtype, param_dtype=self.param_dtype, qk_norm=self.qk_norm,

@@ -31,6 +31,7 @@ from clip_jax import (
 )
 from clip_jax import config as config_lib
 from clip_jax import params as params_lib
+from clip_jax import topology as tpu
 from clip_jax.data import transforms
 from clip_jax.data.synthetic import SyntheticSource
 
@@ -281,7 +282,7 @@ def test_config_errors_are_one_line(tmp_path):
 
 
 def test_plan_compiles_a_distillation_recipe_and_reports_the_teachers_share(tmp_path):
-    if not plan.libtpu_available():
+    if not tpu.libtpu_available():
         pytest.skip("needs libtpu (compile-only TPU devices)")
     c = _student([_teacher_bundle(tmp_path)], 1, "blockwise", 2)
     c.mesh.data, c.mesh.fsdp = -1, 1

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from clip_jax import distill, embed, gradients, inference, input_pipeline, train
+from clip_jax import topology as tpu
 from clip_jax.data import pipeline, stored, tario, transforms
 from clip_jax.data.tokenizer import load_tokenizer
 
@@ -335,7 +336,7 @@ def test_train_loop_from_stored_embeddings_with_a_feature_projection(corpus, tmp
 def test_plan_compiles_a_recipe_that_reads_stored_embeddings(corpus):
     """The TPU plan lowers the step on the batch the pipeline delivers: the stored rows too."""
     from clip_jax import plan
-    if not plan.libtpu_available():
+    if not tpu.libtpu_available():
         pytest.skip("needs libtpu (compile-only TPU devices)")
     spec, teacher, out, _ = corpus
     c = tiny.get_config()

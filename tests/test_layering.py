@@ -23,9 +23,9 @@ LAYERS = (
      "clip_jax.data", "clip_jax.data.*", "clip_jax.evaluate", "clip_jax.evaluate.templates",
      "clip_jax.evaluate.plots"),
     # the model, its math and its placement
-    ("clip_jax.convolution", "clip_jax.layers", "clip_jax.models", "clip_jax.models.*",
-     "clip_jax.losses", "clip_jax.kd_losses",
-     "clip_jax.sharding", "clip_jax.config", "clip_jax.config_schema", "clip_jax.recipes",
+    ("clip_jax.convolution", "clip_jax.remat", "clip_jax.layers", "clip_jax.models",
+     "clip_jax.models.*", "clip_jax.losses", "clip_jax.kd_losses", "clip_jax.sharding",
+     "clip_jax.topology", "clip_jax.config", "clip_jax.config_schema", "clip_jax.recipes",
      "clip_jax.optimizer",
      "clip_jax.flops", "clip_jax.monitor", "clip_jax.stability", "clip_jax.ema"),
     ("clip_jax.params",),
@@ -38,7 +38,7 @@ LAYERS = (
     ("clip_jax.evaluate.*", "clip_jax.input_pipeline", "clip_jax.distill",
      "clip_jax.objectives", "clip_jax.objectives.*", "clip_jax.gradients"),
     # entry points: parse, build, call
-    ("clip_jax.train", "clip_jax.export", "clip_jax.predict", "clip_jax.plan",
+    ("clip_jax.train", "clip_jax.export", "clip_jax.predict", "clip_jax.plan", "clip_jax.compiled",
      "clip_jax.evaluate.__main__", "clip_jax.embed", "clip_jax.filter"),
 )
 

@@ -130,29 +130,44 @@ def test_block_with_qk_norm_and_layer_scale_equals_a_numpy_reference(causal):
     np.testing.assert_allclose(got, want, atol=2e-5, rtol=1e-5)
 
 
-def test_attention_logits_and_softmax_stay_float32_under_bfloat16():
-    """With bf16 q, k, v (model.dtype=bfloat16) the scores are produced by the matmul in float32
-    and the softmax runs on float32: the jaxpr's exp sees f32, and the result is a float32
-    reference to bf16 precision."""
-    ks = jax.random.split(jax.random.key(3), 3)
-    q, k, v = (jax.random.normal(key, (2, 4, 16, 32)) * 2 for key in ks)
+@pytest.mark.parametrize("causal", [False, True])
+def test_attention_softmax_runs_in_float32_under_bfloat16(causal):
+    """With bf16 q, k, v (model.dtype=bfloat16) the softmax's exp runs on float32 in both cores;
+    ``xla`` stores the logits (the q k^T matmul's output) in bf16 and ``xla_f32`` in float32.
+    Values and the gradients of q, k, v (the bf16 core's written-out softmax backward) match a
+    float32 reference to bf16 precision."""
+    ks = jax.random.split(jax.random.key(3), 4)
+    q, k, v, g = (jax.random.normal(key, (2, 4, 16, 32)) * 2 for key in ks)
     bf = [a.astype(jnp.bfloat16) for a in (q, k, v)]
-    jaxpr = jax.make_jaxpr(lambda *a: layers.attention(*a, False, "xla"))(*bf)
 
-    def eqns(jaxpr):  # nested ones too (jax 0.12.1 keeps softmax's custom_jvp_call)
+    def eqns(jaxpr):  # nested ones too (custom_jvp / custom_vjp calls)
         for e in jaxpr.eqns:
             yield e
             for sub in jax.extend.core.jaxprs_in_params(e.params):
                 yield from eqns(sub)
 
-    exps = [e for e in eqns(jaxpr.jaxpr) if e.primitive.name == "exp"]
-    assert exps and all(e.invars[0].aval.dtype == jnp.float32 for e in exps)
-    dots = [e for e in eqns(jaxpr.jaxpr) if e.primitive.name == "dot_general"]
-    assert dots[0].outvars[0].aval.dtype == jnp.float32  # q k^T accumulates to f32 logits
-    got = layers.attention(*bf, False, "xla")
-    assert got.dtype == jnp.bfloat16
-    want = layers.attention(*(a.astype(jnp.float32) for a in bf), False, "xla")
-    np.testing.assert_allclose(np.asarray(got, np.float32), want, atol=3e-2, rtol=2e-2)
+    f32 = [a.astype(jnp.float32) for a in bf]
+    want = layers.attention(*f32, causal, "xla")
+    want_grads = jax.grad(lambda *a: jnp.sum(layers.attention(*a, causal, "xla") * g),
+                          argnums=(0, 1, 2))(*f32)
+    # logits of up to ~20 here: rounded to bf16 they move by up to 0.06, so the bf16-logit
+    # core's tolerance is wider
+    for impl, logits, tol in (("xla", jnp.bfloat16, 8e-2), ("xla_f32", jnp.float32, 3e-2)):
+        jaxpr = jax.make_jaxpr(lambda *a, i=impl: layers.attention(*a, causal, i))(*bf)
+        exps = [e for e in eqns(jaxpr.jaxpr) if e.primitive.name == "exp"]
+        assert exps and all(e.invars[0].aval.dtype == jnp.float32 for e in exps), impl
+        dots = [e for e in eqns(jaxpr.jaxpr) if e.primitive.name == "dot_general"]
+        assert dots[0].outvars[0].aval.dtype == logits, impl  # q k^T
+        got = layers.attention(*bf, causal, impl)
+        assert got.dtype == jnp.bfloat16
+        np.testing.assert_allclose(np.asarray(got, np.float32), want, atol=tol, rtol=2e-2)
+        grads = jax.grad(lambda *a, i=impl: jnp.sum(layers.attention(*a, causal, i).astype(
+            jnp.float32) * g), argnums=(0, 1, 2))(*bf)
+        for got_g, want_g in zip(grads, want_grads):
+            assert got_g.dtype == jnp.bfloat16
+            scale = float(jnp.abs(want_g).max())
+            np.testing.assert_allclose(np.asarray(got_g, np.float32) / scale, want_g / scale,
+                                       atol=tol)
 
 
 def test_patch_embed_bias():

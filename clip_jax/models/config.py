@@ -9,6 +9,8 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
+from clip_jax import remat as remat_lib
+
 # CLIP's initial temperature is 1/0.07, its log (2.6592) the initial logit_scale parameter.
 INIT_LOGIT_SCALE = math.log(1 / 0.07)
 
@@ -203,15 +205,16 @@ class ModelConfig:
     init_logit_bias: float | None = None  # a float adds a learned logit_bias (sigmoid loss)
     dtype: str = "float32"  # compute dtype, e.g. "bfloat16"
     param_dtype: str = "float32"
-    remat: bool = False  # rematerialise each block in the backward pass
+    remat: str = "none"  # a clip_jax.remat.POLICIES name (true/false: full/none)
     scan: bool = False  # nn.scan over blocks: compile time independent of depth
-    attention: str = "auto"  # "auto" | "xla" | "cudnn": see clip_jax.layers.attention
+    attention: str = "auto"  # "auto" | "xla" | "xla_f32" | "cudnn": see clip_jax.layers.attention
     qk_norm: bool = False  # LayerNorm over head_dim on queries and keys (both towers)
     ls_init_value: float | None = None  # layer scale of each residual branch (both towers)
     decoder: DecoderConfig | None = None  # a captioning decoder (CoCa / CapPa); None: none
 
     def __post_init__(self):
         _positive_int("model.embed_dim", self.embed_dim)
+        object.__setattr__(self, "remat", remat_lib.remat_name(self.remat))
         _choice("model.act", self.act, ACTS)
         _flag("model.qk_norm", self.qk_norm)
         eps = self.ln_eps

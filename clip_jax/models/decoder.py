@@ -31,6 +31,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from clip_jax import remat as remat_lib
 from clip_jax.layers import MLP, LayerNorm, LayerScale, attention, logical_init
 from clip_jax.models.config import ModelConfig
 
@@ -155,10 +156,9 @@ class DecoderLayer(nn.Module):
 
 
 def _remat(block, policy, scan: bool):
-    """``block`` rematerialised when ``model.remat`` asks for it (each block keeps its input)."""
-    if policy in (False, None, "none"):
-        return block
-    return nn.remat(block, prevent_cse=not scan, policy=jax.checkpoint_policies.nothing_saveable)
+    """``block`` rematerialised under the ``model.remat`` policy (:mod:`clip_jax.remat`; the
+    decoder's MLPs carry the policies' names, its attentions none: they are recomputed)."""
+    return remat_lib.remat(block, policy, scan)
 
 
 def causal_mask(t: int, parallel=None):

@@ -158,7 +158,7 @@ class ModifiedResNet(nn.Module):
         inplanes = w
         # remat: each Bottleneck's activations are recomputed in the backward pass (the
         # BatchNorm statistics are updated once: the recomputation's writes are discarded)
-        block = nn.remat(Bottleneck, static_argnums=(2,)) if c.remat else Bottleneck
+        block = nn.remat(Bottleneck, static_argnums=(2,)) if c.remat != "none" else Bottleneck
         for s, blocks in enumerate(v.stages):
             planes, stride = w * 2**s, 1 if s == 0 else 2
             for j in range(blocks):

@@ -1,0 +1,178 @@
+"""The train step compiled for a set of devices (real or libtpu's compile-only TPU devices), and
+what XLA says of it: memory per device, and the FLOPs and bytes accessed of the WHOLE step
+(:func:`step_cost`: XLA counts a loop's body once, so scanned block stacks are costed from
+shallow unrolled compiles)."""
+
+from __future__ import annotations
+
+import copy
+import re
+import time
+
+import jax
+import numpy as np
+
+from clip_jax import config as config_lib
+from clip_jax import distill, train
+from clip_jax.topology import ordered
+
+
+def abstract_inputs(setup: train.Setup, image_dtype: str = "float32"):
+    """(state, batch) as ``ShapeDtypeStruct`` with their shardings: what the step is lowered on."""
+    state = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                         setup.abstract_state, setup.state_shardings)
+    m, n = setup.model_cfg, setup.config.batch_size
+    batch = {
+        "image": jax.ShapeDtypeStruct((n, m.vision.image_size, m.vision.image_size, 3),
+                                      np.dtype(image_dtype), sharding=setup.batch_sharding),
+        "text": jax.ShapeDtypeStruct((n, m.text.context_length), np.int32,
+                                     sharding=setup.batch_sharding),
+    }
+    for key, f in setup.objective.batch_fields(n).items():  # stored rows, teachers' own ids
+        batch[key] = jax.ShapeDtypeStruct(f.shape, f.dtype, sharding=setup.batch_sharding)
+    return state, batch
+
+
+def specs_of(shardings):
+    """The PartitionSpecs of a tree of NamedShardings."""
+    return jax.tree.map(lambda s: s.spec, shardings,
+                        is_leaf=lambda s: isinstance(s, jax.sharding.NamedSharding))
+
+
+def tiled_bytes_per_device(abstract_tree, spec_tree, mesh, formats) -> int:
+    """:func:`clip_jax.sharding.bytes_per_device` with each shard padded to the tiles of the
+    compiled layout (``compiled.input_formats``): TPU stores arrays in (8, 128)-style tiles, so
+    a (3, 2, 64) float32 shard occupies more than 3 x 2 x 64 x 4 bytes, and a scalar 512."""
+    leaves = jax.tree.leaves(abstract_tree)
+    specs = jax.tree.leaves(spec_tree, is_leaf=lambda s: isinstance(s, jax.sharding.PartitionSpec))
+    fmts = jax.tree.leaves(formats, is_leaf=lambda f: hasattr(f, "layout"))
+    if not len(leaves) == len(specs) == len(fmts):
+        raise ValueError(f"{len(leaves)} arrays, {len(specs)} specs, {len(fmts)} layouts")
+    total = 0
+    for x, spec, fmt in zip(leaves, specs, fmts):
+        shard = list(x.shape)
+        for i, axes in enumerate(spec):
+            if axes is not None:
+                axes = (axes,) if isinstance(axes, str) else axes
+                shard[i] = -(-shard[i] // int(np.prod([mesh.shape[a] for a in axes])))
+        layout = fmt.layout
+        dims = [shard[d] for d in layout.major_to_minor] if layout.major_to_minor else []
+        tiling = layout.tiling[0] if layout.tiling else ()
+        dims = [1] * max(0, len(tiling) - len(dims)) + dims
+        for k, t in enumerate(tiling):
+            i = len(dims) - len(tiling) + k
+            dims[i] = -(-dims[i] // t) * t
+        total += int(np.prod(dims)) * np.dtype(x.dtype).itemsize
+    return total
+
+
+def compile_step(setup: train.Setup, image_dtype: str = "float32"):
+    """Lower and compile the train step for ``setup``'s devices; returns (compiled, seconds)."""
+    state, batch = abstract_inputs(setup, image_dtype)
+    teachers = distill.abstract(setup.teachers, setup.mesh, setup.config.distill.dtype)
+    t0 = time.perf_counter()
+    with jax.set_mesh(setup.mesh):
+        compiled = train.make_train_step(setup).jitted.lower(
+            state, batch, *((teachers,) if teachers else ())).compile()
+    return compiled, time.perf_counter() - t0
+
+
+def cost_of(compiled) -> dict:
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    return dict(cost or {})
+
+
+COST_KEYS = ("flops", "bytes accessed", "transcendentals")
+
+
+def with_overrides(config, **overrides):
+    """A copy of ``config`` with dotted keys set (``model.vision.layers=1``)."""
+    c = copy.deepcopy(config)
+    for key, value in overrides.items():
+        *path, last = key.split("__")
+        node = c
+        for k in path:
+            node = node[k]
+        node[last] = value
+    return c
+
+
+def scanned_stacks(model_cfg) -> dict[str, int]:
+    """The block stacks ``model.scan`` turns into loops, with their depths (config key: layers):
+    XLA's ``cost_analysis`` counts a loop's body once, whatever its trip count."""
+    if not model_cfg.scan:
+        return {}
+    stacks = {"model__text__layers": model_cfg.text.layers}
+    if model_cfg.vision.family in ("vit", "naflex"):
+        stacks["model__vision__layers"] = model_cfg.vision.layers
+    return stacks
+
+
+def step_cost(config, devices, image_dtype: str = "float32", compiled=None) -> dict:
+    """FLOPs, bytes accessed and transcendentals per chip of the WHOLE train step, as XLA counts
+    an unrolled (``model.scan=False``) compile of it.
+
+    Without scanned stacks that is ``compiled``'s own count. With them, the step is compiled
+    unrolled at depth 1 and at depth 2 of each scanned stack, everything else the same; the
+    count is linear in each stack's depth (every block is the same program), so the whole
+    step's is ``c(1, 1) + sum_s (L_s - 1) (c(2 in s) - c(1, 1))``: a few shallow compiles instead
+    of one unrolled compile of every block. Returns the counts and ``cost_method``."""
+    model_cfg = config_lib.resolve_model_config(config.model)
+    stacks = scanned_stacks(model_cfg)
+    if not stacks:
+        cost = cost_of(compiled if compiled is not None else compile_step(
+            train.build(config, devices=ordered(devices, config)), image_dtype)[0])
+        return {**{k: float(cost.get(k, 0.0) or 0.0) for k in COST_KEYS},
+                "optimal_seconds": float(cost.get("optimal_seconds", 0.0) or 0.0),
+                "cost_method": "the compiled step (no loop over blocks)" + _accum_caveat(config),
+                "cost_compile_s": 0.0}
+    t0 = time.perf_counter()
+
+    def at(depths):
+        c = with_overrides(config, model__scan=False, **depths)
+        setup = train.build(c, devices=ordered(devices, c))
+        cost = cost_of(compile_step(setup, image_dtype)[0])
+        return {k: float(cost.get(k, 0.0) or 0.0) for k in COST_KEYS}
+
+    ones = dict.fromkeys(stacks, 1)
+    base = at(ones)
+    total = dict(base)
+    for key, depth in stacks.items():
+        if depth > 1:
+            two = at({**ones, key: 2})
+            for k in COST_KEYS:
+                total[k] += (depth - 1) * (two[k] - base[k])
+    names = ", ".join(f"{k.split('__')[1]} {d}" for k, d in stacks.items())
+    return {**total, "optimal_seconds": 0.0, "cost_compile_s": time.perf_counter() - t0,
+            "cost_method": f"unrolled compiles at depth 1 and 2 of each scanned stack "
+                           f"({names} blocks), extrapolated linearly in depth"
+                           + _accum_caveat(config)}
+
+
+def _accum_caveat(config) -> str:
+    """The gradient cache's two micro-batch loops are ``lax.scan``s too; they are not
+    extrapolated: say so where they run."""
+    if config.accum_steps <= 1:
+        return ""
+    return (f"; the gradient cache's micro-batch loops ({config.accum_steps} trips) are "
+            f"counted once: the towers' FLOPs and bytes are those of one micro-batch, a lower "
+            f"bound")
+
+
+def memory_of(compiled) -> dict:
+    mem = compiled.memory_analysis()
+    out = {k: int(getattr(mem, f"{k}_size_in_bytes", 0) or 0)
+           for k in ("argument", "output", "alias", "temp", "generated_code")}
+    out["total"] = (out["argument"] + out["output"] + out["temp"] + out["generated_code"]
+                    - out["alias"])
+    return out
+
+
+OOM_BYTES = re.compile(r"required for [^(]*\(([\d.]+[KMGTP]?)\)")
+
+
+def parse_bytes(text: str) -> float:
+    """``"23.28T"`` -> bytes (XLA's binary units)."""
+    units = {"K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40, "P": 2**50}
+    return float(text[:-1]) * units[text[-1]] if text[-1] in units else float(text)
