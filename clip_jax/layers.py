@@ -77,8 +77,8 @@ def layer_norm(x, scale, bias, eps: float = 1e-5):
     by default), and the backward is written out (two row means and one elementwise pass)
     instead of autodiff's chain of broadcasts: the layer norms took ~20% of a small model's
     step on CPU before. The backward keeps ``x`` itself (bfloat16 in a bf16 model) and the row
-    statistics, and rebuilds the normalised input from them: keeping the float32 normalised
-    input instead wrote and read 4 bytes per element where 2 do (TPU: fewer HBM bytes per step).
+    statistics and rebuilds the normalised input from them, rather than keeping a float32 copy
+    of it (XLA's TPU byte count of a ViT-B/16 block is the same either way: docs/benchmarks.md).
     """
     return _layer_norm_fwd(x, scale, bias, eps)[0]
 
