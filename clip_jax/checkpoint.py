@@ -268,8 +268,11 @@ class Checkpointer:
         (the caller rebuilds it), else the step cannot be read; a field the step holds and
         this config's state has not (``ema`` turned off) is not read (:attr:`dropped`)."""
         target = _abstract_with_shardings(self.abstract_state, self.state_shardings)
-        fields = {f.name: getattr(target, f.name) for f in dataclasses.fields(target)}
-        tree = _saved_tree(self.directory, step)
+        if dataclasses.is_dataclass(target):
+            fields = {f.name: getattr(target, f.name) for f in dataclasses.fields(target)}
+        else:  # a plain tree (a custom loop's state): read as a whole
+            fields = {}
+        tree = _saved_tree(self.directory, step) if fields else None
         full = {k for k, v in fields.items() if jax.tree.leaves(v)}  # fields with arrays
         saved = full if tree is None else {k for k, v in tree.items() if v != {}}
         bad = sorted(full - saved - set(REBUILT))

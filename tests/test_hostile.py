@@ -133,7 +133,10 @@ ZERO_OK = {"seed", "loss_block_size", "model.init_logit_scale", "model.init_logi
            "stability.max_skips_in_a_row", "stability.spike_factor",
            "stability.spike_warmup_steps", "stability.rollback_skip_steps",
            "stability.max_rollbacks", "distill.clip_weight", "distill.kd_weight",
-           "distill.feature_weight", "distill.teacher_logit_scale", "model.vision.patch_dropout"}
+           "distill.feature_weight", "distill.teacher_logit_scale", "model.vision.patch_dropout",
+           "caption.weight", "caption.masked_pred_prob", "ema.decay", "ema.start_step",
+           "model.decoder.pad_id",
+           "ema.warmup_power"}
 NEGATIVE_OK = {"seed", "data.demo_seed", "model.init_logit_scale", "model.init_logit_bias",
                "model.ls_init_value"}
 
