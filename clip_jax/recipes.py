@@ -26,7 +26,7 @@ def laion_recipe(model: str, batch_size: int, platform: str, mesh: tuple[int, in
     c = base_config()
     c.model.name = model
     c.model.dtype = "bfloat16"
-    c.model.remat = "full"  # each recipe states the policy its plan chose
+    c.model.remat = "full"  # fits every recipe; python -m clip_jax.plan --remat auto may beat it
     c.model.scan = True
     c.batch_size = batch_size
     c.accum_steps = accum_steps

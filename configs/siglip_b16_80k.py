@@ -37,4 +37,8 @@ def get_config(platform="v4-64"):
     c.model.init_logit_bias = -10.0
     c.optimizer.lr = 1e-3
     c.optimizer.weight_decay = 1e-4
+    # remat: the plan's choice on v5e:2x2 at batch 1024 (256/chip; python -m clip_jax.plan
+    # --remat none,save_dot_except_mlp,full) was save_dot_except_mlp, 13.4 of 16 GiB and 474
+    # samples/s/chip by the bound against full's 448 (docs/benchmarks.md, "The TPU step");
+    # not yet planned at this recipe's own topologies, so full stays (it fits them all)
     return c
