@@ -70,35 +70,31 @@ def logical_init(init, names):
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
 def layer_norm(x, scale, bias, eps: float = 1e-5):
-    """``(x - mean) / sqrt(var + eps) * scale + bias`` over the last axis, computed in float32
-    whatever ``x``'s dtype (the result is float32; its gradient has ``x``'s dtype).
+    """``(x - mean) / sqrt(var + eps) * scale + bias`` over the last axis, in float32.
 
     Both moments come from one pass over ``x`` (var = E[x^2] - E[x]^2, as flax's LayerNorm does
-    by default), and the backward is written out (two row means and one elementwise pass)
-    instead of autodiff's chain of broadcasts: the layer norms took ~20% of a small model's
-    step on CPU before. The backward keeps ``x`` itself (bfloat16 in a bf16 model) and the row
-    statistics and rebuilds the normalised input from them, rather than keeping a float32 copy
-    of it (XLA's TPU byte count of a ViT-B/16 block is the same either way: docs/benchmarks.md).
+    by default), and the backward is written out (two row means and one elementwise pass,
+    from the saved normalised input) instead of autodiff's chain of broadcasts: the layer norms
+    took ~20% of a small model's step on CPU before.
     """
     return _layer_norm_fwd(x, scale, bias, eps)[0]
 
 
 def _layer_norm_fwd(x, scale, bias, eps):
-    xf = x.astype(jnp.float32)
-    mean = xf.mean(-1, keepdims=True)
-    var = jnp.maximum(jnp.square(xf).mean(-1, keepdims=True) - jnp.square(mean), 0.0)
+    mean = x.mean(-1, keepdims=True)
+    var = jnp.maximum(jnp.square(x).mean(-1, keepdims=True) - jnp.square(mean), 0.0)
     inv = jax.lax.rsqrt(var + eps)
-    return (xf - mean) * inv * scale + bias, (x, mean, inv, scale)
+    xhat = (x - mean) * inv
+    return xhat * scale + bias, (xhat, inv, scale)
 
 
 def _layer_norm_bwd(eps, res, g):
     del eps
-    x, mean, inv, scale = res
-    xhat = (x.astype(jnp.float32) - mean) * inv
+    xhat, inv, scale = res
     gs = g * scale
     dx = inv * (gs - gs.mean(-1, keepdims=True) - xhat * (gs * xhat).mean(-1, keepdims=True))
     rows = tuple(range(g.ndim - 1))
-    return dx.astype(x.dtype), (g * xhat).sum(rows), g.sum(rows)
+    return dx, (g * xhat).sum(rows), g.sum(rows)
 
 
 layer_norm.defvjp(_layer_norm_fwd, _layer_norm_bwd)
@@ -118,7 +114,8 @@ class LayerNorm(nn.Module):
                            self.param_dtype)
         bias = self.param("bias", logical_init(nn.initializers.zeros, ("norm",)), (d,),
                           self.param_dtype)
-        y = layer_norm(x, scale.astype(jnp.float32), bias.astype(jnp.float32), self.eps)
+        y = layer_norm(x.astype(jnp.float32), scale.astype(jnp.float32),
+                       bias.astype(jnp.float32), self.eps)
         return y.astype(self.dtype)
 
 
