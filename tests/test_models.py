@@ -65,6 +65,36 @@ def test_scan_and_remat_compute_the_same_function():
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
 
 
+def test_every_remat_policy_gives_the_same_gradients_scanned_or_not():
+    """Each named policy only changes what the backward keeps: gradients of a block stack equal
+    no remat's (unrolled; the newest policy scanned too: ``full`` scanned is covered above;
+    host offloading needs a TPU/GPU)."""
+    from clip_jax import remat as remat_lib
+    from clip_jax.layers import Transformer
+
+    x = jax.random.normal(jax.random.key(1), (2, 5, 16))
+    kw = dict(layers=2, heads=2, mlp_dim=32, act="gelu_tanh")
+    params = nn.unbox(Transformer(**kw).init(jax.random.key(0), x)["params"])
+    stacked = {"resblocks": jax.tree.map(lambda *xs: jnp.stack(xs),
+                                         *[params[f"resblocks_{i}"] for i in range(2)])}
+
+    def grads(p, remat, scan):
+        loss = lambda p, x: jnp.sum(jnp.sin(Transformer(**kw, remat=remat, scan=scan).apply(
+            {"params": p}, x)))
+        return jax.jit(jax.grad(loss, argnums=(0, 1)))(p, x)
+
+    ref = {False: grads(params, "none", False), True: grads(stacked, "none", True)}
+    for a, b in zip(jax.tree.leaves(ref[False][1]), jax.tree.leaves(ref[True][1])):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    for name in remat_lib.POLICIES:
+        if "offload" in name or name == "none":
+            continue
+        for scan in (False, True) if name == "recompute_mlp_act" else (False,):
+            got = grads(stacked if scan else params, name, scan)
+            for a, b in zip(jax.tree.leaves(ref[scan]), jax.tree.leaves(got)):
+                np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6, err_msg=name)
+
+
 def test_text_features_come_from_the_end_token_and_are_causal():
     cfg = models.get_model_config("tiny")
     model = models.CLIP(cfg)
