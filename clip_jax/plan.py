@@ -2,7 +2,7 @@
 CPU host (no TPU needed) and read the per-chip memory and cost XLA reports.
 
     python -m clip_jax.plan --config configs/vit_b16_laion400m.py:v5e-256 [--topology v5e:16x16] \\
-        [--config.key=value ...] [--remat auto | --remat none,minimal,full] [--json]
+        [--config.key=value ...] [--remat auto | --remat none@unrolled,minimal,full] [--json]
 
 The step compiled is the training one (``train.build`` + ``train.make_train_step``: the same
 shardings, loss, gradient cache, remat, scan and dtypes), lowered on abstract arrays for the
@@ -177,30 +177,50 @@ def shape_plan(config, topology: str) -> dict:
             "fits": state_gib <= FIT_FRACTION * chip.hbm_gib}
 
 
-def remat_candidates(spec: str) -> list[str]:
-    """``auto`` (every policy of :data:`clip_jax.remat_lib.POLICIES` but the host-offloading
-    ones, which a compile-only plan cannot weigh: their cost is PCIe time XLA does not count) or
-    a comma-separated list of policy names."""
+def remat_candidates(spec: str, scan: bool = False) -> list[tuple[str, bool]]:
+    """(policy, scan) pairs to compile. ``auto``: every policy of
+    :data:`clip_jax.remat_lib.POLICIES` but the host-offloading ones (a compile-only plan cannot
+    weigh them: their cost is PCIe time XLA does not count), with the config's ``model.scan``
+    and, for a scanned config, unrolled as well (unrolled blocks need no stacked residuals, so
+    the policies that keep the most fit there; their compile takes longer). Otherwise a
+    comma-separated list of policy names, each optionally ``@scan`` or ``@unrolled`` (default:
+    the config's ``model.scan``)."""
     if spec == "auto":
-        return [n for n in remat_lib.POLICIES if "offload" not in n]
-    names = [s.strip() for s in spec.split(",") if s.strip()]
-    bad = [n for n in names if n not in remat_lib.POLICIES]
-    if bad or not names:
+        names = [n for n in remat_lib.POLICIES if "offload" not in n]
+        return [(n, s) for s in ((True, False) if scan else (False,)) for n in names]
+    out, bad = [], []
+    for item in (s.strip() for s in spec.split(",") if s.strip()):
+        name, _, how = item.partition("@")
+        if name not in remat_lib.POLICIES or how not in ("", "scan", "unrolled"):
+            bad.append(item)
+        out.append((name, scan if not how else how == "scan"))
+    if bad or not out:
         raise tpu.PlanError(f"remat candidates {spec!r}: use auto or names from "
-                        f"{', '.join(remat_lib.POLICIES)}")
-    return names
+                            f"{', '.join(remat_lib.POLICIES)}, each optionally @scan or "
+                            f"@unrolled")
+    return out
+
+
+def candidate_label(name: str, scan: bool) -> str:
+    return f"{name}@{'scan' if scan else 'unrolled'}"
 
 
 def remat_plan(config, topology: str, image_dtype: str = "float32",
                candidates: str = "auto") -> dict:
-    """Compile the step for each remat policy in ``candidates`` and choose the one with the
-    highest samples/s bound among those that fit the HBM budget (ties: the smaller HBM). Returns
-    the chosen policy's plan with ``remat_table`` (every candidate's row) and ``remat_choice``."""
+    """Compile the step for each (remat policy, scan) candidate of ``candidates`` and choose
+    the one with the highest samples/s bound among those that fit the HBM budget (ties: the
+    smaller HBM). Returns the chosen candidate's plan with ``remat_table`` (every candidate's
+    row), ``remat_choice`` (the policy) and ``scan_choice``."""
     rows, results = [], {}
-    for name in remat_candidates(candidates):
-        r = compiled_plan(compiled.with_overrides(config, model__remat=name), topology, image_dtype)
-        results[name] = r
-        rows.append({"remat": name, "fits": r["fits"], "hbm_gib_per_chip": r["hbm_gib_per_chip"],
+    for name, scan in remat_candidates(candidates, bool(config.model.scan)):
+        label = candidate_label(name, scan)
+        t0 = time.perf_counter()
+        r = compiled_plan(compiled.with_overrides(config, model__remat=name, model__scan=scan),
+                          topology, image_dtype)
+        results[label] = r
+        rows.append({"remat": label, "policy": name, "scan": scan, "fits": r["fits"],
+                     "hbm_gib_per_chip": r["hbm_gib_per_chip"],
+                     "compile_seconds_total": time.perf_counter() - t0,
                      **{k: r.get(k) for k in ("xla_tflops_per_chip", "bytes_accessed_gib",
                                               "compute_seconds", "memory_seconds", "bound_by",
                                               "step_seconds_bound", "samples_per_sec_per_chip",
@@ -208,10 +228,10 @@ def remat_plan(config, topology: str, image_dtype: str = "float32",
     fitting = [r for r in rows if r["fits"] and r.get("samples_per_sec_per_chip")]
     if fitting:
         best = max(fitting, key=lambda r: (r["samples_per_sec_per_chip"], -r["hbm_gib_per_chip"]))
-        choice = best["remat"]
     else:  # nothing fits: report the leanest, which does not fit either
-        choice = min(rows, key=lambda r: r["hbm_gib_per_chip"])["remat"]
-    return {**results[choice], "remat_table": rows, "remat_choice": choice}
+        best = min(rows, key=lambda r: r["hbm_gib_per_chip"])
+    return {**results[best["remat"]], "remat_table": rows, "remat_choice": best["policy"],
+            "scan_choice": best["scan"]}
 
 
 def plan(config, topology: str, image_dtype: str = "float32", remat: str = "") -> dict:
@@ -292,8 +312,9 @@ def format_table(r: dict) -> str:
     if r.get("note"):
         lines.insert(0, f"note: {r['note']}")
     if r.get("remat_table"):
-        lines += ["", f"remat policies compiled (chosen: {r['remat_choice']}, the fastest bound "
-                      f"that fits {FIT_FRACTION:.0%} of HBM):", format_remat_table(r)]
+        lines += ["", f"remat policies compiled (chosen: model.remat={r['remat_choice']} "
+                      f"model.scan={r['scan_choice']}, the fastest bound that fits "
+                      f"{FIT_FRACTION:.0%} of HBM):", format_remat_table(r)]
     return "\n".join(lines)
 
 
@@ -307,7 +328,8 @@ def format_remat_table(r: dict) -> str:
             lines.append(f"| {row['remat']} | {row['hbm_gib_per_chip']:.2f} | no | - | - | - | - "
                          f"| - | - |")
             continue
-        mark = " (chosen)" if row["remat"] == r["remat_choice"] else ""
+        chosen = (row["policy"], row["scan"]) == (r["remat_choice"], r["scan_choice"])
+        mark = " (chosen)" if chosen else ""
         lines.append(
             f"| {row['remat']}{mark} | {row['hbm_gib_per_chip']:.2f} | "
             f"{'yes' if row['fits'] else 'no'} | {row['xla_tflops_per_chip']:.2f} | "
@@ -350,9 +372,10 @@ def _define_flags():
                         "dtype of the image batch fed to the step; auto: uint8 for webdataset "
                         "(the pipeline sends raw pixels), float32 for synthetic data.")
     flags.DEFINE_string("remat", "",
-                        "auto: compile the step with every remat policy and choose the fastest "
-                        "that fits (as model.remat=auto does); or a comma-separated list of "
-                        "policies to choose from.")
+                        "auto: compile the step with every remat policy (scanned and unrolled "
+                        "for a scanned config) and choose the fastest that fits (as "
+                        "model.remat=auto does); or a comma-separated list of policies to "
+                        "choose from, each optionally @scan or @unrolled.")
     flags.mark_flags_as_required(["config"])
 
 

@@ -277,13 +277,21 @@ def test_remat_auto_compiles_the_candidates_and_chooses_the_fastest_that_fits(ca
     c = _small("auto", 1, "clip", "dense", batch=64)
     c.mesh.data, c.mesh.fsdp = 1, 4
     r = plan.plan(c, "v5e:2x2", remat="none,full")
-    table = {row["remat"]: row for row in r["remat_table"]}
+    table = {row["policy"]: row for row in r["remat_table"]}
     assert set(table) == {"none", "full"} and r["remat"] == r["remat_choice"]
+    assert r["scan"] == r["scan_choice"] == bool(c.model.scan)
     best = max(table.values(), key=lambda row: row["samples_per_sec_per_chip"])
-    assert r["remat_choice"] == best["remat"] and r["fits"]
+    assert r["remat_choice"] == best["policy"] and r["fits"]
     # full remat runs the blocks' forward again in the backward (at this size XLA's fixed
     # scratch, not activations, sets the HBM, so memory is not compared here)
     assert table["full"]["xla_tflops_per_chip"] > table["none"]["xla_tflops_per_chip"]
     assert "(chosen)" in plan.format_table(r)
-    with pytest.raises(tpu.PlanError, match="remat candidates"):
-        plan.remat_candidates("none,fastest")
+    # a scanned config weighs each policy unrolled too under auto; @ picks one explicitly
+    assert plan.remat_candidates("none@unrolled,full@scan,minimal", scan=True) == [
+        ("none", False), ("full", True), ("minimal", True)]
+    auto = plan.remat_candidates("auto", scan=True)
+    assert ("none", False) in auto and ("none", True) in auto
+    assert all(s is False for _, s in plan.remat_candidates("auto", scan=False))
+    for bad in ("none,fastest", "none@rolled"):
+        with pytest.raises(tpu.PlanError, match="remat candidates"):
+            plan.remat_candidates(bad)
