@@ -23,6 +23,8 @@ import pytest
 import clip_jax
 from clip_jax import bundle as bundle_lib
 from clip_jax import export, models
+from clip_jax import params as params_lib
+from clip_jax.interop import keymap
 
 torch = pytest.importorskip("torch")
 open_clip = pytest.importorskip("open_clip")
@@ -206,10 +208,10 @@ def test_open_clip_coca_imports_with_its_embeddings_logits_and_captions(tmp_path
     safetensors_torch.save_file(sd, hub / "open_clip_model.safetensors")
     save_config_for_hf(model, hub / "open_clip_config.json", model_config=oc_cfg)
     out = tmp_path / "bundle"
-    assert export.main(["import", "--from", "open_clip", "--src", str(hub), "--scan",
-                        "--out", str(out)]) == 0
+    assert export.main(["import", "--from", "open_clip", "--src", str(hub), "--out",
+                        str(out)]) == 0
     m = clip_jax.load(str(out))
-    assert m.cfg == models.from_open_clip_config(oc_cfg).replace(scan=True)
+    assert m.cfg == models.from_open_clip_config(oc_cfg)
     assert m.cfg.decoder.input == "text" and m.cfg.text.embed_cls
     _assert_same(model, m, f"open_clip CoCa -> clip_jax ({variant})")
     # and back: the same state dict, bit for bit
@@ -219,22 +221,29 @@ def test_open_clip_coca_imports_with_its_embeddings_logits_and_captions(tmp_path
     assert sorted(again) == sorted(sd)
     for k, v in sd.items():
         assert torch.equal(again[k], v), k
+    # and through the scanned layout (model.scan: the decoder's blocks stacked too)
+    numpy_sd = {k: v.numpy() for k, v in sd.items()}
+    stacked = keymap.from_external(numpy_sd, m.cfg.replace(scan=True), "open_clip")
+    assert stacked["text_decoder"]["blocks"]["cross_attn"]["ln_1_kv"]["scale"].shape[0] == 2
+    for k, v in keymap.to_external(stacked, m.cfg.replace(scan=True), "open_clip").items():
+        np.testing.assert_array_equal(v, numpy_sd[k], err_msg=k)
 
 
 def _clip_jax_params(cfg: models.ModelConfig, seed: int) -> dict:
-    import flax.linen as nn
-
-    p = nn.unbox(models.CLIP(cfg).init(jax.random.key(seed), *models.init_inputs(cfg))["params"])
+    """Random params of ``cfg``'s tree (nothing compiled): LayerNorm and layer scales about 1,
+    every other leaf N(0, 0.1), a non-default logit scale."""
     rng = np.random.default_rng(seed)
-    p = jax.tree.map(
-        lambda x: (np.asarray(x) + 0.05 * rng.standard_normal(np.shape(x))).astype(np.float32), p)
-    p["logit_scale"] = np.asarray(2.9, np.float32)
-    return p
+    flat = params_lib.flatten_params(models.abstract_params(cfg))
+    flat = {k: (float(k.endswith(("/scale", "/gamma"))) + (0.05 if k.endswith(
+        ("/scale", "/gamma")) else 0.1) * rng.standard_normal(s.shape)).astype(np.float32)
+        for k, s in flat.items()}
+    flat["logit_scale"] = np.asarray(2.9, np.float32)
+    return params_lib.unflatten_params(flat)
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_clip_jax_coca_export_loads_strictly_in_open_clip(tmp_path, variant):
-    cfg = models.from_open_clip_config(_variant(variant)).replace(scan=True)
+    cfg = models.from_open_clip_config(_variant(variant))
     bundle_lib.save_bundle(tmp_path / "b", _clip_jax_params(cfg, seed=3), cfg)
     out = tmp_path / "oc"
     assert export.main(["open_clip", "--checkpoint", str(tmp_path / "b"), "--out", str(out)]) == 0
@@ -249,7 +258,7 @@ def test_clip_jax_coca_export_loads_strictly_in_open_clip(tmp_path, variant):
     assert sorted(sd) == sorted(exported)
     for k, v in exported.items():
         assert sd[k].shape == v.shape and torch.equal(sd[k], v), k
-    assert models.from_open_clip_config(oc_json["model_cfg"]) == cfg.replace(scan=False)
+    assert models.from_open_clip_config(oc_json["model_cfg"]) == cfg
     _assert_same(model, m, f"clip_jax CoCa -> open_clip ({variant})")
 
 

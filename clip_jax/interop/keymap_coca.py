@@ -28,7 +28,7 @@ from clip_jax.interop import layouts as L
 IGNORED = {"open_clip": keymap_clip.IGNORED["open_clip"], "hf": frozenset()}
 OUTSIDE = {"open_clip": frozenset(), "hf": frozenset()}
 _VIT = {"vision.family": "vit", "vision.class_token": True, "vision.patch_bias": False,
-        "vision.proj": True, "decoder.input": "text"}
+        "vision.proj": True}
 
 
 def unsupported(cfg: models.ModelConfig, fmt: str) -> list[str]:
@@ -36,8 +36,12 @@ def unsupported(cfg: models.ModelConfig, fmt: str) -> list[str]:
     if fmt != "open_clip":
         return ["a captioning decoder (model.decoder): Hugging Face's CLIPModel has none "
                 "(export it with 'open_clip' as CoCa, or as a bundle)"]
-    why = L.mismatches(cfg, _VIT, "open_clip CoCa")
     v, d = cfg.vision, cfg.decoder
+    if d.input != "text":
+        return ["its captioning decoder has embeddings of its own (model.decoder.input='embed', "
+                "CapPa's); open_clip CoCa's decoder reads the text tower's tokens "
+                "(model.decoder.input='text')"]
+    why = L.mismatches(cfg, _VIT, "open_clip CoCa")
     if v.pool not in ("tok", "gap"):
         why.append(f"model.vision.pool={v.pool!r} (open_clip CoCa: 'tok' or 'gap')")
     if cfg.qk_norm:

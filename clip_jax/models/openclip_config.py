@@ -19,7 +19,6 @@ from collections.abc import Mapping
 from typing import Any
 
 from clip_jax.config_schema import ANY_FLOAT, BOOL, COUNT, POS_FLOAT, POSITIVE, Range, check_mapping
-from clip_jax.models import config as C
 from clip_jax.models.config import INIT_LOGIT_SCALE, ModelConfig, TextConfig, VisionConfig
 from clip_jax.models.presets import CONVNEXT_TRUNKS, SIGLIP_TRUNKS
 
@@ -291,15 +290,16 @@ def _from_open_clip_config(cfg: dict) -> ModelConfig:
         proj_bias=bool(tc.get("proj_bias", False)), act=None if tact == vact else tact,
         embed_cls=bool(tc.get("embed_cls", False)), pad_id=tc.get("pad_id", 0))
     init_bias = cfg.get("init_logit_bias")
-    return ModelConfig(
+    out = ModelConfig(
         embed_dim=cfg["embed_dim"], vision=vision, text=text, act=vact, ln_eps=veps,
         init_logit_scale=cfg.get("init_logit_scale", INIT_LOGIT_SCALE),
         init_logit_bias=None if init_bias is None else float(init_bias),
-        qk_norm=qk, ls_init_value=None if ls is None else float(ls),
-        decoder=_coca_decoder(cfg, tc, ls, (tact, veps)))
+        qk_norm=qk, ls_init_value=None if ls is None else float(ls))
+    decoder = _coca_decoder(cfg, tc, ls, (tact, veps))
+    return out if decoder is None else out.replace(decoder=decoder)
 
 
-def _coca_decoder(cfg: Mapping, tc: Mapping, ls, act_eps) -> C.DecoderConfig | None:
+def _coca_decoder(cfg: Mapping, tc: Mapping, ls, act_eps) -> dict | None:
     """open_clip CoCa's text decoder (``multimodal_cfg``: a ``MultimodalTransformer`` fed by
     the text tower's tokens, GELU or QuickGELU, LayerNorm eps 1e-5, MLP ratio 4), or None."""
     mm = cfg.get("multimodal_cfg")
@@ -321,8 +321,8 @@ def _coca_decoder(cfg: Mapping, tc: Mapping, ls, act_eps) -> C.DecoderConfig | N
     if width != tc.get("width", 512):
         raise ValueError(f"open_clip multimodal_cfg.width={width} differs from text_cfg.width="
                          f"{tc.get('width', 512)}: CoCa's decoder reads the text tower's tokens")
-    return C.DecoderConfig(layers=mm.get("layers", 12), width=width, heads=mm.get("heads", 8),
-                         mlp_dim=4 * width, pad_id=cfg.get("pad_id", 0), input="text")
+    return dict(layers=mm.get("layers", 12), width=width, heads=mm.get("heads", 8),
+                mlp_dim=4 * width, pad_id=cfg.get("pad_id", 0), input="text")
 
 
 def _timm_name(cfg: ModelConfig) -> str:
