@@ -13,6 +13,8 @@ CLI::
     # ``checkpoint.init_from`` (fine-tuning)
     python -m clip_jax.export import --from {open_clip,hf} --src PATH [--model-config JSON]
         [--tokenizer SPEC] [--scan] --out BUNDLE
+    # open_clip CoCa (coca_*.json: the attentional pooler, the text tower's class token and the
+    # decoder on its tokens) goes both ways like CLIP; a CapPa decoder exports as a bundle only
     # every command takes --image-size N / --patch-size P: position embeddings and patch kernel
     # resampled (open_clip's resize_pos_embed / FlexiViT), one line says what changed
 """

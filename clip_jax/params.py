@@ -34,6 +34,9 @@ import numpy as np
 
 _STACKED = re.compile(r"^(.*/transformer)/resblocks/(.+)$")
 _PER_LAYER = re.compile(r"^(.*/transformer)/resblocks_(\d+)/(.+)$")
+# the captioning decoder's scanned pairs: text_decoder/blocks/{resblocks,cross_attn}/...
+_DEC_STACKED = re.compile(r"^(.*text_decoder)/blocks/(resblocks|cross_attn)/(.+)$")
+_DEC_PER_LAYER = re.compile(r"^(.*text_decoder)/(resblocks|cross_attn)_(\d+)/(.+)$")
 _log = logging.getLogger(__name__)
 
 
@@ -85,18 +88,22 @@ def stack(xs: Sequence[Any], axis: int = 0):
 
 
 def unstack_layers(flat: Mapping[str, Any]) -> dict[str, Any]:
-    """Scanned blocks (``transformer/resblocks/...`` with a leading layer axis) to
-    ``transformer/resblocks_N/...``; other keys unchanged. ShapeDtypeStructs are supported."""
+    """Scanned blocks (``transformer/resblocks/...`` with a leading layer axis; the decoder's
+    ``text_decoder/blocks/{resblocks,cross_attn}/...``) to ``transformer/resblocks_N/...``
+    (``text_decoder/resblocks_N/...``, ``text_decoder/cross_attn_N/...``); other keys
+    unchanged. ShapeDtypeStructs are supported."""
     out = {}
     for key, x in flat.items():
-        m = _STACKED.match(key)
-        if not m:
+        if m := _STACKED.match(key):
+            name = lambda i, m=m: f"{m[1]}/resblocks_{i}/{m[2]}"
+        elif m := _DEC_STACKED.match(key):
+            name = lambda i, m=m: f"{m[1]}/{m[2]}_{i}/{m[3]}"
+        else:
             out[key] = x
             continue
         for i in range(x.shape[0]):
-            out[f"{m[1]}/resblocks_{i}/{m[2]}"] = (
-                jax.ShapeDtypeStruct(x.shape[1:], x.dtype)
-                if isinstance(x, jax.ShapeDtypeStruct) else x[i])
+            out[name(i)] = (jax.ShapeDtypeStruct(x.shape[1:], x.dtype)
+                            if isinstance(x, jax.ShapeDtypeStruct) else x[i])
     return out
 
 
@@ -105,16 +112,17 @@ def stack_layers(flat: Mapping[str, Any]) -> dict[str, Any]:
     groups: dict[tuple[str, str], dict[int, Any]] = {}
     out = {}
     for key, x in flat.items():
-        m = _PER_LAYER.match(key)
-        if m:
-            groups.setdefault((m[1], m[3]), {})[int(m[2])] = x
+        if m := _PER_LAYER.match(key):
+            groups.setdefault((f"{m[1]}/resblocks", m[3]), {})[int(m[2])] = x
+        elif m := _DEC_PER_LAYER.match(key):
+            groups.setdefault((f"{m[1]}/blocks/{m[2]}", m[4]), {})[int(m[3])] = x
         else:
             out[key] = x
     for (prefix, rest), layers in groups.items():
         if sorted(layers) != list(range(len(layers))):
-            raise ValueError(f"{prefix}/resblocks_N/{rest}: layers {sorted(layers)} are not "
+            raise ValueError(f"{prefix}_N/{rest}: layers {sorted(layers)} are not "
                              f"0..{len(layers) - 1}")
-        out[f"{prefix}/resblocks/{rest}"] = stack([layers[i] for i in range(len(layers))])
+        out[f"{prefix}/{rest}"] = stack([layers[i] for i in range(len(layers))])
     return out
 
 

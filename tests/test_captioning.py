@@ -2,7 +2,8 @@
 (:mod:`clip_jax.objectives.captioning`): sharded over 8 devices it equals 1 device, the gradient
 cache equals the global batch, the loss equals NumPy's cross-entropy of the logits with padding
 left out, CapPa's draw is exact and deterministic and its rows really are parallel, greedy and
-beam search equal their definitions, and ``predict --caption`` prints a trained model's caption.
+beam search equal their definitions, ``predict --caption`` prints a trained model's caption, and
+open_clip CoCa's wiring (``decoder.input='text'``) trains sharded with the gradient cache.
 """
 
 from __future__ import annotations
@@ -276,8 +277,62 @@ def test_predict_caption_prints_a_trained_models_caption(tmp_path, capsys):
                                   "--caption"])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and "no captioning decoder" in err[0], err
-    for fn in (interop_open_clip.export_open_clip, interop_hf.export_hf):  # neither holds it yet
+    # open_clip holds CoCa's wiring only (tests/test_coca_interop.py), HF no decoder
+    for fn in (interop_open_clip.export_open_clip, interop_hf.export_hf):
         with pytest.raises(ValueError, match="captioning decoder"):
             fn(tmp_path / "out", params, cfg)
     assert not (tmp_path / "out").exists()
 
+
+
+# open_clip CoCa's wiring (coca_ViT-B-32.json at tiny's size): the attentional pooler, the text
+# tower's appended class token, the decoder reading the text tower's tokens
+COCA_JSON = {
+    "embed_dim": 32, "custom_text": True,
+    "vision_cfg": {"image_size": 32, "layers": 1, "width": 48, "patch_size": 8, "head_width": 24,
+                   "attentional_pool": True, "attn_pooler_queries": 5, "attn_pooler_heads": 4,
+                   "output_tokens": True},
+    "text_cfg": {"context_length": 16, "vocab_size": 512, "width": 32, "heads": 2, "layers": 1,
+                 "embed_cls": True, "output_tokens": True},
+    "multimodal_cfg": {"context_length": 16, "width": 32, "heads": 2, "layers": 1},
+}
+
+
+def test_a_coca_wired_model_trains_sharded_with_the_cache_on_its_own_logits(tmp_path):
+    """data 2 x fsdp 2 x tensor 2 with the gradient cache: the step's caption part is NumPy's
+    cross-entropy of the model's own teacher-forced logits (its forward on the whole batch on one
+    device), every CoCa parameter gets a gradient and shards like the towers; CapPa's masking
+    is refused (the decoder has no embeddings to mask)."""
+    import json
+
+    path = tmp_path / "coca.json"
+    path.write_text(json.dumps(COCA_JSON))
+    c = tiny.get_config()
+    c.batch_size, c.accum_steps = N, 2
+    c.mesh.data, c.mesh.fsdp, c.mesh.tensor = 2, 2, 2
+    c.model.open_clip_config = str(path)
+    c.caption.weight, c.caption.masked_pred_prob = WEIGHT, 0.0
+    setup, params, r = _run(c, jax.devices()[:8])
+    cfg = setup.model_cfg
+    assert cfg.decoder.input == "text" and cfg.text.embed_cls and cfg.vision.attn_pooler_queries
+    host = _host_batch(cfg)
+    pixels = input_pipeline.device_pixels(jnp.asarray(host["image"]))
+    _, logits = jax.jit(lambda p, x, t: setup.model.apply(
+        {"params": p}, x, t, method=models.CLIP.caption_forward))(
+        jax.device_put(setup.objective.model_params(params), jax.devices()[0]), pixels,
+        jnp.asarray(host["text"]))
+    np.testing.assert_allclose(r.parts["caption"], _numpy_caption_loss(logits, host["text"]),
+                               rtol=1e-5)
+    g = r.grads
+    for leaf in (g["visual"]["attn_pool"]["query"], g["text"]["cls_emb"],
+                 g["text_decoder"]["cross_attn_0"]["attn"]["kernel_kv"]):
+        assert np.abs(leaf).max() > 0
+    specs = jax.tree.map(lambda s: s.spec, setup.state_shardings.params)
+    P = jax.sharding.PartitionSpec
+    assert specs["visual"]["attn_pool"]["attn"]["kernel_kv"] == P("fsdp", None, "tensor", None)
+    assert specs["text_decoder"]["resblocks_0"]["mlp"]["c_fc"]["kernel"] == P("fsdp", "tensor")
+    assert "text_decoder" in specs and "token_embedding" not in specs["text_decoder"]
+    c.caption.masked_pred_prob, c.accum_steps = 0.5, 1
+    c.mesh.data = c.mesh.fsdp = c.mesh.tensor = 1
+    with pytest.raises(ValueError, match="masked_pred_prob"):
+        train.build(c, jax.devices()[:1])

@@ -6,9 +6,9 @@ ViT, as open_clip's ``CLIP`` and HF's ``CLIPModel`` name it, and open_clip's tex
 trunk name it; :mod:`~clip_jax.interop.keymap_resnet`: OpenAI's ModifiedResNet with its
 BatchNorm statistics, as open_clip names it; :mod:`~clip_jax.interop.keymap_convnext`: timm's
 ConvNeXt in open_clip's TimmModel; :mod:`~clip_jax.interop.keymap_siglip2`: SigLIP 2 NaFlex in
-HF's ``Siglip2Model``); :func:`family` says which one a config is from
-its image-tower switches, and a config that no family (or the chosen format) can hold is
-refused with the reason.
+HF's ``Siglip2Model``; :mod:`~clip_jax.interop.keymap_coca`: open_clip's CoCa, any model with
+a decoder); :func:`family` says which one a config is from its image-tower switches, and a
+config that no family (or the chosen format) can hold is refused with the reason.
 Every conversion is a permutation/reshape/split (:mod:`~clip_jax.interop.layouts`), so round
 trips are bit-exact. :func:`to_external` / :func:`from_external` work on NumPy arrays, JAX arrays
 and (under ``jax.eval_shape``) ShapeDtypeStructs; every key's shape is checked and errors name
@@ -28,6 +28,7 @@ from clip_jax import models
 from clip_jax import params as params_lib
 from clip_jax.interop import (
     keymap_clip,
+    keymap_coca,
     keymap_convnext,
     keymap_resnet,
     keymap_siglip,
@@ -37,7 +38,7 @@ from clip_jax.interop import layouts as L
 
 FORMATS = ("open_clip", "hf")
 FAMILIES = {"clip": keymap_clip, "siglip": keymap_siglip, "resnet": keymap_resnet,
-            "convnext": keymap_convnext, "naflex": keymap_siglip2}
+            "convnext": keymap_convnext, "naflex": keymap_siglip2, "coca": keymap_coca}
 _FORMAT_NAMES = {"open_clip": "open_clip", "hf": "Hugging Face"}
 
 # The image-tower switches that make each family (config path -> value); what else a format
@@ -50,9 +51,11 @@ SHAPES = {
 
 
 def family(cfg: models.ModelConfig) -> str:
-    """``"resnet"``, ``"convnext"``, ``"naflex"`` (SigLIP 2 NaFlex), ``"clip"`` or ``"siglip"``
-    from ``cfg``'s image-tower switches; a ValueError names the switches that keep it from the
-    nearer family otherwise."""
+    """``"coca"`` (a model with a captioning decoder), ``"resnet"``, ``"convnext"``, ``"naflex"``
+    (SigLIP 2 NaFlex), ``"clip"`` or ``"siglip"`` from ``cfg``'s image-tower switches; a
+    ValueError names the switches that keep it from the nearer family otherwise."""
+    if cfg.decoder is not None:
+        return "coca"
     if cfg.vision.family in ("resnet", "convnext", "naflex"):  # its own family's switches
         return cfg.vision.family
     diffs = {name: L.mismatches(cfg, want, name) for name, want in SHAPES.items()}

@@ -34,9 +34,6 @@ def export_open_clip(out_dir: str | os.PathLike, params, cfg: models.ModelConfig
                      preprocess: Mapping | None = None) -> Path:
     """Write open_clip's hub layout; a model open_clip cannot build raises a ValueError naming
     why, before anything is written."""
-    if cfg.decoder is not None:
-        raise ValueError("this model has a captioning decoder (model.decoder), which the open_clip "
-                         "export does not write yet (open_clip CoCa); export a bundle")
     sd = keymap.to_external(jax.device_get(params), cfg, "open_clip")
     pre = dict(preprocess or bundle.default_preprocess(cfg.vision.image_size))
     config = {"model_cfg": models.to_open_clip_config(cfg),

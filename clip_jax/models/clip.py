@@ -48,14 +48,22 @@ class CLIP(nn.Module):
         x = self.visual(images, train)
         return l2_normalize(x) if normalize else x
 
+    def _coca(self) -> bool:
+        return self.cfg.decoder is not None and self.cfg.decoder.input == "text"
+
     def encode_image_tokens(self, images, train: bool = False):
-        """``(L2-normalised embedding, un-pooled tokens (B, T, width))`` of a ViT tower."""
+        """``(L2-normalised embedding, un-pooled tokens (B, T, width))`` of a ViT tower; with
+        ``decoder.input='text'`` open_clip CoCa's ``tokens``: those after the pooled one."""
         x, tokens = self.visual(images, train, tokens=True)
-        return l2_normalize(x), tokens
+        return l2_normalize(x), tokens[:, 1:] if self._coca() else tokens
 
     def decode(self, image_tokens, ids, parallel=None):
         """The decoder's float32 logits (B, T, vocab) for input ``ids`` (B, T) given
-        :meth:`encode_image_tokens`' tokens (:class:`~clip_jax.models.decoder.TextDecoder`)."""
+        :meth:`encode_image_tokens`' tokens (:class:`~clip_jax.models.decoder.TextDecoder`);
+        with ``decoder.input='text'`` (CoCa) the decoder reads the text tower's tokens of
+        ``ids``."""
+        if self._coca():
+            return self.text_decoder(image_tokens, self.text(ids, tokens=True)[1], parallel)
         return self.text_decoder(image_tokens, ids, parallel)
 
     def caption_forward(self, images, text, train: bool = False,
@@ -66,6 +74,10 @@ class CLIP(nn.Module):
         bias = self.logit_bias if self.cfg.init_logit_bias is not None else None
         image_train = train if image_train is None else image_train
         img, tokens = self.encode_image_tokens(images, train=image_train)
+        if self._coca():  # open_clip CoCa: one text forward, its tokens but the last decoded
+            txt, text_tokens = self.text(text, tokens=True)
+            logits = self.text_decoder(tokens, text_tokens[:, :-1], parallel)
+            return (img, l2_normalize(txt), self.logit_scale, bias), logits
         logits = self.decode(tokens, text[:, :-1], parallel)
         return (img, self.encode_text(text), self.logit_scale, bias), logits
 

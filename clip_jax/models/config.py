@@ -20,6 +20,11 @@ VISION_POOLS = ("tok", "map", "gap")
 VISION_FAMILIES = ("vit", "resnet", "convnext", "naflex")
 CONVNEXT_PROJ = ("linear", "mlp")
 TEXT_POOLS = ("argmax", "last", "first")
+DECODER_INPUTS = ("embed", "text")
+# fields whose default a saved config omits (the dict a model without them always had)
+_OMITTED = {"vision": {"attn_pooler_queries": 0, "attn_pooler_heads": 8},
+            "text": {"embed_cls": False, "pad_id": 0},
+            "decoder": {"input": "embed"}}
 
 
 def _positive_int(where: str, value) -> None:
@@ -68,6 +73,11 @@ class VisionConfig:
     norm_eps: float | None = None  # its LayerNorm eps; None: model.ln_eps
     proj_type: str = "linear"  # open_clip's timm_proj: linear | mlp
     drop_path: float = 0.0  # stochastic depth in training (timm_drop_path), linear in depth
+    # open_clip CoCa's attentional pooler (ViT only): this many learned queries (0: none) attend
+    # to the tower's tokens with attn_pooler_heads heads, giving (B, queries, embed_dim); ln_post
+    # then pool (tok: query 0; gap: the mean of the others) and proj (embed_dim, embed_dim)
+    attn_pooler_queries: int = 0
+    attn_pooler_heads: int = 8
 
     def __post_init__(self):
         _choice("model.vision.family", self.family, VISION_FAMILIES)
@@ -79,8 +89,18 @@ class VisionConfig:
         p = self.patch_dropout
         if isinstance(p, bool) or not isinstance(p, int | float) or not 0 <= p < 1:
             raise ValueError(f"model.vision.patch_dropout={p!r}: must be a number in [0, 1)")
-        for name in ("image_size", "patch_size", "width", "layers", "heads", "mlp_dim"):
+        for name in ("image_size", "patch_size", "width", "layers", "heads", "mlp_dim",
+                     "attn_pooler_heads"):
             _positive_int(f"model.vision.{name}", getattr(self, name))
+        q = self.attn_pooler_queries
+        if isinstance(q, bool) or not isinstance(q, int) or q < 0 or q == 1:
+            raise ValueError(f"model.vision.attn_pooler_queries={q!r}: must be 0 (none) or "
+                             ">= 2 (one pooled, the rest the tokens)")
+        if q and (self.family != "vit" or not self.class_token or not self.proj
+                  or self.pool == "map"):
+            raise ValueError(f"model.vision.attn_pooler_queries={q!r}: open_clip's attentional "
+                             "pooler needs family 'vit' with a class token, pool tok/gap and "
+                             "proj")
         for name in ("class_token", "ln_pre", "patch_bias", "proj"):
             _flag(f"model.vision.{name}", getattr(self, name))
         _choice("model.vision.pool", self.pool, VISION_POOLS)
@@ -155,8 +175,16 @@ class TextConfig:
     eot_id: int | None = None
     proj_bias: bool = False  # bias of the text projection (SigLIP's text head)
     act: str | None = None  # this tower's activation; None: model.act
+    # open_clip CoCa's text tower: a learned class token appended after the text (the position
+    # table one longer), pooled after ln_final (text.pool unread), keys equal to pad_id masked
+    # (as open_clip's CoCa masks them: shifted one position right, its legacy mask)
+    embed_cls: bool = False
+    pad_id: int = 0
 
     def __post_init__(self):
+        _flag("model.text.embed_cls", self.embed_cls)
+        if isinstance(self.pad_id, bool) or not isinstance(self.pad_id, int) or self.pad_id < 0:
+            raise ValueError(f"model.text.pad_id={self.pad_id!r}: must be a token id >= 0")
         for name in ("context_length", "vocab_size", "width", "layers", "heads", "mlp_dim"):
             _positive_int(f"model.text.{name}", getattr(self, name))
         for name in ("causal", "proj_bias"):
@@ -183,10 +211,15 @@ class DecoderConfig:
     heads: int = 8
     mlp_dim: int = 2048
     pad_id: int = 0
+    # "embed": its own token/position/mask embeddings (CapPa); "text": open_clip CoCa's wiring,
+    # the text tower's un-pooled token outputs are its input and it cross-attends to the image
+    # tokens after the pooled one (CoCa's ``tokens``); no CapPa parallel prediction
+    input: str = "embed"
 
     def __post_init__(self):
         for name in ("layers", "width", "heads", "mlp_dim"):
             _positive_int(f"model.decoder.{name}", getattr(self, name))
+        _choice("model.decoder.input", self.input, DECODER_INPUTS)
         p = self.pad_id
         if isinstance(p, bool) or not isinstance(p, int) or p < 0:
             raise ValueError(f"model.decoder.pad_id={p!r}: must be a token id >= 0")
@@ -236,11 +269,24 @@ class ModelConfig:
         if self.decoder is not None and self.vision.family != "vit":
             raise ValueError(f"model.decoder: cross-attends to a ViT's tokens; model.vision."
                              f"family={self.vision.family!r} has none")
+        if self.vision.attn_pooler_queries:
+            if self.embed_dim % self.vision.attn_pooler_heads:
+                raise ValueError(f"model.vision.attn_pooler_heads={self.vision.attn_pooler_heads}"
+                                 f": must divide model.embed_dim={self.embed_dim}")
+        if (self.decoder is not None and self.decoder.input == "text"
+                and self.decoder.width != self.text.width):
+            raise ValueError(f"model.decoder.input='text': the decoder reads the text tower's "
+                             f"tokens, so model.decoder.width={self.decoder.width} must equal "
+                             f"model.text.width={self.text.width}")
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
         if d["decoder"] is None:  # a model without a decoder: the dict it always had
             del d["decoder"]
+        for sub, defaults in _OMITTED.items():
+            for k, v in defaults.items():
+                if sub in d and d[sub][k] == v:
+                    del d[sub][k]
         return d
 
     @classmethod

@@ -16,7 +16,8 @@ With ``model.scan`` the pairs are one scanned ``blocks/{resblocks, cross_attn}``
 ``layers`` axis. ``resblocks_i``/``cross_attn_i``/``ln_final``/``text_projection`` are open_clip's
 ``text_decoder.resblocks.i`` / ``.cross_attn.i`` / ``.ln_final`` / ``.text_projection`` (its
 fused cross ``in_proj_weight`` is ``kernel_q`` | ``kernel_kv`` when the image tokens are as wide
-as the decoder); the embeddings are the decoder's own (CoCa feeds its text tower's tokens).
+as the decoder); the embeddings are the decoder's own, or with ``decoder.input='text'``
+(open_clip CoCa's wiring) there are none: its inputs are the text tower's un-pooled tokens.
 Every parameter carries logical axis names, so it shards on ``fsdp``/``tensor`` like the towers.
 
 :func:`greedy` and :func:`beam_search` generate token ids from any ``logits(ids)`` function.
@@ -175,7 +176,8 @@ class TextDecoder(nn.Module):
     @nn.compact
     def __call__(self, image_tokens, ids, parallel=None):
         """``image_tokens`` (B, S, Wv) from :meth:`VisionTransformer.__call__` (``tokens``);
-        ``ids`` (B, T) the decoder's input token ids (T <= the text context). ``parallel``
+        ``ids`` (B, T) the decoder's input token ids (T <= the text context), or with
+        ``decoder.input='text'`` (open_clip CoCa) the text tower's (B, T, W) tokens. ``parallel``
         (B,) bool or None: CapPa's parallel prediction for those rows (every input is the mask
         embedding, attention in both directions); the rest are causal. Returns float32 logits
         (B, T, vocab)."""
@@ -184,19 +186,13 @@ class TextDecoder(nn.Module):
         if ids.shape[1] > t.context_length:
             raise ValueError(f"decoder input of length {ids.shape[1]} exceeds the text context "
                              f"length {t.context_length}")
-        tok = self.param("token_embedding",
-                         logical_init(nn.initializers.normal(0.02), ("vocab", "embed")),
-                         (t.vocab_size, dc.width), pdtype)
-        pos = self.param("positional_embedding",
-                         logical_init(nn.initializers.normal(0.01), (None, "embed")),
-                         (t.context_length, dc.width), pdtype)
-        mask_emb = self.param("mask_embedding",
-                              logical_init(nn.initializers.normal(0.02), ("embed",)),
-                              (dc.width,), pdtype)
-        x = jnp.take(tok, ids, axis=0).astype(dtype)
-        if parallel is not None:
-            x = jnp.where(parallel[:, None, None], mask_emb.astype(dtype), x)
-        x = x + pos[: ids.shape[1]].astype(dtype)
+        if dc.input == "text":  # open_clip CoCa: ``ids`` are the text tower's (B, T, W) tokens
+            if parallel is not None:
+                raise ValueError("model.decoder.input='text' (CoCa) has no CapPa parallel "
+                                 "prediction (caption.masked_pred_prob must be 0)")
+            x = ids.astype(dtype)
+        else:
+            x = self._embed(ids, parallel, dtype, pdtype)
         mask = causal_mask(ids.shape[1], parallel)
         image_tokens = image_tokens.astype(dtype)
         kw = dict(heads=dc.heads, mlp_dim=dc.mlp_dim, layers=dc.layers,
@@ -220,6 +216,24 @@ class TextDecoder(nn.Module):
                           (dc.width, t.vocab_size), pdtype)
         return jnp.dot(x, proj.astype(dtype)).astype(jnp.float32)
 
+    def _embed(self, ids, parallel, dtype, pdtype):
+        """The decoder's own embeddings of ``ids`` (``input='embed'``), CapPa's mask
+        embedding on the ``parallel`` rows."""
+        dc, t = self.cfg.decoder, self.cfg.text
+        tok = self.param("token_embedding",
+                         logical_init(nn.initializers.normal(0.02), ("vocab", "embed")),
+                         (t.vocab_size, dc.width), pdtype)
+        pos = self.param("positional_embedding",
+                         logical_init(nn.initializers.normal(0.01), (None, "embed")),
+                         (t.context_length, dc.width), pdtype)
+        mask_emb = self.param("mask_embedding",
+                              logical_init(nn.initializers.normal(0.02), ("embed",)),
+                              (dc.width,), pdtype)
+        x = jnp.take(tok, ids, axis=0).astype(dtype)
+        if parallel is not None:
+            x = jnp.where(parallel[:, None, None], mask_emb.astype(dtype), x)
+        return x + pos[: ids.shape[1]].astype(dtype)
+
 
 # ---------------------------------------------------------------------------------------------
 # Generation from a logits function (no cache: each step runs the whole prefix; captions are
@@ -230,7 +244,8 @@ def greedy(logits_fn: Callable, prompt, length: int, eot_id: int, pad_id: int):
     """Greedy decoding: ``prompt`` (B, P) int ids, ``logits_fn(ids (B, length)) -> (B, length,
     V)`` (positions after the current one may hold anything: the attention is causal). Returns
     (B, length) ids: the prompt, then each step's argmax, ``pad_id`` after a row's
-    ``eot_id``."""
+    ``eot_id`` (or after a ``pad_id`` it emitted: a row stops there, as open_clip's
+    ``generate`` stops it)."""
     b, p = prompt.shape
     ids = jnp.full((b, length), pad_id, jnp.int32).at[:, :p].set(prompt)
     done = jnp.zeros((b,), bool)
@@ -240,7 +255,7 @@ def greedy(logits_fn: Callable, prompt, length: int, eot_id: int, pad_id: int):
         nxt = jnp.argmax(logits_fn(ids)[:, i - 1], axis=-1).astype(jnp.int32)
         nxt = jnp.where(done, pad_id, nxt)
         ids = ids.at[:, i].set(nxt)
-        return (ids, done | (nxt == eot_id)), None
+        return (ids, done | (nxt == eot_id) | (nxt == pad_id)), None
 
     (ids, _), _ = jax.lax.scan(step, (ids, done), jnp.arange(p, length))
     return ids

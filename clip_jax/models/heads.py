@@ -19,6 +19,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from clip_jax.layers import MLP, LayerNorm, attention, logical_init
+from clip_jax.models.decoder import CrossAttention
 
 POOLS = ("tok", "map", "gap")
 
@@ -76,6 +77,35 @@ class MAPHead(nn.Module):
         z = LayerNorm(self.ln_eps, name="ln", **kw)(y)
         y = y + MLP(self.mlp_dim, self.act, (2 * d) ** -0.5, name="mlp", **kw)(z)
         return y[:, 0]
+
+
+class AttentionalPooler(nn.Module):
+    """open_clip CoCa's ``AttentionalPooler``: ``queries`` learned (Q, dim) vectors, each
+    LayerNormed (``ln_q``), attend to the LayerNormed tokens (``ln_k``) with ``heads`` heads
+    (torch ``nn.MultiheadAttention`` with ``kdim = vdim`` the tokens' width): (B, T, W) ->
+    (B, Q, dim)::
+
+        attn_pool/{query (Q, dim), ln_q, ln_k,
+                   attn/{kernel_q (dim, H, hd), bias_q, kernel_kv (W, 2, H, hd), bias_kv,
+                         kernel_out (H, hd, dim), bias_out}}
+    """
+
+    dim: int
+    queries: int
+    heads: int
+    ln_eps: float = 1e-5
+    dtype: Any = jnp.float32
+    param_dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x):
+        kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+        query = self.param("query", logical_init(nn.initializers.normal(1.0), (None, "embed")),
+                           (self.queries, self.dim), self.param_dtype)
+        x = LayerNorm(self.ln_eps, name="ln_k", **kw)(x)
+        q = LayerNorm(self.ln_eps, name="ln_q", **kw)(query.astype(self.dtype))
+        q = jnp.broadcast_to(q, (x.shape[0], *q.shape))
+        return CrossAttention(self.heads, self.dim**-0.5, name="attn", **kw)(q, x)
 
 
 def pool_tokens(x, pool: str, prefix: int):

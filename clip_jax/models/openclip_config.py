@@ -24,10 +24,12 @@ from clip_jax.models.presets import CONVNEXT_TRUNKS, SIGLIP_TRUNKS
 
 _VISION_OK = {"image_size", "layers", "width", "patch_size", "head_width", "mlp_ratio",
               "patch_dropout", "no_ln_pre", "pool_type", "ls_init_value", "qk_norm",
-              "act_kwargs", "norm_kwargs", "output_tokens", "final_ln_after_pool"}
+              "act_kwargs", "norm_kwargs", "output_tokens", "final_ln_after_pool",
+              "attentional_pool", "attn_pooler_queries", "attn_pooler_heads"}
 _TEXT_OK = {"context_length", "vocab_size", "width", "heads", "layers", "mlp_ratio",
             "no_causal_mask", "pool_type", "eos_id", "proj_bias", "ls_init_value", "qk_norm",
             "act_kwargs", "norm_kwargs", "output_tokens", "final_ln_after_pool",
+            "embed_cls", "pad_id",
             # the tokenizer's settings, not the network's
             "hf_tokenizer_name", "tokenizer_kwargs", "tokenizer_mode"}
 _TIMM_OK = {"image_size", "timm_model_name", "timm_model_pretrained", "timm_pool", "timm_proj",
@@ -43,7 +45,12 @@ _DEFAULTS = {
     "attn_pooler_heads": 8, "correct_cls_mask": False,
 }
 _TOP_OK = ("embed_dim", "vision_cfg", "text_cfg", "quick_gelu", "cast_dtype", "custom_text",
-           "init_logit_scale", "init_logit_bias")
+           "init_logit_scale", "init_logit_bias", "multimodal_cfg", "pad_id")
+# open_clip CoCa's multimodal_cfg (MultimodalCfg): what its MultimodalTransformer reads (its
+# vocabulary is text_cfg's, its MLP ratio always 4), and the keys it ignores
+_MULTIMODAL_OK = {"context_length", "width", "heads", "layers", "ls_init_value", "vocab_size",
+                  "mlp_ratio", "dim_head", "n_queries", "attn_pooler_heads", "output_tokens"}
+_COCA_ONLY = ("vision_cfg.attentional_pool", "text_cfg.embed_cls", "pad_id")
 _TIMM_SIGLIP = re.compile(r"^vit_(base|large|so400m|giantopt)_patch(\d+)_siglip_(\d+)$")
 # timm's SigLIP trunks (timm 1.0, models/vision_transformer.py): (family, patch, resolution) ->
 # GELU ("gelu_tanh" where timm builds them with act_layer='gelu_tanh', else the erf "gelu").
@@ -60,13 +67,15 @@ _TIMM_TRUNKS = {
 
 # The numeric keys' types and ranges (a list, such as a ResNet's layers: each element).
 _TOP_RANGES = {"embed_dim": POSITIVE, "init_logit_scale": ANY_FLOAT, "init_logit_bias": ANY_FLOAT,
-               "quick_gelu": BOOL}
+               "quick_gelu": BOOL, "pad_id": COUNT}
 _TOWER_RANGES = {k: POSITIVE for k in ("image_size", "layers", "width", "patch_size",
-                                       "head_width", "heads", "context_length", "vocab_size")}
+                                       "head_width", "heads", "context_length", "vocab_size",
+                                       "attn_pooler_queries", "attn_pooler_heads")}
 _TOWER_RANGES.update(mlp_ratio=POS_FLOAT, patch_dropout=Range(float, 0, 1, hi_open=True),
-                     ls_init_value=ANY_FLOAT, eos_id=COUNT,
+                     ls_init_value=ANY_FLOAT, eos_id=COUNT, pad_id=COUNT,
                      **{k: BOOL for k in ("no_ln_pre", "qk_norm", "no_causal_mask", "proj_bias",
-                                          "output_tokens", "final_ln_after_pool")})
+                                          "output_tokens", "final_ln_after_pool", "embed_cls",
+                                          "attentional_pool")})
 
 
 def _read(cfg) -> dict:
@@ -90,7 +99,7 @@ def _read(cfg) -> dict:
     if "model_cfg" in cfg:
         cfg = check_mapping("open_clip model config model_cfg", cfg["model_cfg"], {})
     cfg = check_mapping("open_clip model config", dict(cfg), _TOP_RANGES)
-    for key in ("vision_cfg", "text_cfg"):
+    for key in ("vision_cfg", "text_cfg", "multimodal_cfg"):
         if key in cfg:
             check_mapping(f"open_clip {key}", cfg[key], _TOWER_RANGES)
     return cfg
@@ -210,7 +219,9 @@ def _open_clip_vision(vc: Mapping, quick_gelu: bool) -> tuple[VisionConfig, str,
         width=width, layers=vc.get("layers", 12), heads=width // head_width,
         mlp_dim=int(width * vc.get("mlp_ratio", 4.0)),
         patch_dropout=float(vc.get("patch_dropout", 0.0)),
-        ln_pre=not vc.get("no_ln_pre", False), pool=pool)
+        ln_pre=not vc.get("no_ln_pre", False), pool=pool,
+        attn_pooler_queries=vc.get("attn_pooler_queries", 256) if vc.get("attentional_pool")
+        else 0, attn_pooler_heads=vc.get("attn_pooler_heads", 8))
     return vision, _act("vision_cfg", vc, quick_gelu), _eps("vision_cfg", vc, 1e-5)
 
 
@@ -276,13 +287,42 @@ def _from_open_clip_config(cfg: dict) -> ModelConfig:
         width=twidth, layers=tc.get("layers", 12), heads=tc.get("heads", 8),
         mlp_dim=int(twidth * tc.get("mlp_ratio", 4.0)),
         causal=not tc.get("no_causal_mask", False), pool=pool, eot_id=eot,
-        proj_bias=bool(tc.get("proj_bias", False)), act=None if tact == vact else tact)
+        proj_bias=bool(tc.get("proj_bias", False)), act=None if tact == vact else tact,
+        embed_cls=bool(tc.get("embed_cls", False)), pad_id=tc.get("pad_id", 0))
     init_bias = cfg.get("init_logit_bias")
-    return ModelConfig(
+    out = ModelConfig(
         embed_dim=cfg["embed_dim"], vision=vision, text=text, act=vact, ln_eps=veps,
         init_logit_scale=cfg.get("init_logit_scale", INIT_LOGIT_SCALE),
         init_logit_bias=None if init_bias is None else float(init_bias),
         qk_norm=qk, ls_init_value=None if ls is None else float(ls))
+    decoder = _coca_decoder(cfg, tc, ls, (tact, veps))
+    return out if decoder is None else out.replace(decoder=decoder)
+
+
+def _coca_decoder(cfg: Mapping, tc: Mapping, ls, act_eps) -> dict | None:
+    """open_clip CoCa's text decoder (``multimodal_cfg``: a ``MultimodalTransformer`` fed by
+    the text tower's tokens, GELU or QuickGELU, LayerNorm eps 1e-5, MLP ratio 4), or None."""
+    mm = cfg.get("multimodal_cfg")
+    if mm is None:
+        for key in _COCA_ONLY:
+            sub, _, name = key.rpartition(".")
+            if (cfg.get(sub, {}) if sub else cfg).get(name):
+                raise ValueError(f"open_clip {key} is supported by clip_jax only in a CoCa model "
+                                 "(with multimodal_cfg)")
+        return None
+    _check_keys("multimodal_cfg", mm, _MULTIMODAL_OK)
+    if act_eps[0] == "gelu_tanh" or act_eps[1] != 1e-5 or cfg.get("cast_dtype"):
+        raise ValueError("open_clip CoCa with act_kwargs, norm_kwargs or cast_dtype is not "
+                         "supported by clip_jax (its decoder is built without them)")
+    if mm.get("ls_init_value") != ls:
+        raise ValueError(f"open_clip multimodal_cfg.ls_init_value={mm.get('ls_init_value')!r} "
+                         f"differs from the towers' {ls!r}: clip_jax has one value")
+    width = mm.get("width", 512)
+    if width != tc.get("width", 512):
+        raise ValueError(f"open_clip multimodal_cfg.width={width} differs from text_cfg.width="
+                         f"{tc.get('width', 512)}: CoCa's decoder reads the text tower's tokens")
+    return dict(layers=mm.get("layers", 12), width=width, heads=mm.get("heads", 8),
+                mlp_dim=4 * width, pad_id=cfg.get("pad_id", 0), input="text")
 
 
 def _timm_name(cfg: ModelConfig) -> str:
@@ -346,6 +386,9 @@ def to_open_clip_config(cfg: ModelConfig) -> dict:
             vc["no_ln_pre"] = True
         if v.pool == "gap":
             vc["pool_type"] = "avg"
+        if v.attn_pooler_queries:
+            vc.update(attentional_pool=True, attn_pooler_queries=v.attn_pooler_queries,
+                      attn_pooler_heads=v.attn_pooler_heads)
         _tower_extras(vc, cfg, v.act or cfg.act)
     if v.patch_dropout:
         vc["patch_dropout"] = v.patch_dropout
@@ -371,7 +414,31 @@ def to_open_clip_config(cfg: ModelConfig) -> dict:
         out["init_logit_scale"] = cfg.init_logit_scale
     if cfg.init_logit_bias is not None:
         out["init_logit_bias"] = cfg.init_logit_bias
+    if t.embed_cls or t.pad_id or v.attn_pooler_queries or cfg.decoder:
+        _coca_extras(out, cfg)
     return out
+
+
+def _coca_extras(out: dict, cfg: ModelConfig) -> None:
+    """open_clip CoCa's keys: ``multimodal_cfg`` and the towers' token outputs."""
+    d, t = cfg.decoder, cfg.text
+    if d is None or d.input != "text":
+        raise ValueError("model.vision.attn_pooler_queries / model.text.embed_cls, pad_id: "
+                         "open_clip builds them only in CoCa, whose decoder reads the text "
+                         "tower's tokens (model.decoder.input='text')")
+    if d.mlp_dim != 4 * d.width or cfg.ln_eps != 1e-5 or (t.act or cfg.act) == "gelu_tanh":
+        raise ValueError("model.decoder: open_clip CoCa's decoder has mlp_dim 4 * width, "
+                         "LayerNorm eps 1e-5 and GELU or QuickGELU")
+    tc = out["text_cfg"]
+    tc.update(embed_cls=t.embed_cls, output_tokens=True)
+    if t.pad_id:
+        tc["pad_id"] = t.pad_id
+    out["vision_cfg"]["output_tokens"] = True
+    mm = {"context_length": t.context_length, "vocab_size": t.vocab_size, "width": d.width,
+          "heads": d.heads, "layers": d.layers, "ls_init_value": cfg.ls_init_value}
+    out.update(multimodal_cfg=mm, custom_text=True)
+    if d.pad_id:
+        out["pad_id"] = d.pad_id
 
 
 def _tower_extras(sub: dict, cfg: ModelConfig, act: str) -> None:

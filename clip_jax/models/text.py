@@ -2,7 +2,8 @@
 text ``_Model`` / HF ``SiglipTextTransformer``).
 
 ``token + position embedding -> blocks (causal or bidirectional) -> ln_final -> pool
-(argmax: the end token | last | first) -> text_projection [+ bias]``.
+(argmax: the end token | last | first) -> text_projection [+ bias]``; with ``text.embed_cls``
+(open_clip CoCa) a class token appended, padding keys masked, and the class token pooled.
 """
 
 from __future__ import annotations
@@ -31,8 +32,12 @@ class TextTransformer(nn.Module):
     cfg: ModelConfig
 
     @nn.compact
-    def __call__(self, text):
-        """text: (B, L) int token ids; features are taken at the position ``text.pool`` names."""
+    def __call__(self, text, tokens: bool = False):
+        """text: (B, L) int token ids; features are taken at the position ``text.pool`` names
+        (with ``text.embed_cls``: at the appended class token, after ``ln_final``).
+        ``tokens``: returns ``(pooled, tokens)``, ``tokens`` (B, L, width) open_clip's
+        un-pooled token outputs (with ``embed_cls`` before ``ln_final``, as open_clip's CoCa
+        gives them to its decoder; else after it)."""
         c, t = self.cfg, self.cfg.text
         dtype, pdtype = jnp.dtype(c.dtype), jnp.dtype(c.param_dtype)
         if text.shape[1] > t.context_length:
@@ -43,13 +48,25 @@ class TextTransformer(nn.Module):
                          (t.vocab_size, t.width), pdtype)
         pos = self.param("positional_embedding",
                          logical_init(nn.initializers.normal(0.01), (None, "embed")),
-                         (t.context_length, t.width), pdtype)
-        x = jnp.take(tok, text, axis=0).astype(dtype) + pos[: text.shape[1]].astype(dtype)
+                         (t.context_length + t.embed_cls, t.width), pdtype)
+        x = jnp.take(tok, text, axis=0).astype(dtype)
+        mask = None
+        if t.embed_cls:  # open_clip CoCa: the class token after the text, padding keys masked
+            cls = self.param("cls_emb", logical_init(nn.initializers.normal(0.01), ("embed",)),
+                             (t.width,), pdtype)
+            x = jnp.concatenate([x, jnp.broadcast_to(cls.astype(dtype), (x.shape[0], 1,
+                                                                          t.width))], 1)
+            mask = cls_key_mask(text, t)
+        x = x + pos[: x.shape[1]].astype(dtype)
         x = Transformer(t.layers, t.heads, t.mlp_dim, t.act or c.act, t.causal, c.ln_eps,
                         c.remat, c.scan, c.attention, dtype, pdtype, qk_norm=c.qk_norm,
-                        ls_init_value=c.ls_init_value, name="transformer")(x)
-        x = LayerNorm(c.ln_eps, name="ln_final", dtype=dtype, param_dtype=pdtype)(x)
-        x = x[jnp.arange(x.shape[0]), pool_positions(text, t)]
+                        ls_init_value=c.ls_init_value, name="transformer")(x, mask)
+        ln_final = LayerNorm(c.ln_eps, name="ln_final", dtype=dtype, param_dtype=pdtype)
+        if t.embed_cls:
+            seq, x = x[:, :-1], ln_final(x[:, -1])
+        else:
+            x = seq = ln_final(x)
+            x = x[jnp.arange(x.shape[0]), pool_positions(text, t)]
         proj = self.param("text_projection",
                           logical_init(nn.initializers.normal(t.width**-0.5), ("embed", "proj")),
                           (t.width, c.embed_dim), pdtype)
@@ -59,4 +76,13 @@ class TextTransformer(nn.Module):
                               logical_init(nn.initializers.zeros, ("proj",)), (c.embed_dim,),
                               pdtype)
             x = x + bias.astype(dtype)
-        return x
+        return (x, seq) if tokens else x
+
+
+def cls_key_mask(text, t: TextConfig):
+    """(B, L + 1) bool over the keys of text + class token, open_clip's ``_build_additive_mask``
+    as its CoCa builds it (``correct_cls_mask`` false, the mask its released weights were trained
+    with): True where the token is not ``pad_id``, and the class token's True comes first, so
+    the text's flags reach the keys one position to the right."""
+    valid = text != t.pad_id
+    return jnp.concatenate([jnp.ones_like(valid[:, :1]), valid], axis=1)

@@ -2,7 +2,8 @@
 and FLIP patch dropout.
 
 ``patch embedding [+ bias] -> [class token] + position embedding -> [patch dropout] ->
-[ln_pre] -> blocks -> ln_post (every token) -> pool (tok | map | gap) -> [proj]``.
+[ln_pre] -> blocks -> [attentional pooler] -> ln_post (every token) -> pool (tok | map | gap) ->
+[proj]`` (the attentional pooler: open_clip CoCa's, ``vision.attn_pooler_queries``).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import jax.numpy as jnp
 
 from clip_jax.layers import LayerNorm, PatchEmbed, Transformer, logical_init
 from clip_jax.models.config import ModelConfig
-from clip_jax.models.heads import MAPHead, pool_tokens
+from clip_jax.models.heads import AttentionalPooler, MAPHead, pool_tokens
 
 
 def drop_patches(x, keep: int, rng, prefix: int = 1):
@@ -69,6 +70,11 @@ class VisionTransformer(nn.Module):
                         c.attention, dtype, pdtype, qk_norm=c.qk_norm,
                         ls_init_value=c.ls_init_value, name="transformer")(x)
         ln_post = LayerNorm(c.ln_eps, name="ln_post", **kw)
+        width = v.width
+        if v.attn_pooler_queries:  # open_clip CoCa: ln_post and pool on the pooler's outputs
+            width = c.embed_dim
+            x = AttentionalPooler(width, v.attn_pooler_queries, v.attn_pooler_heads, c.ln_eps,
+                                  name="attn_pool", **kw)(x)
         seq = ln_post(x) if tokens or v.pool != "tok" else None
         if v.pool == "tok":  # the LN of token 0 alone: the same as LN of every token, then pool
             x = ln_post(x[:, 0])
@@ -80,6 +86,6 @@ class VisionTransformer(nn.Module):
         if v.proj:
             proj = self.param("proj", logical_init(nn.initializers.normal(scale),
                                                    ("embed", "proj")),
-                              (v.width, c.embed_dim), pdtype)
+                              (width, c.embed_dim), pdtype)
             x = jnp.dot(x, proj.astype(dtype))
         return (x, seq) if tokens else x

@@ -50,6 +50,10 @@ class Captioning(Objective):
         self.weight = float(config.caption.weight)
         self.masked_pred_prob = float(config.caption.masked_pred_prob)
         self.pad_id = model_cfg.decoder.pad_id
+        if self.masked_pred_prob and model_cfg.decoder.input == "text":
+            raise ValueError(f"caption.masked_pred_prob={self.masked_pred_prob}: CapPa's parallel "
+                             "prediction needs the decoder's own embeddings; model.decoder."
+                             "input='text' (open_clip CoCa) has none (set it to 0)")
 
     def weights(self) -> dict[str, float]:
         return {"caption": self.weight}
