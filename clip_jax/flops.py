@@ -55,7 +55,6 @@ class StepFlops:
 # sum after attention (the second LayerNorm's input) must be rebuilt.
 _REMAT_REDO = {
     "none": (),
-    "recompute_mlp_act": (),  # the activation is recomputed elementwise, no matmul
     "save_dot_except_mlp": ("scores", "c_fc"),
     "minimal": ("scores", "values"),
     "minimal_offloaded": ("scores", "values"),

@@ -323,62 +323,12 @@ class Conv(nn.Module):
         return y
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
-def act_dense(h, kernel, bias, act):
-    """``act(h) @ kernel + bias`` whose backward keeps ``h`` and recomputes ``act(h)`` (for the
-    kernel's gradient) instead of keeping it: an MLP's (tokens, mlp_dim) activation output is
-    not stored between the forward and the backward (``model.remat=recompute_mlp_act``). The
-    recomputation is elementwise, with no optimization barrier, so XLA may fuse it into the
-    matmul that reads it."""
-    return ACTIVATIONS[act](h) @ kernel + bias
-
-
-def _act_dense_fwd(h, kernel, bias, act):
-    return act_dense(h, kernel, bias, act), (h, kernel)
-
-
-def _act_dense_bwd(act, res, g):
-    h, kernel = res
-    a, act_vjp = jax.vjp(ACTIVATIONS[act], h)
-    rows = tuple(range(g.ndim - 1))
-    dkernel = jnp.tensordot(a, g, axes=(rows, rows))
-    (dh,) = act_vjp((g @ kernel.T).astype(a.dtype))
-    return dh, dkernel.astype(kernel.dtype), g.sum(rows).astype(kernel.dtype)
-
-
-act_dense.defvjp(_act_dense_fwd, _act_dense_bwd)
-
-
-class _ActDense(nn.Module):
-    """``nn.Dense`` (same parameters, initialisers and dtype handling) applied to ``act(h)``
-    through :func:`act_dense`."""
-
-    features: int
-    act: str
-    kernel_init: Any
-    bias_init: Any
-    dtype: Any = jnp.float32
-    param_dtype: Any = jnp.float32
-
-    @nn.compact
-    def __call__(self, h):
-        kernel = self.param("kernel", self.kernel_init, (h.shape[-1], self.features),
-                            self.param_dtype)
-        bias = self.param("bias", self.bias_init, (self.features,), self.param_dtype)
-        return act_dense(h.astype(self.dtype), kernel.astype(self.dtype),
-                         bias.astype(self.dtype), self.act)
-
-
 class MLP(nn.Module):
-    """``c_proj(act(c_fc(x)))``. ``recompute_act``: the activation's output is recomputed in the
-    backward from ``c_fc``'s (:func:`act_dense`) instead of being kept."""
-
     mlp_dim: int
     act: str
     proj_init_std: float
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
-    recompute_act: bool = False
 
     @nn.compact
     def __call__(self, x):
@@ -389,15 +339,12 @@ class MLP(nn.Module):
             bias_init=logical_init(nn.initializers.zeros, ("mlp",)),
         )(x)
         h = checkpoint_name(h, "mlp_fc")
-        proj = dict(dtype=self.dtype, param_dtype=self.param_dtype,
-                    kernel_init=logical_init(nn.initializers.normal(self.proj_init_std),
-                                             ("mlp", "embed")),
-                    bias_init=logical_init(nn.initializers.zeros, ("embed",)))
-        if self.recompute_act:
-            h = nn.with_logical_constraint(h, ("batch", "length", "act_mlp"))
-            return checkpoint_name(_ActDense(d, self.act, name="c_proj", **proj)(h), "mlp_out")
         h = nn.with_logical_constraint(ACTIVATIONS[self.act](h), ("batch", "length", "act_mlp"))
-        return checkpoint_name(nn.Dense(d, name="c_proj", **proj)(h), "mlp_out")
+        return checkpoint_name(nn.Dense(
+            d, name="c_proj", dtype=self.dtype, param_dtype=self.param_dtype,
+            kernel_init=logical_init(nn.initializers.normal(self.proj_init_std), ("mlp", "embed")),
+            bias_init=logical_init(nn.initializers.zeros, ("embed",)),
+        )(h), "mlp_out")
 
 
 class LayerScale(nn.Module):
@@ -429,7 +376,6 @@ class ResidualAttentionBlock(nn.Module):
     param_dtype: Any = jnp.float32
     qk_norm: bool = False
     ls_init_value: float | None = None
-    recompute_act: bool = False
 
     @nn.compact
     def __call__(self, x, mask=None):
@@ -443,8 +389,7 @@ class ResidualAttentionBlock(nn.Module):
                       qk_norm=self.qk_norm, ln_eps=self.ln_eps, **kw)(y, mask)
         x = x + (y if ls is None else LayerScale(ls, name="ls_1", **kw)(y))
         y = LayerNorm(self.ln_eps, name="ln_2", **kw)(x)
-        y = MLP(self.mlp_dim, self.act, proj_std, name="mlp", recompute_act=self.recompute_act,
-                **kw)(y)
+        y = MLP(self.mlp_dim, self.act, proj_std, name="mlp", **kw)(y)
         x = x + (y if ls is None else LayerScale(ls, name="ls_2", **kw)(y))
         return x, None
 
@@ -471,8 +416,7 @@ class Transformer(nn.Module):
         kw = dict(heads=self.heads, mlp_dim=self.mlp_dim, layers=self.layers, act=self.act,
                   causal=self.causal, ln_eps=self.ln_eps, attention=self.attention,
                   dtype=self.dtype, param_dtype=self.param_dtype, qk_norm=self.qk_norm,
-                  ls_init_value=self.ls_init_value,
-                  recompute_act=remat_lib.remat_name(self.remat) == "recompute_mlp_act")
+                  ls_init_value=self.ls_init_value)
         if self.scan:
             stack = nn.scan(
                 block, variable_axes={"params": 0}, split_rngs={"params": True},

@@ -20,10 +20,6 @@ def _save(*names):
 # ``mlp_out``. MaxText's list (``RematPolicy``) is the model for the names.
 POLICIES = {
     "none": None,  # keep every activation: no recomputation, the most memory
-    # no checkpoint either, but the MLP's activation output is recomputed in the backward from
-    # its input (which its own gradient keeps anyway: layers.act_dense): a (tokens, mlp_dim)
-    # tensor less per block for one elementwise pass
-    "recompute_mlp_act": None,
     "save_dot_except_mlp": _save("qkv", "attn_core", "attn_out"),  # recompute the MLP only
     "minimal": _save("qkv", "attn_out", "mlp_fc", "mlp_out"),  # every weight matmul's output
     "save_attention": _save("qkv", "attn_core"),  # what attention's backward needs
@@ -57,6 +53,6 @@ def remat(block, policy, scan: bool = False):
     """``block`` (a Linen module class) rematerialised under ``policy`` (a ``model.remat``
     value); unchanged for ``none``."""
     name = remat_name(policy)
-    if POLICIES[name] is None:  # none, recompute_mlp_act (the block itself recomputes)
+    if name == "none":
         return block
     return nn.remat(block, prevent_cse=not scan, policy=POLICIES[name])
