@@ -9,6 +9,10 @@ many freshly rendered images of each training pair (``demo.make_sample`` on a sp
 new random draws). A caption names the colour when it contains the image's colour word and no
 other colour word; the shape likewise (singular or plural, ``demo.SHAPES``). Prints one JSON
 object: counts, fractions and every caption with its attributes.
+
+``--shape-probe``: the decoder's choice among the six shape words (teacher-forced, no sampling)
+right after ``a photo of a`` (the image's evidence alone: no colour word yet) and right after
+``a photo of a COLOUR`` (the image's true colour): how often it is the image's shape.
 """
 
 from __future__ import annotations
@@ -22,13 +26,15 @@ import sys
 import tarfile
 import time
 
+import jax.numpy as jnp
+import numpy as np
 from PIL import Image
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO not in sys.path:
     sys.path.insert(0, REPO)
 
-from clip_jax import inference  # noqa: E402
+from clip_jax import inference, models  # noqa: E402
 from clip_jax.data import demo  # noqa: E402
 from clip_jax.data.demo_render import COLOURS  # noqa: E402
 from clip_jax.evaluate.captioning import Captioner  # noqa: E402
@@ -82,6 +88,31 @@ def seen_images(per_pair: int, heldout, image_size: int, seed: int = 1):
     return out
 
 
+def shape_probe(cap, items) -> dict[str, float]:
+    """Fraction of ``items`` whose shape is the decoder's argmax among the shape words after
+    ``a photo of a`` and after ``a photo of a COLOUR``."""
+    tok, n_ctx = cap.tokenizer, cap.cfg.text.context_length
+    shape_ids = [int(tok([f"a photo of a {s}"], n_ctx)[0][5]) for s in demo.SHAPES]
+    if [tok.decode([i]) for i in shape_ids] != list(demo.SHAPES):
+        raise ValueError("the tokenizer does not give each shape word one token")
+    tokens = cap.image_tokens([img for _, img, _ in items])
+    truth = np.array([demo.SHAPES.index(at["shape"]) for _, _, at in items])
+
+    def argmax_shape(prefixes):
+        ids = np.asarray(tok(prefixes, n_ctx))
+        last = np.argmax(ids == tok.eot_id, axis=1) - 1  # the prefix's last position
+        ids = np.where(ids == tok.eot_id, cap.pad_id, ids)
+        logits = np.concatenate([np.asarray(cap._apply(
+            cap.model.params, jnp.asarray(tokens[s:s + 64]), jnp.asarray(ids[s:s + 64]),
+            method=models.CLIP.decode)) for s in range(0, len(ids), 64)])
+        return logits[np.arange(len(ids)), last][:, shape_ids].argmax(axis=1)
+
+    plain = argmax_shape(["a photo of a"] * len(items))
+    coloured = argmax_shape([f"a photo of a {at['colour']}" for _, _, at in items])
+    return {"after_a_photo_of_a": round(float(np.mean(plain == truth)), 4),
+            "after_a_photo_of_a_colour": round(float(np.mean(coloured == truth)), 4)}
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--model", required=True)
@@ -89,6 +120,8 @@ def main(argv=None):
     p.add_argument("--per-class", type=int, default=10)
     p.add_argument("--seen", type=int, default=0, help="new renders per training pair")
     p.add_argument("--beams", type=int, default=1)
+    p.add_argument("--shape-probe", action="store_true",
+                   help="also the decoder's shape-word choice after a fixed prefix")
     a = p.parse_args(argv)
     card = json.load(open(os.path.join(a.data, "zeroshot.json")))
     heldout = [(h["colour"], h["shape"]) for h in card["heldout"]]
@@ -112,6 +145,8 @@ def main(argv=None):
         result[name] = {"n": n, "colour": colour_ok, "shape": shape_ok, "both": both,
                         "both_frac": round(both / max(n, 1), 4),
                         "seconds": round(time.time() - t0, 1), "captions": rows}
+        if a.shape_probe:
+            result[name]["shape_probe"] = shape_probe(cap, items)
     print(json.dumps(result, indent=1))
     return 0
 
