@@ -2,14 +2,15 @@
 
 Each picture is a strip four times as long as it is high, wide (``4S x S``) or tall
 (``S x 4S``), of one plain background (``S``: the corpus's ``image_size``). The demo's object
-(one large coloured, patterned shape, drawn by :func:`clip_jax.data.demo_render.render` in an
-``S x S`` tile) sits in the tile at one end of the strip (``end``: left / right, top / bottom);
-the rest is blank. A square centre crop (evaluation: shorter side to ``S``, the centre
-``S x S``) keeps strip positions ``[1.5S, 2.5S)`` and the training crop of the fixed-resolution
-pipeline (a 4:1 image is too long for its aspect-ratio range, so it falls back to the centre
-``4/3`` box) keeps ``[1.33S, 2.67S)``: neither holds any pixel of the end tiles ``[0, S)`` and
-``[3S, 4S)``, so a model fed square crops sees the background only, and its held-out zero-shot
-accuracy is chance. A NaFlex model sees the whole strip (at 16 patches: a 2 x 8 grid).
+(one large coloured, patterned shape, drawn by :func:`clip_jax.data.demo_render.render` and
+enlarged to fill most of an ``S x S`` tile) sits in the tile at one end of the strip
+(``end``: left / right, top / bottom); the rest is blank. A square centre crop (evaluation:
+shorter side to ``S``, the centre ``S x S``) keeps strip positions ``[1.5S, 2.5S)`` and the
+training crop of the fixed-resolution pipeline (a 4:1 image is too long for its aspect-ratio
+range, so it falls back to the centre ``4/3`` box) keeps ``[1.33S, 2.67S)``: neither holds any
+pixel of the end tiles ``[0, S)`` and ``[3S, 4S)``, so a model fed square crops sees the
+background only, and its held-out zero-shot accuracy is chance. A NaFlex model sees the whole
+strip (at 16 patches: a 2 x 8 grid).
 
 Captions describe the object as the plain corpus does (no tile position: the tile is not the
 picture) and often say at which end it is. Labels and held-out pairs are the plain corpus's.
@@ -51,9 +52,18 @@ def tile_box(attrs: dict, size: int) -> tuple[int, int, int, int]:
     return 0, lo, size, lo + size
 
 
+ZOOM = 40 / 64  # the tile is the centre of the demo's picture, enlarged (object: 0.6-0.8 of it)
+
+
 def render(attrs: dict, size: int, rng: np.random.Generator) -> Image.Image:
-    """The strip of :func:`strip_attributes`' ``attrs`` (consumes ``rng``)."""
-    tile = np.asarray(render_tile(attrs, size, rng))
+    """The strip of :func:`strip_attributes`' ``attrs`` (consumes ``rng``). The tile is the
+    centre ``ZOOM`` of the plain corpus's picture of the object (centred, radius at most
+    18.5 / 64 of it with its jitter, so it stays inside) resized back to ``size``: a large
+    object, as at 16 patches the NaFlex model sees the strip at half the tile's resolution."""
+    picture = render_tile(attrs, size, rng)
+    lo = round(size * (1 - ZOOM) / 2)
+    tile = np.asarray(picture.crop((lo, lo, size - lo, size - lo)).resize(
+        (size, size), Image.Resampling.BICUBIC))
     w, h = (ASPECT * size, size) if attrs["orientation"] == "wide" else (size, ASPECT * size)
     canvas = np.empty((h, w, 3), np.uint8)
     canvas[:] = tile[0, 0]  # the tile's background (objects keep off its border)
