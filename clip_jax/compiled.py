@@ -17,14 +17,25 @@ from clip_jax import distill, train
 from clip_jax.topology import ordered
 
 
-def abstract_inputs(setup: train.Setup, image_dtype: str = "float32"):
-    """(state, batch) as ``ShapeDtypeStruct`` with their shardings: what the step is lowered on."""
+def abstract_inputs(setup: train.Setup, image_dtype: str = "float32",
+                    bucket: tuple[int, int] | None = None):
+    """(state, batch) as ``ShapeDtypeStruct`` with their shardings: what the step is lowered on.
+    ``bucket``: (images, patches per image) of a NaFlex step (``data.naflex``): the image is
+    the pipeline's dict of patches, mask and grid shapes (:mod:`clip_jax.data.naflex`)."""
     state = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
                          setup.abstract_state, setup.state_shardings)
     m, n = setup.model_cfg, setup.config.batch_size
+    if bucket is None:
+        image = jax.ShapeDtypeStruct((n, m.vision.image_size, m.vision.image_size, 3),
+                                     np.dtype(image_dtype), sharding=setup.batch_sharding)
+    else:
+        (n, length), d = bucket, m.vision.patch_size ** 2 * 3
+        image = {k: jax.ShapeDtypeStruct(shape, dtype, sharding=setup.batch_sharding)
+                 for k, shape, dtype in (("patches", (n, length, d), np.dtype(image_dtype)),
+                                         ("mask", (n, length), np.dtype(bool)),
+                                         ("shapes", (n, 2), np.dtype(np.int32)))}
     batch = {
-        "image": jax.ShapeDtypeStruct((n, m.vision.image_size, m.vision.image_size, 3),
-                                      np.dtype(image_dtype), sharding=setup.batch_sharding),
+        "image": image,
         "text": jax.ShapeDtypeStruct((n, m.text.context_length), np.int32,
                                      sharding=setup.batch_sharding),
     }
@@ -66,9 +77,11 @@ def tiled_bytes_per_device(abstract_tree, spec_tree, mesh, formats) -> int:
     return total
 
 
-def compile_step(setup: train.Setup, image_dtype: str = "float32"):
-    """Lower and compile the train step for ``setup``'s devices; returns (compiled, seconds)."""
-    state, batch = abstract_inputs(setup, image_dtype)
+def compile_step(setup: train.Setup, image_dtype: str = "float32",
+                 bucket: tuple[int, int] | None = None):
+    """Lower and compile the train step for ``setup``'s devices (a NaFlex ``bucket``: see
+    :func:`abstract_inputs`); returns (compiled, seconds)."""
+    state, batch = abstract_inputs(setup, image_dtype, bucket)
     teachers = distill.abstract(setup.teachers, setup.mesh, setup.config.distill.dtype)
     t0 = time.perf_counter()
     with jax.set_mesh(setup.mesh):

@@ -88,8 +88,8 @@ def base_config() -> ml_collections.ConfigDict:
 
     c.data = ml_collections.ConfigDict()
     c.data.source = "synthetic"  # "synthetic", "webdataset", "tfds" or "mix" (both, by weight)
-    c.data.demo = ""  # a directory: generate the demo corpus there if missing and train on it
-    # (unless data.train names other shards), evaluating on its held-out pairs
+    c.data.demo = ""  # a directory: generate the demo corpus there if missing, train on it
+    c.data.demo_variant = ""  # "" or "strip" (data/demo.py); data.train replaces the demo
     c.data.demo_train_samples = 30000
     c.data.demo_seed = 0  # the corpus's own seed: runs of any config.seed share one corpus
     c.data.train = ""  # shard spec: brace pattern, list, pipe:, fsspec URL (data issue)

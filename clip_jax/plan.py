@@ -19,7 +19,9 @@ at its HBM bandwidth), the bound max(compute, memory) and which one bounds the s
 samples/s per chip and an MFU upper bound. libtpu's own ``optimal_seconds`` is reported only
 when positive. These are compiler estimates, not measurements. ``--remat`` (or
 ``model.remat=auto``) compiles the step under several rematerialisation policies and keeps the
-fastest that fits (:func:`remat_plan`).
+fastest that fits (:func:`remat_plan`). A NaFlex recipe (``data.naflex``) trains one program
+per bucket, each (images, patches) shape its own: :func:`bucket_plan` compiles every one and
+reports each bucket's HBM and the worst.
 
 Exit status: 0 fits (HBM <= 90% of the chip), 1 does not fit, 2 bad input.
 """
@@ -41,6 +43,7 @@ from clip_jax import config as config_lib
 from clip_jax import flops as flops_lib
 from clip_jax import remat as remat_lib
 from clip_jax import topology as tpu
+from clip_jax.data import naflex
 
 GIB = 2.0**30
 FIT_FRACTION = 0.9  # of the chip's HBM: above it, a recipe is reported as not fitting
@@ -135,6 +138,79 @@ def compiled_plan(config, topology: str, image_dtype: str = "float32",
     return out
 
 
+def naflex_buckets(config, chips: int) -> list[tuple[int, int]]:
+    """(images, patches per image) of each bucket of ``data.naflex`` on ``chips`` devices, as
+    the pipeline batches them (:func:`clip_jax.data.naflex.bucket_plan`)."""
+    n, m = config.data.naflex, config_lib.resolve_model_config(config.model)
+    b = naflex.bucket_plan(tuple(n.buckets), n.tokens, m.vision.patch_size, config.seed,
+                           n.batch_multiple or chips)
+    return list(zip(b.batch_sizes, b.buckets, strict=True))
+
+
+def bucket_plan(config, topology: str, image_dtype: str = "uint8") -> dict:
+    """Compile a NaFlex recipe's train step for ``topology`` once per bucket (its own (images,
+    patches) shape, as training compiles it) and return each bucket's HBM per chip
+    (``buckets``), the worst (``worst_bucket``, whose HBM is ``hbm_gib_per_chip``) and
+    whether every bucket fits. Memory only: no cost compiles."""
+    chip = tpu.CHIPS[tpu.parse_topology(topology)[0]]
+    devices = tpu.topology_devices(topology)
+    try:
+        setup = train.build(config, devices=tpu.ordered(devices, config))
+        shapes = naflex_buckets(config, len(devices))
+    except ValueError as e:
+        raise tpu.PlanError(str(e)) from e
+    m, chips, rows = setup.model_cfg, len(devices), []
+    for images, length in shapes:
+        row = {"patches": length, "images": images, "per_chip_images": images / chips}
+        try:
+            program, row["compile_seconds"] = compiled.compile_step(setup, image_dtype,
+                                                                    (images, length))
+            row["memory_bytes"] = compiled.memory_of(program)
+            total = row["memory_bytes"]["total"]
+        except jax.errors.JaxRuntimeError as e:
+            if "RESOURCE_EXHAUSTED" not in str(e):
+                raise
+            row["compiler_error"] = str(e).strip().splitlines()[0]
+            need = compiled.OOM_BYTES.search(row["compiler_error"])
+            total = compiled.parse_bytes(need.group(1)) if need else float("nan")
+        row.update(hbm_gib_per_chip=total / GIB, hbm_fraction=total / (chip.hbm_gib * GIB),
+                   fits=("compiler_error" not in row
+                         and total <= FIT_FRACTION * chip.hbm_gib * GIB))
+        rows.append(row)
+    worst = max(rows, key=lambda r: r["hbm_gib_per_chip"])
+    return {"method": "compiled", "topology": topology, "device_kind": devices[0].device_kind,
+            "chips": chips, "mesh": dict(setup.mesh.shape), "global_batch": config.batch_size,
+            "tokens_per_step": config.data.naflex.tokens, "programs": len(rows),
+            "remat": m.remat, "scan": bool(m.scan), "dtype": m.dtype,
+            "params": models.count_params(setup.abstract_state.params),
+            "state_gib_per_chip": sharding.bytes_per_device(
+                setup.abstract_state, compiled.specs_of(setup.state_shardings), setup.mesh) / GIB,
+            "chip_hbm_gib": chip.hbm_gib, "buckets": rows, "worst_bucket": worst["patches"],
+            "hbm_gib_per_chip": worst["hbm_gib_per_chip"],
+            "hbm_fraction": worst["hbm_fraction"], "fits": all(r["fits"] for r in rows)}
+
+
+def format_buckets(r: dict) -> str:
+    """:func:`bucket_plan`'s figures as a few lines and a markdown table."""
+    lines = [f"NaFlex bucket plan, compiled for TPU (XLA): {r['topology']} ({r['chips']} chips, "
+             f"{r['device_kind']}), mesh {' x '.join(f'{k}={v}' for k, v in r['mesh'].items())}",
+             f"model {r['params']:,} params, {r['dtype']}, remat={r['remat']}, scan={r['scan']}"
+             f"; params + opt state {r['state_gib_per_chip']:.3f} GiB per chip",
+             f"{r['tokens_per_step']:,} patches per step; {r['programs']} programs (one per "
+             f"bucket); worst bucket {r['worst_bucket']}: {r['hbm_gib_per_chip']:.2f} / "
+             f"{r['chip_hbm_gib']:g} GiB per chip ({r['hbm_fraction']:.0%})", "",
+             "| bucket (patches) | images/step | per chip | HBM GiB/chip | fits | compile s |",
+             "|---|---|---|---|---|---|"]
+    for b in r["buckets"]:
+        mark = " (worst)" if b["patches"] == r["worst_bucket"] else ""
+        lines.append(f"| {b['patches']}{mark} | {b['images']:,} | {b['per_chip_images']:g} | "
+                     f"{b['hbm_gib_per_chip']:.2f} | {'yes' if b['fits'] else 'NO'} | "
+                     + (f"{b['compile_seconds']:.1f} |" if "compile_seconds" in b
+                        else f"{b['compiler_error']} |"))
+    lines.append(f"fits: {'yes' if r['fits'] else f'NO (a bucket over {FIT_FRACTION:.0%} of HBM)'}")
+    return "\n".join(lines)
+
+
 def abstract_plan(config, num_devices: int, num_processes: int = 1) -> dict:
     """The memory/batch arithmetic of a run on ``num_devices`` devices, computed abstractly
     (``jax.eval_shape`` on an AbstractMesh: no device, no allocation). Raises on a config
@@ -178,13 +254,11 @@ def shape_plan(config, topology: str) -> dict:
 
 
 def remat_candidates(spec: str, scan: bool = False) -> list[tuple[str, bool]]:
-    """(policy, scan) pairs to compile. ``auto``: every policy of
-    :data:`clip_jax.remat_lib.POLICIES` but the host-offloading ones (a compile-only plan cannot
-    weigh them: their cost is PCIe time XLA does not count), with the config's ``model.scan``
-    and, for a scanned config, unrolled as well (unrolled blocks need no stacked residuals, so
-    the policies that keep the most fit there; their compile takes longer). Otherwise a
-    comma-separated list of policy names, each optionally ``@scan`` or ``@unrolled`` (default:
-    the config's ``model.scan``)."""
+    """(policy, scan) pairs to compile. ``auto``: every policy of :data:`remat_lib.POLICIES` but
+    the host-offloading ones (a compile-only plan cannot weigh their PCIe time), scanned and
+    unrolled for a scanned config (unrolled blocks keep no stacked residuals; slower compile).
+    Otherwise a comma-separated list of policies, each optionally ``@scan`` or ``@unrolled``
+    (default: the config's ``model.scan``)."""
     if spec == "auto":
         names = [n for n in remat_lib.POLICIES if "offload" not in n]
         return [(n, s) for s in ((True, False) if scan else (False,)) for n in names]
@@ -201,10 +275,6 @@ def remat_candidates(spec: str, scan: bool = False) -> list[tuple[str, bool]]:
     return out
 
 
-def candidate_label(name: str, scan: bool) -> str:
-    return f"{name}@{'scan' if scan else 'unrolled'}"
-
-
 def remat_plan(config, topology: str, image_dtype: str = "float32",
                candidates: str = "auto") -> dict:
     """Compile the step for each (remat policy, scan) candidate of ``candidates`` and choose
@@ -213,7 +283,7 @@ def remat_plan(config, topology: str, image_dtype: str = "float32",
     row), ``remat_choice`` (the policy) and ``scan_choice``."""
     rows, results = [], {}
     for name, scan in remat_candidates(candidates, bool(config.model.scan)):
-        label = candidate_label(name, scan)
+        label = f"{name}@{'scan' if scan else 'unrolled'}"
         t0 = time.perf_counter()
         r = compiled_plan(compiled.with_overrides(config, model__remat=name, model__scan=scan),
                           topology, image_dtype)
@@ -242,9 +312,14 @@ def plan(config, topology: str, image_dtype: str = "float32", remat: str = "") -
     if remat and not tpu.libtpu_available():
         raise tpu.PlanError("choosing a remat policy compiles the step for the TPU: it needs "
                         "libtpu (pip install 'clip_jax[tpu-aot]')")
+    if remat and config.data.naflex.buckets:
+        raise tpu.PlanError("choosing a remat policy over a NaFlex recipe's buckets is not "
+                            "built: plan it with model.remat set (one policy)")
     if remat:
         return remat_plan(config, topology, image_dtype, remat)
     if tpu.libtpu_available():
+        if config.data.naflex.buckets:
+            return bucket_plan(config, topology, image_dtype)
         return compiled_plan(config, topology, image_dtype)
     out = shape_plan(config, topology)
     out["note"] = ("libtpu is not installed (pip install 'clip_jax[tpu-aot]'): ran the "
@@ -358,7 +433,8 @@ def main(argv) -> None:
     except tpu.PlanError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
-    print(json.dumps(result, sort_keys=True) if FLAGS.json else format_table(result))
+    print(json.dumps(result, sort_keys=True) if FLAGS.json else
+          format_buckets(result) if "buckets" in result else format_table(result))
     sys.exit(0 if result["fits"] else 1)
 
 

@@ -278,3 +278,46 @@ def test_the_run_seed_does_not_regenerate_the_demo_corpus(tmp_path):
     seed, made = prepare(0, 0, "a")
     assert (seed, prepare(5, 0, "b")) == (0, (0, made))  # not rewritten for seed 5
     assert prepare(5, 1, "c")[0] == 1
+
+
+def test_strip_variant_is_deterministic_and_its_label_is_cut_off_by_a_square_crop(tmp_path):
+    """The ``strip`` corpus (NaFlex's demo): the same arguments write the same bytes, and the
+    object the label names lies wholly outside the square centre crop (evaluation) and the fixed
+    pipeline's training crops, which hold the background alone; the whole strip holds it."""
+    from clip_jax.data import demo_strip, transforms
+    from clip_jax.data.demo_render import COLOURS
+
+    kw = dict(train_samples=6, eval_samples=12, image_size=32, seed=1, samples_per_shard=4,
+              workers=1, variant="strip")
+    info = demo.generate(str(tmp_path / "a"), **kw)
+    demo.generate(str(tmp_path / "b"), **kw)
+    assert _all_files(str(tmp_path / "a")) == _all_files(str(tmp_path / "b"))
+    assert info["variant"] == "strip" and "variant" not in demo.generate(
+        str(tmp_path / "plain"), train_samples=2, eval_samples=2, image_size=32, workers=1)
+    heldout = [(p["colour"], p["shape"]) for p in info["heldout"]]
+    ends, rng = Counter(), np.random.default_rng(0)
+    for split in ("train", "eval"):
+        for files in _read_split(str(tmp_path / "a"), split).values():
+            attrs = json.loads(files["json"])
+            img = Image.open(io.BytesIO(files["png"]))
+            a = np.asarray(img).astype(int)
+            assert sorted(img.size) == [32, 128]
+            if split == "eval":  # the label is the held-out pair drawn at the end
+                assert heldout[int(files["cls"])] == (attrs["colour"], attrs["shape"])
+            ends[attrs["end"]] += 1
+            bg = a[0, 0] if attrs["end"] not in ("left", "top") else a[-1, -1]
+            crops = [transforms.resize_center_crop(img, 32)] + [
+                transforms.random_resized_crop(img, 32, rng) for _ in range(3)]
+            for crop in crops:  # background alone (within interpolation rounding)
+                assert np.abs(crop.astype(int) - bg).max() <= 1
+            left, top, right, bottom = demo_strip.tile_box(attrs, 32)
+            rest = a.copy()
+            rest[top:bottom, left:right] = bg
+            assert (rest == bg).all()  # everything but the end tile is background
+            tile = a[top:bottom, left:right]
+            assert (np.abs(tile - bg).max(-1) > 40).sum() > 50  # the object is in the tile,
+            dist = np.abs(tile - np.asarray(COLOURS[attrs["colour"]]))
+            assert (dist.max(-1) < 40).sum() >= 5  # in its colour
+    assert set(ends) == {"left", "right", "top", "bottom"}
+    with pytest.raises(ValueError, match="variant 'wide'"):
+        demo.generate(str(tmp_path / "c"), train_samples=1, eval_samples=1, variant="wide")

@@ -178,6 +178,21 @@ def test_every_tpu_recipe_names_its_topology():
             assert tpu.recipe_topology(arg) == topology, (name, platform)
             chips = len(tpu.topology_devices(topology)) if tpu.libtpu_available() else None
             assert chips in (None, recipes.PLATFORMS[platform][0])
+    naflex = os.path.join(REPO, "configs", "siglip2_naflex_b16.py")  # v5e-256 only
+    assert tpu.recipe_topology(f"{naflex}:v5e-256") == "v5e:16x16"
+
+
+def test_the_siglip2_naflex_recipe_plans_five_buckets_of_32k_patches_per_chip():
+    """configs/siglip2_naflex_b16.py: the paper's buckets, tokens // bucket images rounded to
+    the 256 chips (32k at the base length 256), about 32k patches per chip at every bucket."""
+    c = _recipe("siglip2_naflex_b16.py", "v5e-256")
+    config_lib.validate(c)
+    shapes = plan.naflex_buckets(c, 256)
+    assert shapes == [(65536, 128), (32768, 256), (14336, 576), (10496, 784), (8192, 1024)]
+    for images, length in shapes:
+        assert images % 256 == 0 and 0.95 * 32768 <= images * length / 256 <= 32768
+    m = config_lib.resolve_model_config(c.model)
+    assert (m.vision.family, m.text.vocab_size, m.text.context_length) == ("naflex", 256000, 64)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -295,3 +310,47 @@ def test_remat_auto_compiles_the_candidates_and_chooses_the_fastest_that_fits(ca
     for bad in ("none,fastest", "none@rolled"):
         with pytest.raises(tpu.PlanError, match="remat candidates"):
             plan.remat_candidates(bad)
+
+
+def _tiny_naflex():
+    c = _recipe("tiny.py")
+    c.model.name, c.loss = "tiny-naflex", "siglip"
+    c.data.source, c.data.train = "webdataset", "/nonexistent/{00000..00001}.tar"
+    c.data.naflex.buckets, c.data.naflex.tokens = (4, 16), 256
+    c.mesh.data, c.mesh.fsdp = 2, 2
+    return c
+
+
+@needs_libtpu
+def test_a_naflex_recipe_compiles_every_bucket_and_reports_the_worst():
+    """Each bucket is its own program: (tokens // bucket images, rounded to the 4 chips, of
+    ``bucket`` patches). The worst bucket is the maximum of the buckets' HBM; its figures are
+    those of the step compiled alone for its shape, whose arguments are the bucket's planned
+    shards (tiled, as in the square test above)."""
+    c = _tiny_naflex()
+    r = plan.plan(c, "v5e:2x2", "uint8")  # the pipeline's raw patches
+    assert [(b["patches"], b["images"]) for b in r["buckets"]] == [(4, 64), (16, 16)]
+    assert r["programs"] == 2 and r["fits"] and r["chips"] == 4
+    worst = max(r["buckets"], key=lambda b: b["hbm_gib_per_chip"])
+    assert r["worst_bucket"] == worst["patches"] and r["hbm_gib_per_chip"] == worst[
+        "hbm_gib_per_chip"]
+    setup = train.build(c, devices=tpu.ordered(tpu.topology_devices("v5e:2x2"), c))
+    specs = jax.tree.map(lambda s: s.spec, setup.batch_sharding)
+    shape = (worst["images"], worst["patches"])
+    program, _ = compiled_lib.compile_step(setup, "uint8", shape)
+    mem = compiled_lib.memory_of(program)
+    assert mem == worst["memory_bytes"]
+    _, batch = compiled_lib.abstract_inputs(setup, "uint8", shape)
+    assert batch["image"]["patches"].shape == (*shape, 8 * 8 * 3)
+    tiled = compiled_lib.tiled_bytes_per_device(
+        (setup.abstract_state, batch),
+        (compiled_lib.specs_of(setup.state_shardings), jax.tree.map(lambda _: specs, batch)),
+        setup.mesh, program.input_formats)
+    assert mem["argument"] == tiled
+    table = plan.format_buckets(r)
+    assert "(worst)" in table and "2 programs" in table
+    with pytest.raises(tpu.PlanError, match="NaFlex"):
+        plan.plan(c, "v5e:2x2", remat="none,full")
+    c.data.naflex.tokens = 30  # 30 // 16 = 1 image: not one per chip
+    with pytest.raises(tpu.PlanError, match="does not hold 4"):
+        plan.plan(c, "v5e:2x2")

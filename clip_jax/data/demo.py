@@ -44,6 +44,7 @@ from collections.abc import Iterable, Sequence
 import numpy as np
 
 from clip_jax import files
+from clip_jax.data import demo_strip
 from clip_jax.data.demo_render import BACKGROUNDS, COLOURS, caption, plural_of, render
 from clip_jax.data.progress import Progress
 from clip_jax.data.write_shards import open_tar_writer
@@ -51,6 +52,9 @@ from clip_jax.data.write_shards import open_tar_writer
 VERSION = 1
 DEFAULT_TRAIN_SAMPLES = 30000
 DEFAULT_EVAL_SAMPLES = 1200  # 100 per held-out class
+# "": square pictures; "strip": 4:1 and 1:4 strips with the object at one end, cut off by any
+# square centre crop (clip_jax.data.demo_strip; NaFlex's demo, configs/naflex_demo.py)
+VARIANTS = ("", "strip")
 
 SHAPES = ("circle", "square", "triangle", "star", "cross", "diamond")
 PLURALS = {s: plural_of(s) for s in SHAPES}
@@ -109,7 +113,8 @@ def _sample_attributes(rng: np.random.Generator, colour: str, shape: str) -> dic
 
 
 def make_sample(split: str, index: int, seed: int, image_size: int,
-                heldout: Sequence[tuple[str, str]]) -> tuple[str, dict[str, bytes]]:
+                heldout: Sequence[tuple[str, str]],
+                variant: str = "") -> tuple[str, dict[str, bytes]]:
     """Sample ``index`` of ``split``: (key, {ext: bytes}). Pure function of its arguments."""
     rng = np.random.default_rng([seed, _SPLIT_IDS[split], index, 0x5EED])
     held = [tuple(p) for p in heldout]
@@ -121,12 +126,16 @@ def make_sample(split: str, index: int, seed: int, image_size: int,
         label = index % len(held)  # balanced classes
         colour, shape = held[label]
     attrs = _sample_attributes(rng, colour, shape)
-    img = render(attrs, image_size, rng)
+    if variant == "strip":
+        attrs = demo_strip.strip_attributes(attrs, rng)
+        img, describe = demo_strip.render(attrs, image_size, rng), demo_strip.caption
+    else:
+        img, describe = render(attrs, image_size, rng), caption
     buf = io.BytesIO()
     img.save(buf, format="PNG")
     files = {
         "png": buf.getvalue(),
-        "txt": caption(attrs, rng).encode(),
+        "txt": describe(attrs, rng).encode(),
         "json": json.dumps(attrs, sort_keys=True).encode(),
     }
     if label is not None:
@@ -152,9 +161,10 @@ def _write_tar(path: str, samples: Iterable[tuple[str, dict[str, bytes]]]) -> in
 
 
 def _write_shard_job(job: tuple) -> tuple[str, int]:
-    split, shard, start, stop, seed, image_size, heldout, directory = job
+    split, shard, start, stop, seed, image_size, heldout, directory, variant = job
     name = f"{shard:05d}.tar"
-    samples = (make_sample(split, i, seed, image_size, heldout) for i in range(start, stop))
+    samples = (make_sample(split, i, seed, image_size, heldout, variant)
+               for i in range(start, stop))
     return name, _write_tar(os.path.join(directory, name), samples)
 
 
@@ -172,7 +182,7 @@ def _brace(split: str, n_shards: int) -> str:
 def generate(out_dir: str, train_samples: int = DEFAULT_TRAIN_SAMPLES,
              eval_samples: int = DEFAULT_EVAL_SAMPLES,
              image_size: int = 64, seed: int = 0, samples_per_shard: int = 1000,
-             workers: int | None = None, verbose: bool = False) -> dict:
+             workers: int | None = None, verbose: bool = False, variant: str = "") -> dict:
     """Write the demo corpus into ``out_dir``; returns the content of ``zeroshot.json``.
 
     Shard paths in the result are relative to ``out_dir``. Eval sample ``i`` has class
@@ -180,7 +190,10 @@ def generate(out_dir: str, train_samples: int = DEFAULT_TRAIN_SAMPLES,
     (default ``min(2, cpu_count)``) write whole shards; they are started with "spawn" (safe when
     the caller already runs JAX threads) and the output does not depend on their number.
     Leftover ``NNNNN.tar`` shards of an earlier, larger corpus in ``out_dir`` are removed.
+    ``variant``: one of :data:`VARIANTS` (recorded in ``zeroshot.json`` when not "").
     """
+    if variant not in VARIANTS:
+        raise ValueError(f"demo corpus variant {variant!r}: must be one of {VARIANTS}")
     if train_samples < 1 or eval_samples < 1 or samples_per_shard < 1:
         raise ValueError("train_samples, eval_samples and samples_per_shard must be >= 1")
     if image_size < 16:
@@ -199,7 +212,7 @@ def generate(out_dir: str, train_samples: int = DEFAULT_TRAIN_SAMPLES,
         for k in range(n_shards[split]):
             start = k * samples_per_shard
             jobs.append((split, k, start, min(total, start + samples_per_shard), seed,
-                         image_size, heldout, directory))
+                         image_size, heldout, directory, variant))
     if workers is None:
         workers = min(2, os.cpu_count() or 1)
     workers = max(1, min(workers, len(jobs)))
@@ -253,6 +266,8 @@ def generate(out_dir: str, train_samples: int = DEFAULT_TRAIN_SAMPLES,
         "samples_per_shard": samples_per_shard,
         "seed": seed,
     }
+    if variant:
+        info["variant"] = variant
     _atomic_json(os.path.join(out_dir, "zeroshot.json"), info)
     if progress:
         progress.close(f"demo corpus: {train_samples} train / {eval_samples} eval samples "
@@ -272,7 +287,8 @@ def load_or_generate(out_dir: str, **kwargs) -> dict:
                   "image_size": kwargs.get("image_size", 64), "seed": kwargs.get("seed", 0),
                   "samples_per_shard": kwargs.get("samples_per_shard", 1000),
                   "version": VERSION}
-        if all(info.get(k) == v for k, v in wanted.items()):
+        if all(info.get(k) == v for k, v in wanted.items()) and info.get(
+                "variant", "") == kwargs.get("variant", ""):
             return info
     return generate(out_dir, **kwargs)
 
@@ -286,9 +302,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--samples-per-shard", type=int, default=1000)
     p.add_argument("--workers", type=int, default=None, help="processes (default: min(2, cpus))")
+    p.add_argument("--variant", default="", choices=VARIANTS,
+                   help="'strip': 4:1 strips, the object at one end (NaFlex's demo)")
     a = p.parse_args(argv)
     info = generate(a.out, a.train_samples, a.eval_samples, a.image_size, a.seed,
-                    a.samples_per_shard, a.workers, verbose=True)
+                    a.samples_per_shard, a.workers, verbose=True, variant=a.variant)
     print(json.dumps({k: info[k] for k in ("classes", "chance", "eval_shards", "train_shards")}))
 
 

@@ -21,7 +21,8 @@ TOKENIZER_TRAIN_CAPTIONS = 100_000  # captions a "train" tokenizer is fitted on
 TOKENIZER_DIR = "tokenizer"  # under the workdir; reused on resume
 
 
-def prepare_demo(root: str, train_samples: int, image_size: int, seed: int) -> dict:
+def prepare_demo(root: str, train_samples: int, image_size: int, seed: int,
+                 variant: str = "") -> dict:
     """Make sure the demo corpus exists in ``root`` (process 0 writes it, the others wait).
 
     Returns ``{"train": the training shard pattern, "card": the zeroshot.json path}`` (the
@@ -30,7 +31,7 @@ def prepare_demo(root: str, train_samples: int, image_size: int, seed: int) -> d
     card = os.path.join(root, "zeroshot.json")
     if jax.process_index() == 0:
         meta = demo.load_or_generate(root, train_samples=train_samples, image_size=image_size,
-                                     seed=seed, verbose=True)
+                                     seed=seed, verbose=True, variant=variant)
     if jax.process_count() > 1:
         multihost_utils.sync_global_devices("demo corpus ready")
     if jax.process_index() != 0:
@@ -113,7 +114,8 @@ def prepare_run(config, model_cfg, workdir: str):
     # shards of one's own (or a tfds source) replace the demo
     if config.data.demo and not config.data.train and config.data.source != "tfds":
         corpus = prepare_demo(config.data.demo, config.data.demo_train_samples,
-                              model_cfg.vision.image_size, config.data.demo_seed)
+                              model_cfg.vision.image_size, config.data.demo_seed,
+                              config.data.demo_variant)
         config.data.train = corpus["train"]
         for key in ("zeroshot", "retrieval", "fewshot"):
             if not config.eval[key] and key not in config.evals:
