@@ -54,12 +54,17 @@ def open_clip_blocks(tb: L.Table, cfg: models.ModelConfig, ours: str, theirs: st
             tb.ln(f"{o}/attn/k_norm", f"{t}.attn.ln_k")
         tb.add(f"{o}/attn/kernel_out", f"{t}.attn.out_proj.weight", L.out_w(heads))
         tb.add(f"{o}/attn/bias_out", f"{t}.attn.out_proj.bias", L.same())
-        tb.ln(f"{o}/ln_2", f"{t}.ln_2")
-        tb.dense(f"{o}/mlp/c_fc", f"{t}.mlp.c_fc")
-        tb.dense(f"{o}/mlp/c_proj", f"{t}.mlp.c_proj")
-        if cfg.ls_init_value is not None:
-            tb.add(f"{o}/ls_1/gamma", f"{t}.ls_1.gamma", L.same())
-            tb.add(f"{o}/ls_2/gamma", f"{t}.ls_2.gamma", L.same())
+        open_clip_block_tail(tb, cfg, o, t)
+
+
+def open_clip_block_tail(tb: L.Table, cfg: models.ModelConfig, o: str, t: str) -> None:
+    """A block's ``ln_2``, MLP and layer scales (open_clip's names; CoCa's cross blocks too)."""
+    tb.ln(f"{o}/ln_2", f"{t}.ln_2")
+    tb.dense(f"{o}/mlp/c_fc", f"{t}.mlp.c_fc")
+    tb.dense(f"{o}/mlp/c_proj", f"{t}.mlp.c_proj")
+    if cfg.ls_init_value is not None:
+        tb.add(f"{o}/ls_1/gamma", f"{t}.ls_1.gamma", L.same())
+        tb.add(f"{o}/ls_2/gamma", f"{t}.ls_2.gamma", L.same())
 
 
 def hf_blocks(tb: L.Table, ours: str, theirs: str, layers: int, heads: int) -> None:
@@ -97,9 +102,9 @@ def open_clip_text(tb: L.Table, cfg: models.ModelConfig) -> None:
         tb.add("logit_bias", "logit_bias", L.same())
 
 
-def open_clip_rules(cfg: models.ModelConfig) -> list[L.Rule]:
+def open_clip_visual_trunk(tb: L.Table, cfg: models.ModelConfig) -> None:
+    """The ViT's patch and position embeddings, ``ln_pre`` and blocks (CLIP's and CoCa's)."""
     v = cfg.vision
-    tb = L.Table()
     tb.add("visual/conv1/kernel", "visual.conv1.weight", L.conv())
     tb.add("visual/class_embedding", "visual.class_embedding", L.same())
     tb.add("visual/positional_embedding", "visual.positional_embedding", L.same())
@@ -107,6 +112,11 @@ def open_clip_rules(cfg: models.ModelConfig) -> list[L.Rule]:
         tb.ln("visual/ln_pre", "visual.ln_pre")
     open_clip_blocks(tb, cfg, "visual/transformer", "visual.transformer.resblocks", v.layers,
                      v.heads)
+
+
+def open_clip_rules(cfg: models.ModelConfig) -> list[L.Rule]:
+    tb = L.Table()
+    open_clip_visual_trunk(tb, cfg)
     tb.ln("visual/ln_post", "visual.ln_post")
     tb.add("visual/proj", "visual.proj", L.same())
     open_clip_text(tb, cfg)

@@ -89,12 +89,7 @@ def _decoder(tb: L.Table, cfg: models.ModelConfig) -> None:
         tb.ln(f"{o}/ln_1", f"{t}.ln_1")
         tb.ln(f"{o}/ln_1_kv", f"{t}.ln_1_kv")
         _attention(tb, f"{o}/attn", f"{t}.attn", d.heads, fused=True)
-        tb.ln(f"{o}/ln_2", f"{t}.ln_2")
-        tb.dense(f"{o}/mlp/c_fc", f"{t}.mlp.c_fc")
-        tb.dense(f"{o}/mlp/c_proj", f"{t}.mlp.c_proj")
-        if cfg.ls_init_value is not None:
-            tb.add(f"{o}/ls_1/gamma", f"{t}.ls_1.gamma", L.same())
-            tb.add(f"{o}/ls_2/gamma", f"{t}.ls_2.gamma", L.same())
+        keymap_clip.open_clip_block_tail(tb, cfg, o, t)
     tb.ln("text_decoder/ln_final", "text_decoder.ln_final")
     tb.add("text_decoder/text_projection", "text_decoder.text_projection", L.same())
 
@@ -102,13 +97,7 @@ def _decoder(tb: L.Table, cfg: models.ModelConfig) -> None:
 def open_clip_rules(cfg: models.ModelConfig) -> list[L.Rule]:
     v, t = cfg.vision, cfg.text
     tb = L.Table()
-    tb.add("visual/conv1/kernel", "visual.conv1.weight", L.conv())
-    tb.add("visual/class_embedding", "visual.class_embedding", L.same())
-    tb.add("visual/positional_embedding", "visual.positional_embedding", L.same())
-    if v.ln_pre:
-        tb.ln("visual/ln_pre", "visual.ln_pre")
-    keymap_clip.open_clip_blocks(tb, cfg, "visual/transformer", "visual.transformer.resblocks",
-                                 v.layers, v.heads)
+    keymap_clip.open_clip_visual_trunk(tb, cfg)
     if v.attn_pooler_queries:
         tb.add("visual/attn_pool/query", "visual.attn_pool.query", L.same())
         tb.ln("visual/attn_pool/ln_q", "visual.attn_pool.ln_q")
