@@ -264,8 +264,8 @@ def remat_candidates(spec: str, scan: bool = False) -> list[tuple[str, bool]]:
         return [(n, s) for s in ((True, False) if scan else (False,)) for n in names]
     out, bad = [], []
     for item in (s.strip() for s in spec.split(",") if s.strip()):
-        name, _, how = item.partition("@")
-        if name not in remat_lib.POLICIES or how not in ("", "scan", "unrolled"):
+        name, at, how = item.partition("@")
+        if name not in remat_lib.POLICIES or how not in (("scan", "unrolled") if at else ("",)):
             bad.append(item)
         out.append((name, scan if not how else how == "scan"))
     if bad or not out:

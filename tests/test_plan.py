@@ -307,7 +307,7 @@ def test_remat_auto_compiles_the_candidates_and_chooses_the_fastest_that_fits(ca
     auto = plan.remat_candidates("auto", scan=True)
     assert ("none", False) in auto and ("none", True) in auto
     assert all(s is False for _, s in plan.remat_candidates("auto", scan=False))
-    for bad in ("none,fastest", "none@rolled"):
+    for bad in ("none,fastest", "none@rolled", "none@", ","):
         with pytest.raises(tpu.PlanError, match="remat candidates"):
             plan.remat_candidates(bad)
 
