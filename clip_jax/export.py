@@ -7,7 +7,7 @@ CLI::
     # CLIP directory, open_clip weights; see clip_jax.sources)
     python -m clip_jax.export bundle    --checkpoint SRC --out DIR [--weights ema]
     python -m clip_jax.export open_clip --checkpoint SRC --out DIR
-    python -m clip_jax.export hf        --checkpoint SRC --out DIR
+    python -m clip_jax.export hf        --checkpoint SRC --out DIR [--hf-model-type metaclip_2]
     # open_clip (.safetensors, or a .pt/.bin state dict read with torch.load(weights_only=True))
     # or an HF CLIP directory -> bundle (with --tokenizer, --scan); any source is also a valid
     # ``checkpoint.init_from`` (fine-tuning)
@@ -39,7 +39,7 @@ def _parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
     helps = {"bundle": "self-contained inference bundle (clip_jax.load)",
              "open_clip": "open_clip state dict (safetensors) + open_clip_config.json",
-             "hf": "transformers CLIPModel directory"}
+             "hf": "transformers CLIPModel / MetaClip2Model / SiglipModel directory"}
     for name, text in helps.items():
         s = sub.add_parser(name, help=text)
         s.add_argument("--checkpoint", required=True,
@@ -49,6 +49,10 @@ def _parser() -> argparse.ArgumentParser:
         s.add_argument("--weights", choices=sources.WEIGHTS, default="raw",
                        help="ema: the weight average of a training run with ema.decay > 0")
         _resample_args(s)
+        if name == "hf":
+            s.add_argument("--hf-model-type", choices=tuple(hf.CLIP_TYPES), default=None,
+                           help="a CLIP-architecture model as CLIPModel or MetaClip2Model "
+                                "(default: metaclip_2 when its end token is id 2, else clip)")
     s = sub.add_parser("import", help="open_clip / HF CLIP weights -> bundle (also usable as "
                                       "checkpoint.init_from for fine-tuning)")
     s.add_argument("--from", dest="src_format", required=True, choices=keymap.FORMATS)
@@ -123,7 +127,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     elif args.command == "open_clip":
         open_clip.export_open_clip(out, params, cfg, tok, pre)
     else:
-        hf.export_hf(out, params, cfg, tok, pre)
+        hf.export_hf(out, params, cfg, tok, pre, args.hf_model_type)
     if tok is None:
         print("warning: no tokenizer found with the checkpoint; none was exported",
               file=sys.stderr)

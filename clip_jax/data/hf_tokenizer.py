@@ -203,7 +203,9 @@ def read_hf_tokenizer(path: str | os.PathLike, vocab_size: int | None = None):
     """``(tokenizer or None, note or None)`` from a Hugging Face model directory's tokenizer files.
 
     Recognises CLIP's BPE (``vocab.json`` + ``merges.txt``), a clip_jax-trained
-    ``tokenizer.json``, a Gemma-style ``tokenizer.json`` (SigLIP 2: lower case, ``<eos>``
+    ``tokenizer.json``, an XLM-RoBERTa one (``tokenizer_class`` ``XLMRobertaTokenizer``: XLM-R,
+    MetaCLIP 2's XLM-V; ``<s>`` text ``</s>``, ``<pad>`` padding, as written), a Gemma-style
+    ``tokenizer.json`` (SigLIP 2: lower case, ``<eos>``
     appended, ``<pad>`` padding, no ``<bos>``), SigLIP's ``spiece.model`` (``SiglipTokenizer``'s
     ``do_lower_case``, punctuation removed, ``</s>`` appended and padded, from
     ``tokenizer_config.json`` / ``special_tokens_map.json``) and Gemma's ``tokenizer.model``.
@@ -229,6 +231,10 @@ def read_hf_tokenizer(path: str | os.PathLike, vocab_size: int | None = None):
                 raise ValueError(f"{HF_FILE} is not a valid tokenizers JSON file: {e}") from None
             if backend.token_to_id(HF_EOT) is not None:
                 tok = HFTokenizer(backend)
+            elif cls_name.startswith("XLMRoberta"):  # XLM-R / XLM-V (MetaCLIP 2): <s> x </s>
+                tok = JSONTokenizer(path / HF_FILE, lower=False, canonicalize="none",
+                                    fix_text=False, sot=_token_name(conf.get("bos_token"))
+                                    or "<s>", **_recipe_overrides(conf, "</s>", "<pad>"))
             elif backend.token_to_id("<|endoftext|>") is not None:
                 return None, (f"{path / HF_FILE} is CLIP's tokenizer without vocab.json + "
                               f"merges.txt: pass tokenizer='clip_bpe:PATH' instead")
