@@ -6,6 +6,7 @@ shallow unrolled compiles)."""
 from __future__ import annotations
 
 import copy
+import dataclasses
 import re
 import time
 
@@ -124,53 +125,66 @@ def scanned_stacks(model_cfg) -> dict[str, int]:
 
 def step_cost(config, devices, image_dtype: str = "float32", compiled=None) -> dict:
     """FLOPs, bytes accessed and transcendentals per chip of the WHOLE train step, as XLA counts
-    an unrolled (``model.scan=False``) compile of it.
+    an unrolled (``model.scan=False``) compile of it, every loop's trips counted.
 
-    Without scanned stacks that is ``compiled``'s own count. With them, the step is compiled
-    unrolled at depth 1 and at depth 2 of each scanned stack, everything else the same; the
-    count is linear in each stack's depth (every block is the same program), so the whole
-    step's is ``c(1, 1) + sum_s (L_s - 1) (c(2 in s) - c(1, 1))``: a few shallow compiles instead
-    of one unrolled compile of every block. Returns the counts and ``cost_method``."""
+    XLA counts a loop's body once. Two kinds of loop are corrected, each by linearity:
+    - scanned block stacks: the step is compiled unrolled at depth 1 and at depth 2 of each
+      stack, everything else the same; every block is the same program, so the whole step's
+      count is ``c(1, 1) + sum_s (L_s - 1) (c(2 in s) - c(1, 1))``;
+    - the gradient cache's two micro-batch loops (``accum_steps`` = k > 1): each of those
+      compiles is made again with the loops' scans unrolled u times (u the smallest divisor of
+      k above 1: u - 1 more micro-batches in the count, of cost ``G`` each), and the step's is
+      ``c + (k - 1) G``, the per-block part of ``G`` scaled with the depth like the rest.
+    A few shallow compiles instead of one unrolled compile of every block and micro-batch.
+    Returns the counts and ``cost_method``."""
     model_cfg = config_lib.resolve_model_config(config.model)
-    stacks = scanned_stacks(model_cfg)
-    if not stacks:
+    stacks, k = scanned_stacks(model_cfg), config.accum_steps
+    if not stacks and k <= 1:
         cost = cost_of(compiled if compiled is not None else compile_step(
             train.build(config, devices=ordered(devices, config)), image_dtype)[0])
-        return {**{k: float(cost.get(k, 0.0) or 0.0) for k in COST_KEYS},
+        return {**{key: float(cost.get(key, 0.0) or 0.0) for key in COST_KEYS},
                 "optimal_seconds": float(cost.get("optimal_seconds", 0.0) or 0.0),
-                "cost_method": "the compiled step (no loop over blocks)" + _accum_caveat(config),
+                "cost_method": "the compiled step (no loop over blocks or micro-batches)",
                 "cost_compile_s": 0.0}
     t0 = time.perf_counter()
 
-    def at(depths):
+    def at(depths, unroll=1):
         c = with_overrides(config, model__scan=False, **depths)
-        setup = train.build(c, devices=ordered(devices, c))
+        setup = dataclasses.replace(train.build(c, devices=ordered(devices, c)),
+                                    accum_unroll=unroll)
         cost = cost_of(compile_step(setup, image_dtype)[0])
-        return {k: float(cost.get(k, 0.0) or 0.0) for k in COST_KEYS}
+        return {key: float(cost.get(key, 0.0) or 0.0) for key in COST_KEYS}
+
+    # the loops unrolled u times, u the smallest divisor of k above 1 (no remainder trips)
+    u = next((d for d in range(2, k + 1) if k % d == 0), 1)
+
+    def loop_body(depths, once):
+        """``G``: one micro-batch's cost in the loops, from ``u`` of them against one."""
+        if k <= 1:
+            return dict.fromkeys(COST_KEYS, 0.0)
+        more = at(depths, u)
+        return {key: (more[key] - once[key]) / (u - 1) for key in COST_KEYS}
 
     ones = dict.fromkeys(stacks, 1)
     base = at(ones)
-    total = dict(base)
+    body = loop_body(ones, base)
+    total = {key: base[key] + (k - 1) * body[key] for key in COST_KEYS}
     for key, depth in stacks.items():
         if depth > 1:
             two = at({**ones, key: 2})
-            for k in COST_KEYS:
-                total[k] += (depth - 1) * (two[k] - base[k])
-    names = ", ".join(f"{k.split('__')[1]} {d}" for k, d in stacks.items())
+            body2 = loop_body({**ones, key: 2}, two)
+            for c in COST_KEYS:
+                total[c] += (depth - 1) * (two[c] - base[c] + (k - 1) * (body2[c] - body[c]))
+    how = []
+    if stacks:
+        names = ", ".join(f"{s.split('__')[1]} {d}" for s, d in stacks.items())
+        how.append(f"unrolled compiles at depth 1 and 2 of each scanned stack ({names} "
+                   f"blocks), extrapolated linearly in depth")
+    if k > 1:
+        how.append(f"the gradient cache's micro-batch loops compiled at 1 and {u} trips "
+                   f"per loop body, extrapolated to {k}")
     return {**total, "optimal_seconds": 0.0, "cost_compile_s": time.perf_counter() - t0,
-            "cost_method": f"unrolled compiles at depth 1 and 2 of each scanned stack "
-                           f"({names} blocks), extrapolated linearly in depth"
-                           + _accum_caveat(config)}
-
-
-def _accum_caveat(config) -> str:
-    """The gradient cache's two micro-batch loops are ``lax.scan``s too; they are not
-    extrapolated: say so where they run."""
-    if config.accum_steps <= 1:
-        return ""
-    return (f"; the gradient cache's micro-batch loops ({config.accum_steps} trips) are "
-            f"counted once: the towers' FLOPs and bytes are those of one micro-batch, a lower "
-            f"bound")
+            "cost_method": "; ".join(how)}
 
 
 def memory_of(compiled) -> dict:

@@ -162,7 +162,7 @@ def _loss_and_grads_cached(setup, params, batch, rng, head_loss, stats=None, inp
         emb, new = embed_stats(params, mb, st)
         return new, emb
 
-    stats, emb = jax.lax.scan(first, stats, micro)
+    stats, emb = jax.lax.scan(first, stats, micro, unroll=setup.accum_unroll)
     img, txt, rows = jax.tree.map(lambda x: _merge_micro(x, shards, mesh), emb)
 
     (loss, parts), g_emb = jax.value_and_grad(head_loss, argnums=(0, 1, 2, 3), has_aux=True)(
@@ -178,7 +178,7 @@ def _loss_and_grads_cached(setup, params, batch, rng, head_loss, stats=None, inp
         return jax.tree.map(jnp.add, acc, g), None
 
     zeros = jax.tree.map(jnp.zeros_like, params)
-    grads, _ = jax.lax.scan(accumulate, zeros, (micro, g_emb))
+    grads, _ = jax.lax.scan(accumulate, zeros, (micro, g_emb), unroll=setup.accum_unroll)
     grads = dict(grads)
     for key, g in g_head.items():  # the logit parameters, the objective's own: the head's
         grads[key] = jax.tree.map(jnp.add, grads[key], g)

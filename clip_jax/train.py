@@ -85,6 +85,7 @@ class Setup:
     objective: objectives.Objectives  # what the step computes (its params, fields, loss)
     teachers: list = dataclasses.field(default_factory=list)  # frozen (clip_jax.distill)
     stored: list = dataclasses.field(default_factory=list)  # stored teacher embeddings
+    accum_unroll: int = 1  # the gradient cache's loops' scan unroll (the plan costs one trip)
 
     @property
     def local_batch_size(self) -> int:
@@ -194,8 +195,7 @@ def train_step(setup: Setup, state: TrainState, batch, teachers=()) -> tuple[Tra
     average = ema.update(cfg.ema, state.ema, params, step, apply) if state.ema else state.ema
     metrics.update(stability.metrics(guard))
     metrics["logit_scale"] = jnp.exp(params["logit_scale"])
-    if "logit_bias" in params:
-        metrics["logit_bias"] = params["logit_bias"]
+    metrics.update({"logit_bias": params["logit_bias"]} if "logit_bias" in params else {})
     return TrainState(step=step, params=params, opt_state=opt_state, guard=guard,
                       batch_stats=stats, ema=average), metrics
 
