@@ -90,7 +90,8 @@ def test_factor_zero_equals_freezing_in_its_effect_on_params(frozen_run):
 def test_half_factor_is_half_the_first_adamw_update_computed_by_hand():
     c = _config(lr_multipliers=(("^text/", 0.5), ("^text/ln_final", 3.0)), grad_clip_norm=0.0,
                 warmup_steps=0, schedule="constant", weight_decay=0.1)
-    params = jax.tree.map(np.asarray, _init(models.get_model_config("tiny"), 0))
+    cfg = models.get_model_config("tiny")
+    params = jax.tree.map(np.asarray, _init(cfg, 0))
     grads = jax.tree.map(lambda x: np.random.default_rng(x.size).normal(size=x.shape)
                          .astype(np.float32), params)
     tx, schedule = optimizer.make_optimizer(c.optimizer, 10)
@@ -151,7 +152,7 @@ def test_lock_image_unlocked_groups_follows_open_clip_and_needs_scan_false():
     (lambda c: setattr(c.optimizer, "layer_decay", 1.5), "optimizer.layer_decay"),
     (lambda c: (setattr(c.model.vision, "family", "resnet"),
                 setattr(c.model.vision, "stages", (1, 1, 1, 1)),
-                setattr(c.optimizer, "layer_decay", 0.8)), "image tower is convolutional"),
+                setattr(c.optimizer, "layer_decay", 0.8)), "resnet vision tower defines no layer ids"),
 ])
 def test_bad_settings_fail_validation_naming_the_key(edit, message):
     c = tiny.get_config()
@@ -259,7 +260,7 @@ def test_layer_decay_factors_equal_timms_param_groups_layer_decay(scan):
               for g in timm_optim.param_groups_layer_decay(ref, layer_decay=decay)
               for p in g["params"]}
     abstract = models.abstract_params(cfg)
-    factors = optimizer.layer_decay_factors(abstract, decay)
+    factors = optimizer.layer_decay_factors(abstract, decay, cfg)
     filled = jax.tree.map(lambda x, f: np.broadcast_to(np.float32(1) * f, x.shape).copy(),
                           abstract, factors)
     external = keymap.to_external(filled, cfg, "open_clip")
@@ -288,13 +289,14 @@ def test_layer_decay_factors_equal_timms_param_groups_layer_decay(scan):
 def test_layer_decay_scales_the_adamw_update_and_keeps_depth_with_a_frozen_tower():
     """The update of every parameter is the undecayed one times its factor (multipliers
     multiply), and freezing the image tower changes neither the text factors nor the state."""
-    params = jax.tree.map(np.asarray, _init(models.get_model_config("tiny"), 0))
+    cfg = models.get_model_config("tiny")
+    params = jax.tree.map(np.asarray, _init(cfg, 0))
     grads = jax.tree.map(lambda x: np.random.default_rng(x.size).normal(size=x.shape)
                          .astype(np.float32), params)
     base = dict(grad_clip_norm=0.0, warmup_steps=0, schedule="constant", weight_decay=0.1)
 
     def first_update(**opt):
-        tx, _ = optimizer.make_optimizer(_config(**base, **opt).optimizer, 10)
+        tx, _ = optimizer.make_optimizer(_config(**base, **opt).optimizer, 10, model_cfg=cfg)
         state = tx.init(params)
         return _flat(jax.jit(tx.update)(grads, state, params)[0]), state
 
@@ -302,7 +304,7 @@ def test_layer_decay_scales_the_adamw_update_and_keeps_depth_with_a_frozen_tower
     decayed, decayed_state = first_update(layer_decay=0.5,
                                           lr_multipliers=(("^text/ln_final", 3.0),))
     assert jax.tree.structure(plain_state) == jax.tree.structure(decayed_state)
-    factors = _flat(optimizer.layer_decay_factors(params, 0.5))
+    factors = _flat(optimizer.layer_decay_factors(params, 0.5, cfg))
     assert factors["visual/conv1/kernel"] == 0.5 ** 3 and factors["visual/proj"] == 1.0
     assert factors["visual/transformer/resblocks_1/ln_1/scale"] == 0.5
     for k in plain:
