@@ -152,7 +152,7 @@ def test_lock_image_unlocked_groups_follows_open_clip_and_needs_scan_false():
     (lambda c: setattr(c.optimizer, "layer_decay", 1.5), "optimizer.layer_decay"),
     (lambda c: (setattr(c.model.vision, "family", "resnet"),
                 setattr(c.model.vision, "stages", (1, 1, 1, 1)),
-                setattr(c.optimizer, "layer_decay", 0.8)), "resnet vision tower defines no layer ids"),
+                setattr(c.optimizer, "layer_decay", 0.8)), "defines no layer ids"),
 ])
 def test_bad_settings_fail_validation_naming_the_key(edit, message):
     c = tiny.get_config()
@@ -315,3 +315,33 @@ def test_layer_decay_scales_the_adamw_update_and_keeps_depth_with_a_frozen_tower
     for k in plain:
         want = 0.0 if k.startswith("visual/") else plain[k] * factors[k]
         np.testing.assert_allclose(locked[k], want, rtol=1e-6, err_msg=k)
+
+
+def test_a_layer_decay_step_equals_the_hand_computed_adamw_update():
+    """AdamW's first step is ``-lr * (g / (|g| + eps) + wd * p)`` (bias-corrected moments: g,
+    g^2), weight decay on matrices only; with layer decay each parameter's is multiplied by
+    ``d ** (L + 1 - layer)`` written out here by hand (scanned towers: one per block)."""
+    cfg = models.get_model_config("tiny").replace(scan=True)
+    p = jax.tree.map(np.asarray, _init(cfg, 1))
+    g = jax.tree.map(lambda x: np.random.default_rng(x.size).normal(size=x.shape)
+                     .astype(np.float32), p)
+    lr, wd, eps, d = 0.1, 0.1, 1e-6, 0.7
+    opt = _config(grad_clip_norm=0.0, warmup_steps=0, schedule="constant", lr=lr,
+                  weight_decay=wd, eps=eps, layer_decay=d).optimizer
+    tx, _ = optimizer.make_optimizer(opt, 10, model_cfg=cfg)
+    got = _flat(jax.jit(tx.update)(g, tx.init(p), p)[0])
+    fp, fg = _flat(p), _flat(g)
+    decayed = _flat(optimizer.decay_mask(p))
+    L = 2  # both tiny towers: 2 blocks; embeddings 0, block i i + 1, final norm 2, head 3
+    by_hand = {"visual/conv1/kernel": d**3, "visual/class_embedding": d**3,
+               "visual/positional_embedding": d**3, "visual/ln_pre/scale": d**3,
+               "visual/ln_post/scale": d, "visual/proj": 1.0,
+               "text/token_embedding": d**3, "text/ln_final/bias": d,
+               "text/text_projection": 1.0, "logit_scale": 1.0}
+    for k, f in by_hand.items():
+        want = -f * lr * (fg[k] / (np.abs(fg[k]) + eps) + wd * fp[k] * decayed[k])
+        np.testing.assert_allclose(got[k], want, rtol=2e-5, atol=1e-8, err_msg=k)
+    k = "visual/transformer/resblocks/mlp/c_fc/kernel"  # stacked (L, ...): d ** (L - i)
+    want = -lr * (fg[k] / (np.abs(fg[k]) + eps) + wd * fp[k])
+    want = want * np.array([d ** (L - i) for i in range(L)])[:, None, None]
+    np.testing.assert_allclose(got[k], want, rtol=2e-5, atol=1e-8, err_msg=k)
