@@ -1,6 +1,7 @@
 """Model configuration: :class:`ModelConfig` with its vision and text sub-configs, the named
-validation of the architecture switches. Presets are in :mod:`clip_jax.models.presets`, open_clip's
-model-config JSON in :mod:`clip_jax.models.openclip_config`."""
+validation of the architecture switches (each tower family checks its own: ``Family.check`` in
+its module, :mod:`clip_jax.models.family`). Presets are in :mod:`clip_jax.models.presets`,
+open_clip's model-config JSON in :mod:`clip_jax.models.openclip_config`."""
 
 from __future__ import annotations
 
@@ -101,7 +102,7 @@ class VisionConfig:
 
     def __post_init__(self):
         fam = families.get("vision", self.family)  # a one-line error naming the families
-        if self.stages is not None and isinstance(self.stages, list):
+        if isinstance(self.stages, list):
             object.__setattr__(self, "stages", tuple(self.stages))  # hashable (JSON: a list)
         fam.check(self)
 
