@@ -33,7 +33,8 @@ kernel_in``, as :func:`clip_jax.params.flatten_params` gives them):
   scaled by ``layer_decay ** (L + 1 - layer)`` (times its multiplier).
   Parameters outside the towers (the logit scale and bias, an objective's heads) keep 1. A
   scanned tower's stacked blocks get one factor per block along their leading axis. A family
-  without layer ids (ResNet, ConvNeXt) is a one-line error. Stateless, like the multipliers.
+  without layer ids (ResNet) is a one-line error; ConvNeXt's are timm's (stem 0, each block in
+  order, a downsample with its stage's first block, head L + 1). Stateless, like the multipliers.
 
 A pattern that matches no parameter is an error (a typo would otherwise freeze nothing).
 """

@@ -345,3 +345,36 @@ def test_a_layer_decay_step_equals_the_hand_computed_adamw_update():
     want = -lr * (fg[k] / (np.abs(fg[k]) + eps) + wd * fp[k])
     want = want * np.array([d ** (L - i) for i in range(L)])[:, None, None]
     np.testing.assert_allclose(got[k], want, rtol=2e-5, atol=1e-8, err_msg=k)
+
+
+def test_convnext_layer_decay_factors_equal_timms():
+    """The ConvNeXt family's own layer ids (stem 0, each block in order, a stage's downsample
+    with its first block, head L + 1): per open_clip name (``visual.trunk.*``, timm's ConvNeXt),
+    our factors equal timm's ``param_groups_layer_decay`` lr_scale."""
+    pytest.importorskip("torch")
+    timm_convnext = pytest.importorskip("timm.models.convnext")
+    timm_optim = pytest.importorskip("timm.optim")
+    from clip_jax.interop import keymap
+
+    stages, width, decay = (1, 1, 2, 1), 8, 0.6
+    cfg = models.get_model_config("convnext_tiny").replace(
+        embed_dim=16, vision={"stages": stages, "width": width, "image_size": 32},
+        text={"width": 16, "layers": 2, "heads": 2, "mlp_dim": 32, "vocab_size": 64,
+              "context_length": 8})
+    ref = timm_convnext.ConvNeXt(depths=stages, dims=tuple(width * 2**i for i in range(4)),
+                                 num_classes=0)
+    names = {id(p): n for n, p in ref.named_parameters()}
+    scales = {names[id(p)]: g["lr_scale"]
+              for g in timm_optim.param_groups_layer_decay(ref, layer_decay=decay)
+              for p in g["params"]}
+    abstract = models.abstract_params(cfg)
+    factors = optimizer.layer_decay_factors(abstract, decay, cfg)
+    filled = jax.tree.map(lambda x, f: np.full(x.shape, f, np.float32), abstract, factors)
+    external = keymap.to_external(filled, cfg, "open_clip")
+    trunk = {k[len("visual.trunk."):]: np.asarray(a) for k, a in external.items()
+             if k.startswith("visual.trunk.")}
+    assert set(trunk) == set(scales)
+    for name, arr in trunk.items():
+        np.testing.assert_allclose(arr, scales[name], rtol=1e-6, err_msg=name)
+    assert len(set(scales.values())) == sum(stages) + 2
+    assert np.all(np.asarray(external["visual.head.proj.weight"]) == 1.0)

@@ -15,12 +15,13 @@ Channels ``width * (1, 2, 4, 8)``, blocks per stage ``vision.stages``, LayerNorm
     visual/head_norm, visual/{head_proj | head_mlp/{fc1, fc2}}
 
 The ``convnext`` family (:mod:`clip_jax.models.family`): switches, FLOPs, presets (open_clip's
-convnext_*), open_clip JSON here; key maps :mod:`clip_jax.interop.keymap_convnext`; no layer
-ids.
+convnext_*), layer ids (timm's), open_clip JSON here; key maps
+:mod:`clip_jax.interop.keymap_convnext`.
 """
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import flax.linen as nn
@@ -150,6 +151,28 @@ def flops(cfg: ModelConfig, train: bool, remat: str) -> tuple[float, float]:
     return float(f + head), 0.0
 
 
+_STAGE = re.compile(r"^stages_(\d+)_(?:blocks_(\d+)|downsample_\d+)(/|$)")
+
+
+def depth(cfg: ModelConfig) -> int:
+    return sum(cfg.vision.stages)
+
+
+def layer_id(cfg: ModelConfig, path: str, shape: tuple):
+    """timm's ConvNeXt grouping (``group_matcher``): the stem 0, every block its own layer in
+    order (1 .. L, L = all blocks), a stage's downsample with its first block, the head (its
+    LayerNorm and projection) L + 1."""
+    if path.startswith("stem_"):
+        return 0
+    if path.startswith(("head_norm", "head_proj", "head_mlp")):
+        return depth(cfg) + 1
+    m = _STAGE.match(path)
+    if m is None:
+        return None
+    i = int(m[1])
+    return 1 + sum(cfg.vision.stages[:i]) + (int(m[2]) if m[2] is not None else 0)
+
+
 # timm's ConvNeXt trunks (timm 1.0 models/convnext.py): blocks per stage, first-stage channels
 # (then x2 per stage), LayerNorm eps.
 CONVNEXT_TRUNKS = {"convnext_tiny": ((3, 3, 9, 3), 96, 1e-6),
@@ -216,7 +239,8 @@ def to_open_clip(cfg: ModelConfig) -> tuple[dict, None]:
 
 
 FAMILY = families.register(families.Family(
-    "convnext", ConvNeXt, check, flops=flops, keymap="clip_jax.interop.keymap_convnext",
+    "convnext", ConvNeXt, check, flops=flops, depth=depth, layer_id=layer_id,
+    keymap="clip_jax.interop.keymap_convnext",
     from_open_clip=from_open_clip, to_open_clip=to_open_clip))
 families.add_presets("convnext", {  # open_clip's model_configs/convnext_*.json
     "convnext_tiny": convnext_config("convnext_tiny", 1024, 224, 512, 8),
