@@ -14,7 +14,7 @@ import jax
 import numpy as np
 
 from clip_jax import config as config_lib
-from clip_jax import distill, train
+from clip_jax import distill, models, train
 from clip_jax.topology import ordered
 
 
@@ -117,8 +117,10 @@ def scanned_stacks(model_cfg) -> dict[str, int]:
     XLA's ``cost_analysis`` counts a loop's body once, whatever its trip count."""
     if not model_cfg.scan:
         return {}
-    stacks = {"model__text__layers": model_cfg.text.layers}
-    if model_cfg.vision.family in ("vit", "naflex"):
+    stacks = {}
+    if models.family.text(model_cfg).scanned:
+        stacks["model__text__layers"] = model_cfg.text.layers
+    if models.family.vision(model_cfg).scanned:
         stacks["model__vision__layers"] = model_cfg.vision.layers
     return stacks
 

@@ -250,8 +250,8 @@ def validate(c: ml_collections.ConfigDict) -> None:
     optimizer.check_settings(c.optimizer.frozen, c.optimizer.lr_multipliers,
                              c.model.lock_image_unlocked_groups)
     if c.optimizer.frozen or c.optimizer.lr_multipliers or c.optimizer.layer_decay != 1:
-        optimizer.check_params(models.abstract_params(resolve_model_config(c.model)),
-                               c.optimizer, c.model.lock_image_unlocked_groups)
+        optimizer.check_params(models.abstract_params(m := resolve_model_config(c.model)),
+                               c.optimizer, c.model.lock_image_unlocked_groups, m)
     for key in ("init_from_params", "init_from_blocks"):
         if c.checkpoint[key] and not c.checkpoint.init_from:
             raise ValueError(f"config checkpoint.{key} needs checkpoint.init_from")

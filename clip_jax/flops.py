@@ -6,13 +6,13 @@ XLA's ``cost_analysis()`` counts the body of a ``lax.scan`` once, whatever its t
 how the program is compiled; ``tests/test_plan.py`` checks them against ``cost_analysis()`` of
 unrolled (``scan=False``) compiles.
 
-Counted: every matmul (2 m n k FLOPs): patch embedding, q|k|v, attention scores and
-values (the full T x T, also for the causal text tower, which is what the plain XLA attention
-computes), attention output, MLP, projections, and the similarity matmuls of the loss; for the
-conv image towers (ResNet, ConvNeXt) every convolution, padded taps included, and the attention
-pool or head. Not
-counted: element-wise work (LayerNorm, GELU, softmax, AdamW), which XLA's own count includes,
-a few percent for real widths.
+Each tower family counts its own forward (``Family.flops`` in its module,
+:mod:`clip_jax.models.family`). Counted: every matmul (2 m n k FLOPs): patch embedding, q|k|v,
+attention scores and values (the full T x T, also for the causal text tower, which is what the
+plain XLA attention computes), attention output, MLP, projections, and the similarity matmuls of
+the loss; for the conv image towers (ResNet, ConvNeXt) every convolution, padded taps included,
+and the attention pool or head. Not counted: element-wise work (LayerNorm, GELU, softmax,
+AdamW), which XLA's own count includes, a few percent for real widths.
 
 Two totals:
 
@@ -29,6 +29,7 @@ import dataclasses
 
 from clip_jax import models
 from clip_jax import remat as remat_lib
+from clip_jax.models import family as families
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,103 +47,20 @@ class StepFlops:
         return self.model / batch
 
 
-# The matmuls of a block each rematerialisation policy (clip_jax.remat_lib.POLICIES)
-# recomputes in the backward: those whose outputs it does not keep and the backward needs.
-# ``c_proj`` is never recomputed (its gradients need only its input and weight); ``full``
-# recomputes every other one (measured so on XLA's unrolled compiles); ``values`` (p v) is redone
-# only where the attention output feeds the output projection's weight gradient unsaved;
-# ``scores`` wherever the softmax is not kept (no policy keeps it); ``out`` where the residual
-# sum after attention (the second LayerNorm's input) must be rebuilt.
-_REMAT_REDO = {
-    "none": (),
-    "save_dot_except_mlp": ("scores", "c_fc"),
-    "minimal": ("scores", "values"),
-    "minimal_offloaded": ("scores", "values"),
-    "save_attention": ("scores", "out", "c_fc"),
-    "save_qkv_proj": ("scores", "values", "out", "c_fc"),
-    "save_out_proj": ("qkv", "scores", "values", "c_fc"),
-    "full": ("qkv", "scores", "values", "out", "c_fc"),
-}
-
-
-def _block_flops(tokens: int, width: int, mlp_dim: int,
-                 remat: str = "full") -> tuple[float, float]:
-    """Forward matmul FLOPs of one residual attention block on one sample, and the part of
-    them that the ``remat`` policy recomputes in the backward (:data:`_REMAT_REDO`)."""
-    t, d, m = tokens, width, mlp_dim
-    parts = {"qkv": 2 * t * d * 3 * d,
-             "scores": 2 * t * t * d,  # q k^T over all heads
-             "values": 2 * t * t * d,  # p v
-             "out": 2 * t * d * d,
-             "c_fc": 2 * t * d * m,
-             "c_proj": 2 * t * d * m}
-    return sum(parts.values()), sum(parts[k] for k in _REMAT_REDO[remat])
-
-
-def _conv(hw: int, k: int, cin: int, cout: int, groups: int = 1) -> int:
-    """A k x k convolution producing an (hw x hw x cout) map from cin channels."""
-    return 2 * hw * hw * k * k * (cin // groups) * cout
-
-
-def _resnet_flops(cfg: models.ModelConfig) -> float:
-    """ModifiedResNet (models/resnet.py) forward per sample: the 3-conv stem, the Bottlenecks
-    (1x1, 3x3, avg-pool stride, 1x1 x4; the avg-pool + 1x1 downsample) and the attention pool
-    (token 0's query only, as computed)."""
-    v, w = cfg.vision, cfg.vision.width
-    h = v.image_size // 2
-    f = _conv(h, 3, 3, w // 2) + _conv(h, 3, w // 2, w // 2) + _conv(h, 3, w // 2, w)
-    h, inplanes = h // 2, w
-    for s, blocks in enumerate(v.stages):
-        planes = w * 2**s
-        for j in range(blocks):
-            stride = 2 if s and not j else 1
-            out = h // stride
-            f += _conv(h, 1, inplanes, planes) + _conv(h, 3, planes, planes)
-            f += _conv(out, 1, planes, 4 * planes)
-            if j == 0 and (stride > 1 or inplanes != 4 * planes):
-                f += _conv(out, 1, inplanes, 4 * planes)
-            h, inplanes = out, 4 * planes
-    c, t = inplanes, h * h + 1
-    return float(f + 2 * c * c + 2 * 2 * t * c * c + 2 * 2 * t * c + 2 * c * cfg.embed_dim)
-
-
-def _convnext_flops(cfg: models.ModelConfig) -> float:
-    """timm's ConvNeXt (models/convnext.py) forward per sample: the 4x4 stem, per block the
-    depthwise 7x7 and the 4x MLP, the 2x2 downsamples, the head projection."""
-    v = cfg.vision
-    h, f = v.image_size // 4, _conv(v.image_size // 4, 4, 3, v.width)
-    for i, blocks in enumerate(v.stages):
-        c = v.width * 2**i
-        if i:
-            h //= 2
-            f += _conv(h, 2, c // 2, c)
-        f += blocks * (_conv(h, 7, c, c, groups=c) + 2 * (2 * h * h * c * 4 * c))
-    c, e = v.width * 2 ** (len(v.stages) - 1), cfg.embed_dim
-    head = 2 * c * 2 * e + 2 * 2 * e * e if v.proj_type == "mlp" else 2 * c * e
-    return float(f + head)
-
-
 def tower_flops(cfg: models.ModelConfig, train: bool = False,
                 remat: str | bool = "full") -> dict[str, float]:
     """Forward matmul FLOPs per sample, ``{"vision", "text"}``, and what the ``remat`` policy
-    recomputes of them per sample, ``{"vision_remat", "text_remat"}``. ``train``: the vision
-    blocks see only the patches that ``vision.patch_dropout`` keeps (every patch is still
-    embedded)."""
-    v, t = cfg.vision, cfg.text
+    recomputes of them per sample, ``{"vision_remat", "text_remat"}``, each tower's as its
+    family counts them (``Family.flops``: a ViT's blocks, ResNet's and ConvNeXt's
+    convolutions...). ``train``: the vision blocks see only the patches that
+    ``vision.patch_dropout`` keeps (every patch is still embedded)."""
     remat = remat_lib.remat_name(remat)
-    t_block, t_redo = _block_flops(t.context_length, t.width, t.mlp_dim, remat)
-    text = t.layers * t_block + 2 * t.width * cfg.embed_dim
-    if v.family not in ("vit", "naflex"):  # conv towers: no remat of their own
-        vision = _resnet_flops(cfg) if v.family == "resnet" else _convnext_flops(cfg)
-        return {"vision": vision, "vision_remat": 0.0, "text": float(text),
-                "text_remat": float(t.layers * t_redo)}
-    patches = (v.image_size // v.patch_size) ** 2  # NaFlex: at its position table's size
-    tokens = (v.kept_patches() if train else patches) + 1
-    v_block, v_redo = _block_flops(tokens, v.width, v.mlp_dim, remat)
-    vision = (2 * patches * (v.patch_size**2 * 3) * v.width + v.layers * v_block
-              + 2 * v.width * cfg.embed_dim)
-    return {"vision": float(vision), "vision_remat": float(v.layers * v_redo),
-            "text": float(text), "text_remat": float(t.layers * t_redo)}
+    out = {}
+    for tower, fam in (("vision", families.vision(cfg)), ("text", families.text(cfg))):
+        if fam.flops is None:
+            raise ValueError(f"model.{tower}.family={fam.name!r} does not count its FLOPs")
+        out[tower], out[f"{tower}_remat"] = fam.flops(cfg, train, remat)
+    return out
 
 
 # Similarity matmuls (each 2 N^2 D FLOPs over the global batch) of each loss, as run:

@@ -213,7 +213,7 @@ class InferenceModel:
     def __repr__(self) -> str:
         v, t = self.cfg.vision, self.cfg.text
         image = (f"{v.image_size}px/{v.patch_size} width {v.width}x{v.layers}"
-                 if v.family == "vit" else f"{v.family} {v.image_size}px width {v.width} "
+                 if v.stages is None else f"{v.family} {v.image_size}px width {v.width} "
                  f"stages {list(v.stages)}")
         return (f"InferenceModel(image {image}, text width {t.width}x{t.layers}, embed "
                 f"{self.cfg.embed_dim}, {len(self.devices)} devices)")

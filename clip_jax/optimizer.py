@@ -24,14 +24,17 @@ kernel_in``, as :func:`clip_jax.params.flatten_params` gives them):
   is 1. Stateless: the optimizer state is the same with or without them.
 
 * ``optimizer.layer_decay``: layer-wise learning-rate decay (BEiT, EVA-CLIP's fine-tuning, timm's
-  ``param_groups_layer_decay``), 1 = off. In each transformer tower of depth L its embeddings
+  ``param_groups_layer_decay``), 1 = off. Each tower family's module says which parameter is at
+  which depth (``Family.layer_id``, :mod:`clip_jax.models.family`); for the transformer towers
+  (ViT, NaFlex, text) of depth L the embeddings
   (patch/token and position embeddings, class token, ``ln_pre``) are layer 0, block i is layer
   i + 1, the final norm (``ln_post``, ``ln_final``) shares the last block's layer L as in timm's
   ViT grouping, and the pooling head and projection are layer L + 1; a parameter's update is
   scaled by ``layer_decay ** (L + 1 - layer)`` (times its multiplier).
   Parameters outside the towers (the logit scale and bias, an objective's heads) keep 1. A
-  scanned tower's stacked blocks get one factor per block along their leading axis. ResNet and
-  ConvNeXt image towers have no layer ids: a one-line error. Stateless, like the multipliers.
+  scanned tower's stacked blocks get one factor per block along their leading axis. A family
+  without layer ids (ResNet) is a one-line error; ConvNeXt's are timm's (stem 0, each block in
+  order, a downsample with its stage's first block, head L + 1). Stateless, like the multipliers.
 
 A pattern that matches no parameter is an error (a typo would otherwise freeze nothing).
 """
@@ -45,6 +48,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+
+from clip_jax.models import family as families
 
 # Biases and norms (incl. q_norm/k_norm), layer-scale gammas, the class token and the MAP probe
 # (a learned token), the logit parameters.
@@ -188,13 +193,14 @@ def lr_factors(params, lr_multipliers, check: bool = True) -> dict:
     return jax.tree_util.tree_map_with_path(factor, params)
 
 
-def check_params(params, opt_cfg, unlocked_image_groups: int | None = None) -> None:
+def check_params(params, opt_cfg, unlocked_image_groups: int | None = None,
+                 model_cfg=None) -> None:
     """Every frozen pattern and multiplier names parameters of ``params`` (abstract is fine)
     and something is left to train, and ``optimizer.layer_decay`` finds every tower
     parameter's layer; a ValueError names the problem."""
     lr_factors(params, opt_cfg.lr_multipliers)
     if check_layer_decay(opt_cfg.get("layer_decay", 1.0)) != 1.0:
-        layer_decay_factors(params, opt_cfg.layer_decay)
+        layer_decay_factors(params, opt_cfg.layer_decay, model_cfg)
     if opt_cfg.frozen and all(jax.tree.leaves(
             frozen_mask(params, opt_cfg.frozen, unlocked_image_groups))):
         raise ValueError(f"optimizer.frozen={list(opt_cfg.frozen)} freezes every parameter: "
@@ -225,68 +231,46 @@ def scale_by_factors(tx: optax.GradientTransformation, lr_multipliers):
     return optax.GradientTransformation(tx.init, update)
 
 
-# Layer ids per tower (see the module docstring): the names before the blocks, the final
-# norm, and the head after them.
-_TOWERS = {
-    "visual": (re.compile(r"^visual/(conv1|class_embedding|positional_embedding|ln_pre)(/|$)"),
-               re.compile(r"^visual/ln_post/"), re.compile(r"^visual/(proj|map_head)(/|$)")),
-    "text": (re.compile(r"^text/(token_embedding|positional_embedding)(/|$)"),
-             re.compile(r"^text/ln_final/"),
-             re.compile(r"^text/(text_projection|text_projection_bias)(/|$)")),
-}
-_BLOCK = re.compile(r"^(visual|text)/transformer/resblocks(?:_(\d+))?/")
-_CONV_TOWER = re.compile(r"^visual/(attnpool|stem_\d+|layer\d+|stages_\d+)/")
-
-
 def check_layer_decay(decay) -> float:
     if isinstance(decay, bool) or not isinstance(decay, int | float) or not 0 < decay <= 1:
         raise ValueError(f"optimizer.layer_decay={decay!r}: must be in (0, 1] (1 = off)")
     return float(decay)
 
 
-def layer_ids(shapes: Mapping[str, tuple[int, ...]]) -> dict[str, tuple[object, int]]:
-    """``{path: (layer id, the tower's L + 1)}`` for every parameter of a tower (a stacked
-    block's id is an array over its leading axis); parameters outside the towers are absent.
-    A ValueError names a conv tower or a tower parameter of no known layer."""
-    depth: dict[str, int] = {}
-    for path, shape in shapes.items():
-        m = _BLOCK.match(path)
-        if m:
-            n = int(m[2]) + 1 if m[2] is not None else int(shape[0])
-            depth[m[1]] = max(depth.get(m[1], 0), n)
+_TOWERS = {"visual": "vision", "text": "text"}  # the CLIP module's tower -> config section
+
+
+def layer_ids(shapes: Mapping[str, tuple[int, ...]], model_cfg) -> dict[str, tuple[object, int]]:
+    """``{path: (layer id, the tower's L + 1)}`` for every parameter of a tower, each tower's
+    ids its family's own (``Family.layer_id``; a stacked block's id is an array over its leading
+    axis); parameters outside the towers are absent. A ValueError names a family without layer
+    ids or a tower parameter of no layer."""
     out = {}
     for path, shape in shapes.items():
-        tower = path.split("/", 1)[0]
-        if tower not in _TOWERS:
+        root, _, rest = path.partition("/")
+        if root not in _TOWERS:
             continue
-        if _CONV_TOWER.match(path):
-            raise ValueError(f"optimizer.layer_decay: the image tower is convolutional "
-                             f"({path}); layer ids are defined for transformer towers only "
-                             "(scale it with optimizer.lr_multipliers instead)")
-        last = depth.get(tower, 0) + 1
-        embeddings, norm, head = _TOWERS[tower]
-        m = _BLOCK.match(path)
-        if m:
-            out[path] = (int(m[2]) + 1 if m[2] is not None else np.arange(1, shape[0] + 1), last)
-        elif embeddings.match(path):
-            out[path] = (0, last)
-        elif norm.match(path):
-            out[path] = (last - 1, last)
-        elif head.match(path):
-            out[path] = (last, last)
-        else:
+        fam = families.get(_TOWERS[root], getattr(model_cfg, _TOWERS[root]).family)
+        if fam.layer_id is None:
+            raise ValueError(f"optimizer.layer_decay: the {fam.name} {_TOWERS[root]} tower "
+                             f"defines no layer ids ({path}); scale it with "
+                             "optimizer.lr_multipliers instead")
+        layer = fam.layer_id(model_cfg, rest, shape)
+        if layer is None:
             raise ValueError(f"optimizer.layer_decay: {path} belongs to no layer of the "
-                             f"{tower} tower (embeddings, blocks, final norm or head)")
+                             f"{fam.name} {_TOWERS[root]} tower (embeddings, blocks, final norm "
+                             "or head)")
+        out[path] = (layer, fam.depth(model_cfg) + 1)
     return out
 
 
-def layer_decay_factors(params, decay: float):
-    """A tree like ``params`` (arrays or abstract): each parameter's layer-decay factor, a
-    float or, for a scanned tower's stacked blocks, an array broadcasting along the leading
-    axis (:func:`layer_ids`)."""
+def layer_decay_factors(params, decay: float, model_cfg):
+    """A tree like ``params`` (arrays or abstract): each parameter's layer-decay factor
+    ``decay ** (L + 1 - layer)``, a float or, for a scanned tower's stacked blocks, an array
+    broadcasting along the leading axis (:func:`layer_ids`); 1 outside the towers."""
     decay = check_layer_decay(decay)
     leaves = jax.tree_util.tree_leaves_with_path(params)
-    ids = layer_ids({_path(p): tuple(np.shape(x)) for p, x in leaves})
+    ids = layer_ids({_path(p): tuple(np.shape(x)) for p, x in leaves}, model_cfg)
 
     def factor(path, x):
         layer, last = ids.get(_path(path), (None, None))
@@ -300,16 +284,19 @@ def layer_decay_factors(params, decay: float):
     return jax.tree_util.tree_map_with_path(factor, params)
 
 
-def scale_by_layer_decay(tx: optax.GradientTransformation, decay: float):
+def scale_by_layer_decay(tx: optax.GradientTransformation, decay: float, model_cfg=None):
     """``tx`` with each parameter's update scaled by its :func:`layer_decay_factors` (the
     tree is the whole model's, so a frozen block does not shift the depth); same state."""
     decay = check_layer_decay(decay)
     if decay == 1.0:
         return tx
+    if model_cfg is None:
+        raise ValueError("optimizer.layer_decay needs the model config (its families' layer "
+                         "ids): make_optimizer(..., model_cfg=...)")
 
     def update(updates, state, params=None):
         updates, state = tx.update(updates, state, params)
-        factors = layer_decay_factors(updates, decay)
+        factors = layer_decay_factors(updates, decay, model_cfg)
         return jax.tree.map(lambda u, f: u if np.all(np.asarray(f) == 1.0)
                             else u * jnp.asarray(f, u.dtype), updates, factors), state
 
@@ -330,11 +317,13 @@ def make_schedule(opt_cfg, total_steps: int) -> optax.Schedule:
     raise ValueError(f"optimizer.schedule={opt_cfg.schedule!r}: use 'cosine' or 'constant'")
 
 
-def make_optimizer(opt_cfg, total_steps: int, unlocked_image_groups: int | None = None
-                   ) -> tuple[optax.GradientTransformation, optax.Schedule]:
+def make_optimizer(opt_cfg, total_steps: int, unlocked_image_groups: int | None = None,
+                   model_cfg=None) -> tuple[optax.GradientTransformation, optax.Schedule]:
     """(transformation, schedule). Without frozen parameters: clipping + AdamW (+ multipliers);
     with them, that chain runs on the trainable parameters only (its global norm included)
-    inside ``optax.multi_transform``, and the frozen ones get ``set_to_zero`` and no state."""
+    inside ``optax.multi_transform``, and the frozen ones get ``set_to_zero`` and no state.
+    ``model_cfg``: the model's config, whose families give ``optimizer.layer_decay`` its layer
+    ids (needed only with layer decay)."""
     schedule = make_schedule(opt_cfg, total_steps)
     parts = []
     if opt_cfg.grad_clip_norm and opt_cfg.grad_clip_norm > 0:
@@ -348,7 +337,7 @@ def make_optimizer(opt_cfg, total_steps: int, unlocked_image_groups: int | None 
     decay = check_layer_decay(opt_cfg.get("layer_decay", 1.0))
     tx = scale_by_factors(optax.chain(*parts), mults)
     if not frozen:
-        return scale_by_layer_decay(tx, decay), schedule
+        return scale_by_layer_decay(tx, decay, model_cfg), schedule
 
     def labels(params):
         if not isinstance(params, Mapping):  # optax.tree_utils.tree_map_params' placeholder
@@ -358,4 +347,4 @@ def make_optimizer(opt_cfg, total_steps: int, unlocked_image_groups: int | None 
 
     return scale_by_layer_decay(  # outside: it sees every parameter, frozen ones as zeros
         optax.multi_transform({TRAINABLE: tx, FROZEN: optax.set_to_zero()}, labels),
-        decay), schedule
+        decay, model_cfg), schedule

@@ -112,7 +112,7 @@ def plan_state(config, model_cfg, mesh, objective=None):
     ``objective``'s own params (``param_shapes``) beside the model's, replicated."""
     model = models.CLIP(model_cfg)
     tx, schedule = optimizer.make_optimizer(config.optimizer, config.total_steps,
-                                            config.model.lock_image_unlocked_groups)
+                                            config.model.lock_image_unlocked_groups, model_cfg)
     rng = jax.random.key(config.seed)
     boxed = jax.eval_shape(lambda r: model.init(r, *models.init_inputs(model_cfg))["params"], rng)
     extra = objective.param_shapes() if objective is not None else {}

@@ -90,7 +90,8 @@ def test_factor_zero_equals_freezing_in_its_effect_on_params(frozen_run):
 def test_half_factor_is_half_the_first_adamw_update_computed_by_hand():
     c = _config(lr_multipliers=(("^text/", 0.5), ("^text/ln_final", 3.0)), grad_clip_norm=0.0,
                 warmup_steps=0, schedule="constant", weight_decay=0.1)
-    params = jax.tree.map(np.asarray, _init(models.get_model_config("tiny"), 0))
+    cfg = models.get_model_config("tiny")
+    params = jax.tree.map(np.asarray, _init(cfg, 0))
     grads = jax.tree.map(lambda x: np.random.default_rng(x.size).normal(size=x.shape)
                          .astype(np.float32), params)
     tx, schedule = optimizer.make_optimizer(c.optimizer, 10)
@@ -151,7 +152,7 @@ def test_lock_image_unlocked_groups_follows_open_clip_and_needs_scan_false():
     (lambda c: setattr(c.optimizer, "layer_decay", 1.5), "optimizer.layer_decay"),
     (lambda c: (setattr(c.model.vision, "family", "resnet"),
                 setattr(c.model.vision, "stages", (1, 1, 1, 1)),
-                setattr(c.optimizer, "layer_decay", 0.8)), "image tower is convolutional"),
+                setattr(c.optimizer, "layer_decay", 0.8)), "defines no layer ids"),
 ])
 def test_bad_settings_fail_validation_naming_the_key(edit, message):
     c = tiny.get_config()
@@ -259,7 +260,7 @@ def test_layer_decay_factors_equal_timms_param_groups_layer_decay(scan):
               for g in timm_optim.param_groups_layer_decay(ref, layer_decay=decay)
               for p in g["params"]}
     abstract = models.abstract_params(cfg)
-    factors = optimizer.layer_decay_factors(abstract, decay)
+    factors = optimizer.layer_decay_factors(abstract, decay, cfg)
     filled = jax.tree.map(lambda x, f: np.broadcast_to(np.float32(1) * f, x.shape).copy(),
                           abstract, factors)
     external = keymap.to_external(filled, cfg, "open_clip")
@@ -288,13 +289,14 @@ def test_layer_decay_factors_equal_timms_param_groups_layer_decay(scan):
 def test_layer_decay_scales_the_adamw_update_and_keeps_depth_with_a_frozen_tower():
     """The update of every parameter is the undecayed one times its factor (multipliers
     multiply), and freezing the image tower changes neither the text factors nor the state."""
-    params = jax.tree.map(np.asarray, _init(models.get_model_config("tiny"), 0))
+    cfg = models.get_model_config("tiny")
+    params = jax.tree.map(np.asarray, _init(cfg, 0))
     grads = jax.tree.map(lambda x: np.random.default_rng(x.size).normal(size=x.shape)
                          .astype(np.float32), params)
     base = dict(grad_clip_norm=0.0, warmup_steps=0, schedule="constant", weight_decay=0.1)
 
     def first_update(**opt):
-        tx, _ = optimizer.make_optimizer(_config(**base, **opt).optimizer, 10)
+        tx, _ = optimizer.make_optimizer(_config(**base, **opt).optimizer, 10, model_cfg=cfg)
         state = tx.init(params)
         return _flat(jax.jit(tx.update)(grads, state, params)[0]), state
 
@@ -302,7 +304,7 @@ def test_layer_decay_scales_the_adamw_update_and_keeps_depth_with_a_frozen_tower
     decayed, decayed_state = first_update(layer_decay=0.5,
                                           lr_multipliers=(("^text/ln_final", 3.0),))
     assert jax.tree.structure(plain_state) == jax.tree.structure(decayed_state)
-    factors = _flat(optimizer.layer_decay_factors(params, 0.5))
+    factors = _flat(optimizer.layer_decay_factors(params, 0.5, cfg))
     assert factors["visual/conv1/kernel"] == 0.5 ** 3 and factors["visual/proj"] == 1.0
     assert factors["visual/transformer/resblocks_1/ln_1/scale"] == 0.5
     for k in plain:
@@ -313,3 +315,66 @@ def test_layer_decay_scales_the_adamw_update_and_keeps_depth_with_a_frozen_tower
     for k in plain:
         want = 0.0 if k.startswith("visual/") else plain[k] * factors[k]
         np.testing.assert_allclose(locked[k], want, rtol=1e-6, err_msg=k)
+
+
+def test_a_layer_decay_step_equals_the_hand_computed_adamw_update():
+    """AdamW's first step is ``-lr * (g / (|g| + eps) + wd * p)`` (bias-corrected moments: g,
+    g^2), weight decay on matrices only; with layer decay each parameter's is multiplied by
+    ``d ** (L + 1 - layer)`` written out here by hand (scanned towers: one per block)."""
+    cfg = models.get_model_config("tiny").replace(scan=True)
+    p = jax.tree.map(np.asarray, _init(cfg, 1))
+    g = jax.tree.map(lambda x: np.random.default_rng(x.size).normal(size=x.shape)
+                     .astype(np.float32), p)
+    lr, wd, eps, d = 0.1, 0.1, 1e-6, 0.7
+    opt = _config(grad_clip_norm=0.0, warmup_steps=0, schedule="constant", lr=lr,
+                  weight_decay=wd, eps=eps, layer_decay=d).optimizer
+    tx, _ = optimizer.make_optimizer(opt, 10, model_cfg=cfg)
+    got = _flat(jax.jit(tx.update)(g, tx.init(p), p)[0])
+    fp, fg = _flat(p), _flat(g)
+    decayed = _flat(optimizer.decay_mask(p))
+    L = 2  # both tiny towers: 2 blocks; embeddings 0, block i i + 1, final norm 2, head 3
+    by_hand = {"visual/conv1/kernel": d**3, "visual/class_embedding": d**3,
+               "visual/positional_embedding": d**3, "visual/ln_pre/scale": d**3,
+               "visual/ln_post/scale": d, "visual/proj": 1.0,
+               "text/token_embedding": d**3, "text/ln_final/bias": d,
+               "text/text_projection": 1.0, "logit_scale": 1.0}
+    for k, f in by_hand.items():
+        want = -f * lr * (fg[k] / (np.abs(fg[k]) + eps) + wd * fp[k] * decayed[k])
+        np.testing.assert_allclose(got[k], want, rtol=2e-5, atol=1e-8, err_msg=k)
+    k = "visual/transformer/resblocks/mlp/c_fc/kernel"  # stacked (L, ...): d ** (L - i)
+    want = -lr * (fg[k] / (np.abs(fg[k]) + eps) + wd * fp[k])
+    want = want * np.array([d ** (L - i) for i in range(L)])[:, None, None]
+    np.testing.assert_allclose(got[k], want, rtol=2e-5, atol=1e-8, err_msg=k)
+
+
+def test_convnext_layer_decay_factors_equal_timms():
+    """The ConvNeXt family's own layer ids (stem 0, each block in order, a stage's downsample
+    with its first block, head L + 1): per open_clip name (``visual.trunk.*``, timm's ConvNeXt),
+    our factors equal timm's ``param_groups_layer_decay`` lr_scale."""
+    pytest.importorskip("torch")
+    timm_convnext = pytest.importorskip("timm.models.convnext")
+    timm_optim = pytest.importorskip("timm.optim")
+    from clip_jax.interop import keymap
+
+    stages, width, decay = (1, 1, 2, 1), 8, 0.6
+    cfg = models.get_model_config("convnext_tiny").replace(
+        embed_dim=16, vision={"stages": stages, "width": width, "image_size": 32},
+        text={"width": 16, "layers": 2, "heads": 2, "mlp_dim": 32, "vocab_size": 64,
+              "context_length": 8})
+    ref = timm_convnext.ConvNeXt(depths=stages, dims=tuple(width * 2**i for i in range(4)),
+                                 num_classes=0)
+    names = {id(p): n for n, p in ref.named_parameters()}
+    scales = {names[id(p)]: g["lr_scale"]
+              for g in timm_optim.param_groups_layer_decay(ref, layer_decay=decay)
+              for p in g["params"]}
+    abstract = models.abstract_params(cfg)
+    factors = optimizer.layer_decay_factors(abstract, decay, cfg)
+    filled = jax.tree.map(lambda x, f: np.full(x.shape, f, np.float32), abstract, factors)
+    external = keymap.to_external(filled, cfg, "open_clip")
+    trunk = {k[len("visual.trunk."):]: np.asarray(a) for k, a in external.items()
+             if k.startswith("visual.trunk.")}
+    assert set(trunk) == set(scales)
+    for name, arr in trunk.items():
+        np.testing.assert_allclose(arr, scales[name], rtol=1e-6, err_msg=name)
+    assert len(set(scales.values())) == sum(stages) + 2
+    assert np.all(np.asarray(external["visual.head.proj.weight"]) == 1.0)

@@ -1,13 +1,15 @@
 """open_clip and Hugging Face state-dict keys and layouts for our parameter tree.
 
-Each model family has its own table of names (:mod:`~clip_jax.interop.keymap_clip`: OpenAI's
-ViT, as open_clip's ``CLIP`` and HF's ``CLIPModel`` name it, and open_clip's text tower;
-:mod:`~clip_jax.interop.keymap_siglip`: SigLIP, as HF's ``SiglipModel`` and open_clip's timm
-trunk name it; :mod:`~clip_jax.interop.keymap_resnet`: OpenAI's ModifiedResNet with its
-BatchNorm statistics, as open_clip names it; :mod:`~clip_jax.interop.keymap_convnext`: timm's
-ConvNeXt in open_clip's TimmModel; :mod:`~clip_jax.interop.keymap_siglip2`: SigLIP 2 NaFlex in
-HF's ``Siglip2Model``; :mod:`~clip_jax.interop.keymap_coca`: open_clip's CoCa, any model with
-a decoder); :func:`family` says which one a config is from its image-tower switches, and a
+Each model family has its own table of names, which its model file points to
+(``Family.keymap``, :mod:`clip_jax.models.family`; a model with a decoder is CoCa's):
+:mod:`~clip_jax.interop.keymap_clip`: OpenAI's ViT, as open_clip's ``CLIP`` and HF's
+``CLIPModel`` name it, and open_clip's text tower; :mod:`~clip_jax.interop.keymap_siglip`:
+SigLIP, as HF's ``SiglipModel`` and open_clip's timm trunk name it;
+:mod:`~clip_jax.interop.keymap_resnet`: OpenAI's ModifiedResNet with its BatchNorm statistics,
+as open_clip names it; :mod:`~clip_jax.interop.keymap_convnext`: timm's ConvNeXt in open_clip's
+TimmModel; :mod:`~clip_jax.interop.keymap_siglip2`: SigLIP 2 NaFlex in HF's ``Siglip2Model``;
+:mod:`~clip_jax.interop.keymap_coca`: open_clip's CoCa, any model with a decoder.
+:func:`family` says which table holds a config (for the ViT, by its image-tower switches), and a
 config that no family (or the chosen format) can hold is refused with the reason.
 Every conversion is a permutation/reshape/split (:mod:`~clip_jax.interop.layouts`), so round
 trips are bit-exact. :func:`to_external` / :func:`from_external` work on NumPy arrays, JAX arrays
@@ -18,6 +20,7 @@ the key.
 from __future__ import annotations
 
 import functools
+import importlib
 from collections.abc import Mapping
 from typing import Any
 
@@ -26,53 +29,60 @@ import numpy as np
 
 from clip_jax import models
 from clip_jax import params as params_lib
-from clip_jax.interop import (
-    keymap_clip,
-    keymap_coca,
-    keymap_convnext,
-    keymap_resnet,
-    keymap_siglip,
-    keymap_siglip2,
-)
+from clip_jax.interop import keymap_clip, keymap_coca, keymap_siglip
 from clip_jax.interop import layouts as L
 
 FORMATS = ("open_clip", "hf")
-FAMILIES = {"clip": keymap_clip, "siglip": keymap_siglip, "resnet": keymap_resnet,
-            "convnext": keymap_convnext, "naflex": keymap_siglip2, "coca": keymap_coca}
 _FORMAT_NAMES = {"open_clip": "open_clip", "hf": "Hugging Face"}
 
-# The image-tower switches that make each family (config path -> value); what else a format
-# needs of the model, each family's module says (``unsupported``).
-SHAPES = {
-    "clip": {"vision.class_token": True, "vision.patch_bias": False, "vision.proj": True},
-    "siglip": {"vision.class_token": False, "vision.ln_pre": False, "vision.patch_bias": True,
-               "vision.pool": "map", "vision.proj": False},
-}
+# The image-tower switches that make each of the ViT family's two tables (config path ->
+# value); what else a format needs of the model, each table's module says (``unsupported``).
+SHAPES = {"clip": keymap_clip.SHAPE, "siglip": keymap_siglip.SHAPE}
 
 
-def family(cfg: models.ModelConfig) -> str:
-    """``"coca"`` (a model with a captioning decoder), ``"resnet"``, ``"convnext"``, ``"naflex"``
-    (SigLIP 2 NaFlex), ``"clip"`` or ``"siglip"`` from ``cfg``'s image-tower switches; a
-    ValueError names the switches that keep it from the nearer family otherwise."""
+def _tables(cfg: models.ModelConfig) -> list:
+    """The key-map modules of ``cfg``'s image-tower family: ``keymap_coca`` for a model with a
+    captioning decoder, else those the family registered (``Family.keymap``: module names or
+    modules, :mod:`clip_jax.models.family`)."""
     if cfg.decoder is not None:
-        return "coca"
-    if cfg.vision.family in ("resnet", "convnext", "naflex"):  # its own family's switches
-        return cfg.vision.family
-    diffs = {name: L.mismatches(cfg, want, name) for name, want in SHAPES.items()}
-    for name, d in diffs.items():
-        if not d:
-            return name
+        return [keymap_coca]
+    fam = models.family.vision(cfg)
+    if fam.keymap is None:
+        raise ValueError(f"model.vision.family={fam.name!r} has no key maps: neither open_clip "
+                         "nor Hugging Face can hold it")
+    pointers = fam.keymap if isinstance(fam.keymap, tuple | list) else (fam.keymap,)
+    return [importlib.import_module(p) if isinstance(p, str) else p for p in pointers]
+
+
+def _table(cfg: models.ModelConfig):
+    """The table that holds ``cfg``: its family's only one, or the one whose ``SHAPE`` (the
+    image-tower switches) ``cfg`` has; a ValueError names the switches that keep it from the
+    nearer one otherwise."""
+    tables = _tables(cfg)
+    if len(tables) == 1:
+        return tables[0]
+    diffs = {t.NAME: L.mismatches(cfg, t.SHAPE, t.NAME) for t in tables}
+    for t in tables:
+        if not diffs[t.NAME]:
+            return t
     near = min(diffs, key=lambda n: len(diffs[n]))
     raise ValueError(f"this model is neither CLIP- nor SigLIP-shaped, so neither open_clip nor "
                      f"Hugging Face can hold it; nearest is {near}, which differs in "
                      f"{', '.join(diffs[near])}")
 
 
+def family(cfg: models.ModelConfig) -> str:
+    """The name of the key-map table that holds ``cfg`` (``"coca"``: a model with a captioning
+    decoder, ``"resnet"``, ``"convnext"``, ``"naflex"``: SigLIP 2 NaFlex, ``"clip"`` or
+    ``"siglip"``: the ViT by its switches, or a registered family's own)."""
+    return _table(cfg).NAME
+
+
 def _family_module(cfg: models.ModelConfig, fmt: str):
     if fmt not in FORMATS:
         raise ValueError(f"unknown format {fmt!r}; choose one of {FORMATS}")
-    fam = family(cfg)
-    mod = FAMILIES[fam]
+    mod = _table(cfg)
+    fam = mod.NAME
     why = mod.unsupported(cfg, fmt)
     if why:
         raise ValueError(f"the {_FORMAT_NAMES[fmt]} format cannot hold this {fam} model: "

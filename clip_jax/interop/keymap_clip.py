@@ -15,6 +15,9 @@ from clip_jax import models
 from clip_jax.interop import layouts as L
 
 # Non-parameter entries that some state dicts carry (buffers, OpenAI's metadata); skipped.
+NAME = "clip"  # keymap.family's name for this table
+# The image-tower switches that make this table's ViT (the ViT family's other one is SigLIP's).
+SHAPE = {"vision.class_token": True, "vision.patch_bias": False, "vision.proj": True}
 IGNORED = {
     "open_clip": frozenset({"attn_mask", "input_resolution", "context_length", "vocab_size"}),
     "hf": frozenset({"text_model.embeddings.position_ids", "vision_model.embeddings.position_ids"}),

@@ -25,6 +25,7 @@ from clip_jax import params as params_lib
 from clip_jax.interop import keymap_clip
 from clip_jax.interop import layouts as L
 
+NAME = "coca"  # keymap.family's name for this table
 IGNORED = {"open_clip": keymap_clip.IGNORED["open_clip"], "hf": frozenset()}
 OUTSIDE = {"open_clip": frozenset(), "hf": frozenset()}
 _VIT = {"vision.family": "vit", "vision.class_token": True, "vision.patch_bias": False,

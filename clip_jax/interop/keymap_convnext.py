@@ -11,6 +11,7 @@ from clip_jax import models
 from clip_jax.interop import keymap_clip
 from clip_jax.interop import layouts as L
 
+NAME = "convnext"  # keymap.family's name for this table
 IGNORED = {"open_clip": keymap_clip.IGNORED["open_clip"], "hf": frozenset()}
 OUTSIDE = {"open_clip": frozenset(), "hf": frozenset()}
 

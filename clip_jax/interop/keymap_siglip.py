@@ -16,6 +16,10 @@ from clip_jax.interop import keymap_clip
 from clip_jax.interop import layouts as L
 from clip_jax.interop.keymap_clip import hf_blocks
 
+NAME = "siglip"  # keymap.family's name for this table
+# The image-tower switches that make this table's ViT (the ViT family's other one is CLIP's).
+SHAPE = {"vision.class_token": False, "vision.ln_pre": False, "vision.patch_bias": True,
+         "vision.pool": "map", "vision.proj": False}
 IGNORED = keymap_clip.IGNORED
 OUTSIDE = {"open_clip": frozenset(), "hf": frozenset()}
 HF_SWITCHES = {"text.causal": False, "text.pool": "last", "text.proj_bias": True}

@@ -12,6 +12,7 @@ from clip_jax import models
 from clip_jax.interop import keymap_siglip
 from clip_jax.interop import layouts as L
 
+NAME = "naflex"  # keymap.family's name for this table
 IGNORED = keymap_siglip.IGNORED
 OUTSIDE = {"open_clip": frozenset(), "hf": frozenset()}
 _HF = "transformers' Siglip2Model"

@@ -12,16 +12,22 @@ layout changes, never guesswork::
 ``ln_1, attn/{kernel_in, bias_in, kernel_out, bias_out}, ln_2, mlp/{c_fc, c_proj}``
 (``kernel_in`` is open_clip's fused ``in_proj_weight`` as (embed, q|k|v, heads, head_dim)).
 Those blocks are in :mod:`clip_jax.layers`. This package holds, one file per concern, the
-configuration (:mod:`.config`), the presets (:mod:`.presets`), open_clip's model-config JSON
-(:mod:`.openclip_config`), the image towers (:mod:`.vit`, OpenAI's ModifiedResNet in
-:mod:`.resnet`), the text tower (:mod:`.text`) and
-:class:`CLIP` (:mod:`.clip`); every public name is re-exported here.
+configuration (:mod:`.config`), the tower families' registry (:mod:`.family`), the presets
+(:mod:`.presets`), open_clip's model-config JSON (:mod:`.openclip_config`), one file per tower
+family (:mod:`.vit`, :mod:`.naflex`, OpenAI's ModifiedResNet in :mod:`.resnet`, timm's ConvNeXt
+in :mod:`.convnext`, the text tower :mod:`.text`), each registering itself, and :class:`CLIP`
+(:mod:`.clip`); every public name is re-exported here.
 
 Every parameter carries logical axis names (``embed``, ``mlp``, ``heads``, ``kv``, ``vocab``,
 ``proj``, ``layers``...); :mod:`clip_jax.sharding` maps them to mesh axes.  Models know nothing
 of data, meshes or checkpoints.
 """
 
+# isort: off
+# The tower families, each registering itself (models/family.py): the text tower first (every
+# preset has one), then the image towers in the order model.vision.family lists them.
+from clip_jax.models import text, vit, resnet, convnext, naflex  # noqa: F401
+# isort: on
 from clip_jax.models.clip import (
     CLIP,
     STATS,

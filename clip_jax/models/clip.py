@@ -8,14 +8,10 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+import clip_jax.models.family as families
 from clip_jax.layers import logical_init
 from clip_jax.models.config import ModelConfig
-from clip_jax.models.convnext import ConvNeXt
 from clip_jax.models.decoder import TextDecoder
-from clip_jax.models.naflex import NaFlexVisionTransformer
-from clip_jax.models.resnet import ModifiedResNet
-from clip_jax.models.text import TextTransformer
-from clip_jax.models.vit import VisionTransformer
 
 
 def l2_normalize(x, eps: float = 1e-12):
@@ -30,10 +26,8 @@ class CLIP(nn.Module):
     cfg: ModelConfig
 
     def setup(self):
-        towers = {"resnet": ModifiedResNet, "convnext": ConvNeXt,
-                  "naflex": NaFlexVisionTransformer}
-        self.visual = towers.get(self.cfg.vision.family, VisionTransformer)(self.cfg)
-        self.text = TextTransformer(self.cfg)
+        self.visual = families.vision(self.cfg).module(self.cfg)  # the registered families'
+        self.text = families.text(self.cfg).module(self.cfg)
         self.logit_scale = self.param(
             "logit_scale", logical_init(nn.initializers.constant(self.cfg.init_logit_scale), ()),
             (), jnp.float32)

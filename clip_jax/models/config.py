@@ -1,6 +1,7 @@
 """Model configuration: :class:`ModelConfig` with its vision and text sub-configs, the named
-validation of the architecture switches. Presets are in :mod:`clip_jax.models.presets`, open_clip's
-model-config JSON in :mod:`clip_jax.models.openclip_config`."""
+validation of the architecture switches (each tower family checks its own: ``Family.check`` in
+its module, :mod:`clip_jax.models.family`). Presets are in :mod:`clip_jax.models.presets`,
+open_clip's model-config JSON in :mod:`clip_jax.models.openclip_config`."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
+import clip_jax.models.family as families
 from clip_jax import remat as remat_lib
 
 # CLIP's initial temperature is 1/0.07, its log (2.6592) the initial logit_scale parameter.
@@ -17,13 +19,11 @@ INIT_LOGIT_SCALE = math.log(1 / 0.07)
 
 ACTS = ("gelu", "gelu_tanh", "quick_gelu")
 VISION_POOLS = ("tok", "map", "gap")
-VISION_FAMILIES = ("vit", "resnet", "convnext", "naflex")
-CONVNEXT_PROJ = ("linear", "mlp")
 TEXT_POOLS = ("argmax", "last", "first")
 DECODER_INPUTS = ("embed", "text")
 # fields whose default a saved config omits (the dict a model without them always had)
 _OMITTED = {"vision": {"attn_pooler_queries": 0, "attn_pooler_heads": 8},
-            "text": {"embed_cls": False, "pad_id": 0},
+            "text": {"embed_cls": False, "pad_id": 0, "family": "transformer"},
             "decoder": {"input": "embed"}}
 
 
@@ -47,6 +47,26 @@ def _heads(where: str, width: int, heads: int) -> None:
         raise ValueError(f"{where}.heads={heads}: must divide {where}.width={width}")
 
 
+def check_stages(v) -> None:
+    """A tower of four stages of blocks (``vision.stages``) and output stride 32 (ResNet,
+    ConvNeXt): the switches they share."""
+    st = v.stages
+    if (not isinstance(st, tuple) or len(st) != 4 or any(
+            isinstance(n, bool) or not isinstance(n, int) or n < 1 for n in st)):
+        raise ValueError(f"model.vision.stages={st!r}: a {v.family} tower needs four "
+                         "positive block counts, e.g. [3, 4, 6, 3]")
+    for name in ("image_size", "width", "heads"):
+        _positive_int(f"model.vision.{name}", getattr(v, name))
+    if v.width % 2:
+        raise ValueError(f"model.vision.width={v.width}: a ResNet's stem width must be even")
+    if v.image_size % 32:
+        raise ValueError(f"model.vision.image_size={v.image_size}: a {v.family} "
+                         "tower needs a multiple of 32 (its output stride)")
+    if v.patch_dropout:
+        raise ValueError(f"model.vision.patch_dropout: a {v.family} tower has no "
+                         "patches to drop")
+
+
 @dataclasses.dataclass(frozen=True)
 class VisionConfig:
     image_size: int = 224
@@ -62,7 +82,8 @@ class VisionConfig:
     pool: str = "tok"  # "tok" (token 0) | "map" (attention pooling, SigLIP) | "gap" (mean)
     proj: bool = True  # image projection width -> embed_dim; False: embed_dim == width
     act: str | None = None  # this tower's activation; None: model.act
-    # "vit" | "resnet": OpenAI's ModifiedResNet (models/resnet.py; width = the stem's width,
+    # a registered family (models/family.py): "vit" | "resnet": OpenAI's ModifiedResNet
+    # (models/resnet.py; width = the stem's width,
     # heads = the attention pool's, stages = blocks per stage, open_clip's ``layers`` list) |
     # "convnext": timm's ConvNeXt as open_clip wraps it (models/convnext.py) | "naflex": SigLIP 2's
     # ViT at each image's own aspect ratio (models/naflex.py; position table image_size/patch_size
@@ -80,75 +101,10 @@ class VisionConfig:
     attn_pooler_heads: int = 8
 
     def __post_init__(self):
-        _choice("model.vision.family", self.family, VISION_FAMILIES)
-        if self.family in ("resnet", "convnext"):
-            return self._check_conv()
-        if self.stages is not None:
-            raise ValueError(f"model.vision.stages={self.stages!r}: only for "
-                             "model.vision.family 'resnet' or 'convnext'")
-        p = self.patch_dropout
-        if isinstance(p, bool) or not isinstance(p, int | float) or not 0 <= p < 1:
-            raise ValueError(f"model.vision.patch_dropout={p!r}: must be a number in [0, 1)")
-        for name in ("image_size", "patch_size", "width", "layers", "heads", "mlp_dim",
-                     "attn_pooler_heads"):
-            _positive_int(f"model.vision.{name}", getattr(self, name))
-        q = self.attn_pooler_queries
-        if isinstance(q, bool) or not isinstance(q, int) or q < 0 or q == 1:
-            raise ValueError(f"model.vision.attn_pooler_queries={q!r}: must be 0 (none) or "
-                             ">= 2 (one pooled, the rest the tokens)")
-        if q and (self.family != "vit" or not self.class_token or not self.proj
-                  or self.pool == "map"):
-            raise ValueError(f"model.vision.attn_pooler_queries={q!r}: open_clip's attentional "
-                             "pooler needs family 'vit' with a class token, pool tok/gap and "
-                             "proj")
-        for name in ("class_token", "ln_pre", "patch_bias", "proj"):
-            _flag(f"model.vision.{name}", getattr(self, name))
-        _choice("model.vision.pool", self.pool, VISION_POOLS)
-        if self.act is not None:
-            _choice("model.vision.act", self.act, ACTS)
-        _heads("model.vision", self.width, self.heads)
-        if self.pool == "tok" and not self.class_token:
-            raise ValueError("model.vision.pool='tok' pools the class token: needs "
-                             "model.vision.class_token=true (or pool 'map' / 'gap')")
-        if self.patch_size > self.image_size:
-            raise ValueError(f"model.vision.patch_size={self.patch_size}: larger than "
-                             f"model.vision.image_size={self.image_size}")
-        if self.family == "naflex" and (self.class_token or self.patch_dropout
-                                        or self.image_size % self.patch_size):
-            raise ValueError("model.vision.family='naflex' needs class_token=false, "
-                             "patch_dropout=0 and an image_size (the position grid) that is a "
-                             "multiple of patch_size")
-
-    def _check_conv(self) -> None:
-        st = self.stages
-        if isinstance(st, list):
-            st = tuple(st)
-            object.__setattr__(self, "stages", st)  # frozen: hashable, as JSON gives a list
-        if (not isinstance(st, tuple) or len(st) != 4 or any(
-                isinstance(n, bool) or not isinstance(n, int) or n < 1 for n in st)):
-            raise ValueError(f"model.vision.stages={st!r}: a {self.family} tower needs four "
-                             "positive block counts, e.g. [3, 4, 6, 3]")
-        for name in ("image_size", "width", "heads"):
-            _positive_int(f"model.vision.{name}", getattr(self, name))
-        if self.width % 2:
-            raise ValueError(f"model.vision.width={self.width}: a ResNet's stem width must be even")
-        if self.family == "convnext":
-            _choice("model.vision.proj_type", self.proj_type, CONVNEXT_PROJ)
-            d, e = self.drop_path, self.norm_eps
-            if isinstance(d, bool) or not isinstance(d, int | float) or not 0 <= d < 1:
-                raise ValueError(f"model.vision.drop_path={d!r}: must be a number in [0, 1)")
-            if e is not None and (isinstance(e, bool) or not isinstance(e, int | float)
-                                  or not 0 < e < 1):
-                raise ValueError(f"model.vision.norm_eps={e!r}: must be null or in (0, 1)")
-        elif (self.width * 32) % self.heads:
-            raise ValueError(f"model.vision.heads={self.heads}: must divide the attention pool's "
-                             f"width 32 * model.vision.width = {self.width * 32}")
-        if self.image_size % 32:
-            raise ValueError(f"model.vision.image_size={self.image_size}: a {self.family} "
-                             "tower needs a multiple of 32 (its output stride)")
-        if self.patch_dropout:
-            raise ValueError(f"model.vision.patch_dropout: a {self.family} tower has no "
-                             "patches to drop")
+        fam = families.get("vision", self.family)  # a one-line error naming the families
+        if isinstance(self.stages, list):
+            object.__setattr__(self, "stages", tuple(self.stages))  # hashable (JSON: a list)
+        fam.check(self)
 
     def patches(self) -> int:
         """Patch tokens per image."""
@@ -180,24 +136,10 @@ class TextConfig:
     # (as open_clip's CoCa masks them: shifted one position right, its legacy mask)
     embed_cls: bool = False
     pad_id: int = 0
+    family: str = "transformer"  # a registered text family (models/family.py)
 
     def __post_init__(self):
-        _flag("model.text.embed_cls", self.embed_cls)
-        if isinstance(self.pad_id, bool) or not isinstance(self.pad_id, int) or self.pad_id < 0:
-            raise ValueError(f"model.text.pad_id={self.pad_id!r}: must be a token id >= 0")
-        for name in ("context_length", "vocab_size", "width", "layers", "heads", "mlp_dim"):
-            _positive_int(f"model.text.{name}", getattr(self, name))
-        for name in ("causal", "proj_bias"):
-            _flag(f"model.text.{name}", getattr(self, name))
-        _choice("model.text.pool", self.pool, TEXT_POOLS)
-        if self.act is not None:
-            _choice("model.text.act", self.act, ACTS)
-        _heads("model.text", self.width, self.heads)
-        e = self.eot_id
-        if e is not None and (isinstance(e, bool) or not isinstance(e, int)
-                              or not 0 <= e < self.vocab_size):
-            raise ValueError(f"model.text.eot_id={e!r}: must be null or a token id in "
-                             f"[0, {self.vocab_size})")
+        families.get("text", self.family).check(self)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -262,17 +204,12 @@ class ModelConfig:
             if (x is not None or name == "init_logit_scale") and (
                     isinstance(x, bool) or not isinstance(x, int | float) or not math.isfinite(x)):
                 raise ValueError(f"model.{name}={x!r}: must be a finite number")
-        if (self.vision.family in ("vit", "naflex") and not self.vision.proj
-                and self.embed_dim != self.vision.width):
-            raise ValueError(f"model.embed_dim={self.embed_dim}: must equal model.vision.width="
-                             f"{self.vision.width} when model.vision.proj=false")
-        if self.decoder is not None and self.vision.family != "vit":
+        fam = families.vision(self)
+        if self.decoder is not None and not fam.tokens:
             raise ValueError(f"model.decoder: cross-attends to a ViT's tokens; model.vision."
                              f"family={self.vision.family!r} has none")
-        if self.vision.attn_pooler_queries:
-            if self.embed_dim % self.vision.attn_pooler_heads:
-                raise ValueError(f"model.vision.attn_pooler_heads={self.vision.attn_pooler_heads}"
-                                 f": must divide model.embed_dim={self.embed_dim}")
+        if fam.check_model is not None:
+            fam.check_model(self)
         if (self.decoder is not None and self.decoder.input == "text"
                 and self.decoder.width != self.text.width):
             raise ValueError(f"model.decoder.input='text': the decoder reads the text tower's "

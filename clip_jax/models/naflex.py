@@ -14,6 +14,10 @@ blocks (padded keys masked) -> ln_post -> MAP head (padded keys masked) | masked
 (``conv1/kernel`` (p, p, 3, D) is the linear embedding's matrix viewed as a convolution kernel,
 ``positional_embedding`` (G*G, D) a G x G grid, G = image_size / patch_size), so a SigLIP
 checkpoint initialises a NaFlex tower as it is.
+
+The ``naflex`` family (:mod:`clip_jax.models.family`): the ViT's switches, FLOPs (at the
+position table's size), layer ids and open_clip JSON (the timm SigLIP trunk) with its own
+checks; presets ``*-SigLIP2-NaFlex``; key maps :mod:`clip_jax.interop.keymap_siglip2`.
 """
 
 from __future__ import annotations
@@ -22,8 +26,10 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+import clip_jax.models.family as families
+import clip_jax.models.vit as vit
 from clip_jax.layers import LayerNorm, Transformer, logical_init
-from clip_jax.models.config import ModelConfig
+from clip_jax.models.config import ModelConfig, VisionConfig
 from clip_jax.models.heads import MAPHead
 
 
@@ -149,3 +155,24 @@ class PatchLinear(nn.Module):
                            (self.width,), self.param_dtype)
             x = x + b.astype(self.dtype)
         return x
+
+
+def check(v: VisionConfig) -> None:
+    vit.check(v)
+    if v.class_token or v.patch_dropout or v.image_size % v.patch_size:
+        raise ValueError("model.vision.family='naflex' needs class_token=false, "
+                         "patch_dropout=0 and an image_size (the position grid) that is a "
+                         "multiple of patch_size")
+
+
+FAMILY = families.register(families.Family(
+    "naflex", NaFlexVisionTransformer, check, check_model=vit.check_model, flops=vit.flops,
+    depth=vit.depth, layer_id=vit.layer_id, scanned=True,
+    keymap="clip_jax.interop.keymap_siglip2", to_open_clip=vit.to_open_clip))
+families.add_presets("naflex", {  # SigLIP 2 NaFlex (HF google/siglip2-*-patch16-naflex: 16x16)
+    "ViT-B-16-SigLIP2-NaFlex": vit.siglip_config("base", 16, 256, vocab=256000,
+                                                 family="naflex"),
+    "ViT-SO400M-16-SigLIP2-NaFlex": vit.siglip_config("so400m", 16, 256, vocab=256000,
+                                                      family="naflex"),
+    "tiny-naflex": families.PRESETS["tiny-siglip"].replace(vision=dict(family="naflex")),
+})

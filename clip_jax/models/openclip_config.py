@@ -1,12 +1,12 @@
 """open_clip's model-config JSON (``model_configs/*.json``, ``open_clip_config.json``) to and from
 :class:`~clip_jax.models.config.ModelConfig`.
 
-Three image towers are understood: open_clip's ``ModifiedResNet`` (``layers`` a list of four
-block counts, heads ``width * 32 // head_width``), its own ``VisionTransformer`` (class token; the
-switches ``no_ln_pre``, ``pool_type`` tok/avg, ``ls_init_value``, ``qk_norm``, ``act_kwargs``,
-``norm_kwargs``) and the timm SigLIP trunks (``timm_model_name: vit_*_patch*_siglip_*`` with
-``timm_pool: map``), which are this package's SigLIP image tower. Text: open_clip's
-``TextTransformer`` (``no_causal_mask``, ``pool_type`` argmax/eos/last/first, ``proj_bias``...).
+The ``vision_cfg`` is each image-tower family's to read and write (``Family.from_open_clip`` /
+``to_open_clip`` in its module: open_clip's ViT and timm's SigLIP trunks in
+:mod:`~clip_jax.models.vit`, ``ModifiedResNet`` in :mod:`~clip_jax.models.resnet`, timm's
+ConvNeXt in :mod:`~clip_jax.models.convnext`); the rest is here: open_clip's
+``TextTransformer`` (``no_causal_mask``, ``pool_type`` argmax/eos/last/first, ``proj_bias``...),
+the logit parameters and CoCa's ``multimodal_cfg``, and the helpers the families share.
 Anything else raises a ValueError naming the key, so a checkpoint is never silently loaded into
 a different network.
 """
@@ -14,26 +14,19 @@ a different network.
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Mapping
 from typing import Any
 
+import clip_jax.models.family as families
 from clip_jax.config_schema import ANY_FLOAT, BOOL, COUNT, POS_FLOAT, POSITIVE, Range, check_mapping
-from clip_jax.models.config import INIT_LOGIT_SCALE, ModelConfig, TextConfig, VisionConfig
-from clip_jax.models.presets import CONVNEXT_TRUNKS, SIGLIP_TRUNKS
+from clip_jax.models.config import INIT_LOGIT_SCALE, ModelConfig, TextConfig
 
-_VISION_OK = {"image_size", "layers", "width", "patch_size", "head_width", "mlp_ratio",
-              "patch_dropout", "no_ln_pre", "pool_type", "ls_init_value", "qk_norm",
-              "act_kwargs", "norm_kwargs", "output_tokens", "final_ln_after_pool",
-              "attentional_pool", "attn_pooler_queries", "attn_pooler_heads"}
 _TEXT_OK = {"context_length", "vocab_size", "width", "heads", "layers", "mlp_ratio",
             "no_causal_mask", "pool_type", "eos_id", "proj_bias", "ls_init_value", "qk_norm",
             "act_kwargs", "norm_kwargs", "output_tokens", "final_ln_after_pool",
             "embed_cls", "pad_id",
             # the tokenizer's settings, not the network's
             "hf_tokenizer_name", "tokenizer_kwargs", "tokenizer_mode"}
-_TIMM_OK = {"image_size", "timm_model_name", "timm_model_pretrained", "timm_pool", "timm_proj",
-            "patch_dropout", "output_tokens"}
 # Keys whose default value we support; any other value is a different architecture.
 _DEFAULTS = {
     "attentional_pool": False, "embed_cls": False, "pad_id": 0, "use_pad_mask": False,
@@ -51,18 +44,6 @@ _TOP_OK = ("embed_dim", "vision_cfg", "text_cfg", "quick_gelu", "cast_dtype", "c
 _MULTIMODAL_OK = {"context_length", "width", "heads", "layers", "ls_init_value", "vocab_size",
                   "mlp_ratio", "dim_head", "n_queries", "attn_pooler_heads", "output_tokens"}
 _COCA_ONLY = ("vision_cfg.attentional_pool", "text_cfg.embed_cls", "pad_id")
-_TIMM_SIGLIP = re.compile(r"^vit_(base|large|so400m|giantopt)_patch(\d+)_siglip_(\d+)$")
-# timm's SigLIP trunks (timm 1.0, models/vision_transformer.py): (family, patch, resolution) ->
-# GELU ("gelu_tanh" where timm builds them with act_layer='gelu_tanh', else the erf "gelu").
-# The resolution is the trunk's: open_clip's TimmModel does not pass image_size to timm.
-_TIMM_TRUNKS = {
-    ("base", 32, 256): "gelu_tanh",
-    **{("base", 16, r): "gelu" for r in (224, 256, 384, 512)},
-    ("large", 16, 256): "gelu", ("large", 16, 384): "gelu", ("large", 16, 512): "gelu_tanh",
-    **{("so400m", 14, r): "gelu" for r in (224, 378, 384)},
-    **{("so400m", 16, r): "gelu_tanh" for r in (256, 384, 512)},
-    ("giantopt", 16, 256): "gelu_tanh", ("giantopt", 16, 384): "gelu_tanh",
-}
 
 
 # The numeric keys' types and ranges (a list, such as a ResNet's layers: each element).
@@ -105,14 +86,14 @@ def _read(cfg) -> dict:
     return cfg
 
 
-def _check_keys(where: str, sub: Mapping, ok) -> None:
+def check_keys(where: str, sub: Mapping, ok) -> None:
     for key, value in sub.items():
         if key in ok or (key in _DEFAULTS and value == _DEFAULTS[key]):
             continue
         raise ValueError(f"open_clip {where}.{key}={value!r} is not supported by clip_jax")
 
 
-def _act(where: str, sub: Mapping, quick_gelu: bool) -> str:
+def act(where: str, sub: Mapping, quick_gelu: bool) -> str:
     kw = dict(sub.get("act_kwargs") or {})
     approx = kw.pop("approximate", "none")
     if kw or approx not in ("none", "tanh") or (quick_gelu and approx != "none"):
@@ -121,7 +102,7 @@ def _act(where: str, sub: Mapping, quick_gelu: bool) -> str:
     return "quick_gelu" if quick_gelu else ("gelu_tanh" if approx == "tanh" else "gelu")
 
 
-def _eps(where: str, sub: Mapping, default: float) -> float:
+def eps(where: str, sub: Mapping, default: float) -> float:
     kw = dict(sub.get("norm_kwargs") or {})
     eps = kw.pop("eps", default)
     if kw:
@@ -130,99 +111,21 @@ def _eps(where: str, sub: Mapping, default: float) -> float:
     return float(eps)
 
 
-def _square(size) -> int:
+def plain_text_tower(cfg: ModelConfig) -> None:
+    """open_clip's ResNet and ConvNeXt CLIPs build their text tower without qk-norm and layer
+    scale, LayerNorm eps 1e-5."""
+    if cfg.qk_norm or cfg.ls_init_value is not None or cfg.ln_eps != 1e-5:
+        raise ValueError("model.qk_norm / ls_init_value / ln_eps: open_clip's ResNet and "
+                         "ConvNeXt CLIPs build their text tower without qk_norm and layer "
+                         "scale, eps 1e-5")
+
+
+def square(size) -> int:
     if isinstance(size, int):
         return size
     if len(set(size)) != 1:
         raise ValueError(f"open_clip vision_cfg.image_size={size}: must be square")
     return size[0]
-
-
-def _timm_vision(vc: Mapping) -> tuple[VisionConfig, str, float]:
-    _check_keys("vision_cfg", vc, _TIMM_OK)
-    name = vc["timm_model_name"]
-    m = _TIMM_SIGLIP.match(name)
-    trunk = (m[1], int(m[2]), int(m[3])) if m else None
-    if trunk not in _TIMM_TRUNKS:
-        raise ValueError(f"open_clip vision_cfg.timm_model_name={name!r} is not supported by "
-                         "clip_jax (only timm's SigLIP MAP trunks vit_*_patch*_siglip_<res>)")
-    size = _square(vc.get("image_size", trunk[2]))
-    if size != trunk[2]:
-        raise ValueError(f"open_clip vision_cfg.image_size={size} differs from the {trunk[2]}px "
-                         f"of timm's {name} (which open_clip builds at {trunk[2]}px)")
-    for key, want in (("timm_pool", "map"), ("timm_proj", "none")):
-        if vc.get(key) != want:
-            raise ValueError(f"open_clip vision_cfg.{key}={vc.get(key)!r} is not supported by "
-                             f"clip_jax with a timm SigLIP trunk (only {want!r})")
-    width, layers, heads, mlp = SIGLIP_TRUNKS[m[1]]
-    vision = VisionConfig(size, trunk[1], width, layers, heads, mlp,
-                          float(vc.get("patch_dropout", 0.0)), class_token=False, ln_pre=False,
-                          patch_bias=True, pool="map", proj=False)
-    return vision, _TIMM_TRUNKS[trunk], 1e-6
-
-
-_CONVNEXT_OK = {"image_size", "timm_model_name", "timm_model_pretrained", "timm_pool",
-                "timm_proj", "timm_drop_path", "output_tokens"}
-
-
-def _convnext_vision(vc: Mapping) -> VisionConfig:
-    """open_clip's TimmModel around timm's ConvNeXt (``timm_pool`` '' or 'avg': timm's head
-    averages and normalises; ``timm_proj`` linear | mlp)."""
-    _check_keys("vision_cfg", vc, _CONVNEXT_OK)
-    name = vc["timm_model_name"]
-    if name not in CONVNEXT_TRUNKS:
-        raise ValueError(f"open_clip vision_cfg.timm_model_name={name!r}: clip_jax knows the "
-                         f"ConvNeXt trunks {', '.join(CONVNEXT_TRUNKS)}")
-    if vc.get("timm_pool", "avg") not in ("", "avg"):
-        raise ValueError(f"open_clip vision_cfg.timm_pool={vc['timm_pool']!r} is not supported "
-                         "by clip_jax with a ConvNeXt trunk ('' or 'avg')")
-    proj = vc.get("timm_proj", "linear")
-    if proj not in ("linear", "mlp"):
-        raise ValueError(f"open_clip vision_cfg.timm_proj={proj!r} is not supported by clip_jax "
-                         "with a ConvNeXt trunk (linear, mlp)")
-    stages, width, eps = CONVNEXT_TRUNKS[name]
-    return VisionConfig(_square(vc.get("image_size", 224)), width=width, family="convnext",
-                        stages=stages, norm_eps=eps, proj_type=proj,
-                        drop_path=float(vc.get("timm_drop_path") or 0.0))
-
-
-_RESNET_OK = {"image_size", "layers", "width", "head_width", "patch_size", "output_tokens"}
-
-
-def _resnet_vision(vc: Mapping, quick_gelu: bool) -> tuple[VisionConfig, str, float]:
-    """open_clip's ModifiedResNet (``layers`` a list): heads = width * 32 // head_width."""
-    _check_keys("vision_cfg", vc, _RESNET_OK)
-    if vc.get("patch_size") is not None:
-        raise ValueError(f"open_clip vision_cfg.patch_size={vc['patch_size']!r} with a layers "
-                         "list: a ResNet has no patches (null)")
-    width, head_width = vc.get("width", 64), vc.get("head_width", 64)
-    vision = VisionConfig(image_size=_square(vc.get("image_size", 224)), width=width,
-                          heads=width * 32 // head_width, family="resnet",
-                          stages=tuple(vc["layers"]))
-    return vision, "quick_gelu" if quick_gelu else "gelu", 1e-5
-
-
-def _open_clip_vision(vc: Mapping, quick_gelu: bool) -> tuple[VisionConfig, str, float]:
-    _check_keys("vision_cfg", vc, _VISION_OK)
-    pool = {"tok": "tok", "avg": "gap"}.get(vc.get("pool_type", "tok"))
-    if pool is None:
-        raise ValueError(f"open_clip vision_cfg.pool_type={vc['pool_type']!r} is not supported "
-                         "by clip_jax (tok, avg)")
-    if vc.get("final_ln_after_pool") and pool != "tok":  # for tok the same function
-        raise ValueError("open_clip vision_cfg.final_ln_after_pool=True with pool_type 'avg' "
-                         "is not supported by clip_jax")
-    width, head_width = vc.get("width", 768), vc.get("head_width", 64)
-    if width % head_width:
-        raise ValueError(f"vision width {width} is not a multiple of head_width {head_width}")
-    vision = VisionConfig(
-        image_size=_square(vc.get("image_size", 224)), patch_size=vc.get("patch_size", 16),
-        width=width, layers=vc.get("layers", 12), heads=width // head_width,
-        mlp_dim=int(width * vc.get("mlp_ratio", 4.0)),
-        patch_dropout=float(vc.get("patch_dropout", 0.0)),
-        ln_pre=not vc.get("no_ln_pre", False), pool=pool,
-        attn_pooler_queries=vc.get("attn_pooler_queries", 256) if vc.get("attentional_pool")
-        else 0, attn_pooler_heads=vc.get("attn_pooler_heads", 8))
-    return vision, _act("vision_cfg", vc, quick_gelu), _eps("vision_cfg", vc, 1e-5)
 
 
 def _same(key: str, vc: Mapping, tc: Mapping, vdefault, timm: bool):
@@ -260,17 +163,15 @@ def _from_open_clip_config(cfg: dict) -> ModelConfig:
     vc, tc = dict(cfg["vision_cfg"]), dict(cfg["text_cfg"])
     quick = bool(cfg.get("quick_gelu", False))
     timm = bool(vc.get("timm_model_name"))
-    if timm and str(vc["timm_model_name"]).startswith("convnext"):
-        vision = _convnext_vision(vc)
-        vact, veps = ("quick_gelu" if quick else "gelu"), _eps("text_cfg", tc, 1e-5)
-    elif timm:
-        vision, vact, veps = _timm_vision(vc)
-    elif isinstance(vc.get("layers"), list | tuple):
-        vision, vact, veps = _resnet_vision(vc, quick)
-    else:
-        vision, vact, veps = _open_clip_vision(vc, quick)
-    _check_keys("text_cfg", tc, _TEXT_OK)
-    tact, teps = _act("text_cfg", tc, quick), _eps("text_cfg", tc, 1e-5)
+    read = (f.from_open_clip(vc, quick) for f in families.VISION.values() if f.from_open_clip)
+    vision, vact, veps = next((r for r in read if r is not None), (None, None, None))
+    if vision is None:
+        key = "timm_model_name" if timm else "layers"
+        raise ValueError(f"open_clip vision_cfg.{key}={vc.get(key)!r} is not supported by "
+                         "clip_jax (no image tower family reads it)")
+    veps = eps("text_cfg", tc, 1e-5) if veps is None else veps  # a conv tower: the text's
+    check_keys("text_cfg", tc, _TEXT_OK)
+    tact, teps = act("text_cfg", tc, quick), eps("text_cfg", tc, 1e-5)
     if veps != teps:
         raise ValueError(f"open_clip LayerNorm eps {veps} (vision_cfg) and {teps} (text_cfg) "
                          "differ: clip_jax has one model.ln_eps")
@@ -310,7 +211,7 @@ def _coca_decoder(cfg: Mapping, tc: Mapping, ls, act_eps) -> dict | None:
                 raise ValueError(f"open_clip {key} is supported by clip_jax only in a CoCa model "
                                  "(with multimodal_cfg)")
         return None
-    _check_keys("multimodal_cfg", mm, _MULTIMODAL_OK)
+    check_keys("multimodal_cfg", mm, _MULTIMODAL_OK)
     if act_eps[0] == "gelu_tanh" or act_eps[1] != 1e-5 or cfg.get("cast_dtype"):
         raise ValueError("open_clip CoCa with act_kwargs, norm_kwargs or cast_dtype is not "
                          "supported by clip_jax (its decoder is built without them)")
@@ -325,71 +226,18 @@ def _coca_decoder(cfg: Mapping, tc: Mapping, ls, act_eps) -> dict | None:
                 mlp_dim=4 * width, pad_id=cfg.get("pad_id", 0), input="text")
 
 
-def _timm_name(cfg: ModelConfig) -> str:
-    v = cfg.vision
-    sizes = (v.width, v.layers, v.heads, v.mlp_dim)
-    family = next((f for f, s in SIGLIP_TRUNKS.items() if s == sizes), None)
-    trunk = (family, v.patch_size, v.image_size)
-    if trunk not in _TIMM_TRUNKS:
-        raise ValueError(f"model.vision (width, layers, heads, mlp_dim {sizes}, patch "
-                         f"{v.patch_size}, {v.image_size}px) is no timm SigLIP trunk: open_clip "
-                         "cannot build this image tower")
-    if (v.act or cfg.act) != _TIMM_TRUNKS[trunk]:
-        raise ValueError(f"model.vision.act={v.act or cfg.act!r}: timm's SigLIP trunk "
-                         f"vit_{family}_patch{v.patch_size}_siglip_{v.image_size} uses "
-                         f"{_TIMM_TRUNKS[trunk]!r} (set model.vision.act to export to open_clip)")
-    return f"vit_{family}_patch{v.patch_size}_siglip_{v.image_size}"
-
-
 def to_open_clip_config(cfg: ModelConfig) -> dict:
     """The open_clip model-config dict (``embed_dim``, ``vision_cfg``, ``text_cfg``); a model
     open_clip cannot build raises a ValueError naming the field."""
     v, t = cfg.vision, cfg.text
-    siglip = (not v.class_token, not v.ln_pre, v.patch_bias, v.pool == "map", not v.proj)
-    resnet = v.family in ("resnet", "convnext")  # a conv tower beside open_clip's text tower
-    if resnet and (cfg.qk_norm or cfg.ls_init_value is not None or cfg.ln_eps != 1e-5):
-        raise ValueError("model.qk_norm / ls_init_value / ln_eps: open_clip's ResNet and "
-                         "ConvNeXt CLIPs build their text tower without qk_norm and layer "
-                         "scale, eps 1e-5")
-    if v.family == "convnext":
-        name = next((n for n, t in CONVNEXT_TRUNKS.items()
-                     if t == (v.stages, v.width, v.norm_eps)), None)
-        if name is None:
-            raise ValueError(f"model.vision (stages {v.stages}, width {v.width}, norm_eps "
-                             f"{v.norm_eps}) is no timm ConvNeXt trunk: open_clip cannot build "
-                             "this image tower")
-        vc: dict[str, Any] = {"timm_model_name": name, "timm_model_pretrained": False,
-                              "timm_pool": "", "timm_proj": v.proj_type, "timm_drop": 0.0,
-                              "timm_drop_path": v.drop_path, "image_size": v.image_size}
-        siglip = (False,)
-    elif resnet:
-        vc = {"image_size": v.image_size, "layers": list(v.stages), "width": v.width,
-              "head_width": v.width * 32 // v.heads, "patch_size": None}
-        siglip = (False,)
-    elif any(siglip) and not all(siglip):
-        raise ValueError("model.vision: open_clip builds a class-token ViT without patch bias "
-                         "(pool tok/gap, with proj) or the timm SigLIP trunk (no class token, "
-                         "no ln_pre, patch bias, pool map, no proj), nothing in between")
-    if resnet:
-        pass
-    elif all(siglip):
-        if cfg.qk_norm or cfg.ls_init_value is not None or cfg.ln_eps != 1e-6:
-            raise ValueError("model.qk_norm / ls_init_value / ln_eps: open_clip's timm SigLIP "
-                             "trunk has no qk_norm, no layer scale and eps 1e-6")
-        vc = {"image_size": v.image_size, "timm_model_name": _timm_name(cfg),
-              "timm_model_pretrained": False, "timm_pool": "map", "timm_proj": "none"}
-    else:
-        vc = {"image_size": v.image_size, "layers": v.layers, "width": v.width,
-              "patch_size": v.patch_size, "head_width": v.width // v.heads,
-              "mlp_ratio": v.mlp_dim / v.width}
-        if not v.ln_pre:
-            vc["no_ln_pre"] = True
-        if v.pool == "gap":
-            vc["pool_type"] = "avg"
-        if v.attn_pooler_queries:
-            vc.update(attentional_pool=True, attn_pooler_queries=v.attn_pooler_queries,
-                      attn_pooler_heads=v.attn_pooler_heads)
-        _tower_extras(vc, cfg, v.act or cfg.act)
+    fam = families.vision(cfg)
+    if fam.to_open_clip is None:
+        raise ValueError(f"model.vision.family={v.family!r}: open_clip cannot build this "
+                         "image tower")
+    if t.family != "transformer":
+        raise ValueError(f"model.text.family={t.family!r}: open_clip's JSON here holds its "
+                         "TextTransformer only")
+    vc, vact = fam.to_open_clip(cfg)
     if v.patch_dropout:
         vc["patch_dropout"] = v.patch_dropout
     tc: dict[str, Any] = {"context_length": t.context_length, "vocab_size": t.vocab_size,
@@ -403,9 +251,9 @@ def to_open_clip_config(cfg: ModelConfig) -> dict:
         tc["pool_type"] = t.pool if t.eot_id is None or t.pool != "argmax" else "eos"
         if tc["pool_type"] == "eos":
             tc["eos_id"] = t.eot_id
-    _tower_extras(tc, cfg, t.act or cfg.act)
+    tower_extras(tc, cfg, t.act or cfg.act)
     out = {"embed_dim": cfg.embed_dim, "vision_cfg": vc, "text_cfg": tc}
-    acts = {t.act or cfg.act} | (set() if all(siglip) or resnet else {v.act or cfg.act})
+    acts = {t.act or cfg.act} | ({vact} if vact else set())
     if "quick_gelu" in acts:
         if acts != {"quick_gelu"}:
             raise ValueError("model.act: open_clip's quick_gelu applies to both towers")
@@ -441,7 +289,7 @@ def _coca_extras(out: dict, cfg: ModelConfig) -> None:
         out["pad_id"] = d.pad_id
 
 
-def _tower_extras(sub: dict, cfg: ModelConfig, act: str) -> None:
+def tower_extras(sub: dict, cfg: ModelConfig, act: str) -> None:
     if act == "gelu_tanh":
         sub["act_kwargs"] = {"approximate": "tanh"}
     if cfg.ln_eps != 1e-5:

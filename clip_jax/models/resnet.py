@@ -18,6 +18,9 @@ and num_batches_tracked). In training (``train=True``, ``batch_stats`` mutable) 
 normalises with the statistics of the batch it sees, which under ``jax.jit`` on a sharded batch
 is the global batch (XLA all-reduces the moments), and updates the running statistics as torch
 does (momentum 0.1, the unbiased variance); in evaluation it uses the running statistics.
+
+The ``resnet`` family (:mod:`clip_jax.models.family`): switches, FLOPs, presets (open_clip's
+RN*), open_clip JSON here; key maps :mod:`clip_jax.interop.keymap_resnet`; no layer ids.
 """
 
 from __future__ import annotations
@@ -28,8 +31,10 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+import clip_jax.models.family as families
+import clip_jax.models.openclip_config as oc
 from clip_jax.layers import Conv, attention, logical_init
-from clip_jax.models.config import ModelConfig
+from clip_jax.models.config import ModelConfig, TextConfig, VisionConfig, check_stages
 
 BN_EPS, BN_MOMENTUM = 1e-5, 0.1  # torch.nn.BatchNorm2d's defaults
 EXPANSION = 4
@@ -167,3 +172,92 @@ class ModifiedResNet(nn.Module):
                 x = block(planes, st, down, name=f"layer{s + 1}_{j}", **kw)(x, train)
                 inplanes = planes * EXPANSION
         return AttentionPool2d(v.heads, c.embed_dim, name="attnpool", **kw)(x)
+
+
+# --- the family: switches, FLOPs, presets, open_clip JSON ---------------------------------------
+
+
+def check(v: VisionConfig) -> None:
+    check_stages(v)
+    if (v.width * 32) % v.heads:
+        raise ValueError(f"model.vision.heads={v.heads}: must divide the attention pool's "
+                         f"width 32 * model.vision.width = {v.width * 32}")
+
+
+def flops(cfg: ModelConfig, train: bool, remat: str) -> tuple[float, float]:
+    """Forward per sample: the 3-conv stem, the Bottlenecks (1x1, 3x3, avg-pool stride, 1x1 x4;
+    the avg-pool + 1x1 downsample) and the attention pool (token 0's query only, as computed);
+    nothing recomputed by a remat policy of its own."""
+    conv = families.conv_flops
+    v, w = cfg.vision, cfg.vision.width
+    h = v.image_size // 2
+    f = conv(h, 3, 3, w // 2) + conv(h, 3, w // 2, w // 2) + conv(h, 3, w // 2, w)
+    h, inplanes = h // 2, w
+    for s, blocks in enumerate(v.stages):
+        planes = w * 2**s
+        for j in range(blocks):
+            stride = 2 if s and not j else 1
+            out = h // stride
+            f += conv(h, 1, inplanes, planes) + conv(h, 3, planes, planes)
+            f += conv(out, 1, planes, 4 * planes)
+            if j == 0 and (stride > 1 or inplanes != 4 * planes):
+                f += conv(out, 1, inplanes, 4 * planes)
+            h, inplanes = out, 4 * planes
+    c, t = inplanes, h * h + 1
+    return float(f + 2 * c * c + 2 * 2 * t * c * c + 2 * 2 * t * c + 2 * c * cfg.embed_dim), 0.0
+
+
+def resnet_config(embed, img, stages, width, tw, th, quick_gelu: bool = False, ctx=77,
+                  vocab=49408) -> ModelConfig:
+    """OpenAI's ModifiedResNet image tower (attention-pool heads = 32 * width / 64, as open_clip
+    builds it) with CLIP's text tower; ``quick_gelu`` for OpenAI's weights."""
+    return ModelConfig(
+        embed_dim=embed,
+        vision=VisionConfig(img, width=width, heads=width * 32 // 64, family="resnet",
+                            stages=tuple(stages)),
+        text=TextConfig(ctx, vocab, tw, 12, th, 4 * tw),
+        act="quick_gelu" if quick_gelu else "gelu")
+
+
+# open_clip's model_configs/RN*.json (embed, image size, stages, width, text width and heads)
+_RESNETS = {"RN50": (1024, 224, (3, 4, 6, 3), 64, 512, 8),
+            "RN101": (512, 224, (3, 4, 23, 3), 64, 512, 8),
+            "RN50x4": (640, 288, (4, 6, 10, 6), 80, 640, 10),
+            "RN50x16": (768, 384, (6, 8, 18, 8), 96, 768, 12),
+            "RN50x64": (1024, 448, (3, 15, 36, 10), 128, 1024, 16)}
+_OC_KEYS = {"image_size", "layers", "width", "head_width", "patch_size", "output_tokens"}
+
+
+def from_open_clip(vc, quick_gelu: bool) -> tuple[VisionConfig, str, float] | None:
+    """open_clip's ModifiedResNet (``layers`` a list): heads = width * 32 // head_width."""
+    if vc.get("timm_model_name") or not isinstance(vc.get("layers"), list | tuple):
+        return None
+    oc.check_keys("vision_cfg", vc, _OC_KEYS)
+    if vc.get("patch_size") is not None:
+        raise ValueError(f"open_clip vision_cfg.patch_size={vc['patch_size']!r} with a layers "
+                         "list: a ResNet has no patches (null)")
+    width, head_width = vc.get("width", 64), vc.get("head_width", 64)
+    vision = VisionConfig(image_size=oc.square(vc.get("image_size", 224)), width=width,
+                          heads=width * 32 // head_width, family="resnet",
+                          stages=tuple(vc["layers"]))
+    return vision, "quick_gelu" if quick_gelu else "gelu", 1e-5
+
+
+def to_open_clip(cfg: ModelConfig) -> tuple[dict, None]:
+    v = cfg.vision
+    oc.plain_text_tower(cfg)
+    return {"image_size": v.image_size, "layers": list(v.stages), "width": v.width,
+            "head_width": v.width * 32 // v.heads, "patch_size": None}, None
+
+
+FAMILY = families.register(families.Family(
+    "resnet", ModifiedResNet, check, flops=flops, keymap="clip_jax.interop.keymap_resnet",
+    from_open_clip=from_open_clip, to_open_clip=to_open_clip))
+_PRESETS = {}
+for _name, _args in _RESNETS.items():
+    _PRESETS[_name] = resnet_config(*_args)
+    _PRESETS[f"{_name}-quickgelu"] = resnet_config(*_args, quick_gelu=True)
+# A ResNet the size of "tiny", for tests (stem width 8: 256 channels into the attention pool).
+_PRESETS["tiny-rn"] = resnet_config(32, 64, (1, 1, 1, 1), 8, 32, 2, ctx=16, vocab=512).replace(
+    text=dict(layers=2))
+families.add_presets("resnet", _PRESETS)

@@ -4,6 +4,10 @@ text ``_Model`` / HF ``SiglipTextTransformer``).
 ``token + position embedding -> blocks (causal or bidirectional) -> ln_final -> pool
 (argmax: the end token | last | first) -> text_projection [+ bias]``; with ``text.embed_cls``
 (open_clip CoCa) a class token appended, padding keys masked, and the class token pooled.
+
+The ``transformer`` text family (:mod:`clip_jax.models.family`, ``model.text.family``): its
+switches, FLOPs and layer ids are here; its open_clip JSON is
+:mod:`clip_jax.models.openclip_config`'s ``text_cfg``, its key maps the image families'.
 """
 
 from __future__ import annotations
@@ -11,8 +15,18 @@ from __future__ import annotations
 import flax.linen as nn
 import jax.numpy as jnp
 
+import clip_jax.models.family as families
 from clip_jax.layers import LayerNorm, Transformer, logical_init
-from clip_jax.models.config import ModelConfig, TextConfig
+from clip_jax.models.config import (
+    ACTS,
+    TEXT_POOLS,
+    ModelConfig,
+    TextConfig,
+    _choice,
+    _flag,
+    _heads,
+    _positive_int,
+)
 
 
 def pool_positions(text, t: TextConfig):
@@ -86,3 +100,42 @@ def cls_key_mask(text, t: TextConfig):
     the text's flags reach the keys one position to the right."""
     valid = text != t.pad_id
     return jnp.concatenate([jnp.ones_like(valid[:, :1]), valid], axis=1)
+
+
+def check(t: TextConfig) -> None:
+    _flag("model.text.embed_cls", t.embed_cls)
+    if isinstance(t.pad_id, bool) or not isinstance(t.pad_id, int) or t.pad_id < 0:
+        raise ValueError(f"model.text.pad_id={t.pad_id!r}: must be a token id >= 0")
+    for name in ("context_length", "vocab_size", "width", "layers", "heads", "mlp_dim"):
+        _positive_int(f"model.text.{name}", getattr(t, name))
+    for name in ("causal", "proj_bias"):
+        _flag(f"model.text.{name}", getattr(t, name))
+    _choice("model.text.pool", t.pool, TEXT_POOLS)
+    if t.act is not None:
+        _choice("model.text.act", t.act, ACTS)
+    _heads("model.text", t.width, t.heads)
+    e = t.eot_id
+    if e is not None and (isinstance(e, bool) or not isinstance(e, int)
+                          or not 0 <= e < t.vocab_size):
+        raise ValueError(f"model.text.eot_id={e!r}: must be null or a token id in "
+                         f"[0, {t.vocab_size})")
+
+
+def flops(cfg: ModelConfig, train: bool, remat: str) -> tuple[float, float]:
+    """Per sample: the blocks over the whole context (the full T x T attention) and the
+    projection."""
+    t = cfg.text
+    block, redo = families.block_flops(t.context_length, t.width, t.mlp_dim, remat)
+    return float(t.layers * block + 2 * t.width * cfg.embed_dim), float(t.layers * redo)
+
+
+def layer_id(cfg: ModelConfig, path: str, shape: tuple):
+    """Token and position embeddings 0, block i i + 1, ln_final L, the projection L + 1."""
+    return families.transformer_layer_id(
+        path, shape, cfg.text.layers, ("token_embedding", "positional_embedding"),
+        ("ln_final",), ("text_projection", "text_projection_bias"))
+
+
+FAMILY = families.register(families.Family(
+    "transformer", TextTransformer, check, tower="text", flops=flops,
+    depth=lambda cfg: cfg.text.layers, layer_id=layer_id, scanned=True))
