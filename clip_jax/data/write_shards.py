@@ -50,6 +50,7 @@ from collections.abc import Iterable, Iterator
 from PIL import Image
 
 from clip_jax import cli, files
+from clip_jax.data import boxes
 from clip_jax.data.progress import Progress
 from clip_jax.data.tario import FOLDER_IMAGE_EXTS, IMAGE_EXTS
 
@@ -182,9 +183,13 @@ def _write_shard(out_dir: str, name: str, samples: Iterator[tuple[str, bytes, st
     count = 0
     try:
         with open_tar_writer(tmp) as sink:
-            for key, image, ext, caption in samples:
+            for key, image, ext, caption, *meta in samples:
                 ext = _check_sample(key, ext)
-                sink.write({"__key__": key, ext: bytes(image), "txt": caption.encode("utf-8")})
+                member = {"__key__": key, ext: bytes(image), "txt": caption.encode("utf-8")}
+                if meta and meta[0] is not None:  # KEY.json: boxes checked as the reader does
+                    boxes.check(meta[0], f"{out_dir}/{name} key {key!r}")
+                    member["json"] = json.dumps(meta[0], sort_keys=True).encode()
+                sink.write(member)
                 count += 1
                 if count >= limit:
                     break
@@ -210,7 +215,9 @@ def _commit(out_dir: str, name: str, count: int, tmp: str, digest: str) -> bool:
 
 def write_samples(samples: Iterable[tuple[str, bytes, str, str]], out_dir: str,
                   samples_per_shard: int, start_index: int = 0) -> dict:
-    """Write ``(key, image bytes, image ext, caption)`` samples as shards of ``samples_per_shard``.
+    """Write ``(key, image bytes, image ext, caption[, meta])`` samples as shards of
+    ``samples_per_shard``; ``meta``, a JSON-able dict or None, is the sample's ``KEY.json``
+    (e.g. its ``boxes`` and ``box_captions``, checked by :func:`clip_jax.data.boxes.check`).
 
     The first shard is ``out_dir/{start_index:05d}.tar``, then consecutive numbers. Keys must
     be unique, non-empty and without dots; ext one of jpg, jpeg, png, webp. Records every shard
