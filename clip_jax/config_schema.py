@@ -126,6 +126,11 @@ def check(c) -> None:
         v = _get(c, key)
         if v is not None:
             check_value(f"config {key}", v, r)
+    probs = c.caption.task_probs
+    if not isinstance(probs, list | tuple) or len(probs) != 3 or not all(
+            NONNEG.ok(p) for p in probs) or not sum(probs) > 0:
+        raise ValueError(f"config caption.task_probs={probs!r}: must be three weights >= 0, "
+                         "not all 0 (captioning, referring expression -> box, box -> caption)")
 
 
 def check_mapping(where: str, d, table: dict[str, Range]) -> dict:

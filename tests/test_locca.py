@@ -226,3 +226,13 @@ def test_greedy_box_decoding_and_iou_on_hand_set_logits():
     np.testing.assert_allclose(np.asarray(locca.iou(a, b)),
                                [np_iou(x, y) for x, y in zip(a, b, strict=True)], rtol=1e-5,
                                atol=1e-7)
+
+
+@pytest.mark.parametrize("probs", [(1, -2, 0), (0, 0, 0), (0.5, 0.5), ("a", 1, 1)])
+def test_bad_task_probs_are_one_line(probs):
+    from clip_jax import config as config_lib
+    c = _config()
+    c.caption.task_probs = probs
+    with pytest.raises(ValueError, match="caption.task_probs") as e:
+        config_lib.validate(c)
+    assert "\n" not in str(e.value)
