@@ -169,3 +169,36 @@ def test_demo_boxes_are_where_the_shapes_are(tmp_path):
         assert not (differs & ~union).any()  # every drawn pixel lies in a box
         n += 1
     assert n == 24
+
+
+def test_write_shards_cli_takes_a_json_column_of_boxes(tmp_path, capsys):
+    import csv
+
+    from clip_jax import cli
+    box = [0.25, 0.25, 0.75, 0.5]
+    (tmp_path / "a.png").write_bytes(picture(box))
+    (tmp_path / "b.png").write_bytes(picture([0.1, 0.1, 0.3, 0.3]))
+
+    def table(cells):
+        with open(tmp_path / "t.csv", "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["image", "caption", "meta"])
+            for name, cell in zip(("a.png", "b.png"), cells, strict=True):
+                w.writerow([name, f"a picture {name}", cell])
+
+    good = json.dumps({"boxes": [box], "box_captions": ["white box"]})
+    table([good, ""])  # the second row has no boxes
+    argv = ["--input", str(tmp_path / "t.csv"), "--out", str(tmp_path / "s"), "--quiet",
+            "--json-column", "meta"]
+    run = lambda a: cli.run(lambda v: write_shards.main(v) and 0, a)  # as its __main__
+    assert run(argv) == 0
+    got = {k: ex.get("json") for k, _i, _c, ex in iterate_samples(
+        str(tmp_path / "s" / "00000.tar"), decode=False, extra_fields=("json",))}
+    assert json.loads(got["000000000"]) == json.loads(good) and got["000000001"] is None
+    capsys.readouterr()
+    for cell, what in (("{not json", "not JSON"), (json.dumps({"boxes": [[0.5, 0, 0.2, 1]],
+                                                             "box_captions": ["x"]}), "x1 <= x0")):
+        table([cell, ""])
+        assert run([*argv[:3], str(tmp_path / "s2"), *argv[4:]]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and what in err[0], err
