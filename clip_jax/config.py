@@ -64,7 +64,7 @@ def base_config() -> ml_collections.ConfigDict:
                              "mlp_dim", "eot_id")})
     c.model.text.update(causal=P(bool), proj_bias=P(bool), pool=P(str))  # argmax|last|first
     c.model.decoder = ml_collections.ConfigDict(  # a captioning decoder: any key set adds one
-        {k: P(int) for k in ("layers", "width", "heads", "mlp_dim", "pad_id")})
+        {k: P(int) for k in ("layers", "width", "heads", "mlp_dim", "pad_id", "loc_bins")})
 
     c.optimizer = ml_collections.ConfigDict()
     c.optimizer.lr = 5e-4
@@ -184,7 +184,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.distill.combine = "probs"  # several teachers: average of "probs" (MobileCLIP) or "logits"
     c.distill.dtype = "float32"  # the teachers' params and compute: "float32" or "bfloat16"
     c.distill.embeddings = ""  # stored teacher embeddings DIR[,DIR2] (instead of teachers)
-    c.caption = ml_collections.ConfigDict(dict(weight=1.0, masked_pred_prob=0.0))  # + CapPa
+    c.caption = ml_collections.ConfigDict(config_schema.CAPTION)  # + CapPa, LocCa tasks
     c.ema = ml_collections.ConfigDict(dict(  # weight EMA (clip_jax/ema.py); decay 0 = off
         decay=0.0, every_steps=1, start_step=0, warmup_power=0.0))
 

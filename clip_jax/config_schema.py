@@ -98,7 +98,14 @@ RANGES: dict[str, Range] = {
     "distill.teacher_logit_scale": NONNEG,
     **{f"model.decoder.{k}": POSITIVE for k in ("layers", "width", "heads", "mlp_dim")},
     "model.decoder.pad_id": COUNT, "caption.weight": NONNEG, "caption.masked_pred_prob": FRACTION,
+    "model.decoder.loc_bins": COUNT, "caption.max_boxes": POSITIVE,
 }
+
+# The decoder objective's keys (clip_jax.objectives.captioning, .locca): the loss weight,
+# CapPa's parallel fraction and, with model.decoder.loc_bins > 0 (LocCa), each task's
+# probability (captioning, referring expression -> box, box -> region caption) and the
+# boxes per example the data pipeline carries
+CAPTION = dict(weight=1.0, masked_pred_prob=0.0, task_probs=(1 / 3, 1 / 3, 1 / 3), max_boxes=4)
 
 
 def _get(c, key: str):
@@ -119,6 +126,11 @@ def check(c) -> None:
         v = _get(c, key)
         if v is not None:
             check_value(f"config {key}", v, r)
+    probs = c.caption.task_probs
+    if not isinstance(probs, list | tuple) or len(probs) != 3 or not all(
+            NONNEG.ok(p) for p in probs) or not sum(probs) > 0:
+        raise ValueError(f"config caption.task_probs={probs!r}: must be three weights >= 0, "
+                         "not all 0 (captioning, referring expression -> box, box -> caption)")
 
 
 def check_mapping(where: str, d, table: dict[str, Range]) -> dict:

@@ -60,7 +60,8 @@ def forward_rows(setup, params, images, text, rng, batch_stats=None, inputs=None
     pixels = input_pipeline.device_pixels(images)
     kw = dict(train=True, rngs={"patch_dropout": rng})
     if objective.decoder:
-        kw.update(method=models.CLIP.caption_forward, parallel=inputs.get("parallel"))
+        kw.update(method=models.CLIP.caption_forward, parallel=inputs.get("parallel"),
+                  decoder_ids=inputs.get("decoder_ids"))  # LocCa's task sequences
     variables = {"params": params}
     if batch_stats is not None:
         variables[models.STATS] = batch_stats

@@ -17,10 +17,11 @@ import numpy as np
 
 from clip_jax.data import naflex, pipeline, stored, transforms, workers
 from clip_jax.data.synthetic import SyntheticSource
+from clip_jax.objectives import locca
 
 BATCH_KEYS = ("image", "text")  # what the train step reads; other fields stay on the host
 # + the objective's fields: stored rows (clip_jax.data.stored.field_names), teachers' own ids
-DEVICE_PREFIXES = ("stored", "teacher")
+DEVICE_PREFIXES = ("stored", "teacher", "box")  # + LocCa's boxes (clip_jax.data.boxes)
 _PUT_TIMEOUT_S = 0.1  # how often a blocked producer looks at the stop flag
 _JOIN_TIMEOUT_S = 10.0  # how long close() waits for the producer thread
 
@@ -29,8 +30,11 @@ def make_data(config, model_cfg, batch_size: int, tokenizer=None):
     """The host-local iterator of ``batch_size`` rows for this process (``get_state`` /
     ``set_state``), from ``config.data`` and the model's image size, context length and
     vocabulary."""
-    m = model_cfg
+    m, boxes = model_cfg, locca.max_boxes(config, model_cfg)
     if config.data.source == "synthetic":
+        if boxes:
+            raise ValueError("model.decoder.loc_bins: LocCa's tasks read boxes from image "
+                             "shards (KEY.json); data.source='synthetic' has none")
         return SyntheticSource(
             batch_size, m.vision.image_size, m.text.context_length, m.text.vocab_size,
             config.data.synthetic_classes, config.data.synthetic_noise, config.seed,
@@ -38,7 +42,8 @@ def make_data(config, model_cfg, batch_size: int, tokenizer=None):
     return pipeline.make_train_iterator(
         config.data, tokenizer, m.vision.image_size, batch_size, config.seed,
         jax.process_index(), jax.process_count(), context_length=m.text.context_length,
-        embeddings=stored.parse_dirs(config.distill.embeddings), naflex=naflex_plan(config, m))
+        embeddings=stored.parse_dirs(config.distill.embeddings), naflex=naflex_plan(config, m),
+        max_boxes=boxes)
 
 
 def naflex_plan(config, model_cfg) -> naflex.BucketPlan | None:

@@ -135,7 +135,7 @@ ZERO_OK = {"seed", "loss_block_size", "model.init_logit_scale", "model.init_logi
            "stability.max_rollbacks", "distill.clip_weight", "distill.kd_weight",
            "distill.feature_weight", "distill.teacher_logit_scale", "model.vision.patch_dropout",
            "caption.weight", "caption.masked_pred_prob", "ema.decay", "ema.start_step",
-           "model.decoder.pad_id",
+           "model.decoder.pad_id", "model.decoder.loc_bins",
            "ema.warmup_power"}
 NEGATIVE_OK = {"seed", "data.demo_seed", "model.init_logit_scale", "model.init_logit_bias",
                "model.ls_init_value"}

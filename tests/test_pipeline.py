@@ -282,11 +282,11 @@ def test_only_decoder_errors_count_as_corrupt(tmp_path, monkeypatch):
     too many undecodable images in a row raise with the last decoder error chained."""
     spec = make_shards(tmp_path / "ok", 2, 3)
 
-    def broken_crop(img, size, rng):
+    def broken_crop(img, size, params):
         raise TypeError("a programming error")
 
     with monkeypatch.context() as m:
-        m.setattr(transforms, "random_resized_crop", broken_crop)
+        m.setattr(transforms, "crop_resize", broken_crop)  # the stream's crop + resize
         it = pipeline.make_train_iterator(cfg(spec), FakeTokenizer(), SIZE, 2, seed=0)
         with pytest.raises(TypeError, match="programming error"):
             next(it)

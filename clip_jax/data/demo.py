@@ -16,7 +16,8 @@ images of the held-out pairs among the 12 held-out class names ("red star", ...)
 
 Layout written by :func:`generate` (or ``python -m clip_jax.data.demo --out DIR``)::
 
-    DIR/train/00000.tar ...   key.png, key.txt (caption), key.json (attributes)
+    DIR/train/00000.tar ...   key.png, key.txt (caption), key.json (attributes; the objects'
+                              "boxes" and "box_captions", e.g. "red circle": data/boxes.py)
     DIR/train/sizes.json      {"00000.tar": 1000, ...}
     DIR/eval/00000.tar ...    key.png, key.txt, key.json, key.cls (class index, as text)
     DIR/eval/sizes.json
@@ -45,11 +46,11 @@ import numpy as np
 
 from clip_jax import files
 from clip_jax.data import demo_strip
-from clip_jax.data.demo_render import BACKGROUNDS, COLOURS, caption, plural_of, render
+from clip_jax.data.demo_render import BACKGROUNDS, COLOURS, caption, plural_of, referring, render
 from clip_jax.data.progress import Progress
 from clip_jax.data.write_shards import open_tar_writer
 
-VERSION = 1
+VERSION = 2  # 2: KEY.json also holds each object's box and referring expression
 DEFAULT_TRAIN_SAMPLES = 30000
 DEFAULT_EVAL_SAMPLES = 1200  # 100 per held-out class
 # "": square pictures; "strip": 4:1 and 1:4 strips with the object at one end, cut off by any
@@ -129,14 +130,17 @@ def make_sample(split: str, index: int, seed: int, image_size: int,
     if variant == "strip":
         attrs = demo_strip.strip_attributes(attrs, rng)
         img, describe = demo_strip.render(attrs, image_size, rng), demo_strip.caption
-    else:
-        img, describe = render(attrs, image_size, rng), caption
+        meta = attrs
+    else:  # the objects' boxes and referring expressions too (LocCa; clip_jax.data.boxes)
+        boxes: list = []
+        img, describe = render(attrs, image_size, rng, boxes), caption
+        meta = {**attrs, "boxes": boxes, "box_captions": referring(attrs, boxes)}
     buf = io.BytesIO()
     img.save(buf, format="PNG")
     files = {
         "png": buf.getvalue(),
         "txt": describe(attrs, rng).encode(),
-        "json": json.dumps(attrs, sort_keys=True).encode(),
+        "json": json.dumps(meta, sort_keys=True).encode(),
     }
     if label is not None:
         files["cls"] = str(label).encode()

@@ -25,8 +25,6 @@ COLOURS: dict[str, tuple[int, int, int]] = {
 }
 # Background names never collide with object colour names, so a caption's colour word is the
 # object's colour (the tests rely on this to check held-out pairs never appear in training).
-# Background names never collide with object colour names, so a caption's colour word is the
-# object's colour (the tests rely on this to check held-out pairs never appear in training).
 BACKGROUNDS: dict[str, tuple[int, int, int]] = {
     "white": (245, 245, 245),
     "light grey": (185, 185, 185),
@@ -132,11 +130,14 @@ def _place_objects(rng: np.random.Generator, attrs: dict, size: int) -> list[tup
     return objs
 
 
-def render(attrs: dict, size: int, rng: np.random.Generator) -> Image.Image:
+def render(attrs: dict, size: int, rng: np.random.Generator,
+           boxes: list | None = None) -> Image.Image:
     """Draw the picture described by ``attrs`` (consumes ``rng``).
 
     Each object is drawn supersampled (x4) inside its own bounding box and box-filtered down to
-    colour + coverage, then blended over the background: anti-aliased, and cheap.
+    colour + coverage, then blended over the background: anti-aliased, and cheap. ``boxes``: a
+    list that receives each object's tight box ``[x0, y0, x1, y1]`` (the pixels it covers,
+    normalised to [0, 1]); the picture and ``rng`` are the same with or without it.
     """
     bg_name = attrs["background"]
     bg = _jitter(rng, BACKGROUNDS[bg_name], 6)
@@ -175,6 +176,10 @@ def render(attrs: dict, size: int, rng: np.random.Generator) -> Image.Image:
         colour = colour.reshape(shape + (3,)).mean(axis=(1, 3))
         region = canvas[y0:y1, x0:x1]
         canvas[y0:y1, x0:x1] = region * (1.0 - alpha) + colour
+        if boxes is not None:
+            rows, cols = np.nonzero(alpha[..., 0] > 0)
+            boxes.append([float(v) / size for v in (x0 + cols.min(), y0 + rows.min(),
+                                                    x0 + cols.max() + 1, y0 + rows.max() + 1)])
     return Image.fromarray(np.clip(np.rint(canvas), 0, 255).astype(np.uint8))
 
 
@@ -214,6 +219,25 @@ _BG_WORDS = {
 _BG_PHRASES = ["on a {} background", "against a {} background", "on {}", "over a {} backdrop"]
 _PREFIXES = ["", "", "a photo of ", "a picture of ", "an image of ", "a drawing of ",
              "an illustration of ", "a rendering of ", "a close-up of "]
+
+
+def referring(attrs: dict, boxes: list) -> list[str]:
+    """Each object's referring expression: ``"red circle"``, or with several (identical)
+    objects their place along the axis they spread most on (``"left red circle"``,
+    ``"middle ..."``, ``"top ..."``)."""
+    name = f"{attrs['colour']} {attrs['shape']}"
+    if len(boxes) == 1:
+        return [name]
+    centres = np.asarray([[b[0] + b[2], b[1] + b[3]] for b in boxes]) / 2
+    axis = int(np.ptp(centres[:, 1]) > np.ptp(centres[:, 0]))
+    words = (("left", "right"), ("top", "bottom"))[axis]
+    if len(boxes) == 3:
+        words = (words[0], "middle", words[1])
+    order = np.argsort(centres[:, axis], kind="stable")
+    out = [""] * len(boxes)
+    for word, i in zip(words, order, strict=True):
+        out[int(i)] = f"{word} {name}"
+    return out
 
 
 def plural_of(noun: str) -> str:

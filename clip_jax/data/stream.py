@@ -69,6 +69,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from clip_jax.cli import UserError
+from clip_jax.data import boxes as boxes_lib
 from clip_jax.data import naflex as naflex_lib
 from clip_jax.data import stored as stored_lib
 from clip_jax.data import transforms
@@ -101,6 +102,7 @@ class WorkerSpec:
     stored: tuple = ()  # stored per-sample rows to join (clip_jax.data.stored.StoredDir)
     naflex: naflex_lib.BucketPlan | None = None  # NaFlex batches: a bucket per step
     workers: int = 1  # consumers per process (NaFlex: which steps this one makes)
+    max_boxes: int = 0  # > 0: each sample's boxes as batch fields (clip_jax.data.boxes)
 
     def naflex_shape(self, batch: int) -> tuple[int, int]:
         """(images, patches per image) of this consumer's ``batch``-th NaFlex batch: its step's
@@ -307,7 +309,7 @@ class BatchMaker:
             images = {"patches": np.zeros((n, bucket, p * p * 3), np.uint8),
                       "mask": np.zeros((n, bucket), bool), "shapes": np.zeros((n, 2), np.int32)}
         captions: list[str] = []
-        keys, rows = [], []
+        keys, rows, box_rows = [], [], []
         failures = missing = 0
         while len(captions) < n:
             index, raw = self.shuffler.pop(self.stats)
@@ -333,10 +335,18 @@ class BatchMaker:
             i = len(captions)
             if plan is None:
                 rng = np.random.default_rng(_seed_seq(*self.crop_base, index))
-                images[i] = transforms.random_resized_crop(pixels, spec.image_size, rng)
-            else:  # at its own aspect ratio, resized once to fit the bucket
+                height, width = pixels.shape[:2]
+                crop = transforms.random_resized_crop_params(width, height, rng)
+                images[i] = transforms.crop_resize(pixels, spec.image_size, crop)
+            else:  # at its own aspect ratio, resized once to fit the bucket (boxes unmoved)
                 x, images["shapes"][i] = naflex_lib.patches_uint8(pixels, p, bucket)
                 images["patches"][i, :len(x)], images["mask"][i, :len(x)] = x, True
+                height, width = pixels.shape[:2]
+                crop = (0, 0, width, height)
+            if spec.max_boxes:
+                found_boxes, caps = boxes_lib.parse(raw.meta, f"{raw.url} key {raw.key!r}")
+                moved, keep = boxes_lib.crop(found_boxes, width, height, *crop)
+                box_rows.append(boxes_lib.pad(moved, caps, keep, spec.max_boxes))
             failures = 0
             captions.append(raw.caption)
             if self.lookup is not None:
@@ -352,6 +362,13 @@ class BatchMaker:
         self.stats["samples"] += n
         batch = {"image": images, "text": text,  # + e.g. a distillation teacher's own ids
                  **{k: np.asarray(v, np.int32) for k, v in fields.items()}}
+        if spec.max_boxes:
+            k = spec.max_boxes
+            batch["boxes"] = np.stack([r[0] for r in box_rows])
+            batch["box_valid"] = np.stack([r[1] for r in box_rows])
+            box_text = self.tokenizer([c for r in box_rows for c in r[2]], spec.context_length)
+            box_text = box_text["text"] if isinstance(box_text, Mapping) else box_text
+            batch["box_text"] = np.asarray(box_text, np.int32).reshape(n, k, -1)
         if self.lookup is not None:
             batch["key"] = np.asarray(keys)
             for k in range(len(spec.stored)):

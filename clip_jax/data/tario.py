@@ -208,6 +208,7 @@ class RawSample:
     caption: str
     extras: dict[str, str] = field(default_factory=dict)
     url: str = ""
+    meta: bytes = b""  # the KEY.json member, if any (its boxes: clip_jax.data.boxes)
 
 
 def wanted_exts(extra_fields: Sequence[str] = ()) -> frozenset[str]:
@@ -243,7 +244,7 @@ def to_raw_sample(group: dict, stats: dict | None,
         return None
     extras = {f: group[f].decode("utf-8", errors="replace").strip()
               for f in extra_fields if f in group}
-    return RawSample(group["__key__"], image, caption, extras)
+    return RawSample(group["__key__"], image, caption, extras, meta=group.get("json", b""))
 
 
 def iterate_samples(spec, decode: bool = True, extra_fields: Sequence[str] = (),

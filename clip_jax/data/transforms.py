@@ -167,7 +167,13 @@ def random_resized_crop(img: Image.Image | np.ndarray, size: int, rng: np.random
     if arr.dtype != np.uint8 or arr.ndim != 3 or arr.shape[2] != 3:
         raise TypeError(f"expected uint8 (H, W, 3) pixels, got {arr.dtype} {arr.shape}")
     height, width = arr.shape[:2]
-    left, top, w, h = random_resized_crop_params(width, height, rng, scale, ratio)
+    return crop_resize(arr, size, random_resized_crop_params(width, height, rng, scale, ratio))
+
+
+def crop_resize(arr: np.ndarray, size: int, params: tuple[int, int, int, int]) -> np.ndarray:
+    """uint8 (H, W, 3) pixels cropped to ``params`` (left, top, w, h) and resized to ``size``
+    as :func:`random_resized_crop` does (the train stream moves the sample's boxes along)."""
+    left, top, w, h = params
     crop = arr[top:top + h, left:left + w]
     if (w, h) == (size, size):
         return np.ascontiguousarray(crop)

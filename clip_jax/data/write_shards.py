@@ -9,7 +9,8 @@ Inputs:
   ``--delimiter``) with a header; ``--image-column`` (default: the first of image, image_path,
   path, filepath, file, filename) holds image paths, relative to the file's directory unless
   absolute; ``--caption-column`` (default: the first of caption, text, title) the captions;
-* a ``.parquet`` file with the same columns (needs pyarrow);
+* a ``.parquet`` file with the same columns (needs pyarrow); ``--json-column``: a column of
+  JSON objects stored as ``KEY.json``, e.g. boxes (:mod:`clip_jax.data.boxes`);
 * a directory: every image below it (sorted by path; the extensions of
   :data:`clip_jax.data.tario.FOLDER_IMAGE_EXTS`: jpg, jpeg, png, webp, bmp) with its caption in
   the ``.txt`` file of the same name beside it.
@@ -50,6 +51,7 @@ from collections.abc import Iterable, Iterator
 from PIL import Image
 
 from clip_jax import cli, files
+from clip_jax.data import boxes
 from clip_jax.data.progress import Progress
 from clip_jax.data.tario import FOLDER_IMAGE_EXTS, IMAGE_EXTS
 
@@ -182,9 +184,13 @@ def _write_shard(out_dir: str, name: str, samples: Iterator[tuple[str, bytes, st
     count = 0
     try:
         with open_tar_writer(tmp) as sink:
-            for key, image, ext, caption in samples:
+            for key, image, ext, caption, *meta in samples:
                 ext = _check_sample(key, ext)
-                sink.write({"__key__": key, ext: bytes(image), "txt": caption.encode("utf-8")})
+                member = {"__key__": key, ext: bytes(image), "txt": caption.encode("utf-8")}
+                if meta and meta[0] is not None:  # KEY.json: boxes checked as the reader does
+                    boxes.check(meta[0], f"{out_dir}/{name} key {key!r}")
+                    member["json"] = json.dumps(meta[0], sort_keys=True).encode()
+                sink.write(member)
                 count += 1
                 if count >= limit:
                     break
@@ -210,7 +216,9 @@ def _commit(out_dir: str, name: str, count: int, tmp: str, digest: str) -> bool:
 
 def write_samples(samples: Iterable[tuple[str, bytes, str, str]], out_dir: str,
                   samples_per_shard: int, start_index: int = 0) -> dict:
-    """Write ``(key, image bytes, image ext, caption)`` samples as shards of ``samples_per_shard``.
+    """Write ``(key, image bytes, image ext, caption[, meta])`` samples as shards of
+    ``samples_per_shard``; ``meta``, a JSON-able dict or None, is the sample's ``KEY.json``
+    (e.g. its ``boxes`` and ``box_captions``, checked by :func:`clip_jax.data.boxes.check`).
 
     The first shard is ``out_dir/{start_index:05d}.tar``, then consecutive numbers. Keys must
     be unique, non-empty and without dots; ext one of jpg, jpeg, png, webp. Records every shard
@@ -259,8 +267,8 @@ def _pick(columns: list[str], wanted: str | None, candidates: tuple[str, ...], w
 
 
 def read_table(path: str, image_column: str | None = None, caption_column: str | None = None,
-               delimiter: str | None = None) -> list[tuple[str, str]]:
-    """(image path, caption) rows of a CSV / TSV / parquet file, paths made absolute."""
+               delimiter: str | None = None, json_column: str | None = None) -> list[tuple]:
+    """(image path made absolute, caption[, ``json_column``'s object]) rows of a CSV/TSV/parquet."""
     base = os.path.dirname(os.path.abspath(path))
     if path.endswith(".parquet"):
         try:
@@ -271,8 +279,8 @@ def read_table(path: str, image_column: str | None = None, caption_column: str |
         columns = list(table.column_names)
         ic = _pick(columns, image_column, IMAGE_COLUMNS, "image")
         cc = _pick(columns, caption_column, CAPTION_COLUMNS, "caption")
-        images, captions = table.column(ic).to_pylist(), table.column(cc).to_pylist()
-        rows = list(zip(images, captions, strict=True))
+        rows = list(zip(*(table.column(c).to_pylist() for c in (ic, cc, *_meta(
+            columns, json_column))), strict=True))
     else:
         if delimiter is None:
             delimiter = "\t" if path.endswith(".tsv") else ","
@@ -281,9 +289,20 @@ def read_table(path: str, image_column: str | None = None, caption_column: str |
             columns = list(reader.fieldnames or [])
             ic = _pick(columns, image_column, IMAGE_COLUMNS, "image")
             cc = _pick(columns, caption_column, CAPTION_COLUMNS, "caption")
-            rows = [(r[ic], r[cc]) for r in reader]
-    return [(p if os.path.isabs(p) else os.path.join(base, p), c)
-            for p, c in ((str(p or ""), str(c or "")) for p, c in rows)]
+            rows = [tuple(r[k] for k in (ic, cc, *_meta(columns, json_column))) for r in reader]
+    return [_row(path, base, r) for r in rows]
+
+
+def _meta(columns: list[str], wanted: str | None) -> list[str]:  # the KEY.json column, if any
+    return [_pick(columns, wanted, (), "json")] if wanted else []
+
+
+def _row(path: str, base: str, r: tuple) -> tuple:
+    p, c = os.path.join(base, str(r[0] or "")), str(r[1] or "")  # (an absolute path stays)
+    try:
+        return (p, c, *(json.loads(str(m)) if m else None for m in r[2:]))
+    except ValueError as e:
+        raise cli.UserError(f"{path}: the JSON column of {p} is not JSON ({e})") from None
 
 
 def read_folder(root: str) -> list[tuple[str, str]]:
@@ -342,7 +361,7 @@ def write_from_rows(rows: list[tuple[str, str]], out_dir: str, samples_per_shard
                "skipped_empty_caption": 0, "skipped_missing_image": 0,
                "skipped_undecodable_image": 0}
     plan = []
-    for path, caption in rows:
+    for path, caption, *meta in rows:
         caption = caption.strip()
         if not caption:
             summary["skipped_empty_caption"] += 1
@@ -351,19 +370,19 @@ def write_from_rows(rows: list[tuple[str, str]], out_dir: str, samples_per_shard
             if log and summary["skipped_missing_image"] <= 5:
                 log(f"missing image, skipped: {path}")
         else:
-            plan.append((path, caption))
+            plan.append((path, caption, *meta))
     bar = Progress("writing shards", len(plan), "images") if progress else None
     if bar and log:
         log = bar.print  # skipped images: lines of their own beside the progress line
 
     def checked(first, chunk):
-        for j, (p, c) in enumerate(chunk):
+        for j, (p, c, *meta) in enumerate(chunk):
             data, ext = load_image(p)
             error = decodes(data)
             if bar:
                 bar.update()
             if error is None:
-                yield f"{first + j:09d}", data, ext, c
+                yield f"{first + j:09d}", data, ext, c, *meta
                 continue
             summary["skipped_undecodable_image"] += 1
             if log and summary["skipped_undecodable_image"] <= 5:
@@ -408,6 +427,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--samples-per-shard", type=int, default=1000)
     ap.add_argument("--image-column", default=None)
     ap.add_argument("--caption-column", default=None)
+    ap.add_argument("--json-column", default=None, help="JSON objects as KEY.json (boxes)")
     ap.add_argument("--delimiter", default=None, help="CSV delimiter (default: by extension)")
     ap.add_argument("--start-index", type=int, default=0, help="number of the first shard")
     ap.add_argument("--quiet", action="store_true")
@@ -418,7 +438,8 @@ def main(argv: list[str] | None = None) -> dict:
     if os.path.isdir(args.input):
         rows = read_folder(args.input)
     elif os.path.isfile(args.input):
-        rows = read_table(args.input, args.image_column, args.caption_column, args.delimiter)
+        rows = read_table(args.input, args.image_column, args.caption_column, args.delimiter,
+                          args.json_column)
     else:
         ap.error(f"--input {args.input!r} is neither a file nor a directory")
     if not rows:

@@ -23,7 +23,9 @@ without fewshot, probe flags on retrieval sets only, ``--dataset`` (and, without
 ``--model``: any model source (:mod:`clip_jax.sources`): a bundle, a training workdir or its
 ``checkpoints`` directory (latest complete step), an HF CLIP directory or open_clip weights;
 ``--weights ema``: a training run's weight average (:mod:`clip_jax.ema`) instead of its params.
-``--eval``: zeroshot, retrieval, fewshot, linear_probe (repeat the flag or give a comma list).
+``--eval``: zeroshot, retrieval, fewshot, linear_probe, and for a model with a decoder
+captioning and referring (LocCa's referring-expression accuracy, IoU > 0.5:
+:mod:`clip_jax.evaluate.referring`) (repeat the flag or give a comma list).
 ``--dataset``: a dataset spec (see :mod:`clip_jax.evaluate.datasets`: a ``.json`` card such as
 the demo corpus's ``zeroshot.json``, ``tfds:cifar10``, ``folder:PATH``, or shards for
 retrieval), optionally named ``NAME=SPEC``; repeat it for several. Every ``--eval`` runs on every
@@ -239,9 +241,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                               shots=shots, seeds=tuple(range(args.seeds or 3)),
                               max_per_class=args.max_per_class or 0, batch_size=args.batch_size)
     model = inference.load(args.model, batch_size=args.batch_size, weights=args.weights)
-    if model.tokenizer is None and ({"zeroshot", "retrieval", "captioning"} & set(names)):
-        print(f"error: {args.model} has no tokenizer, which zero-shot, retrieval and "
-              "captioning need",
+    if model.tokenizer is None and ({"zeroshot", "retrieval", "captioning", "referring"}
+                                    & set(names)):
+        print(f"error: {args.model} has no tokenizer, which zero-shot, retrieval, captioning "
+              "and referring need",
               file=sys.stderr)
         return 2
     reports = evaluators.run(model, specs)

@@ -25,6 +25,7 @@ import numpy as np
 from clip_jax import models
 from clip_jax.evaluate import datasets, encode
 from clip_jax.models import decoder as decoder_lib
+from clip_jax.models import locca
 
 MAX_RETRIEVAL = 100  # images (and captions) in the likelihood retrieval: n^2 decoder passes
 EXAMPLES = 8
@@ -59,24 +60,44 @@ class Captioner:
             self._jits[key] = jax.jit(fn, out_shardings=self._all)
         return self._jits[key]
 
-    def _logits_fn(self, params, tokens):
-        return lambda ids: self._apply(params, tokens, ids, method=models.CLIP.decode)
+    def _logits_fn(self, params, tokens, text_only: bool = False):
+        """``ids -> logits``; ``text_only``: the text ids' logits only (a LocCa decoder's task
+        and coordinate tokens are never generated in a caption)."""
+        fn = lambda ids: self._apply(params, tokens, ids, method=models.CLIP.decode)
+        return (lambda ids: fn(ids)[..., :self.cfg.text.vocab_size]) if text_only else fn
+
+    def _task_prefixed(self, ids):
+        """A LocCa decoder's captions start with its captioning task token (as it trained)."""
+        if not self.cfg.decoder.loc_bins:
+            return ids
+        task = jnp.full((ids.shape[0], 1), self.cfg.text.vocab_size + locca.CAP, ids.dtype)
+        return jnp.concatenate([task, ids[:, :-1]], axis=1)
+
+    def _refer(self):
+        def run(params, pixels, prompt, prompt_len):
+            _, tokens = self._apply(params, pixels, method=models.CLIP.encode_image_tokens)
+            return locca.decode_boxes(self._logits_fn(params, tokens), prompt, prompt_len,
+                                      self.cfg.text.vocab_size, self.cfg.decoder.loc_bins)
+
+        return self._jit(("refer",), run)
 
     def _generate(self, beams: int, length: int, eot: int):
         def run(params, pixels, prompt):
             _, tokens = self._apply(params, pixels, method=models.CLIP.encode_image_tokens)
+            text_only = bool(self.cfg.decoder.loc_bins)
             if beams == 1:
-                return decoder_lib.greedy(self._logits_fn(params, tokens), prompt, length, eot,
-                                          self.pad_id)
+                return decoder_lib.greedy(self._logits_fn(params, tokens, text_only), prompt,
+                                          length, eot, self.pad_id)
             tokens = jnp.repeat(tokens, beams, axis=0)
-            return decoder_lib.beam_search(self._logits_fn(params, tokens), prompt, length, eot,
-                                           self.pad_id, beams)[0]
+            return decoder_lib.beam_search(self._logits_fn(params, tokens, text_only), prompt,
+                                           length, eot, self.pad_id, beams)[0]
 
         return self._jit(("generate", beams, length, eot), run)
 
     def _score(self):
         def run(params, tokens, ids):
-            inputs, labels, w = decoder_lib.caption_targets(ids, self.pad_id)
+            inputs, labels, w = decoder_lib.caption_targets(self._task_prefixed(ids),
+                                                            self.pad_id)
             nll = decoder_lib.token_nll(self._logits_fn(params, tokens)(inputs), labels)
             return jnp.sum(nll * w, axis=1), jnp.sum(w, axis=1)
 
@@ -113,6 +134,8 @@ class Captioner:
         if tok is None or tok.sot_id is None:
             raise ValueError("captions start from the tokenizer's start token: this model's "
                              f"tokenizer {tok!r} has none")
+        if self.cfg.decoder.loc_bins:  # LocCa: the captioning task token first
+            return np.asarray([[self.cfg.text.vocab_size + locca.CAP, tok.sot_id]], np.int32)
         return np.asarray([[tok.sot_id]], np.int32)
 
     def caption_ids(self, images, beams: int = 1, length: int | None = None) -> np.ndarray:
@@ -131,8 +154,24 @@ class Captioner:
         return np.concatenate(out) if out else np.zeros((0, length), np.int32)
 
     def captions(self, images, beams: int = 1) -> list[str]:
-        """Generated captions, as text."""
-        return [self.tokenizer.decode(row) for row in self.caption_ids(images, beams)]
+        """Generated captions, as text (a LocCa decoder's task token left out)."""
+        skip = 1 if self.cfg.decoder.loc_bins else 0
+        return [self.tokenizer.decode(row[skip:]) for row in self.caption_ids(images, beams)]
+
+    def refer(self, images, expressions: np.ndarray) -> np.ndarray:
+        """LocCa's referring-expression task: (N, 4) normalised boxes [x0, y0, x1, y1] decoded
+        greedily (:func:`clip_jax.models.locca.decode_boxes`) for the token ids
+        ``expressions`` (N, L) on ``images``."""
+        if not self.cfg.decoder.loc_bins:
+            raise ValueError("this model's decoder has no coordinate tokens (model.decoder."
+                             "loc_bins): referring expressions need a LocCa-trained decoder")
+        pixels, fn = self._pixels(images), self._refer()
+        prompt, plen = (np.asarray(x) for x in locca.aref_prompts(
+            expressions, self.pad_id, self.cfg.text.vocab_size))
+        out = [np.asarray(fn(self.model.params, self._put(pixels[s:e], size),
+                             self._put(prompt[s:e], size), self._put(plen[s:e], size)))[:e - s]
+               for s, e, size in self._chunks(len(pixels))]
+        return np.concatenate(out) if out else np.zeros((0, 4), np.float32)
 
     def image_tokens(self, images) -> np.ndarray:
         """(N, T, width) float32 un-pooled image tokens."""

@@ -39,10 +39,12 @@ import numpy as np
 from clip_jax import config as config_lib
 from clip_jax import files, inference, models, sharding
 from clip_jax.evaluate import captioning, datasets, encode, metrics, plots, probes, suite_prompts
+from clip_jax.evaluate import referring as referring_lib
 from clip_jax.evaluate import suite as suite_lib
 from clip_jax.evaluate import templates as templates_lib
 
-EVALS = (*config_lib.EVAL_KINDS, "captioning")  # captioning: from the CLI (a decoder)
+# captioning and referring (LocCa's boxes): from the CLI, for a model with a decoder
+EVALS = (*config_lib.EVAL_KINDS, "captioning", "referring")
 DEFAULT_SEEDS = (0, 1, 2)
 
 
@@ -215,7 +217,8 @@ def suite(encoder, spec: EvalSpec) -> dict:
 
 
 _RUN = {"zeroshot": zeroshot, "retrieval": retrieval, "fewshot": fewshot,
-        "linear_probe": linear_probe, "captioning": captioning.captioning}
+        "linear_probe": linear_probe, "captioning": captioning.captioning,
+        "referring": referring_lib.referring}
 
 
 def run(encoder, specs: Sequence[EvalSpec]) -> dict[str, dict]:
@@ -237,6 +240,7 @@ _SCALARS = {
                   "text_to_image_recall@1", "text_to_image_recall@5", "mean_recall"),
     "linear_probe": ("acc1",),
     "captioning": ("perplexity", "text_to_image_recall@1", "image_to_text_recall@1"),
+    "referring": ("accuracy@0.5", "mean_iou"),
 }
 
 

@@ -61,10 +61,12 @@ class CLIP(nn.Module):
         return self.text_decoder(image_tokens, ids, parallel)
 
     def caption_forward(self, images, text, train: bool = False,
-                        image_train: bool | None = None, parallel=None):
+                        image_train: bool | None = None, parallel=None, decoder_ids=None):
         """:meth:`__call__`'s outputs and the decoder's teacher-forced logits (B, L-1, vocab)
         for inputs ``text[:, :-1]`` (open_clip CoCa's shift: position i predicts
-        ``text[:, i + 1]``), from the same image forward."""
+        ``text[:, i + 1]``), from the same image forward; ``decoder_ids`` (B, L), when given,
+        are the decoder's sequences instead of ``text`` (LocCa's tasks,
+        :mod:`clip_jax.models.locca`)."""
         bias = self.logit_bias if self.cfg.init_logit_bias is not None else None
         image_train = train if image_train is None else image_train
         img, tokens = self.encode_image_tokens(images, train=image_train)
@@ -72,7 +74,8 @@ class CLIP(nn.Module):
             txt, text_tokens = self.text(text, tokens=True)
             logits = self.text_decoder(tokens, text_tokens[:, :-1], parallel)
             return (img, l2_normalize(txt), self.logit_scale, bias), logits
-        logits = self.decode(tokens, text[:, :-1], parallel)
+        ids = text if decoder_ids is None else decoder_ids
+        logits = self.decode(tokens, ids[:, :-1], parallel)
         return (img, self.encode_text(text), self.logit_scale, bias), logits
 
     def encode_text(self, text, normalize: bool = True):

@@ -157,11 +157,18 @@ class DecoderConfig:
     # the text tower's un-pooled token outputs are its input and it cross-attends to the image
     # tokens after the pooled one (CoCa's ``tokens``); no CapPa parallel prediction
     input: str = "embed"
+    # LocCa (clip_jax.models.locca): > 0 appends 3 task tokens and this many coordinate bins
+    # to its vocabulary (its embeddings and logits), after the text tower's ids
+    loc_bins: int = 0
 
     def __post_init__(self):
         for name in ("layers", "width", "heads", "mlp_dim"):
             _positive_int(f"model.decoder.{name}", getattr(self, name))
         _choice("model.decoder.input", self.input, DECODER_INPUTS)
+        b = self.loc_bins
+        if isinstance(b, bool) or not isinstance(b, int) or b < 0 or (b and self.input != "embed"):
+            raise ValueError(f"model.decoder.loc_bins={b!r}: must be an integer >= 0, and 0 "
+                             "with model.decoder.input='text' (its inputs are text tokens)")
         p = self.pad_id
         if isinstance(p, bool) or not isinstance(p, int) or p < 0:
             raise ValueError(f"model.decoder.pad_id={p!r}: must be a token id >= 0")

@@ -162,6 +162,13 @@ def _remat(block, policy, scan: bool):
     return remat_lib.remat(block, policy, scan)
 
 
+def vocab_size(cfg: ModelConfig) -> int:
+    """The decoder's vocabulary: the text tower's, then LocCa's 3 task tokens and
+    ``decoder.loc_bins`` coordinate tokens when it has any (:mod:`clip_jax.models.locca`)."""
+    bins = cfg.decoder.loc_bins
+    return cfg.text.vocab_size + (3 + bins if bins else 0)
+
+
 def causal_mask(t: int, parallel=None):
     """(B or 1, 1, t, t) bool: causal, and all True for the rows where ``parallel`` (B,) is."""
     mask = jnp.tril(jnp.ones((t, t), bool))[None, None]
@@ -213,7 +220,7 @@ class TextDecoder(nn.Module):
         proj = self.param("text_projection",
                           logical_init(nn.initializers.normal(dc.width**-0.5),
                                        ("embed", "vocab")),
-                          (dc.width, t.vocab_size), pdtype)
+                          (dc.width, vocab_size(self.cfg)), pdtype)
         return jnp.dot(x, proj.astype(dtype)).astype(jnp.float32)
 
     def _embed(self, ids, parallel, dtype, pdtype):
@@ -222,7 +229,7 @@ class TextDecoder(nn.Module):
         dc, t = self.cfg.decoder, self.cfg.text
         tok = self.param("token_embedding",
                          logical_init(nn.initializers.normal(0.02), ("vocab", "embed")),
-                         (t.vocab_size, dc.width), pdtype)
+                         (vocab_size(self.cfg), dc.width), pdtype)
         pos = self.param("positional_embedding",
                          logical_init(nn.initializers.normal(0.01), (None, "embed")),
                          (t.context_length, dc.width), pdtype)

@@ -5,7 +5,8 @@
 :class:`Objectives` is the run's weighted sum of :class:`~clip_jax.objectives.base.Objective`
 terms: the student's contrastive loss (:mod:`.contrastive` softmax or :mod:`.sigmoid`, by
 ``config.loss``; weight ``distill.clip_weight`` when distilling, left out at 0) and, with
-teachers or stored embeddings, :mod:`.distillation`. It gathers what the terms declare (the
+teachers or stored embeddings, :mod:`.distillation`; with a decoder, :mod:`.captioning` (or
+:mod:`.locca`'s decoder tasks). It gathers what the terms declare (the
 params they add beside the model's, the batch fields they read, their no-gradient targets) and
 computes the loss and its named parts in one ``shard_map`` over the batch axes, where the
 losses all-gather the embeddings. :mod:`clip_jax.gradients` differentiates it, with or without
@@ -19,7 +20,7 @@ import jax.numpy as jnp
 from jax.sharding import PartitionSpec as P
 
 from clip_jax import distill, sharding
-from clip_jax.objectives import captioning, contrastive, distillation, sigmoid
+from clip_jax.objectives import captioning, contrastive, distillation, locca, sigmoid
 from clip_jax.objectives.base import LOSSES, Local, Objective, loss_fn
 
 __all__ = ["LOSSES", "Local", "Objective", "Objectives", "build", "loss_fn"]
@@ -107,8 +108,8 @@ def build(config, model_cfg, teachers=(), stored=()) -> Objectives:
     distillation with ``teachers`` (:func:`clip_jax.distill.load`) or ``stored``
     (:func:`clip_jax.distill.load_stored`)."""
     own = CONTRASTIVE[config.loss]
-    caption = [captioning.Captioning(config, model_cfg)] if captioning.active(
-        config, model_cfg) else []
+    decoder = locca.LocCa if locca.active(config, model_cfg) else captioning.Captioning
+    caption = [decoder(config, model_cfg)] if captioning.active(config, model_cfg) else []
     if not distill.active(config):
         return Objectives([own(config), *caption])
     w = float(config.distill.clip_weight)

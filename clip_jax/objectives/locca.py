@@ -1,0 +1,76 @@
+"""LocCa's decoder tasks on the captioning decoder (``model.decoder.loc_bins`` > 0): part
+``caption``, now over three tasks (:mod:`clip_jax.models.locca`).
+
+Each example of the global batch gets one task, drawn from the step's key with
+``caption.task_probs`` (captioning, referring expression -> box "AREF", box -> region
+caption "GCAP"; uniform by default) and, for AREF / GCAP, one of its valid boxes uniformly;
+an example without a box (the batch's ``box_valid``, :mod:`clip_jax.data.boxes`) captions.
+The draw and the sequences are built once on the whole global batch
+(:meth:`forward_inputs`), so the gradient cache and any mesh see the same rows. The decoder is
+teacher-forced on each sequence and the part is the mean token cross-entropy over every
+example's *output* tokens (the task token, AREF's expression and GCAP's box are inputs, not
+scored). CapPa's parallel prediction (``caption.masked_pred_prob``) applies only to the rows
+that caption.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from clip_jax.data import boxes as boxes_lib
+from clip_jax.models import decoder as decoder_lib
+from clip_jax.models import locca
+from clip_jax.objectives.captioning import PARALLEL, Captioning, parallel_rows
+
+IDS, WEIGHTS = "decoder_ids", "decoder_weights"  # forward_inputs: each row's sequence
+
+
+def active(config, model_cfg) -> bool:
+    """Whether the decoder trains LocCa's tasks: a decoder with ``loc_bins`` > 0 and
+    ``caption.weight`` > 0."""
+    d = model_cfg.decoder
+    return d is not None and d.loc_bins > 0 and float(config.caption.weight) > 0
+
+
+def max_boxes(config, model_cfg) -> int:
+    """Boxes per example the data pipeline carries (0: none, LocCa off)."""
+    return int(config.caption.max_boxes) if active(config, model_cfg) else 0
+
+
+class LocCa(Captioning):
+
+    def __init__(self, config, model_cfg):
+        super().__init__(config, model_cfg)
+        probs = tuple(config.caption.task_probs)
+        if len(probs) != 3 or any(not isinstance(p, int | float) or isinstance(p, bool)
+                                  or not p >= 0 for p in probs) or not sum(probs) > 0:
+            raise ValueError(f"config caption.task_probs={probs!r}: three weights >= 0, not all "
+                             "0, of (captioning, referring expression -> box, box -> caption)")
+        self.probs = tuple(float(p) / sum(probs) for p in probs)
+        self.max_boxes, self.length = int(config.caption.max_boxes), model_cfg.text.context_length
+        self.vocab, self.bins = model_cfg.text.vocab_size, model_cfg.decoder.loc_bins
+
+    def batch_fields(self, batch_size: int) -> dict[str, jax.ShapeDtypeStruct]:
+        n, k = batch_size, self.max_boxes
+        shapes = {"boxes": ((n, k, 4), jnp.float32), "box_valid": ((n, k), jnp.bool_),
+                  "box_text": ((n, k, self.length), jnp.int32)}
+        return {f: jax.ShapeDtypeStruct(*shapes[f]) for f in boxes_lib.FIELDS}
+
+    def forward_inputs(self, batch, rng) -> dict:
+        task, pick = locca.draw(rng, self.probs, batch["box_valid"])
+        take = lambda x: jnp.take_along_axis(x, pick.reshape((-1,) + (1,) * (x.ndim - 1)),
+                                             axis=1)[:, 0]
+        ids, w = locca.sequences(task, batch["text"], take(batch["boxes"]),
+                                 take(batch["box_text"]), self.pad_id, self.vocab, self.bins)
+        out = {IDS: ids, WEIGHTS: w}
+        if self.masked_pred_prob:
+            out[PARALLEL] = parallel_rows(rng, ids.shape[0], self.masked_pred_prob) & (
+                task == locca.CAP)
+        return out
+
+    def rows(self, logits, text, inputs) -> dict:
+        labels, w = inputs[IDS][:, 1:], inputs[WEIGHTS]
+        nll = decoder_lib.token_nll(logits, labels)
+        return {"caption_nll": jnp.sum(nll * w, axis=1),
+                "caption_tokens": jax.lax.stop_gradient(jnp.sum(w, axis=1))}
