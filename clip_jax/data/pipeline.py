@@ -115,7 +115,7 @@ class TrainIterator:
                  process_index: int = 0, process_count: int = 1, workers: int = 0,
                  shuffle_buffer: int = 1000, resampled: bool = False, context_length: int = 77,
                  worker_mode: str = "process", prefetch: int = 2, jpeg_draft: bool = True,
-                 embeddings: Sequence[str] = (), naflex=None):
+                 embeddings: Sequence[str] = (), naflex=None, views=None):
         if worker_mode not in ("process", "thread"):
             raise ValueError(f"worker_mode must be 'process' or 'thread', got {worker_mode!r}")
         if not 0 <= process_index < process_count:
@@ -157,7 +157,7 @@ class TrainIterator:
                        num_consumers, bool(resampled), 2 * int(shuffle_buffer), int(batch_size),
                        int(image_size), int(context_length), bool(jpeg_draft),
                        name=f"worker {w} of process {process_index}", stored=stored,
-                       naflex=naflex, workers=self.num_workers)
+                       naflex=naflex, workers=self.num_workers, views=views)
             for w in range(self.num_workers)]
         digest = hashlib.sha256(json.dumps([
             s.describe() if isinstance(s, TfdsSource) else [s.shards, s.weight]
@@ -284,7 +284,8 @@ class TrainIterator:
 def make_train_iterator(data_cfg, tokenizer, image_size: int, batch_size: int, seed: int,
                         process_index: int = 0, process_count: int = 1,
                         context_length: int | None = None,
-                        embeddings: Sequence[str] = (), naflex=None) -> TrainIterator:
+                        embeddings: Sequence[str] = (), naflex=None,
+                        views=None) -> TrainIterator:
     """The training iterator for this process from ``data_cfg`` (ConfigDict or mapping).
 
     Keys: ``source`` ("webdataset", "tfds" or "mix", see :func:`train_sources`; default
@@ -298,7 +299,8 @@ def make_train_iterator(data_cfg, tokenizer, image_size: int, batch_size: int, s
     per-sample rows to deliver with each sample (:mod:`clip_jax.data.stored`). ``naflex``: a
     :class:`clip_jax.data.naflex.BucketPlan`: batches of ``{"image": {"patches": uint8 (b, n,
     p*p*3), "mask": bool (b, n), "shapes": int32 (b, 2)}, "text": ...}`` whose ``b`` and ``n``
-    follow each step's bucket (``batch_size`` unused).
+    follow each step's bucket (``batch_size`` unused). ``views``: a
+    :class:`clip_jax.data.views.ViewSpec`, the extra views of self-distillation.
     """
     return TrainIterator(
         train_sources(data_cfg), tokenizer, int(image_size), int(batch_size), int(seed),
@@ -309,4 +311,4 @@ def make_train_iterator(data_cfg, tokenizer, image_size: int, batch_size: int, s
         worker_mode=str(_cfg(data_cfg, "worker_mode", "process")),
         prefetch=int(_cfg(data_cfg, "worker_prefetch", 2)),
         jpeg_draft=bool(_cfg(data_cfg, "jpeg_draft", True)), embeddings=embeddings,
-        naflex=naflex)
+        naflex=naflex, views=views)
