@@ -263,3 +263,21 @@ def test_terms_switch_on_at_their_step_and_a_resume_across_it_is_exact(tmp_path)
             for w in (work, again))
         for k in a:
             np.testing.assert_array_equal(a[k], b[k], err_msg=f"{which} {k}")
+
+
+# -- what it refuses --------------------------------------------------------------------------
+
+@pytest.mark.parametrize("change,needle", [
+    ({"ema.decay": 0.0}, "needs the EMA teacher"),
+    ({"silc.local_scale": (0.5, 0.2)}, "silc.local_scale"),
+    ({"model.name": "tiny-rn"}, "is not a ViT"),
+    ({"silc.local_size": 12}, "not a multiple of the patch"),
+])
+def test_settings_it_cannot_run_are_one_line_errors(change, needle):
+    c = _config()
+    for key, value in change.items():
+        section, name = key.split(".")
+        c[section][name] = value
+    with pytest.raises(ValueError, match=needle) as e:
+        train.build(c, jax.devices()[:1])
+    assert "\n" not in str(e.value)
