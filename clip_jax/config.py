@@ -118,7 +118,6 @@ def base_config() -> ml_collections.ConfigDict:
     # (patches per image, e.g. (128, 256, 576, 784, 1024)) per step from the seed and the step,
     # tokens // bucket images rounded down to a multiple of batch_multiple (0: the devices)
     c.data.naflex = ml_collections.ConfigDict(dict(buckets=(), tokens=0, batch_multiple=0))
-
     c.checkpoint = ml_collections.ConfigDict()
     c.checkpoint.every_steps = 0  # 0 = only at the end
     c.checkpoint.keep = 3
@@ -187,6 +186,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.caption = ml_collections.ConfigDict(config_schema.CAPTION)  # + CapPa, LocCa tasks
     c.ema = ml_collections.ConfigDict(dict(  # weight EMA (clip_jax/ema.py); decay 0 = off
         decay=0.0, every_steps=1, start_step=0, warmup_power=0.0))
+    c.silc, c.tips = (ml_collections.ConfigDict(d) for d in config_schema.SELF_DISTILL)  # EMA
 
     c.lock()
     c.evals.unlock()  # a config file adds names; eval_sets checks every entry

@@ -99,6 +99,11 @@ RANGES: dict[str, Range] = {
     **{f"model.decoder.{k}": POSITIVE for k in ("layers", "width", "heads", "mlp_dim")},
     "model.decoder.pad_id": COUNT, "caption.weight": NONNEG, "caption.masked_pred_prob": FRACTION,
     "model.decoder.loc_bins": COUNT, "caption.max_boxes": POSITIVE,
+    **{f"{t}.{k}": r for t in ("silc", "tips") for k, r in (
+        ("weight", NONNEG), ("start_fraction", Range(float, 0, 1, hi_open=True)),
+        ("head_hidden", POSITIVE), ("head_bottleneck", POSITIVE), ("head_dim", POSITIVE),
+        ("teacher_temp", POS_FLOAT), ("student_temp", POS_FLOAT))},
+    "silc.local_crops": POSITIVE, "silc.local_size": COUNT, "tips.mask_ratio": OPEN_UNIT,
 }
 
 # The decoder objective's keys (clip_jax.objectives.captioning, .locca): the loss weight,
@@ -106,6 +111,31 @@ RANGES: dict[str, Range] = {
 # probability (captioning, referring expression -> box, box -> region caption) and the
 # boxes per example the data pipeline carries
 CAPTION = dict(weight=1.0, masked_pred_prob=0.0, task_probs=(1 / 3, 1 / 3, 1 / 3), max_boxes=4)
+
+# Self-distillation from the EMA teacher (clip_jax/objectives/silc.py, tips.py; weight 0 = off),
+# SigLIP 2's settings (docs/self_distillation.md says where each comes from).
+_HEAD = dict(head_hidden=2048, head_bottleneck=256, teacher_temp=0.04, student_temp=0.1)
+SELF_DISTILL = (
+    dict(weight=0.0, start_fraction=0.8, local_crops=8, local_size=0, head_dim=65536,
+         global_scale=(0.4, 1.0), local_scale=(0.05, 0.4), **_HEAD),
+    dict(weight=0.0, start_fraction=0.8, mask_ratio=0.5, head_dim=8192, **_HEAD))
+
+
+def check_self_distill(c) -> None:
+    """The cross-key rules of ``silc`` / ``tips``: an EMA teacher, square images, crop scales."""
+    for name in ("silc", "tips"):
+        if float(c[name].weight) > 0 and float(c.ema.decay) <= 0:
+            raise ValueError(f"config {name}.weight > 0 needs the EMA teacher: set ema.decay "
+                             "(e.g. 0.996) and ema.start_step (the switch step)")
+        if float(c[name].weight) > 0 and c.data.naflex.buckets:
+            raise ValueError(f"config {name}.weight > 0: self-distillation's views are square "
+                             "crops, not NaFlex batches (SigLIP 2 leaves it out of NaFlex too)")
+    for key in ("global_scale", "local_scale"):
+        v = tuple(c.silc[key])
+        if len(v) != 2 or not all(isinstance(x, int | float) for x in v) or \
+                not 0 < v[0] <= v[1] <= 1:
+            raise ValueError(f"config silc.{key}={c.silc[key]!r}: must be (lo, hi) with "
+                             "0 < lo <= hi <= 1")
 
 
 def _get(c, key: str):
@@ -131,6 +161,7 @@ def check(c) -> None:
             NONNEG.ok(p) for p in probs) or not sum(probs) > 0:
         raise ValueError(f"config caption.task_probs={probs!r}: must be three weights >= 0, "
                          "not all 0 (captioning, referring expression -> box, box -> caption)")
+    check_self_distill(c)
 
 
 def check_mapping(where: str, d, table: dict[str, Range]) -> dict:

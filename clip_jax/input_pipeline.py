@@ -15,13 +15,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from clip_jax.data import naflex, pipeline, stored, transforms, workers
+from clip_jax.data import naflex, pipeline, stored, transforms, views, workers
 from clip_jax.data.synthetic import SyntheticSource
 from clip_jax.objectives import locca
 
 BATCH_KEYS = ("image", "text")  # what the train step reads; other fields stay on the host
-# + the objective's fields: stored rows (clip_jax.data.stored.field_names), teachers' own ids
-DEVICE_PREFIXES = ("stored", "teacher", "box")  # + LocCa's boxes (clip_jax.data.boxes)
+# + the objective's fields: stored rows (clip_jax.data.stored.field_names), teachers' own ids,
+# LocCa's boxes (clip_jax.data.boxes), self-distillation's views (clip_jax.data.views)
+DEVICE_PREFIXES = ("stored", "teacher", "box", "view")
 _PUT_TIMEOUT_S = 0.1  # how often a blocked producer looks at the stop flag
 _JOIN_TIMEOUT_S = 10.0  # how long close() waits for the producer thread
 
@@ -29,8 +30,9 @@ _JOIN_TIMEOUT_S = 10.0  # how long close() waits for the producer thread
 def make_data(config, model_cfg, batch_size: int, tokenizer=None):
     """The host-local iterator of ``batch_size`` rows for this process (``get_state`` /
     ``set_state``), from ``config.data`` and the model's image size, context length and
-    vocabulary."""
+    vocabulary, and the views of ``silc`` / ``tips`` (:mod:`clip_jax.data.views`)."""
     m, boxes = model_cfg, locca.max_boxes(config, model_cfg)
+    extra = views.spec_from_config(config, m.vision.image_size, m.vision.patch_size)
     if config.data.source == "synthetic":
         if boxes:
             raise ValueError("model.decoder.loc_bins: LocCa's tasks read boxes from image "
@@ -38,12 +40,12 @@ def make_data(config, model_cfg, batch_size: int, tokenizer=None):
         return SyntheticSource(
             batch_size, m.vision.image_size, m.text.context_length, m.text.vocab_size,
             config.data.synthetic_classes, config.data.synthetic_noise, config.seed,
-            jax.process_index())
+            jax.process_index(), extra)
     return pipeline.make_train_iterator(
         config.data, tokenizer, m.vision.image_size, batch_size, config.seed,
         jax.process_index(), jax.process_count(), context_length=m.text.context_length,
         embeddings=stored.parse_dirs(config.distill.embeddings), naflex=naflex_plan(config, m),
-        max_boxes=boxes)
+        max_boxes=boxes, views=extra)
 
 
 def naflex_plan(config, model_cfg) -> naflex.BucketPlan | None:

@@ -179,7 +179,7 @@ def train_step(setup: Setup, state: TrainState, batch, teachers=()) -> tuple[Tra
     ``teachers``: the frozen teachers' params (distillation), read, never updated."""
     cfg, step = setup.config, state.step + 1
     loss, parts, grads, stats = gradients.loss_and_grads(setup, state.params, batch, state.step,
-                                                         teachers, state.batch_stats)
+                                                         teachers, state.batch_stats, state.ema)
     loss, grads = stability.inject_faults(cfg.debug, step, state.guard, loss, grads)
     updates, opt_state = setup.tx.update(grads, state.opt_state, state.params)
     params = dict(optax.apply_updates(state.params, updates))
@@ -201,13 +201,11 @@ def train_step(setup: Setup, state: TrainState, batch, teachers=()) -> tuple[Tra
 
 
 def make_train_step(setup: Setup):
-    keys = (*input_pipeline.BATCH_KEYS, *setup.objective.batch_fields(setup.config.batch_size))
-    batch_sh = {k: setup.batch_sharding for k in keys}
     teacher_sh = (distill.shardings(setup.teachers, setup.mesh),) if setup.teachers else ()
     placed = []  # the teachers' params, placed on the first call (plan only lowers)
     step = jax.jit(
         functools.partial(train_step, setup),
-        in_shardings=(setup.state_shardings, batch_sh, *teacher_sh),
+        in_shardings=(setup.state_shardings, setup.batch_sharding, *teacher_sh),  # any fields
         out_shardings=(setup.state_shardings, sharding.replicated(setup.mesh)),
         donate_argnums=(0,),
     )

@@ -136,7 +136,8 @@ ZERO_OK = {"seed", "loss_block_size", "model.init_logit_scale", "model.init_logi
            "distill.feature_weight", "distill.teacher_logit_scale", "model.vision.patch_dropout",
            "caption.weight", "caption.masked_pred_prob", "ema.decay", "ema.start_step",
            "model.decoder.pad_id", "model.decoder.loc_bins",
-           "ema.warmup_power"}
+           "ema.warmup_power", "silc.weight", "tips.weight", "silc.start_fraction",
+           "tips.start_fraction", "silc.local_size"}
 NEGATIVE_OK = {"seed", "data.demo_seed", "model.init_logit_scale", "model.init_logit_bias",
                "model.ls_init_value"}
 

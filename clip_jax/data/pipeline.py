@@ -115,7 +115,8 @@ class TrainIterator:
                  process_index: int = 0, process_count: int = 1, workers: int = 0,
                  shuffle_buffer: int = 1000, resampled: bool = False, context_length: int = 77,
                  worker_mode: str = "process", prefetch: int = 2, jpeg_draft: bool = True,
-                 embeddings: Sequence[str] = (), naflex=None, max_boxes: int = 0):
+                 embeddings: Sequence[str] = (), naflex=None, max_boxes: int = 0,
+                 views=None):
         if worker_mode not in ("process", "thread"):
             raise ValueError(f"worker_mode must be 'process' or 'thread', got {worker_mode!r}")
         if not 0 <= process_index < process_count:
@@ -157,7 +158,8 @@ class TrainIterator:
                        num_consumers, bool(resampled), 2 * int(shuffle_buffer), int(batch_size),
                        int(image_size), int(context_length), bool(jpeg_draft),
                        name=f"worker {w} of process {process_index}", stored=stored,
-                       naflex=naflex, workers=self.num_workers, max_boxes=int(max_boxes))
+                       naflex=naflex, workers=self.num_workers, max_boxes=int(max_boxes),
+                       views=views)
             for w in range(self.num_workers)]
         digest = hashlib.sha256(json.dumps([
             s.describe() if isinstance(s, TfdsSource) else [s.shards, s.weight]
@@ -287,7 +289,7 @@ def make_train_iterator(data_cfg, tokenizer, image_size: int, batch_size: int, s
                         process_index: int = 0, process_count: int = 1,
                         context_length: int | None = None,
                         embeddings: Sequence[str] = (), naflex=None,
-                        max_boxes: int = 0) -> TrainIterator:
+                        max_boxes: int = 0, views=None) -> TrainIterator:
     """The training iterator for this process from ``data_cfg`` (ConfigDict or mapping).
 
     Keys: ``source`` ("webdataset", "tfds" or "mix", see :func:`train_sources`; default
@@ -303,7 +305,8 @@ def make_train_iterator(data_cfg, tokenizer, image_size: int, batch_size: int, s
     p*p*3), "mask": bool (b, n), "shapes": int32 (b, 2)}, "text": ...}`` whose ``b`` and ``n``
     follow each step's bucket (``batch_size`` unused). ``max_boxes`` K > 0: each batch also
     has ``boxes`` (b, K, 4), ``box_valid`` (b, K) and ``box_text`` (b, K, L), the samples'
-    ``KEY.json`` boxes moved with the crop (:mod:`clip_jax.data.boxes`).
+    ``KEY.json`` boxes moved with the crop (:mod:`clip_jax.data.boxes`). ``views``: a
+    :class:`clip_jax.data.views.ViewSpec`, the extra views of self-distillation.
     """
     return TrainIterator(
         train_sources(data_cfg), tokenizer, int(image_size), int(batch_size), int(seed),
@@ -314,4 +317,4 @@ def make_train_iterator(data_cfg, tokenizer, image_size: int, batch_size: int, s
         worker_mode=str(_cfg(data_cfg, "worker_mode", "process")),
         prefetch=int(_cfg(data_cfg, "worker_prefetch", 2)),
         jpeg_draft=bool(_cfg(data_cfg, "jpeg_draft", True)), embeddings=embeddings,
-        naflex=naflex, max_boxes=max_boxes)
+        naflex=naflex, max_boxes=max_boxes, views=views)

@@ -73,6 +73,7 @@ from clip_jax.data import boxes as boxes_lib
 from clip_jax.data import naflex as naflex_lib
 from clip_jax.data import stored as stored_lib
 from clip_jax.data import transforms
+from clip_jax.data import views as views_lib
 from clip_jax.data.hashing import hash_ints as _hash
 from clip_jax.data.hashing import seed_seq as _seed_seq
 from clip_jax.data.hashing import unit as _unit
@@ -103,6 +104,7 @@ class WorkerSpec:
     naflex: naflex_lib.BucketPlan | None = None  # NaFlex batches: a bucket per step
     workers: int = 1  # consumers per process (NaFlex: which steps this one makes)
     max_boxes: int = 0  # > 0: each sample's boxes as batch fields (clip_jax.data.boxes)
+    views: views_lib.ViewSpec | None = None  # self-distillation's extra views (data/views.py)
 
     def naflex_shape(self, batch: int) -> tuple[int, int]:
         """(images, patches per image) of this consumer's ``batch``-th NaFlex batch: its step's
@@ -308,6 +310,8 @@ class BatchMaker:
             (n, bucket), min_size, p = spec.naflex_shape(self.batches), None, plan.patch_size
             images = {"patches": np.zeros((n, bucket, p * p * 3), np.uint8),
                       "mask": np.zeros((n, bucket), bool), "shapes": np.zeros((n, 2), np.int32)}
+        step = self.batches * spec.workers + spec.consumer % spec.workers  # the global step
+        extra = spec.views.allocate(step, n, np.uint8) if spec.views is not None else {}
         captions: list[str] = []
         keys, rows, box_rows = [], [], []
         failures = missing = 0
@@ -347,6 +351,9 @@ class BatchMaker:
                 found_boxes, caps = boxes_lib.parse(raw.meta, f"{raw.url} key {raw.key!r}")
                 moved, keep = boxes_lib.crop(found_boxes, width, height, *crop)
                 box_rows.append(boxes_lib.pad(moved, caps, keep, spec.max_boxes))
+            if extra:  # from the sample's own generator: the main crop is unchanged
+                views_lib.make(pixels, spec.views, np.random.default_rng(_seed_seq(
+                    spec.seed, spec.consumer, views_lib.TAG, index)), extra, i)
             failures = 0
             captions.append(raw.caption)
             if self.lookup is not None:
@@ -361,7 +368,7 @@ class BatchMaker:
         self.batches += 1
         self.stats["samples"] += n
         batch = {"image": images, "text": text,  # + e.g. a distillation teacher's own ids
-                 **{k: np.asarray(v, np.int32) for k, v in fields.items()}}
+                 **{k: np.asarray(v, np.int32) for k, v in fields.items()}, **extra}
         if spec.max_boxes:
             k = spec.max_boxes
             batch["boxes"] = np.stack([r[0] for r in box_rows])

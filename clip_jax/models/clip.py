@@ -51,6 +51,14 @@ class CLIP(nn.Module):
         x, tokens = self.visual(images, train, tokens=True)
         return l2_normalize(x), tokens[:, 1:] if self._coca() else tokens
 
+    def encode_views(self, images, patch_mask=None, mask_token=None):
+        """Self-distillation's views through a ViT tower (any size multiple of the patch, no
+        patch dropout): ``(pooled embedding, unnormalised float32 (B, D), patch tokens (B, n,
+        width))``; ``patch_mask`` (B, n) bool replaces those patches by ``mask_token``."""
+        x, tokens = self.visual(images, False, tokens=True, any_size=True,
+                                patch_mask=patch_mask, mask_token=mask_token)
+        return x.astype(jnp.float32), tokens[:, int(self.cfg.vision.class_token):]
+
     def decode(self, image_tokens, ids, parallel=None):
         """The decoder's float32 logits (B, T, vocab) for input ``ids`` (B, T) given
         :meth:`encode_image_tokens`' tokens (:class:`~clip_jax.models.decoder.TextDecoder`);

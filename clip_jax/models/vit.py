@@ -50,27 +50,43 @@ def drop_patches(x, keep: int, rng, prefix: int = 1):
     return jnp.concatenate([x[:, :prefix], patches], axis=1) if prefix else patches
 
 
+def resize_positions(pos, prefix: int, grid: int, to: tuple[int, int]):
+    """(prefix + grid * grid, D) position table -> (prefix + to[0] * to[1], D): the grid part
+    resized bilinearly (antialiased when it shrinks), the prefix (class token) kept."""
+    d = pos.shape[-1]
+    table = pos[prefix:].reshape(grid, grid, d).astype(jnp.float32)
+    table = jax.image.resize(table, (*to, d), "bilinear").astype(pos.dtype)
+    return jnp.concatenate([pos[:prefix], table.reshape(-1, d)], axis=0)
+
+
 class VisionTransformer(nn.Module):
     cfg: ModelConfig
 
     @nn.compact
-    def __call__(self, images, train: bool = False, tokens: bool = False):
+    def __call__(self, images, train: bool = False, tokens: bool = False,
+                 any_size: bool = False, patch_mask=None, mask_token=None):
         """images: (B, H, W, 3) float, CLIP-normalised. Returns (B, embed_dim), unnormalised.
         ``train`` with ``vision.patch_dropout`` > 0 drops patch tokens after the positional
         embedding (the ``patch_dropout`` rng collection); evaluation sees every patch.
         ``tokens``: returns ``(pooled, tokens)``, ``tokens`` (B, T, width) the un-pooled
         sequence the pool reads (``ln_post`` of every token, the class token included): what a
-        captioning decoder cross-attends to. The pooled output is the same either way."""
+        captioning decoder cross-attends to. The pooled output is the same either way.
+        ``any_size``: images of any size multiple of the patch (self-distillation's views), the
+        position grid resized bilinearly (DINO's interpolation); ``patch_mask`` (B, patches)
+        bool: those patch embeddings replaced by ``mask_token`` (width,) before the position
+        embedding (iBOT / TIPS)."""
         c, v = self.cfg, self.cfg.vision
         dtype, pdtype = jnp.dtype(c.dtype), jnp.dtype(c.param_dtype)
         kw = dict(dtype=dtype, param_dtype=pdtype)
-        if images.shape[1:3] != (v.image_size, v.image_size):
+        if images.shape[1:3] != (v.image_size, v.image_size) and not any_size:
             raise ValueError(f"images of size {images.shape[1:3]} given to a ViT built for "
                              f"{v.image_size}x{v.image_size}")
         scale = v.width**-0.5
         x = PatchEmbed(v.patch_size, v.width, dtype, pdtype, bias=v.patch_bias,
                        name="conv1")(images)
-        b = x.shape[0]
+        b, grid = x.shape[0], v.image_size // v.patch_size
+        if patch_mask is not None:
+            x = jnp.where(patch_mask[..., None], mask_token.astype(dtype), x)
         prefix = int(v.class_token)
         if v.class_token:
             cls = self.param("class_embedding",
@@ -78,7 +94,10 @@ class VisionTransformer(nn.Module):
                              (v.width,), pdtype)
         pos = self.param("positional_embedding",
                          logical_init(nn.initializers.normal(scale), (None, "embed")),
-                         (x.shape[1] + prefix, v.width), pdtype)
+                         (grid * grid + prefix, v.width), pdtype)
+        if x.shape[1] != grid * grid:
+            pos = resize_positions(pos, prefix, grid, (images.shape[1] // v.patch_size,
+                                                       images.shape[2] // v.patch_size))
         if v.class_token:
             x = jnp.concatenate([jnp.broadcast_to(cls.astype(dtype), (b, 1, v.width)), x], 1)
         x = x + pos.astype(dtype)

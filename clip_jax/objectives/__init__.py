@@ -11,6 +11,9 @@ params they add beside the model's, the batch fields they read, their no-gradien
 computes the loss and its named parts in one ``shard_map`` over the batch axes, where the
 losses all-gather the embeddings. :mod:`clip_jax.gradients` differentiates it, with or without
 the gradient cache; :data:`.base.LOSSES` is the one table of ``(loss, loss_impl)`` -> function.
+With ``silc.weight`` / ``tips.weight`` it adds :mod:`.silc` / :mod:`.tips`, self-distillation
+from the EMA teacher, which run only on the batches that carry their views
+(:meth:`Objectives.for_batch`).
 """
 
 from __future__ import annotations
@@ -20,10 +23,11 @@ import jax.numpy as jnp
 from jax.sharding import PartitionSpec as P
 
 from clip_jax import distill, sharding
-from clip_jax.objectives import captioning, contrastive, distillation, locca, sigmoid
-from clip_jax.objectives.base import LOSSES, Local, Objective, loss_fn
+from clip_jax.objectives import (captioning, contrastive, distillation, locca, sigmoid, silc,
+                                 tips)
+from clip_jax.objectives.base import LOSSES, Local, Objective, Teacher, loss_fn
 
-__all__ = ["LOSSES", "Local", "Objective", "Objectives", "build", "loss_fn"]
+__all__ = ["LOSSES", "Local", "Objective", "Objectives", "Teacher", "build", "loss_fn"]
 
 HEAD = ("logit_scale", "logit_bias")  # the model's params the loss reads besides embeddings
 CONTRASTIVE = {"clip": contrastive.Contrastive, "siglip": sigmoid.Sigmoid}
@@ -32,12 +36,19 @@ CONTRASTIVE = {"clip": contrastive.Contrastive, "siglip": sigmoid.Sigmoid}
 class Objectives:
     """The weighted sum of ``terms``' parts (in order); see the module docstring."""
 
-    def __init__(self, terms):
+    def __init__(self, terms, param_keys=None):
         self.terms = list(terms)
         names = [t.name for t in self.terms if t.param_shapes()]
-        self.param_keys = tuple(names)
+        self.param_keys = tuple(names) if param_keys is None else param_keys
         self.weights = {k: w for t in self.terms for k, w in t.weights().items()}
         self.decoder = any(t.decoder for t in self.terms)  # the forward runs the decoder
+        self.ema_teacher = any(t.ema_teacher for t in self.terms)  # targets from the EMA
+
+    def for_batch(self, batch) -> Objectives:
+        """The terms that run on ``batch``: those whose required fields it carries (the
+        params' keys stay those of every term, so the unused heads get zero gradients)."""
+        terms = [t for t in self.terms if all(k in batch for k in t.requires())]
+        return self if len(terms) == len(self.terms) else Objectives(terms, self.param_keys)
 
     @property
     def report_parts(self) -> bool:
@@ -72,9 +83,21 @@ class Objectives:
         """The terms' per-example values from the decoder's logits (``{}`` without one)."""
         return {k: v for t in self.terms for k, v in t.rows(logits, text, inputs).items()}
 
-    def targets(self, teacher_params, batch) -> list:
-        """Each term's no-gradient targets on the whole global batch."""
-        return [t.targets(teacher_params, batch) for t in self.terms]
+    def targets(self, teacher_params, batch, teacher=None, inputs=None) -> list:
+        """Each term's no-gradient targets on the whole global batch (``teacher``: a
+        :class:`~.base.Teacher` on the EMA, for the terms with ``ema_teacher``)."""
+        return [t.self_targets(teacher, batch, inputs or {}) if t.ema_teacher
+                else t.targets(teacher_params, batch) for t in self.terms]
+
+    def student_fields(self) -> tuple[str, ...]:
+        """The batch fields the terms' own student forwards read (split like ``image``)."""
+        return tuple(dict.fromkeys(k for t in self.terms for k in t.student_fields()))
+
+    def view_rows(self, apply, params, fields, inputs) -> dict:
+        """The terms' per-example values from their own student forwards (``{}`` without);
+        ``params``: the whole tree (each term reads its own)."""
+        return {k: v for t in self.terms
+                for k, v in t.view_rows(apply, params.get(t.name, {}), fields, inputs).items()}
 
     def loss(self, mesh, img, txt, head, targets, rows=None):
         """``(total, parts)`` on globally sharded embeddings: ``total = sum weight * part``,
@@ -110,9 +133,11 @@ def build(config, model_cfg, teachers=(), stored=()) -> Objectives:
     own = CONTRASTIVE[config.loss]
     decoder = locca.LocCa if locca.active(config, model_cfg) else captioning.Captioning
     caption = [decoder(config, model_cfg)] if captioning.active(config, model_cfg) else []
+    selfd = [cls(config, model_cfg) for cls in (silc.SILC, tips.TIPS)
+             if float(config[cls.name].weight) > 0]  # self-distillation from the EMA teacher
     if not distill.active(config):
-        return Objectives([own(config), *caption])
+        return Objectives([own(config), *caption, *selfd])
     w = float(config.distill.clip_weight)
     terms = [own(config, w)] if w > 0 else []
     return Objectives([*terms, distillation.Distillation(config, model_cfg.embed_dim, teachers,
-                                                         stored), *caption])
+                                                         stored), *caption, *selfd])

@@ -13,11 +13,21 @@ per-example inputs drawn once on the whole global batch (:meth:`~Objective.forwa
 which rows CapPa predicts in parallel) and turns the decoder's logits into per-example values
 (:meth:`~Objective.rows`, e.g. summed token NLL), which reach :meth:`~Objective.parts` as
 ``local.rows``: so the gradient cache carries them like the embeddings and stays exact.
+
+Self-distillation (SILC, TIPS) adds two more hooks. A term's own student forwards of extra
+batch fields (:meth:`~Objective.student_fields`, split by the gradient cache like ``image``)
+give per-example values (:meth:`~Objective.view_rows`, e.g. the pooled features of local
+crops), carried to :meth:`~Objective.parts` as ``local.rows`` too. A term with ``ema_teacher``
+computes its targets from the EMA of the params (:meth:`~Objective.self_targets`, a
+:class:`Teacher`). A term that :meth:`~Objective.requires` batch fields runs only on batches
+that carry them: the input pipeline adds them from the term's switch-on step, so before it the
+step is compiled without the term and costs nothing.
 """
 
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import jax
@@ -57,11 +67,23 @@ class Local(NamedTuple):
     rows: dict = {}  # this device's rows of the objectives' per-example values (Objective.rows)
 
 
+class Teacher(NamedTuple):
+    """The EMA of the params as a teacher, no gradient: ``apply(*args, method=...)`` runs the
+    model (:class:`clip_jax.models.CLIP`) on the average; ``own[name]``: the average of term
+    ``name``'s own params (its teacher head); ``cache``: shared by the terms within one step
+    (one teacher forward of a view serves several terms)."""
+
+    apply: Callable
+    own: dict
+    cache: dict
+
+
 class Objective:
     """One training objective (subclasses: one file each in this package)."""
 
     name = ""  # its key in the params, when it adds any
     decoder = False  # whether the forward runs the model's captioning decoder for it
+    ema_teacher = False  # whether its targets come from the EMA teacher (self_targets)
 
     def weights(self) -> dict[str, float]:
         """Its parts in order and their weights (a part of weight 0 is never computed)."""
@@ -81,6 +103,26 @@ class Objective:
     def targets(self, teacher_params, batch):
         """What it needs from the whole global batch without gradient (None: nothing)."""
         return None
+
+    def requires(self) -> tuple[str, ...]:
+        """Batch fields without which it does not run (its switch-on: the pipeline adds them)."""
+        return ()
+
+    def self_targets(self, teacher: Teacher, batch, inputs):
+        """With ``ema_teacher``: its targets from the EMA ``teacher`` on the whole global
+        batch (``inputs``: :meth:`forward_inputs`), instead of :meth:`targets`."""
+        return None
+
+    def student_fields(self) -> tuple[str, ...]:
+        """Batch fields its own student forwards read (:meth:`view_rows`)."""
+        return ()
+
+    def view_rows(self, apply, own, fields, inputs) -> dict:
+        """Per-example values (N, ...) of its own student forwards (with gradient) of
+        ``fields`` (:meth:`student_fields`): ``apply(*args, method=...)`` runs the model on
+        the student's params, ``own`` its own params; read by :meth:`parts` as
+        ``local.rows``."""
+        return {}
 
     def target_specs(self, targets):
         """The ``PartitionSpec`` tree of :meth:`targets` inside the loss's ``shard_map``."""
