@@ -23,8 +23,7 @@ import jax.numpy as jnp
 from jax.sharding import PartitionSpec as P
 
 from clip_jax import distill, sharding
-from clip_jax.objectives import (captioning, contrastive, distillation, locca, sigmoid, silc,
-                                 tips)
+from clip_jax.objectives import captioning, contrastive, distillation, locca, sigmoid, silc, tips
 from clip_jax.objectives.base import LOSSES, Local, Objective, Teacher, loss_fn
 
 __all__ = ["LOSSES", "Local", "Objective", "Objectives", "Teacher", "build", "loss_fn"]
