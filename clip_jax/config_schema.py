@@ -112,6 +112,15 @@ RANGES: dict[str, Range] = {
 # boxes per example the data pipeline carries
 CAPTION = dict(weight=1.0, masked_pred_prob=0.0, task_probs=(1 / 3, 1 / 3, 1 / 3), max_boxes=4)
 
+
+def locca_boxes(config, model_cfg) -> int:
+    """Boxes per example LocCa's decoder tasks read (``caption.max_boxes``; 0: LocCa off, no
+    decoder with ``loc_bins`` > 0 or ``caption.weight`` 0): what the input pipeline carries."""
+    d = model_cfg.decoder
+    on = d is not None and d.loc_bins > 0 and float(config.caption.weight) > 0
+    return int(config.caption.max_boxes) if on else 0
+
+
 # Self-distillation from the EMA teacher (clip_jax/objectives/silc.py, tips.py; weight 0 = off),
 # SigLIP 2's settings (docs/self_distillation.md says where each comes from).
 _HEAD = dict(head_hidden=2048, head_bottleneck=256, teacher_temp=0.04, student_temp=0.1)

@@ -15,9 +15,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from clip_jax import config_schema
 from clip_jax.data import naflex, pipeline, stored, transforms, views, workers
 from clip_jax.data.synthetic import SyntheticSource
-from clip_jax.objectives import locca
 
 BATCH_KEYS = ("image", "text")  # what the train step reads; other fields stay on the host
 # + the objective's fields: stored rows (clip_jax.data.stored.field_names), teachers' own ids,
@@ -31,7 +31,7 @@ def make_data(config, model_cfg, batch_size: int, tokenizer=None):
     """The host-local iterator of ``batch_size`` rows for this process (``get_state`` /
     ``set_state``), from ``config.data`` and the model's image size, context length and
     vocabulary, and the views of ``silc`` / ``tips`` (:mod:`clip_jax.data.views`)."""
-    m, boxes = model_cfg, locca.max_boxes(config, model_cfg)
+    m, boxes = model_cfg, config_schema.locca_boxes(config, model_cfg)
     extra = views.spec_from_config(config, m.vision.image_size, m.vision.patch_size)
     if config.data.source == "synthetic":
         if boxes:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from clip_jax import config_schema
 from clip_jax.data import boxes as boxes_lib
 from clip_jax.models import decoder as decoder_lib
 from clip_jax.models import locca
@@ -27,15 +28,8 @@ IDS, WEIGHTS = "decoder_ids", "decoder_weights"  # forward_inputs: each row's se
 
 
 def active(config, model_cfg) -> bool:
-    """Whether the decoder trains LocCa's tasks: a decoder with ``loc_bins`` > 0 and
-    ``caption.weight`` > 0."""
-    d = model_cfg.decoder
-    return d is not None and d.loc_bins > 0 and float(config.caption.weight) > 0
-
-
-def max_boxes(config, model_cfg) -> int:
-    """Boxes per example the data pipeline carries (0: none, LocCa off)."""
-    return int(config.caption.max_boxes) if active(config, model_cfg) else 0
+    """Whether the decoder trains LocCa's tasks (:func:`clip_jax.config_schema.locca_boxes`)."""
+    return config_schema.locca_boxes(config, model_cfg) > 0
 
 
 class LocCa(Captioning):
