@@ -74,7 +74,7 @@ def test_a_decoder_that_learnt_the_boxes_scores_one(tmp_path, capsys):
         return optax.apply_updates(p, u), s
 
     state = opt.init(params)
-    for _ in range(100):
+    for _ in range(50):
         params, state = step(params, state)
     assert float(loss(params)) < 0.05
     path = bundle.save_bundle(tmp_path / "model", params, cfg, tok)
