@@ -236,6 +236,14 @@ def _siglip(**overrides):
               "context_length": 8}, **overrides)
 
 
+def _timm_scales(timm_optim, ref, decay) -> dict:
+    """timm's ``param_groups_layer_decay`` lr scale of each of ``ref``'s parameter names."""
+    names = {id(p): n for n, p in ref.named_parameters()}
+    return {names[id(p)]: g["lr_scale"]
+            for g in timm_optim.param_groups_layer_decay(ref, layer_decay=decay)
+            for p in g["params"]}
+
+
 @pytest.mark.parametrize("scan", [False, True])
 def test_layer_decay_factors_equal_timms_param_groups_layer_decay(scan):
     """Each image-tower factor equals timm's ``param_groups_layer_decay`` lr_scale for the
@@ -255,10 +263,7 @@ def test_layer_decay_factors_equal_timms_param_groups_layer_decay(scan):
             img_size=v.image_size, patch_size=v.patch_size, embed_dim=v.width, depth=v.layers,
             num_heads=v.heads, mlp_ratio=v.mlp_dim / v.width, class_token=False,
             global_pool="map", num_classes=0, no_embed_class=True)
-    names = {id(p): n for n, p in ref.named_parameters()}
-    scales = {names[id(p)]: g["lr_scale"]
-              for g in timm_optim.param_groups_layer_decay(ref, layer_decay=decay)
-              for p in g["params"]}
+    scales = _timm_scales(timm_optim, ref, decay)
     abstract = models.abstract_params(cfg)
     factors = optimizer.layer_decay_factors(abstract, decay, cfg)
     filled = jax.tree.map(lambda x, f: np.broadcast_to(np.float32(1) * f, x.shape).copy(),
@@ -363,10 +368,7 @@ def test_convnext_layer_decay_factors_equal_timms():
               "context_length": 8})
     ref = timm_convnext.ConvNeXt(depths=stages, dims=tuple(width * 2**i for i in range(4)),
                                  num_classes=0)
-    names = {id(p): n for n, p in ref.named_parameters()}
-    scales = {names[id(p)]: g["lr_scale"]
-              for g in timm_optim.param_groups_layer_decay(ref, layer_decay=decay)
-              for p in g["params"]}
+    scales = _timm_scales(timm_optim, ref, decay)
     abstract = models.abstract_params(cfg)
     factors = optimizer.layer_decay_factors(abstract, decay, cfg)
     filled = jax.tree.map(lambda x, f: np.full(x.shape, f, np.float32), abstract, factors)

@@ -36,11 +36,7 @@ class LocCa(Captioning):
 
     def __init__(self, config, model_cfg):
         super().__init__(config, model_cfg)
-        probs = tuple(config.caption.task_probs)
-        if len(probs) != 3 or any(not isinstance(p, int | float) or isinstance(p, bool)
-                                  or not p >= 0 for p in probs) or not sum(probs) > 0:
-            raise ValueError(f"config caption.task_probs={probs!r}: three weights >= 0, not all "
-                             "0, of (captioning, referring expression -> box, box -> caption)")
+        probs = tuple(config.caption.task_probs)  # checked by config_schema.check
         self.probs = tuple(float(p) / sum(probs) for p in probs)
         self.max_boxes, self.length = int(config.caption.max_boxes), model_cfg.text.context_length
         self.vocab, self.bins = model_cfg.text.vocab_size, model_cfg.decoder.loc_bins
