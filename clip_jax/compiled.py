@@ -5,6 +5,7 @@ shallow unrolled compiles)."""
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import re
@@ -85,10 +86,33 @@ def compile_step(setup: train.Setup, image_dtype: str = "float32",
     state, batch = abstract_inputs(setup, image_dtype, bucket)
     teachers = distill.abstract(setup.teachers, setup.mesh, setup.config.distill.dtype)
     t0 = time.perf_counter()
-    with jax.set_mesh(setup.mesh):
+    with jax.set_mesh(setup.mesh), _persistent_cache_for(setup.mesh.devices.flat[0]):
         compiled = train.make_train_step(setup).jitted.lower(
             state, batch, *((teachers,) if teachers else ())).compile()
     return compiled, time.perf_counter() - t0
+
+
+@contextlib.contextmanager
+def _persistent_cache_for(device):
+    """XLA's persistent compilation cache (``JAX_COMPILATION_CACHE_DIR``) off while compiling for
+    devices this process cannot run on (libtpu's compile-only TPU devices): it cannot load those
+    executables back, so jax would store every plan compile and warn at every later read."""
+    if _runs_here(device):
+        yield
+        return
+    before = jax.config.jax_enable_compilation_cache
+    jax.config.update("jax_enable_compilation_cache", False)
+    try:
+        yield
+    finally:
+        jax.config.update("jax_enable_compilation_cache", before)
+
+
+def _runs_here(device) -> bool:
+    try:
+        return device in jax.devices(device.platform)
+    except RuntimeError:  # no backend of that platform in this process
+        return False
 
 
 def cost_of(compiled) -> dict:

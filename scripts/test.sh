@@ -64,5 +64,13 @@ fi
 echo "installed in $((SECONDS - started)) s: $("$PY" -c 'import jax, flax; print(
   "jax", jax.__version__, "flax", flax.__version__)')"
 "$VENV/bin/ruff" check clip_jax tests benchmarks configs examples
+# One persistent XLA compilation cache for the run, shared by both workers and every training
+# subprocess the tests start (many compile the same tiny programs): a fresh folder each run, so
+# nothing carries over between runs; JAX_COMPILATION_CACHE_DIR set by the caller is kept.
+if [[ -z "${JAX_COMPILATION_CACHE_DIR:-}" ]]; then
+  JAX_COMPILATION_CACHE_DIR=$(mktemp -d -t clip_jax_xla_cache.XXXXXX)
+  trap 'rm -rf "$JAX_COMPILATION_CACHE_DIR"' EXIT
+fi
+export JAX_COMPILATION_CACHE_DIR
 # two workers (pytest-xdist) by default: CLIP_JAX_TEST_WORKERS=0 runs in this process
 "$PY" -m pytest -q -p no:cacheprovider -n "${CLIP_JAX_TEST_WORKERS:-2}" "$@"
