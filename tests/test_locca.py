@@ -148,6 +148,15 @@ def test_the_loss_is_numpys_cross_entropy_on_the_output_tokens_only(one_device):
     assert logits.shape[-1] == vocab + 3 + BINS
     want = _numpy_locca_loss(logits, seqs, scored)
     np.testing.assert_allclose(r.parts["caption"], want, rtol=1e-5)
+    for t, name in enumerate(locca.TASKS):  # each task's own mean, reported beside the loss
+        mine = [i for i in range(N) if task[i] == t]
+        got = r.parts[f"caption_{name}"]
+        if mine:
+            np.testing.assert_allclose(got, _numpy_locca_loss(
+                logits[np.array(mine)], [seqs[i] for i in mine], [scored[i] for i in mine]),
+                rtol=1e-5, err_msg=name)
+        else:
+            assert got == 0, name
     np.testing.assert_allclose(r.loss, r.parts["clip"] + WEIGHT * r.parts["caption"], rtol=1e-6)
 
 

@@ -116,7 +116,7 @@ class Objectives:
             local, parts = Local(i, t, s, b, axes, rows), {}
             for term, tg, p in zip(self.terms, targets, own, strict=True):
                 parts.update(term.parts(local, tg, p))
-            return sum(weights[k] * v for k, v in parts.items()), parts
+            return sum(weights[k] * v for k, v in parts.items() if k in weights), parts
 
         specs = (P(axes), P(axes), P(), P(),
                  [t.target_specs(tg) for t, tg in zip(self.terms, targets, strict=True)],

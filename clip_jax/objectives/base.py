@@ -86,7 +86,9 @@ class Objective:
     ema_teacher = False  # whether its targets come from the EMA teacher (self_targets)
 
     def weights(self) -> dict[str, float]:
-        """Its parts in order and their weights (a part of weight 0 is never computed)."""
+        """Its parts in order and their weights (a part of weight 0 is never computed). A part
+        :meth:`parts` returns that is not listed here is reported (``loss_<name>``) but is not
+        in the loss: a breakdown of a listed part."""
         raise NotImplementedError
 
     def param_shapes(self) -> dict:

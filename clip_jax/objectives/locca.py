@@ -10,7 +10,9 @@ The draw and the sequences are built once on the whole global batch
 teacher-forced on each sequence and the part is the mean token cross-entropy over every
 example's *output* tokens (the task token, AREF's expression and GCAP's box are inputs, not
 scored). CapPa's parallel prediction (``caption.masked_pred_prob``) applies only to the rows
-that caption.
+that caption. Each task's own mean token cross-entropy is reported beside the loss
+(``loss_caption_cap``, ``loss_caption_aref``, ``loss_caption_gcap``; 0 for a task no example of
+the batch drew): ``caption`` is their token-weighted mean.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from clip_jax.models import locca
 from clip_jax.objectives.captioning import PARALLEL, Captioning, parallel_rows
 
 IDS, WEIGHTS = "decoder_ids", "decoder_weights"  # forward_inputs: each row's sequence
+TASK = "locca_task"  # forward_inputs: each row's task (models.locca.CAP, AREF, GCAP)
 
 
 def active(config, model_cfg) -> bool:
@@ -53,7 +56,7 @@ class LocCa(Captioning):
                                              axis=1)[:, 0]
         ids, w = locca.sequences(task, batch["text"], take(batch["boxes"]),
                                  take(batch["box_text"]), self.pad_id, self.vocab, self.bins)
-        out = {IDS: ids, WEIGHTS: w}
+        out = {IDS: ids, WEIGHTS: w, TASK: task}
         if self.masked_pred_prob:
             out[PARALLEL] = parallel_rows(rng, ids.shape[0], self.masked_pred_prob) & (
                 task == locca.CAP)
@@ -63,4 +66,14 @@ class LocCa(Captioning):
         labels, w = inputs[IDS][:, 1:], inputs[WEIGHTS]
         nll = decoder_lib.token_nll(logits, labels)
         return {"caption_nll": jnp.sum(nll * w, axis=1),
-                "caption_tokens": jax.lax.stop_gradient(jnp.sum(w, axis=1))}
+                "caption_tokens": jax.lax.stop_gradient(jnp.sum(w, axis=1)),
+                TASK: jax.nn.one_hot(inputs[TASK], len(locca.TASKS))}  # float: differentiable
+
+    def parts(self, local, targets, params):
+        out = super().parts(local, targets, params)
+        rows, task = local.rows, jax.lax.stop_gradient(local.rows[TASK])
+        nll, count = (jax.lax.psum(jnp.sum(rows[k][:, None] * task, axis=0), local.axes)
+                      for k in ("caption_nll", "caption_tokens"))
+        per_task = jax.lax.stop_gradient(nll) / jnp.maximum(count, 1.0)
+        out.update({f"caption_{name}": per_task[t] for t, name in enumerate(locca.TASKS)})
+        return out
