@@ -222,6 +222,17 @@ class InferenceModel:
     def image_size(self) -> int:
         return self.cfg.vision.image_size
 
+    @property
+    def naflex(self) -> tuple | None:
+        """A NaFlex model's (patch size, patch budget, resampling) for whole images (the
+        evaluations' batches, :func:`clip_jax.evaluate.encode.image_batches`), else None."""
+        if self.cfg.vision.family != "naflex":
+            return None
+        pre = self.preprocess_cfg
+        return (self.cfg.vision.patch_size,
+                int(pre.get("max_num_patches", self.cfg.vision.patches())),
+                pre.get("resize", "bilinear"))
+
     def preprocess(self, images) -> np.ndarray | dict:
         """See :func:`preprocess_images`, with this model's size, mean and std; a NaFlex model's
         images keep their aspect ratio (:func:`clip_jax.data.naflex.preprocess`, the budget

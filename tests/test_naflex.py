@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 
 import jax
 import jax.numpy as jnp
@@ -559,6 +560,32 @@ def test_predict_and_embed_feed_a_naflex_model_each_image_at_its_own_aspect_rati
     for i, img in enumerate(images):
         paths.append(str(tmp_path / f"{i}.png"))
         Image.fromarray(img).save(paths[-1])
+    # evaluations feed it whole images too, by the datasets' own batching (normalised after the
+    # resize, padded batches), on its own devices and on a training mesh alike
+    from clip_jax import sharding
+    from clip_jax.evaluate import datasets, encode, evaluators
+
+    for i, img in enumerate(images):
+        os.makedirs(tmp_path / "folder" / f"c{i}")
+        Image.fromarray(img).save(tmp_path / "folder" / f"c{i}" / "0.png")
+    folder = datasets.labelled(str(tmp_path / "folder"))
+    feats, ys = encode.image_features(m, folder, 3)
+    assert ys.tolist() == [0, 1]
+    np.testing.assert_allclose(feats, mine, atol=1e-5, rtol=0)
+    mesh = sharding.make_mesh(dict(data=2, fsdp=1, tensor=1), jax.devices()[:2])
+    shardings = jax.tree.map(lambda _: sharding.replicated(mesh), params)
+    on_mesh = evaluators.MeshEncoder(models.CLIP(cfg), mesh, shardings, tok,
+                                     cfg.text.context_length, cfg.vision.image_size, 4,
+                                     m.naflex).bind(params)
+    on_mesh.preprocess_cfg = pre  # the bundle's mean and std (a run's are CLIP's)
+    np.testing.assert_allclose(encode.image_features(on_mesh, folder, 4)[0], mine, atol=1e-5,
+                               rtol=0)
+    from clip_jax import train  # a run's evaluator: its largest bucket is the budget
+
+    c = _naflex_config("unused-{00000..00001}.tar")
+    c.eval.zeroshot = str(tmp_path / "folder")
+    run_eval = evaluators.make_train_evaluator(train.build(c, jax.devices()[:1]), tok)
+    assert run_eval.encoder.naflex == (8, max(c.data.naflex.buckets), "bilinear")
     labels = ["red star", "blue circle", "green square"]
     capsys.readouterr()
     assert cli.run(predict.main, ["--model", model_dir, "--image", paths[0], "--image",

@@ -32,6 +32,7 @@ Undecodable images are skipped and counted in ``dataset.stats``.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 import re
@@ -39,6 +40,7 @@ from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
 
+from clip_jax.data import naflex as naflex_lib
 from clip_jax.data import shards, tario, tfds_reader, transforms
 from clip_jax.evaluate import templates as templates_lib
 from clip_jax.evaluate.templates import DEFAULT_TEMPLATES
@@ -75,11 +77,16 @@ class CaptionedSet:
 
 
 def _decode(data, size: int, stats: dict) -> np.ndarray | None:
-    """The eval transform of image bytes (or a PIL image); None, counted, if it does not decode.
+    """The eval transform of image bytes (or a PIL image): the centre ``size`` square, or with
+    ``size`` 0 the whole image (a NaFlex model's, resized by :func:`batches`); None, counted,
+    if it does not decode.
 
     Only the decoder's errors mean a bad image: anything else is a bug, raised."""
     try:
-        img = data if not isinstance(data, bytes) else transforms.decode_image(data, size)
+        img = data if not isinstance(data, bytes) else transforms.decode_image(
+            data, size or None)
+        if not size:
+            return np.asarray(transforms.to_rgb(img), np.uint8)
         return transforms.resize_center_crop(img, size)
     except transforms.DECODE_ERRORS:  # corrupt / truncated image: skip and count
         stats["skipped_corrupt_image"] += 1
@@ -372,19 +379,39 @@ def split_per_class(labels: np.ndarray, test_fraction: float = 0.5,
 
 
 def batches(items: Iterator[tuple[np.ndarray, object]], batch_size: int,
-            mean: Sequence[float] | None = None,
-            std: Sequence[float] | None = None) -> Iterator[tuple[np.ndarray, list, int]]:
+            mean: Sequence[float] | None = None, std: Sequence[float] | None = None,
+            naflex: tuple | None = None) -> Iterator[tuple[np.ndarray | dict, list, int]]:
     """``(float32 (batch_size, S, S, 3) normalised, [the items' second elements], n valid)``
     from ``(uint8 image, x)`` pairs; the last batch is zero-padded to ``batch_size``.
-    ``mean`` / ``std`` (in [0, 1] units) default to CLIP's."""
+    ``mean`` / ``std`` (in [0, 1] units) default to CLIP's. ``naflex``: (patch size, patch
+    budget, resampling) of a NaFlex model (the images whole, each of its own size): batches
+    are its dict of normalised patches, mask and grid shapes, each image resized as training
+    resizes it (:func:`clip_jax.data.naflex.patches_uint8`); padding rows repeat the last."""
+    collate = _collate if naflex is None else functools.partial(_collate_naflex, naflex=naflex)
     chunk = []
     for item in items:
         chunk.append(item)
         if len(chunk) == batch_size:
-            yield _collate(chunk, batch_size, mean, std)
+            yield collate(chunk, batch_size, mean, std)
             chunk = []
     if chunk:
-        yield _collate(chunk, batch_size, mean, std)
+        yield collate(chunk, batch_size, mean, std)
+
+
+def _collate_naflex(chunk, batch_size: int, mean, std, naflex: tuple):
+    patch, budget, resample = naflex
+    patches = np.zeros((batch_size, budget, patch * patch * 3), np.float32)
+    mask = np.zeros((batch_size, budget), bool)
+    shapes = np.zeros((batch_size, 2), np.int32)
+    for i, (img, _) in enumerate(chunk):
+        x, shapes[i] = naflex_lib.patches_uint8(img, patch, budget, resample)
+        patches[i, :len(x)] = transforms.normalize(x.reshape(len(x), -1, 3), mean=mean,
+                                                   std=std).reshape(x.shape)
+        mask[i, :len(x)] = True
+    for a in (patches, mask, shapes):
+        a[len(chunk):] = a[len(chunk) - 1]
+    return ({"patches": patches, "mask": mask, "shapes": shapes}, [x for _, x in chunk],
+            len(chunk))
 
 
 def _collate(chunk, batch_size: int, mean, std):

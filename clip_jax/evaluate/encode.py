@@ -14,6 +14,20 @@ def mean_std(encoder) -> tuple:
     return pre.get("mean"), pre.get("std")
 
 
+def naflex_of(encoder) -> tuple | None:
+    """A NaFlex encoder's (patch size, patch budget, resampling), else None: its images go in
+    whole, at their own aspect ratio (:func:`clip_jax.evaluate.datasets.batches`)."""
+    return getattr(encoder, "naflex", None)
+
+
+def image_batches(encoder, samples, batch_size: int):
+    """:func:`clip_jax.evaluate.datasets.batches` of a set's ``samples(size)`` as ``encoder``
+    takes them: centre squares of its ``image_size``, or a NaFlex encoder's whole images."""
+    spec = naflex_of(encoder)
+    return datasets.batches(samples(0 if spec else encoder.image_size), batch_size,
+                            *mean_std(encoder), naflex=spec)
+
+
 def image_features(encoder, dataset: datasets.LabelledSet, batch_size: int,
                    max_per_class: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """(features (N, D), labels (N,)) of a labelled set; with ``max_per_class`` only the first
@@ -21,8 +35,8 @@ def image_features(encoder, dataset: datasets.LabelledSet, batch_size: int,
     feats, labels = [], []
     counts = np.zeros(len(dataset.class_names), np.int64)
 
-    def items():
-        for img, label in dataset.samples(encoder.image_size):
+    def items(size):
+        for img, label in dataset.samples(size):
             if max_per_class:
                 if counts[label] >= max_per_class:
                     if counts.min() >= max_per_class:
@@ -31,7 +45,7 @@ def image_features(encoder, dataset: datasets.LabelledSet, batch_size: int,
             counts[label] += 1
             yield img, label
 
-    for images, ys, n in datasets.batches(items(), batch_size, *mean_std(encoder)):
+    for images, ys, n in image_batches(encoder, items, batch_size):
         feats.append(encoder.encode_image(images)[:n])
         labels.extend(ys)
     if not feats:
@@ -49,8 +63,7 @@ def retrieval(encoder, ds: datasets.CaptionedSet, batch_size: int) -> dict:
     """:func:`clip_jax.evaluate.metrics.retrieval_metrics` of a captioned set (every caption
     of every image; R@1/5/10 both ways)."""
     feats, captions = [], []
-    for images, caps, n in datasets.batches(ds.samples(encoder.image_size), batch_size,
-                                            *mean_std(encoder)):
+    for images, caps, n in image_batches(encoder, ds.samples, batch_size):
         feats.append(encoder.encode_image(images)[:n])
         captions.extend(caps)
     if not feats:

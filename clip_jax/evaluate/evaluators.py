@@ -2,9 +2,10 @@
 
 An *encoder* is anything with ``encode_image(float32 NHWC pixels) -> (N, D)``,
 ``encode_text(list of strings) -> (N, D)`` (L2-normalised NumPy), ``image_size`` and
-``batch_size``: :class:`MeshEncoder` (the training mesh, parameters left sharded as they are in
-training) or :class:`clip_jax.inference.InferenceModel` (a bundle or checkpoint on the local
-devices).
+``batch_size`` (and, for a NaFlex model, ``naflex``: its images go in whole,
+:func:`clip_jax.evaluate.encode.image_batches`): :class:`MeshEncoder` (the training mesh,
+parameters left sharded as they are in training) or :class:`clip_jax.inference.InferenceModel`
+(a bundle or checkpoint on the local devices).
 
 Evaluation kinds (:data:`EVALS`)::
 
@@ -291,7 +292,8 @@ class MeshEncoder:
     passes the same full batch (each device takes its rows) and gets the full result."""
 
     def __init__(self, model, mesh, param_shardings, tokenizer, context_length: int,
-                 image_size: int, batch_size: int):
+                 image_size: int, batch_size: int, naflex: tuple | None = None):
+        self.naflex = naflex  # a NaFlex model's (patch, budget, resampling): whole images
         shards = sharding.batch_size_per_shard(mesh)
         self.batch_size = -(-int(batch_size) // shards) * shards
         self.mesh, self.tokenizer = mesh, tokenizer
@@ -313,16 +315,19 @@ class MeshEncoder:
         self.params = params
         return self
 
-    def _call(self, fn, x: np.ndarray) -> np.ndarray:
+    def _call(self, fn, x) -> np.ndarray:
         def one(chunk):  # every process holds the whole chunk; each device takes its rows
-            arr = jax.make_array_from_callback(chunk.shape, self._batch,
-                                               lambda idx: chunk[idx])
+            arr = jax.tree.map(lambda c: jax.make_array_from_callback(
+                c.shape, self._batch, lambda idx: c[idx]), chunk)
             with jax.set_mesh(self.mesh):
                 return fn(self.params, arr)
 
         return inference.run_batched(one, x, self.batch_size, self.batch_size, 0)
 
-    def encode_image(self, images: np.ndarray) -> np.ndarray:
+    def encode_image(self, images) -> np.ndarray:
+        """Normalised float NHWC pixels, or a NaFlex model's dict of patches, mask, shapes."""
+        if isinstance(images, dict):
+            return self._call(self._image, {k: np.asarray(v) for k, v in images.items()})
         return self._call(self._image, np.asarray(images, np.float32))
 
     def encode_text(self, texts) -> np.ndarray:
@@ -373,7 +378,11 @@ def make_train_evaluator(setup, tokenizer, workdir: str | None = None) -> TrainE
     shardings = models.merge_variables(  # the model's params (not the objective's) + BatchNorm
         setup.objective.model_params(setup.state_shardings.params),
         setup.state_shardings.batch_stats)
+    buckets = tuple(setup.config.data.naflex.buckets)  # NaFlex: the largest training budget
+    naflex = ((m.vision.patch_size, max(buckets) if buckets else m.vision.patches(), "bilinear")
+              if m.vision.family == "naflex" else None)
     encoder = MeshEncoder(setup.model, setup.mesh, shardings, tokenizer,
-                          m.text.context_length, m.vision.image_size, setup.config.eval.batch_size)
+                          m.text.context_length, m.vision.image_size, setup.config.eval.batch_size,
+                          naflex)
     return TrainEvaluator(specs, encoder, workdir, setup.config.total_steps,
                           setup.config.eval.at_end)
