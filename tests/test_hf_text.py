@@ -220,3 +220,29 @@ def test_unsupported_hf_configs_are_one_line_errors(tmp_path):
         cfg.replace(text={"hf": {**cfg.text.hf.__dict__, "pooler": "attn"}})
     with pytest.raises(ValueError, match="proj='none': the text width 32 must equal"):
         cfg.replace(text={"hf": {**cfg.text.hf.__dict__, "proj": "none"}})
+
+
+def test_round_trip_through_the_cli(tmp_path):
+    """``export import --from open_clip`` of open_clip's xlm-roberta-base-ViT-B-32 (shrunk) to a
+    bundle, ``clip_jax.load`` gives open_clip's text embeddings, and ``export open_clip`` writes
+    open_clip's state dict back unchanged."""
+    import clip_jax
+    from clip_jax import export
+
+    oc_cfg = _oc_json(tmp_path, "xlm-roberta-base-ViT-B-32")
+    model = _open_clip_model(_register(tmp_path, oc_cfg))
+    hub, bundle, out = tmp_path / "hub", tmp_path / "bundle", tmp_path / "out"
+    hub.mkdir()
+    sd = model.state_dict()
+    safetensors.torch.save_file(sd, hub / oc_io.OPEN_CLIP_WEIGHTS)
+    save_config_for_hf(model, hub / oc_io.OPEN_CLIP_CONFIG, model_config=oc_cfg)
+    assert export.main(["import", "--from", "open_clip", "--src", str(hub), "--out",
+                        str(bundle)]) == 0
+    m = clip_jax.load(str(bundle))
+    ids = _ids(m.cfg)
+    with torch.no_grad():
+        want = model.encode_text(torch.from_numpy(ids).long(), normalize=True).numpy()
+    assert float(np.abs(m.encode_text(ids) - want).max()) < TOL
+    assert export.main(["open_clip", "--checkpoint", str(bundle), "--out", str(out)]) == 0
+    back = safetensors.torch.load_file(out / oc_io.OPEN_CLIP_WEIGHTS)
+    assert sorted(back) == sorted(sd) and all(torch.equal(back[k], sd[k]) for k in sd)
