@@ -246,3 +246,34 @@ def test_round_trip_through_the_cli(tmp_path):
     assert export.main(["open_clip", "--checkpoint", str(bundle), "--out", str(out)]) == 0
     back = safetensors.torch.load_file(out / oc_io.OPEN_CLIP_WEIGHTS)
     assert sorted(back) == sorted(sd) and all(torch.equal(back[k], sd[k]) for k in sd)
+
+
+@pytest.mark.parametrize("kind", ["xlm-roberta", "mt5"])
+def test_text_tower_flops_and_layer_ids(kind):
+    """The family's analytic forward FLOPs against XLA's count of the text tower (unrolled;
+    XLA adds the element-wise work: a few %), T5's attention width heads * d_kv != width and its
+    gated MLP included; layer ids: embeddings 0, block i i + 1, the projection L + 1."""
+    import jax.numpy as jnp
+
+    from clip_jax import flops, optimizer
+
+    hf = {"xlm-roberta": {**hf_text.HUB["xlm-roberta-base"], "vocab_size": 1000,
+                          "hidden_size": 128, "num_hidden_layers": 2, "intermediate_size": 512,
+                          "num_attention_heads": 4},
+          "mt5": {**hf_text.HUB["google/mt5-base"], "vocab_size": 1000, "d_model": 128,
+                  "d_kv": 48, "d_ff": 384, "num_layers": 2, "num_heads": 4}}[kind]
+    cfg = models.get_model_config("tiny").replace(
+        embed_dim=64, text=hf_text.from_hf_config(hf, 77, proj="mlp"))
+    model = models.CLIP(cfg)
+    fn = jax.jit(lambda p, x: model.apply({"params": p}, x, method=models.CLIP.encode_text))
+    cost = fn.lower(models.abstract_params(cfg), jax.ShapeDtypeStruct((1, 77), jnp.int32)
+                    ).compile().cost_analysis()
+    cost = cost[0] if isinstance(cost, list) else cost
+    ours = flops.tower_flops(cfg)["text"]
+    assert 1.0 <= cost["flops"] / ours <= 1.06, (cost["flops"], ours)
+    shapes = {k: tuple(v.shape) for k, v in params_lib.flatten_params(
+        models.abstract_params(cfg)).items()}
+    ids = {k: v[0] for k, v in optimizer.layer_ids(shapes, cfg).items() if k.startswith("text/")}
+    assert ids["text/transformer/token_embedding"] == 0
+    assert ids["text/transformer/resblocks_1/attn/kernel_in"] == 2
+    assert ids["text/proj_fc2/kernel"] == 3
