@@ -137,3 +137,24 @@ def test_lit_with_a_locked_pretrained_text_tower(tmp_path):
     for k, v in want.items():
         np.testing.assert_array_equal(after[k], v, err_msg=k)  # locked
     assert not np.array_equal(after["text/proj_fc1/kernel"], flat["text/proj_fc1/kernel"])
+
+
+def test_a_t5_spiece_model_alone_tokenizes_as_transformers(tmp_path):
+    """mT5 / T5 directories that ship only ``spiece.model``: text ``</s>``, ``<pad>`` padding,
+    no other cleaning: transformers' T5Tokenizer ids."""
+    spm = pytest.importorskip("sentencepiece", exc_type=ImportError)
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("\n".join(CAPTIONS * 20))
+    spm.SentencePieceTrainer.train(
+        input=str(corpus), model_prefix=str(tmp_path / "spiece"), vocab_size=90, pad_id=0,
+        eos_id=1, unk_id=2, bos_id=-1, model_type="unigram", character_coverage=1.0,
+        hard_vocab_limit=False, minloglevel=3)
+    d = tmp_path / "t5"
+    d.mkdir()
+    (tmp_path / "spiece.model").rename(d / "spiece.model")
+    (d / "tokenizer_config.json").write_text(json.dumps({
+        "tokenizer_class": "T5Tokenizer", "eos_token": "</s>", "pad_token": "<pad>",
+        "unk_token": "<unk>", "model_max_length": CTX, "extra_ids": 0}))
+    enc = transformers.AutoTokenizer.from_pretrained(str(d))(
+        TEXTS, padding="max_length", max_length=CTX, truncation=True)
+    np.testing.assert_array_equal(load_tokenizer(d)(TEXTS, CTX), np.asarray(enc["input_ids"]))
