@@ -8,7 +8,8 @@ Its params are the ``text/transformer/`` subtree only (named by
 :func:`clip_jax.interop.keymap_hf_text.encoder_rules`), so a run takes them with
 ``checkpoint.init_from=DIR`` and ``checkpoint.init_from_params='^text/transformer/'`` (the
 projection starts fresh: LiT with a locked pretrained text tower adds
-``optimizer.frozen=['^text/transformer/']``).
+``optimizer.frozen=['^text/transformer/']``). The BERT pooler (``cls_pooler``'s dense layer) is
+not read: a ``cls_pooler`` tower takes ``init_from_params='^text/transformer/(?!pooler/)'``.
 """
 
 from __future__ import annotations
