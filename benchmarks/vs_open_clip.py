@@ -45,6 +45,13 @@ PRESETS = {
     "RN50": (os.path.join(HERE, "model_configs", "RN50.json"), 32),
     # timm's ConvNeXt-B trunk with a linear projection, as open_clip builds convnext_base
     "convnext_base": (os.path.join(HERE, "model_configs", "convnext_base.json"), 16),
+    # Hugging Face text towers (open_clip's HFTextEncoder, random init, hf_model_name a directory
+    # beside the JSON holding the transformers config.json): XLM-R base with ViT-B/32, open_clip's
+    # xlm-roberta-base-ViT-B-32 (mean pooler, MLP projection); and bench-tiny's image tower with
+    # a 4-layer width-256 XLM-R (XLM-R's 250k vocabulary)
+    "xlm-roberta-base-ViT-B-32": (os.path.join(HERE, "model_configs",
+                                               "xlm-roberta-base-ViT-B-32.json"), 16),
+    "bench-tiny-xlmr": (os.path.join(HERE, "model_configs", "bench-tiny-xlmr.json"), 128),
 }
 LR, BETAS, EPS, WD = 5e-4, (0.9, 0.98), 1e-6, 0.2
 
@@ -169,8 +176,28 @@ def _recv(kind: str, proc, conn):
                            "-9 is usually the kernel's out-of-memory killer)") from None
 
 
+def _absolute_hf_dir(config_path: str) -> str:
+    """The JSON itself, or (an HF text tower whose ``hf_model_name`` is a directory beside it) a
+    copy naming that directory by its absolute path, so that both frameworks find it."""
+    with open(config_path) as f:
+        cfg = json.load(f)
+    name = cfg.get("text_cfg", {}).get("hf_model_name")
+    beside = os.path.join(os.path.dirname(os.path.abspath(config_path)), name or "")
+    if not name or os.path.isabs(name) or not os.path.isdir(beside):
+        return config_path
+    for key in ("hf_model_name", "hf_tokenizer_name"):
+        cfg["text_cfg"][key] = beside
+    import tempfile
+
+    fd, path = tempfile.mkstemp(suffix=f"-{os.path.basename(config_path)}")
+    with os.fdopen(fd, "w") as f:
+        json.dump(cfg, f)
+    return path
+
+
 def compare(config_path: str, batch: int, rounds: int, steps: int) -> dict:
     ctx = mp.get_context("spawn")
+    name, config_path = os.path.basename(config_path), _absolute_hf_dir(config_path)
     workers = {}
     for kind in ("clip_jax", "open_clip"):  # built one after the other: no overlap
         parent, child = ctx.Pipe()
@@ -197,7 +224,7 @@ def compare(config_path: str, batch: int, rounds: int, steps: int) -> dict:
         proc.join(timeout=30)
     med = {k: statistics.median(v) for k, v in rates.items()}
     return {
-        "model_config": os.path.basename(config_path), "batch": batch, "params": counts["clip_jax"],
+        "model_config": name, "batch": batch, "params": counts["clip_jax"],
         "cpu_count": os.cpu_count(), "rounds": rounds, "steps_per_round": steps,
         "clip_jax_samples_per_sec": round(med["clip_jax"], 2),
         "open_clip_samples_per_sec": round(med["open_clip"], 2),

@@ -12,6 +12,9 @@ kind           what the path is
                ``vision_config`` and safetensors or ``pytorch_model.bin`` weights)
 ``open_clip``  an open_clip weights file (``.safetensors``, ``.pt``, ``.bin``) or a directory
                holding ``open_clip_config.json`` and its weights
+``hf_text``    a transformers text encoder directory (XLM-R, RoBERTa, BERT, T5, mT5): the text
+               tower's encoder only (``checkpoint.init_from_params='^text/transformer/'``),
+               see :mod:`clip_jax.interop.hf_text`
 ``checkpoint`` a training workdir or its ``checkpoints/`` directory (latest complete step)
 =============  ===============================================================================
 
@@ -32,9 +35,9 @@ from clip_jax import bundle, checkpoint, models
 from clip_jax import config as config_lib
 from clip_jax import params as params_lib
 from clip_jax.data.tokenizer import load_tokenizer
-from clip_jax.interop import hf, open_clip
+from clip_jax.interop import hf, hf_text, open_clip
 
-KINDS = ("bundle", "hf", "open_clip", "checkpoint")
+KINDS = ("bundle", "hf", "open_clip", "checkpoint", "hf_text")
 WEIGHTS = ("raw", "ema")
 _WEIGHT_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin", ".ckpt")
 
@@ -64,6 +67,8 @@ def kind_of(path: str | os.PathLike) -> str:
         return "bundle"
     if hf.is_hf_dir(path):
         return "hf"
+    if hf_text.is_hf_text_dir(path):
+        return "hf_text"
     if (path / open_clip.OPEN_CLIP_CONFIG).is_file():
         return "open_clip"
     ckpt = checkpoint.checkpoints_dir(path)
@@ -161,6 +166,11 @@ def resolve(path: str | os.PathLike, model_config: str | None = None,
         src = Source(kind, path, *hf.import_hf(path, scan=bool(scan)))
     elif kind == "open_clip":
         src = Source(kind, path, *open_clip.import_open_clip(path, model_config, bool(scan)))
+    elif kind == "hf_text":
+        src = Source(kind, path, *hf_text.import_hf_text(path, bool(scan)))
+        if overrides:
+            raise ValueError(f"{path} is a text encoder alone: model overrides do not apply")
+        return src
     else:
         src = _checkpoint_source(path, weights)
     overrides = dict(overrides or {})
@@ -179,6 +189,9 @@ def load_params(path: str | os.PathLike, abstract_tree, shardings=None, blocks: 
     :func:`clip_jax.params.pick_blocks`).
     """
     kind = kind_of(path)
+    if kind == "hf_text":
+        raise ValueError(f"{path} holds a text encoder only: take it with checkpoint."
+                         f"init_from_params='{hf_text.PATTERN}' (the rest starts fresh)")
     if blocks:
         return params_lib.place(params_lib.flatten_params(resolve(path).params), abstract_tree,
                                 shardings, f"{kind} {path}", blocks)

@@ -199,12 +199,49 @@ def _recipe_overrides(conf: dict, eot: str, pad: str) -> dict:
             "context_length": ctx if ok else 64}
 
 
+# transformers' text-encoder tokenizers (clip_jax.models.hf_text's towers): the start and end
+# tokens their tokenizer.json's post-processor adds ([CLS] x [SEP], <s> x </s>, x </s>), padded
+# with pad_token, no other cleaning (AutoTokenizer's ids)
+ENCODER_CLASSES = ("XLMRoberta", "Roberta", "Bert", "T5", "MT5")
+
+
+def _template_specials(backend) -> tuple[str | None, str | None]:
+    """The special tokens a ``tokenizers`` post-processor puts before and after one text."""
+    spec = json.loads(backend.to_str()).get("post_processor") or {}
+    for proc in spec.get("processors", [spec]):  # a Sequence, or one
+        kind = proc.get("type")
+        if kind in ("RobertaProcessing", "BertProcessing"):
+            return proc["cls"][0], proc["sep"][0]
+        if kind == "TemplateProcessing" and proc.get("single"):
+            names = [p.get("SpecialToken", {}).get("id") for p in proc["single"]]
+            return names[0], names[-1]
+    return None, None
+
+
+def _encoder_tokenizer(path: Path, conf: dict) -> JSONTokenizer:
+    from tokenizers import Tokenizer
+
+    try:
+        backend = Tokenizer.from_file(str(path / HF_FILE))
+    except Exception as e:  # tokenizers raises a bare Exception on bad JSON
+        raise ValueError(f"{HF_FILE} is not a valid tokenizers JSON file: {e}") from None
+    sot, eot = _template_specials(backend)
+    if eot is None:
+        sot = _token_name(conf.get("bos_token"))
+    over = _recipe_overrides(conf, eot or "</s>", "<pad>")
+    if eot is not None:
+        over["eot"] = eot
+    return JSONTokenizer(path / HF_FILE, lower=False, canonicalize="none", fix_text=False,
+                         sot=sot, **over)
+
+
 def read_hf_tokenizer(path: str | os.PathLike, vocab_size: int | None = None):
     """``(tokenizer or None, note or None)`` from a Hugging Face model directory's tokenizer files.
 
     Recognises CLIP's BPE (``vocab.json`` + ``merges.txt``), a clip_jax-trained
-    ``tokenizer.json``, an XLM-RoBERTa one (``tokenizer_class`` ``XLMRobertaTokenizer``: XLM-R,
-    MetaCLIP 2's XLM-V; ``<s>`` text ``</s>``, ``<pad>`` padding, as written), a Gemma-style
+    ``tokenizer.json``, a text encoder's (``tokenizer_class`` of :data:`ENCODER_CLASSES`: XLM-R,
+    MetaCLIP 2's XLM-V, RoBERTa, BERT, T5, mT5; the start and end tokens its post-processor
+    adds, ``pad_token`` padding; T5's ``spiece.model`` alone: text ``</s>``), a Gemma-style
     ``tokenizer.json`` (SigLIP 2: lower case, ``<eos>``
     appended, ``<pad>`` padding, no ``<bos>``), SigLIP's ``spiece.model`` (``SiglipTokenizer``'s
     ``do_lower_case``, punctuation removed, ``</s>`` appended and padded, from
@@ -220,7 +257,13 @@ def read_hf_tokenizer(path: str | os.PathLike, vocab_size: int | None = None):
     lower = lower if isinstance(lower, bool) else True
     note = None
     try:
-        if (path / "vocab.json").is_file() and (path / "merges.txt").is_file():
+        if cls_name.startswith(ENCODER_CLASSES) and (path / HF_FILE).is_file():
+            tok = _encoder_tokenizer(path, conf)  # XLM-R, MetaCLIP 2's XLM-V, BERT, T5...
+        elif cls_name.startswith(("T5", "MT5")) and (path / SPM_FILES[0]).is_file():
+            tok = SentencePieceTokenizer(path / SPM_FILES[0], lower=False, canonicalize="none",
+                                         fix_text=False, sot=None,
+                                         **_recipe_overrides(conf, "</s>", "<pad>"))
+        elif (path / "vocab.json").is_file() and (path / "merges.txt").is_file():
             tok = _clip_from_files(path)
         elif (path / HF_FILE).is_file():
             from tokenizers import Tokenizer
@@ -231,10 +274,6 @@ def read_hf_tokenizer(path: str | os.PathLike, vocab_size: int | None = None):
                 raise ValueError(f"{HF_FILE} is not a valid tokenizers JSON file: {e}") from None
             if backend.token_to_id(HF_EOT) is not None:
                 tok = HFTokenizer(backend)
-            elif cls_name.startswith("XLMRoberta"):  # XLM-R / XLM-V (MetaCLIP 2): <s> x </s>
-                tok = JSONTokenizer(path / HF_FILE, lower=False, canonicalize="none",
-                                    fix_text=False, sot=_token_name(conf.get("bos_token"))
-                                    or "<s>", **_recipe_overrides(conf, "</s>", "<pad>"))
             elif backend.token_to_id("<|endoftext|>") is not None:
                 return None, (f"{path / HF_FILE} is CLIP's tokenizer without vocab.json + "
                               f"merges.txt: pass tokenizer='clip_bpe:PATH' instead")

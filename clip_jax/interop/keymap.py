@@ -8,7 +8,10 @@ SigLIP, as HF's ``SiglipModel`` and open_clip's timm trunk name it;
 :mod:`~clip_jax.interop.keymap_resnet`: OpenAI's ModifiedResNet with its BatchNorm statistics,
 as open_clip names it; :mod:`~clip_jax.interop.keymap_convnext`: timm's ConvNeXt in open_clip's
 TimmModel; :mod:`~clip_jax.interop.keymap_siglip2`: SigLIP 2 NaFlex in HF's ``Siglip2Model``;
-:mod:`~clip_jax.interop.keymap_coca`: open_clip's CoCa, any model with a decoder.
+:mod:`~clip_jax.interop.keymap_coca`: open_clip's CoCa, any model with a decoder. A text
+family with names of its own (``Family.keymap`` of ``model.text.family``:
+:mod:`~clip_jax.interop.keymap_hf_text`, Hugging Face text towers) supplies the ``text/``
+subtree's rules, composed with the image table's others (the logit parameters stay there).
 :func:`family` says which table holds a config (for the ViT, by its image-tower switches), and a
 config that no family (or the chosen format) can hold is refused with the reason.
 Every conversion is a permutation/reshape/split (:mod:`~clip_jax.interop.layouts`), so round
@@ -51,7 +54,20 @@ def _tables(cfg: models.ModelConfig) -> list:
         raise ValueError(f"model.vision.family={fam.name!r} has no key maps: neither open_clip "
                          "nor Hugging Face can hold it")
     pointers = fam.keymap if isinstance(fam.keymap, tuple | list) else (fam.keymap,)
-    return [importlib.import_module(p) if isinstance(p, str) else p for p in pointers]
+    return [_load(p) for p in pointers]
+
+
+def _load(pointer):
+    return importlib.import_module(pointer) if isinstance(pointer, str) else pointer
+
+
+def _text_table(cfg: models.ModelConfig):
+    """The key-map module of a text family with names of its own (``Family.keymap`` of
+    ``model.text.family``, e.g. :mod:`~clip_jax.interop.keymap_hf_text`), or None (the
+    default ``transformer`` tower, which each image family's table names). Its rules replace
+    the image table's ``text/`` rules: a model's table is the two composed."""
+    fam = models.family.text(cfg)
+    return None if fam.keymap is None else _load(fam.keymap)
 
 
 def _table(cfg: models.ModelConfig):
@@ -83,7 +99,8 @@ def _family_module(cfg: models.ModelConfig, fmt: str):
         raise ValueError(f"unknown format {fmt!r}; choose one of {FORMATS}")
     mod = _table(cfg)
     fam = mod.NAME
-    why = mod.unsupported(cfg, fmt)
+    text = _text_table(cfg)
+    why = mod.unsupported(cfg, fmt) + (text.unsupported(cfg, fmt) if text else [])
     if why:
         raise ValueError(f"the {_FORMAT_NAMES[fmt]} format cannot hold this {fam} model: "
                          f"{'; '.join(why)}")
@@ -92,8 +109,15 @@ def _family_module(cfg: models.ModelConfig, fmt: str):
 
 @functools.lru_cache(maxsize=32)
 def _rules(cfg: models.ModelConfig, fmt: str) -> tuple[L.Rule, ...]:
-    mod = _family_module(cfg, fmt)
-    return tuple(mod.open_clip_rules(cfg) if fmt == "open_clip" else mod.hf_rules(cfg))
+    mods = [_family_module(cfg, fmt)]
+    text = _text_table(cfg)
+    if text is not None:
+        mods.append(text)
+    rules = [mod.open_clip_rules(cfg) if fmt == "open_clip" else mod.hf_rules(cfg)
+             for mod in mods]
+    if text is not None:  # the text family's own names for the whole text/ subtree
+        rules[0] = [r for r in rules[0] if not r.ours[0].startswith("text/")]
+    return tuple(r for group in rules for r in group)
 
 
 def _our_expected(cfg: models.ModelConfig, fmt: str) -> dict[str, jax.ShapeDtypeStruct]:
@@ -141,6 +165,9 @@ def from_external(state_dict: Mapping[str, Any], cfg: models.ModelConfig, fmt: s
     """
     mod = _family_module(cfg, fmt)
     sd = _normalize_state_dict(state_dict, mod, fmt)
+    text = _text_table(cfg)
+    if text is not None:
+        sd = text.normalize(sd)
     expected = external_shapes(cfg, fmt)
     params_lib.check(sd, expected, source, cast=False)
     if not allow_damaged:

@@ -23,7 +23,7 @@ TEXT_POOLS = ("argmax", "last", "first")
 DECODER_INPUTS = ("embed", "text")
 # fields whose default a saved config omits (the dict a model without them always had)
 _OMITTED = {"vision": {"attn_pooler_queries": 0, "attn_pooler_heads": 8},
-            "text": {"embed_cls": False, "pad_id": 0, "family": "transformer"},
+            "text": {"embed_cls": False, "pad_id": 0, "family": "transformer", "hf": None},
             "decoder": {"input": "embed"}}
 
 
@@ -137,6 +137,9 @@ class TextConfig:
     embed_cls: bool = False
     pad_id: int = 0
     family: str = "transformer"  # a registered text family (models/family.py)
+    # family "hf" (models/hf_text.py): a Hugging Face encoder's own switches (its model type,
+    # open_clip's pooler and projection...), a dict its family's check turns into its dataclass
+    hf: Any = None
 
     def __post_init__(self):
         families.get("text", self.family).check(self)
@@ -215,8 +218,9 @@ class ModelConfig:
         if self.decoder is not None and not fam.tokens:
             raise ValueError(f"model.decoder: cross-attends to a ViT's tokens; model.vision."
                              f"family={self.vision.family!r} has none")
-        if fam.check_model is not None:
-            fam.check_model(self)
+        for f in (fam, families.text(self)):
+            if f.check_model is not None:
+                f.check_model(self)
         if (self.decoder is not None and self.decoder.input == "text"
                 and self.decoder.width != self.text.width):
             raise ValueError(f"model.decoder.input='text': the decoder reads the text tower's "

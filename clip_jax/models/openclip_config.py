@@ -169,6 +169,16 @@ def _from_open_clip_config(cfg: dict) -> ModelConfig:
         key = "timm_model_name" if timm else "layers"
         raise ValueError(f"open_clip vision_cfg.{key}={vc.get(key)!r} is not supported by "
                          "clip_jax (no image tower family reads it)")
+    text = next((r for r in (f.from_open_clip(tc, quick) for f in families.TEXT.values()
+                             if f.from_open_clip) if r is not None), None)
+    if text is not None:  # a text family's own text_cfg (Hugging Face towers: hf_model_name)
+        init_bias = cfg.get("init_logit_bias")
+        return ModelConfig(
+            embed_dim=cfg["embed_dim"], vision=vision, text=text, act=vact,
+            ln_eps=1e-5 if veps is None else veps,
+            init_logit_scale=cfg.get("init_logit_scale", INIT_LOGIT_SCALE),
+            init_logit_bias=None if init_bias is None else float(init_bias),
+            qk_norm=bool(vc.get("qk_norm", False)), ls_init_value=vc.get("ls_init_value"))
     veps = eps("text_cfg", tc, 1e-5) if veps is None else veps  # a conv tower: the text's
     check_keys("text_cfg", tc, _TEXT_OK)
     tact, teps = act("text_cfg", tc, quick), eps("text_cfg", tc, 1e-5)
@@ -234,9 +244,10 @@ def to_open_clip_config(cfg: ModelConfig) -> dict:
     if fam.to_open_clip is None:
         raise ValueError(f"model.vision.family={v.family!r}: open_clip cannot build this "
                          "image tower")
-    if t.family != "transformer":
-        raise ValueError(f"model.text.family={t.family!r}: open_clip's JSON here holds its "
-                         "TextTransformer only")
+    tfam = families.text(cfg)
+    if t.family != "transformer" and tfam.to_open_clip is None:
+        raise ValueError(f"model.text.family={t.family!r}: open_clip cannot build this "
+                         "text tower")
     vc, vact = fam.to_open_clip(cfg)
     if v.patch_dropout:
         vc["patch_dropout"] = v.patch_dropout
@@ -252,8 +263,11 @@ def to_open_clip_config(cfg: ModelConfig) -> dict:
         if tc["pool_type"] == "eos":
             tc["eos_id"] = t.eot_id
     tower_extras(tc, cfg, t.act or cfg.act)
+    own = tfam.to_open_clip is not None  # a text family's own text_cfg (HF towers)
+    if own:
+        tc = tfam.to_open_clip(cfg)[0]
     out = {"embed_dim": cfg.embed_dim, "vision_cfg": vc, "text_cfg": tc}
-    acts = {t.act or cfg.act} | ({vact} if vact else set())
+    acts = (set() if own else {t.act or cfg.act}) | ({vact} if vact else set())
     if "quick_gelu" in acts:
         if acts != {"quick_gelu"}:
             raise ValueError("model.act: open_clip's quick_gelu applies to both towers")
@@ -262,7 +276,7 @@ def to_open_clip_config(cfg: ModelConfig) -> dict:
         out["init_logit_scale"] = cfg.init_logit_scale
     if cfg.init_logit_bias is not None:
         out["init_logit_bias"] = cfg.init_logit_bias
-    if t.embed_cls or t.pad_id or v.attn_pooler_queries or cfg.decoder:
+    if t.embed_cls or (t.pad_id and not own) or v.attn_pooler_queries or cfg.decoder:
         _coca_extras(out, cfg)
     return out
 

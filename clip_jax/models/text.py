@@ -103,6 +103,9 @@ def cls_key_mask(text, t: TextConfig):
 
 
 def check(t: TextConfig) -> None:
+    if t.hf is not None:
+        raise ValueError("model.text.hf: the switches of model.text.family='hf' (this tower "
+                         f"is {t.family!r})")
     _flag("model.text.embed_cls", t.embed_cls)
     if isinstance(t.pad_id, bool) or not isinstance(t.pad_id, int) or t.pad_id < 0:
         raise ValueError(f"model.text.pad_id={t.pad_id!r}: must be a token id >= 0")
