@@ -145,6 +145,9 @@ def test_open_clip_pe_core_imports_and_exports_exactly(tmp_path, test_trunks, tr
     m = clip_jax.load(str(bundle))
     assert m.cfg == models.from_open_clip_config(oc_cfg) and m.cfg.vision.family == "pe"
     _assert_same(model, m, f"open_clip PE ({trunk}) -> clip_jax")
+    direct = clip_jax.load(str(hub))  # the model source resolver reads the hub folder too
+    assert direct.cfg == m.cfg
+    np.testing.assert_array_equal(direct.encode_image(_inputs()[0]), m.encode_image(_inputs()[0]))
 
     out = tmp_path / "oc"
     assert export.main(["open_clip", "--checkpoint", str(bundle), "--out", str(out)]) == 0
@@ -320,3 +323,29 @@ def test_the_pe_core_recipe_compiles_for_v5e():
     r = plan.compiled_plan(c, "v5e:2x2", with_cost=False)
     assert r["fits"] and r["chips"] == 4 and r["scan"] and r["memory_bytes"]["total"] > 0
     assert r["analytic_tflops_per_chip"] > 0  # the family's FLOPs counted in the step
+
+
+def test_pe_layer_decay_factors_equal_timms(test_trunks):
+    """The family's layer ids: per open_clip name (``visual.trunk.*``, timm's Eva), our
+    ``optimizer.layer_decay`` factors equal timm's ``param_groups_layer_decay`` lr_scale."""
+    timm = pytest.importorskip("timm")
+    timm_optim = pytest.importorskip("timm.optim")
+    from clip_jax import optimizer
+    from clip_jax.interop import keymap
+
+    trunk, decay = "vit_pe_core_cjtest_patch8_32", 0.6
+    ref = timm.create_model(trunk, num_classes=24)
+    names = {id(p): n for n, p in ref.named_parameters()}
+    scales = {names[id(p)]: g["lr_scale"]
+              for g in timm_optim.param_groups_layer_decay(ref, layer_decay=decay)
+              for p in g["params"]}
+    cfg = models.from_open_clip_config(_oc_json(trunk))
+    abstract = models.abstract_params(cfg)
+    factors = optimizer.layer_decay_factors(abstract, decay, cfg)
+    filled = jax.tree.map(lambda x, f: np.full(x.shape, f, np.float32), abstract, factors)
+    external = keymap.to_external(filled, cfg, "open_clip")
+    ours = {k[len("visual.trunk."):]: np.asarray(a) for k, a in external.items()
+            if k.startswith("visual.trunk.")}
+    assert set(ours) == set(scales)
+    for name, arr in ours.items():
+        np.testing.assert_allclose(arr, scales[name], rtol=1e-6, err_msg=name)
