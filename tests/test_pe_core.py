@@ -349,3 +349,25 @@ def test_pe_layer_decay_factors_equal_timms(test_trunks):
     assert set(ours) == set(scales)
     for name, arr in ours.items():
         np.testing.assert_allclose(arr, scales[name], rtol=1e-6, err_msg=name)
+
+
+def test_a_scanned_rematerialised_pe_tower_equals_the_unrolled_one():
+    """model.scan (the recipes' stacked blocks, RoPE broadcast to each) with full remat gives
+    the unrolled tower's embeddings from the same (stacked) weights."""
+    from clip_jax import params as params_lib
+
+    cfg = models.ModelConfig(embed_dim=24, vision=models.VisionConfig(
+        32, 8, 32, 2, 2, 64, pool="map", family="pe"), text=models.get_model_config(
+        "tiny").text)
+    model = models.CLIP(cfg)
+    rng = np.random.default_rng(0)
+    p = jax.jit(model.init)(jax.random.key(0), *models.init_inputs(cfg))["params"]
+    p = jax.tree.map(lambda a: a + 0.1 * rng.standard_normal(a.shape).astype(np.float32), p)
+    stacked = params_lib.unflatten_params(params_lib.stack_layers(params_lib.flatten_params(p)))
+    images = rng.standard_normal((2, 32, 32, 3)).astype(np.float32)
+    got = {}
+    for scan, params in ((False, p), (True, stacked)):
+        m = models.CLIP(cfg.replace(scan=scan, remat="full" if scan else "none"))
+        got[scan] = np.asarray(jax.jit(lambda q, m=m: m.apply(
+            {"params": q}, images, method=models.CLIP.encode_image))(params))
+    np.testing.assert_allclose(got[True], got[False], atol=1e-6)
