@@ -94,7 +94,7 @@ def test_a_registered_family_is_listed_checked_and_unregistered(toy):
     _, cfg = toy
     assert "toy" in families.VISION and models.get_model_config("tiny-toy") == cfg
     assert "tiny-toy" in clip_jax.list_models()
-    with pytest.raises(ValueError, match="must be one of vit, resnet, convnext, naflex, toy"):
+    with pytest.raises(ValueError, match="must be one of vit, resnet, convnext, naflex, pe, toy"):
         models.VisionConfig(family="toy2")
     with pytest.raises(ValueError, match="family='toy' has no patches"):
         cfg.replace(vision={"patch_dropout": 0.5})

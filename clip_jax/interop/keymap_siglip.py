@@ -76,7 +76,7 @@ def hf_rules(cfg: models.ModelConfig) -> list[L.Rule]:
     return tb.rules
 
 
-def _timm_blocks(tb: L.Table, ours: str, theirs: str, layers: int, heads: int) -> None:
+def timm_blocks(tb: L.Table, ours: str, theirs: str, layers: int, heads: int) -> None:
     for i in range(layers):
         o, t = f"{ours}/resblocks_{i}", f"{theirs}.{i}"
         tb.ln(f"{o}/ln_1", f"{t}.norm1")
@@ -98,21 +98,26 @@ def open_clip_rules(cfg: models.ModelConfig) -> list[L.Rule]:
     n = (v.image_size // v.patch_size) ** 2
     tb.add("visual/positional_embedding", f"{tr}.pos_embed", L.reshape((n, v.width),
                                                                          (1, n, v.width)))
-    _timm_blocks(tb, "visual/transformer", f"{tr}.blocks", v.layers, v.heads)
+    timm_blocks(tb, "visual/transformer", f"{tr}.blocks", v.layers, v.heads)
     tb.ln("visual/ln_post", f"{tr}.norm")
-    o, h = "visual/map_head", f"{tr}.attn_pool"
+    timm_attn_pool(tb, "visual/map_head", f"{tr}.attn_pool", v.heads)
+    keymap_clip.open_clip_text(tb, cfg)
+    return tb.rules
+
+
+def timm_attn_pool(tb: L.Table, o: str, h: str, heads: int) -> None:
+    """timm's ``AttentionPoolLatent`` (``latent``, ``q``, ``kv``, ``proj``, ``norm``, ``mlp``)
+    as our MAP head (SigLIP's and the Perception Encoder's)."""
     tb.add(f"{o}/probe", f"{h}.latent", L.same())
     tb.add((f"{o}/attn/kernel_q", f"{o}/attn/kernel_kv"), (f"{h}.q.weight", f"{h}.kv.weight"),
-           L.q_kv_split_w(v.heads))
+           L.q_kv_split_w(heads))
     tb.add((f"{o}/attn/bias_q", f"{o}/attn/bias_kv"), (f"{h}.q.bias", f"{h}.kv.bias"),
-           L.q_kv_split_b(v.heads))
-    tb.add(f"{o}/attn/kernel_out", f"{h}.proj.weight", L.out_w(v.heads))
+           L.q_kv_split_b(heads))
+    tb.add(f"{o}/attn/kernel_out", f"{h}.proj.weight", L.out_w(heads))
     tb.add(f"{o}/attn/bias_out", f"{h}.proj.bias", L.same())
     tb.ln(f"{o}/ln", f"{h}.norm")
     tb.dense(f"{o}/mlp/c_fc", f"{h}.mlp.fc1")
     tb.dense(f"{o}/mlp/c_proj", f"{h}.mlp.fc2")
-    keymap_clip.open_clip_text(tb, cfg)
-    return tb.rules
 
 
 normalize = keymap_clip.normalize

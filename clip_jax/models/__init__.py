@@ -26,7 +26,7 @@ of data, meshes or checkpoints.
 # isort: off
 # The tower families, each registering itself (models/family.py): the text tower first (every
 # preset has one), then the image towers in the order model.vision.family lists them.
-from clip_jax.models import text, hf_text, vit, resnet, convnext, naflex  # noqa: F401
+from clip_jax.models import text, hf_text, vit, resnet, convnext, naflex, pe  # noqa: F401
 # isort: on
 from clip_jax.models.clip import (
     CLIP,

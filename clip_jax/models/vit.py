@@ -290,6 +290,7 @@ _VISION_OK = {"image_size", "layers", "width", "patch_size", "head_width", "mlp_
               "attentional_pool", "attn_pooler_queries", "attn_pooler_heads"}
 _TIMM_OK = {"image_size", "timm_model_name", "timm_model_pretrained", "timm_pool", "timm_proj",
             "patch_dropout", "output_tokens"}
+_TIMM_NAME = re.compile(r"^vit_.*_siglip")
 _TIMM_SIGLIP = re.compile(r"^vit_(base|large|so400m|giantopt)_patch(\d+)_siglip_(\d+)$")
 # timm's SigLIP trunks (timm 1.0, models/vision_transformer.py): (family, patch, resolution) ->
 # GELU ("gelu_tanh" where timm builds them with act_layer='gelu_tanh', else the erf "gelu").
@@ -331,7 +332,8 @@ def from_open_clip(vc: Mapping, quick_gelu: bool) -> tuple[VisionConfig, str, fl
     """open_clip's own ViT (no timm trunk, ``layers`` a number) or a timm ``vit_*`` trunk."""
     timm = vc.get("timm_model_name")
     if timm:
-        return _timm_vision(vc) if str(timm).startswith("vit_") else None
+        # timm's SigLIP ViTs (other families read other timm trunks: PE's vit_pe_*)
+        return _timm_vision(vc) if _TIMM_NAME.match(str(timm)) else None
     if isinstance(vc.get("layers"), list | tuple):
         return None
     oc.check_keys("vision_cfg", vc, _VISION_OK)
