@@ -267,6 +267,7 @@ def _config(tmp_path, devices: int):
     return c
 
 
+@pytest.mark.slow  # ~60 s: a done-when check, run with -m slow (docs/benchmarks.md)
 def test_pe_trains_on_8_devices_like_on_1(tmp_path, monkeypatch):
     """A PE-Core CLIP (the test trunk, class token and RoPE) trains the same on 8 simulated
     devices (4 data x 2 FSDP) as on 1: losses and parameters step by step."""
