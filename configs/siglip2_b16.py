@@ -28,7 +28,10 @@ Terms (each one objective, clip_jax/objectives/):
 
   v5e-256 : mesh data=16 fsdp=16, 128 images per chip, no accumulation; remat full, scan.
             ``python -m clip_jax.plan`` compiles the switched-on program (the batches carry
-            the views) for v5e:16x16; docs/benchmarks.md has its HBM and each term's share.
+            the views) for v5e:16x16: 885M params, 16.06 GiB per chip: it does NOT fit (the
+            decoder is 49% of it: Gemma's 256k vocabulary, its float32 logits); without the
+            decoder 8.20 GiB (docs/benchmarks.md, each term's share). Gradient accumulation or
+            a chunked decoder loss is the fix, not yet compiled.
 """
 
 import math
