@@ -62,6 +62,7 @@ def _small_b16(batch=32):
     return c
 
 
+@pytest.mark.slow  # one compile of the whole composition: about 2 minutes on this host
 def test_the_b16_recipe_compiles_its_switched_on_program():
     """Depth 1, 4,096 tokens, 8 images per chip on v5e:2x2: the program with every term on
     (the batch carries the views and boxes) compiles and fits."""
