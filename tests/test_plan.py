@@ -287,6 +287,7 @@ def test_a_scanned_plan_counts_the_whole_step_like_an_unrolled_one():
         assert scanned[key] == pytest.approx(unrolled[key], rel=0.10), key
 
 
+@pytest.mark.slow  # four compiles, about 50 s on a loaded host: `-m slow` runs it
 @needs_libtpu
 def test_a_scanned_decoder_is_counted_every_layer():
     """A captioning decoder's layers scan with model.scan too: the plan extrapolates them in
