@@ -146,6 +146,8 @@ def scanned_stacks(model_cfg) -> dict[str, int]:
         stacks["model__text__layers"] = model_cfg.text.layers
     if models.family.vision(model_cfg).scanned:
         stacks["model__vision__layers"] = model_cfg.vision.layers
+    if model_cfg.decoder is not None:  # the decoder's layers scan with model.scan too
+        stacks["model__decoder__layers"] = model_cfg.decoder.layers
     return stacks
 
 

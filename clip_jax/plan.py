@@ -19,9 +19,9 @@ at its HBM bandwidth), the bound max(compute, memory) and which one bounds the s
 samples/s per chip and an MFU upper bound. libtpu's own ``optimal_seconds`` is reported only
 when positive. These are compiler estimates, not measurements. ``--remat`` (or
 ``model.remat=auto``) compiles the step under several rematerialisation policies and keeps the
-fastest that fits (:func:`remat_plan`). A NaFlex recipe (``data.naflex``) trains one program
-per bucket, each (images, patches) shape its own: :func:`bucket_plan` compiles every one and
-reports each bucket's HBM and the worst.
+fastest that fits (:func:`remat_plan`); ``--terms`` each objective term's share of HBM and
+FLOPs (:mod:`clip_jax.plan_terms`). NaFlex (``data.naflex``): one program per bucket, each
+(images, patches) shape compiled by :func:`bucket_plan`, which reports each one's HBM.
 
 Exit status: 0 fits (HBM <= 90% of the chip), 1 does not fit, 2 bad input.
 """
@@ -38,7 +38,7 @@ from absl import app, flags, logging
 from jax.sharding import PartitionSpec as P
 from ml_collections import config_flags
 
-from clip_jax import compiled, distill, models, sharding, train
+from clip_jax import compiled, distill, models, plan_terms, sharding, train
 from clip_jax import config as config_lib
 from clip_jax import flops as flops_lib
 from clip_jax import remat as remat_lib
@@ -106,10 +106,8 @@ def compiled_plan(config, topology: str, image_dtype: str = "float32",
         "model_tflops_per_chip": model_chip / 1e12,
         "peak_tflops": chip.peak_tflops,
         "hbm_gbps": chip.hbm_gbps,
-        **({"teachers": len(setup.teachers), "teacher_gib_per_chip": teacher_bytes / GIB,
-            "teacher_hbm_share": teacher_bytes / max(mem["total"], 1),
-            "teacher_flops_share": teacher_flops / chips / hw_chip} if setup.teachers else {}),
-        **({"stored_teachers": len(setup.stored)} if setup.stored else {}),
+        **plan_terms.teacher_figures(setup, teacher_bytes, mem["total"],
+                                     teacher_flops / chips / hw_chip),
     }
     if cost is None:
         return out
@@ -237,7 +235,6 @@ def abstract_plan(config, num_devices: int, num_processes: int = 1) -> dict:
     }
 
 
-
 def shape_plan(config, topology: str) -> dict:
     """The fallback without libtpu: :func:`abstract_plan` for the topology's chip count."""
     chip_name, dims = tpu.parse_topology(topology)
@@ -304,10 +301,12 @@ def remat_plan(config, topology: str, image_dtype: str = "float32",
             "scan_choice": best["scan"]}
 
 
-def plan(config, topology: str, image_dtype: str = "float32", remat: str = "") -> dict:
+def plan(config, topology: str, image_dtype: str = "float32", remat: str = "",
+         terms: bool = False) -> dict:
     """``compiled_plan`` where libtpu is installed, else ``shape_plan`` (with ``note``).
     ``remat`` (or ``model.remat: auto`` in the config): ``auto`` or a comma-separated list of
-    policies to compile and choose from (:func:`remat_plan`)."""
+    policies to compile and choose from (:func:`remat_plan`). ``terms``: each objective term's
+    share too (:mod:`clip_jax.plan_terms`)."""
     remat = remat or ("auto" if config.model.remat == "auto" else "")
     if remat and not tpu.libtpu_available():
         raise tpu.PlanError("choosing a remat policy compiles the step for the TPU: it needs "
@@ -315,12 +314,16 @@ def plan(config, topology: str, image_dtype: str = "float32", remat: str = "") -
     if remat and config.data.naflex.buckets:
         raise tpu.PlanError("choosing a remat policy over a NaFlex recipe's buckets is not "
                             "built: plan it with model.remat set (one policy)")
+    if terms:
+        plan_terms.check(config, remat, tpu.libtpu_available(), tpu.PlanError)
     if remat:
         return remat_plan(config, topology, image_dtype, remat)
     if tpu.libtpu_available():
         if config.data.naflex.buckets:
             return bucket_plan(config, topology, image_dtype)
-        return compiled_plan(config, topology, image_dtype)
+        out = compiled_plan(config, topology, image_dtype)
+        return plan_terms.with_shares(out, config, lambda c: compiled_plan(
+            c, topology, image_dtype)) if terms else out
     out = shape_plan(config, topology)
     out["note"] = ("libtpu is not installed (pip install 'clip_jax[tpu-aot]'): ran the "
                    "eval_shape plan, which counts parameters + optimizer state only")
@@ -370,13 +373,7 @@ def format_table(r: dict) -> str:
             ]
             if r.get("compiler_optimal_seconds"):
                 rows.append(("compiler optimal_seconds", f"{r['compiler_optimal_seconds']:.4g}"))
-        if r.get("teachers"):
-            rows.append(("distillation teachers", f"{r['teachers']}: "
-                         f"{r['teacher_gib_per_chip']:.3f} GiB per chip "
-                         f"({r['teacher_hbm_share']:.0%} of HBM used), "
-                         f"{r['teacher_flops_share']:.0%} of the step's FLOPs"))
-        if r.get("stored_teachers"):
-            rows.append(("stored teachers", f"{r['stored_teachers']} (none runs in the step)"))
+        rows += plan_terms.teacher_rows(r)
     else:
         rows += [("params + opt state per chip",
                   f"{r['state_gib_per_chip']:.3f} / {r['chip_hbm_gib']:g} GiB")]
@@ -386,6 +383,8 @@ def format_table(r: dict) -> str:
     lines = [f"{k:<{width}}  {v}" for k, v in rows]
     if r.get("note"):
         lines.insert(0, f"note: {r['note']}")
+    if r.get("term_shares"):
+        lines.append(plan_terms.format_shares(r))
     if r.get("remat_table"):
         lines += ["", f"remat policies compiled (chosen: model.remat={r['remat_choice']} "
                       f"model.scan={r['scan_choice']}, the fastest bound that fits "
@@ -429,7 +428,7 @@ def main(argv) -> None:
         image_dtype = FLAGS.image_dtype
         if image_dtype == "auto":  # what the run's data source feeds the step
             image_dtype = "uint8" if FLAGS.config.data.source == "webdataset" else "float32"
-        result = plan(FLAGS.config, topology, image_dtype, FLAGS.remat)
+        result = plan(FLAGS.config, topology, image_dtype, FLAGS.remat, FLAGS.terms)
     except tpu.PlanError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
@@ -444,6 +443,7 @@ def _define_flags():
     flags.DEFINE_string("topology", None, "TPU topology, e.g. v5e:16x16 (default: the "
                                           "recipe's TOPOLOGY for its platform).")
     flags.DEFINE_bool("json", False, "Print one JSON object instead of the table.")
+    flags.DEFINE_bool("terms", False, "Also each term's share of HBM and FLOPs (plan_terms.py).")
     flags.DEFINE_string("image_dtype", "auto",
                         "dtype of the image batch fed to the step; auto: uint8 for webdataset "
                         "(the pipeline sends raw pixels), float32 for synthetic data.")

@@ -39,6 +39,7 @@ LAYERS = (
      "clip_jax.objectives", "clip_jax.objectives.*", "clip_jax.gradients"),
     # entry points: parse, build, call
     ("clip_jax.train", "clip_jax.export", "clip_jax.predict", "clip_jax.plan", "clip_jax.compiled",
+     "clip_jax.plan_terms",
      "clip_jax.evaluate.__main__", "clip_jax.embed", "clip_jax.filter"),
 )
 

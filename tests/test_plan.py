@@ -287,6 +287,24 @@ def test_a_scanned_plan_counts_the_whole_step_like_an_unrolled_one():
         assert scanned[key] == pytest.approx(unrolled[key], rel=0.10), key
 
 
+@pytest.mark.slow  # four compiles, about 50 s on a loaded host: `-m slow` runs it
+@needs_libtpu
+def test_a_scanned_decoder_is_counted_every_layer():
+    """A captioning decoder's layers scan with model.scan too: the plan extrapolates them in
+    depth like the towers', so a scanned model with a 3-layer decoder counts the FLOPs of the
+    same model unrolled (within 5%)."""
+    c = _small("full", 1, "siglip", "blockwise", batch=32)
+    c.model.vision.layers = c.model.text.layers = 1
+    c.model.decoder.update(layers=3, width=32, heads=2, mlp_dim=64)
+    c.mesh.data, c.mesh.fsdp = 1, 4
+    unrolled = plan.compiled_plan(c, "v5e:2x2")
+    c.model.scan = True
+    scanned = plan.compiled_plan(c, "v5e:2x2")
+    assert "decoder 3 blocks" in scanned["cost_method"]
+    assert scanned["xla_tflops_per_chip"] == pytest.approx(unrolled["xla_tflops_per_chip"],
+                                                           rel=0.05)
+
+
 def test_the_gradient_cache_loops_are_counted_every_trip():
     """The gradient cache's micro-batch loops are scans too: the cost of a scanned model with
     3 micro-batches counts every block and every trip, as a compile with the blocks and those

@@ -113,10 +113,10 @@ def _sample_attributes(rng: np.random.Generator, colour: str, shape: str) -> dic
 # ----------------------------------------------------------------------------- samples
 
 
-def make_sample(split: str, index: int, seed: int, image_size: int,
-                heldout: Sequence[tuple[str, str]],
-                variant: str = "") -> tuple[str, dict[str, bytes]]:
-    """Sample ``index`` of ``split``: (key, {ext: bytes}). Pure function of its arguments."""
+def _draw(split: str, index: int, seed: int, image_size: int,
+          heldout: Sequence[tuple[str, str]], variant: str = "", coverage=None):
+    """``(picture, attrs, KEY.json content, caption, class index or None)`` of a sample, every
+    draw of its generator in the order the corpus makes them."""
     rng = np.random.default_rng([seed, _SPLIT_IDS[split], index, 0x5EED])
     held = [tuple(p) for p in heldout]
     if split == "train":
@@ -133,19 +133,43 @@ def make_sample(split: str, index: int, seed: int, image_size: int,
         meta = attrs
     else:  # the objects' boxes and referring expressions too (LocCa; clip_jax.data.boxes)
         boxes: list = []
-        img, describe = render(attrs, image_size, rng, boxes), caption
+        img, describe = render(attrs, image_size, rng, boxes, coverage), caption
         meta = {**attrs, "boxes": boxes, "box_captions": referring(attrs, boxes)}
+    return img, attrs, meta, describe(attrs, rng), label
+
+
+def make_sample(split: str, index: int, seed: int, image_size: int,
+                heldout: Sequence[tuple[str, str]],
+                variant: str = "") -> tuple[str, dict[str, bytes]]:
+    """Sample ``index`` of ``split``: (key, {ext: bytes}). Pure function of its arguments."""
+    img, _, meta, text, label = _draw(split, index, seed, image_size, heldout, variant)
     buf = io.BytesIO()
     img.save(buf, format="PNG")
     files = {
         "png": buf.getvalue(),
-        "txt": describe(attrs, rng).encode(),
+        "txt": text.encode(),
         "json": json.dumps(meta, sort_keys=True).encode(),
     }
     if label is not None:
         files["cls"] = str(label).encode()
     return f"{split}-{index:08d}", files
 
+
+# Segmentation classes of the demo's pictures: background, then each shape (any colour).
+SEGMENTATION_CLASSES = ("background", *SHAPES)
+
+
+def segmentation_sample(split: str, index: int, seed: int, image_size: int,
+                        heldout: Sequence[tuple[str, str]]) -> tuple[np.ndarray, np.ndarray]:
+    """Sample ``index`` of ``split`` re-drawn with its per-pixel shape mask: ``(picture uint8
+    (S, S, 3), mask uint8 (S, S))``, the mask's class :data:`SEGMENTATION_CLASSES`' index
+    (0 background, ``1 + SHAPES.index(shape)`` where an object covers at least half of the
+    pixel). The picture is the corpus's own (same generator draws); nothing is stored, so the
+    corpus's files are unchanged. Square pictures only (not the strip variant)."""
+    coverage = np.zeros((image_size, image_size), np.float32)
+    img, attrs, _, _, _ = _draw(split, index, seed, image_size, heldout, "", coverage)
+    mask = np.where(coverage >= 0.5, 1 + SHAPES.index(attrs["shape"]), 0).astype(np.uint8)
+    return np.asarray(img, np.uint8), mask
 
 
 def _write_tar(path: str, samples: Iterable[tuple[str, dict[str, bytes]]]) -> int:

@@ -131,13 +131,16 @@ def _place_objects(rng: np.random.Generator, attrs: dict, size: int) -> list[tup
 
 
 def render(attrs: dict, size: int, rng: np.random.Generator,
-           boxes: list | None = None) -> Image.Image:
+           boxes: list | None = None, coverage: np.ndarray | None = None) -> Image.Image:
     """Draw the picture described by ``attrs`` (consumes ``rng``).
 
     Each object is drawn supersampled (x4) inside its own bounding box and box-filtered down to
     colour + coverage, then blended over the background: anti-aliased, and cheap. ``boxes``: a
     list that receives each object's tight box ``[x0, y0, x1, y1]`` (the pixels it covers,
-    normalised to [0, 1]); the picture and ``rng`` are the same with or without it.
+    normalised to [0, 1]); ``coverage``: a float32 (size, size) array that receives, per pixel,
+    the largest fraction of it any object covers (the segmentation masks of
+    :func:`clip_jax.data.demo.segmentation_sample`). The picture and ``rng`` are the same with
+    or without either.
     """
     bg_name = attrs["background"]
     bg = _jitter(rng, BACKGROUNDS[bg_name], 6)
@@ -176,6 +179,8 @@ def render(attrs: dict, size: int, rng: np.random.Generator,
         colour = colour.reshape(shape + (3,)).mean(axis=(1, 3))
         region = canvas[y0:y1, x0:x1]
         canvas[y0:y1, x0:x1] = region * (1.0 - alpha) + colour
+        if coverage is not None:
+            np.maximum(coverage[y0:y1, x0:x1], alpha[..., 0], out=coverage[y0:y1, x0:x1])
         if boxes is not None:
             rows, cols = np.nonzero(alpha[..., 0] > 0)
             boxes.append([float(v) / size for v in (x0 + cols.min(), y0 + rows.min(),

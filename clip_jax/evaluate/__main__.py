@@ -10,11 +10,11 @@
 ``--suite``: a suite of :mod:`clip_jax.evaluate.registry` (clip_paper, robustness, vtab,
 retrieval, xm3600), a dataset of it, or a comma list; every dataset present under
 ``--data-dir`` is evaluated with each ``--eval`` (default zeroshot; retrieval sets always
-retrieve) and each missing one is named in one line with how to prepare it
-(:mod:`clip_jax.evaluate.suite`). Zero-shot prompts are the registry's unless ``--templates`` /
-``--classnames`` choose them, for every dataset or per dataset
-(:mod:`clip_jax.evaluate.suite_prompts`). Writes ``OUT/report.json`` (``"suite": {dataset:
-{kind: {"acc1", "acc5", "mean_per_class_recall", "headline"}}}``, the prompts used in
+retrieve, segmentation sets always run the patch-token probe) and each missing one is named in
+one line with how to prepare it (:mod:`clip_jax.evaluate.suite`). Zero-shot prompts are the
+registry's unless ``--templates`` / ``--classnames`` choose them, for every dataset or per
+dataset (:mod:`clip_jax.evaluate.suite_prompts`). Writes ``OUT/report.json`` (``"suite":
+{dataset: {kind: {"acc1", "acc5", "mean_per_class_recall", "headline"}}}``, the prompts used in
 ``"details"``), ``OUT/suite.md`` and ``OUT/suite.png``. Every flag is honoured or refused in
 one line (exit 2) before a model loads: prompts without zeroshot, ``--shots`` / ``--seeds``
 without fewshot, probe flags on retrieval sets only, ``--dataset`` (and, without ``--suite``,
@@ -25,7 +25,9 @@ without fewshot, probe flags on retrieval sets only, ``--dataset`` (and, without
 ``--weights ema``: a training run's weight average (:mod:`clip_jax.ema`) instead of its params.
 ``--eval``: zeroshot, retrieval, fewshot, linear_probe, and for a model with a decoder
 captioning and referring (LocCa's referring-expression accuracy, IoU > 0.5:
-:mod:`clip_jax.evaluate.referring`) (repeat the flag or give a comma list).
+:mod:`clip_jax.evaluate.referring`), and for a ViT segmentation (a linear probe on its patch
+tokens, mIoU: :mod:`clip_jax.evaluate.segmentation`; ``--dataset`` the demo's card or a VOC 2012
+folder) (repeat the flag or give a comma list).
 ``--dataset``: a dataset spec (see :mod:`clip_jax.evaluate.datasets`: a ``.json`` card such as
 the demo corpus's ``zeroshot.json``, ``tfds:cifar10``, ``folder:PATH``, or shards for
 retrieval), optionally named ``NAME=SPEC``; repeat it for several. Every ``--eval`` runs on every
@@ -135,10 +137,10 @@ def _run_suite(args, names: list[str]) -> int:
     if args.dataset:
         raise cli.UserError("--suite and --dataset do not go together: name suite datasets "
                             "with --datasets a,b")
-    bad = [n for n in names if n not in suite_lib.SUITE_EVALS]
+    bad = [n for n in names if n not in suite_lib.SUITE_KINDS]
     if bad:
         raise cli.UserError(f"--eval {bad} cannot run over a suite; choose from "
-                            f"{suite_lib.SUITE_EVALS}")
+                            f"{suite_lib.SUITE_KINDS}")
     if not args.data_dir or not os.path.isdir(args.data_dir):
         raise cli.UserError(f"--suite needs --data-dir, an existing directory (got "
                             f"{args.data_dir!r})")
@@ -150,15 +152,16 @@ def _run_suite(args, names: list[str]) -> int:
     if probe_flags and "fewshot" not in names:
         raise cli.UserError(f"{' and '.join(probe_flags)} set the few-shot probes, but --eval "
                             f"{','.join(names)} runs none over the suite: add --eval fewshot")
-    if all(registry.ENTRIES[n].task == "retrieval" for n in datasets_):
+    if all(registry.ENTRIES[n].task in ("retrieval", "segmentation") for n in datasets_):
         unused = probe_flags + (["--max-per-class"] if args.max_per_class is not None else [])
         if unused:
             raise cli.UserError(f"{' and '.join(unused)}: the datasets {datasets_} are "
-                                "retrieval sets, which have no classes or probes")
+                                "retrieval or segmentation sets, which have no such probes")
     choice = suite_prompts.parse(args.templates, args.classnames)
     suite_lib.check_prompts(choice, datasets_, args.data_dir, names)  # before loading a model
     model = inference.load(args.model, batch_size=args.batch_size, weights=args.weights)
-    if model.tokenizer is None and "zeroshot" in names:
+    if model.tokenizer is None and "zeroshot" in names and any(
+            registry.ENTRIES[n].task != "segmentation" for n in datasets_):
         raise cli.UserError(f"{args.model} has no tokenizer, which zero-shot needs")
     base = args.suite.replace(",", "+")
     probe_sizes = registry.SUITE_PROBE_SIZES.get(args.suite)

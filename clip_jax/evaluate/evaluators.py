@@ -41,11 +41,13 @@ from clip_jax import config as config_lib
 from clip_jax import files, inference, models, sharding
 from clip_jax.evaluate import captioning, datasets, encode, metrics, plots, probes, suite_prompts
 from clip_jax.evaluate import referring as referring_lib
+from clip_jax.evaluate import segmentation as segmentation_lib
 from clip_jax.evaluate import suite as suite_lib
 from clip_jax.evaluate import templates as templates_lib
 
-# captioning and referring (LocCa's boxes): from the CLI, for a model with a decoder
-EVALS = (*config_lib.EVAL_KINDS, "captioning", "referring")
+# captioning and referring (LocCa's boxes): from the CLI, for a model with a decoder;
+# segmentation (a linear probe on a ViT's patch tokens): from the CLI
+EVALS = (*config_lib.EVAL_KINDS, "captioning", "referring", "segmentation")
 DEFAULT_SEEDS = (0, 1, 2)
 
 
@@ -219,7 +221,7 @@ def suite(encoder, spec: EvalSpec) -> dict:
 
 _RUN = {"zeroshot": zeroshot, "retrieval": retrieval, "fewshot": fewshot,
         "linear_probe": linear_probe, "captioning": captioning.captioning,
-        "referring": referring_lib.referring}
+        "referring": referring_lib.referring, "segmentation": segmentation_lib.segmentation}
 
 
 def run(encoder, specs: Sequence[EvalSpec]) -> dict[str, dict]:
@@ -242,6 +244,7 @@ _SCALARS = {
     "linear_probe": ("acc1",),
     "captioning": ("perplexity", "text_to_image_recall@1", "image_to_text_recall@1"),
     "referring": ("accuracy@0.5", "mean_iou"),
+    "segmentation": ("miou", "pixel_accuracy"),
 }
 
 

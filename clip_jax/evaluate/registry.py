@@ -20,6 +20,10 @@ and Rendered SST2 only come so (tfds does not build them).
 Multilingual retrieval: ``xm3600_<lang>`` (suite ``xm3600``), Crossmodal-3600's captions in
 each of its 36 languages, from one folder.
 
+Semantic segmentation (suite ``segmentation``): a linear probe on a ViT's patch tokens
+(:mod:`clip_jax.evaluate.segmentation`), fitted on ``train`` and scored on ``test``, headline
+``miou``; Pascal VOC 2012 comes as its devkit folder ``DIR/voc2012_seg`` (tfds has no VOC masks).
+
 Headline metric: ``mean_per_class_recall`` where the CLIP paper and DataComp report it (FGVC
 Aircraft, Oxford Pets, Caltech-101, Flowers-102; VOC 2007 as CLIP_benchmark's cropped-object
 classification), else ``acc1``; retrieval: ``mean_recall`` (R@1/5/10 both ways, averaged).
@@ -31,7 +35,7 @@ import dataclasses
 
 DERIVED_LABELS = ("clevr_count", "clevr_distance", "kitti_distance", "voc_objects",
                   "imagenet_a", "imagenet_r")
-METRICS = ("acc1", "mean_per_class_recall", "mean_recall")
+METRICS = ("acc1", "mean_per_class_recall", "mean_recall", "miou")
 TFDS_BUILD = "tfds build {builder} --data_dir DIR --file_format array_record"
 
 
@@ -46,7 +50,7 @@ class Entry:
     classes: str = ""  # key of the class-name tables; "" = the builder's ClassLabel names
     templates: str = ""  # key of prompts.TEMPLATES, or imagenet / imagenet_simple / cifar10
     metric: str = "acc1"
-    task: str = "classification"  # or "retrieval"
+    task: str = "classification"  # or "retrieval", "segmentation"
     prepare: str = ""  # how to prepare it where there is internet ("" = TFDS_BUILD)
     source: str = ""  # where it comes from, for the README table
     folder: str = ""  # its folder under the data dir ("" = its name; several may share one)
@@ -143,6 +147,13 @@ ENTRIES = {e.name: e for e in (
     # clip_jax.evaluate.suite_data.card_to_folder (class names and templates in the folder).
     Entry("demo", None, source="folder", prepare="python -c \"from clip_jax.evaluate import "
           "suite_data; suite_data.card_to_folder('data/demo/zeroshot.json', 'DIR/demo')\""),
+    # Semantic segmentation: 21 classes (background + VOC's 20), boundaries (255) ignored;
+    # the probe fits on the 1,464 train images and is scored on the 1,449 val images.
+    Entry("voc2012_seg", None, test="val", train="train", task="segmentation", metric="miou",
+          source="folder (Pascal VOC 2012 devkit: JPEGImages, SegmentationClass)",
+          prepare="download http://host.robots.ox.ac.uk/pascal/VOC/voc2012/"
+          "VOCtrainval_11-May-2012.tar and extract its VOCdevkit/VOC2012 as DIR/voc2012_seg "
+          "(JPEGImages/, SegmentationClass/, ImageSets/Segmentation/{train,val}.txt)"),
     # Retrieval (Karpathy test splits): R@1/5/10 both ways.
     Entry("mscoco", "coco_captions", train=None, label="captions", task="retrieval",
           metric="mean_recall", source="tfds coco_captions (Karpathy test: 5000 images)"),
@@ -184,6 +195,7 @@ SUITES = {
              "smallnorb_elevation"),
     "retrieval": ("flickr30k", "mscoco", "mscoco_1k"),
     "demo": ("demo",),
+    "segmentation": ("voc2012_seg",),
     "xm3600": tuple(f"xm3600_{lang}" for lang in XM3600_LANGUAGES),
 }
 # VTAB-1k trains its probes on 800 examples and validates on 200.

@@ -14,7 +14,9 @@ dataset the test split is encoded once and every evaluation kind reuses those fe
 * ``fewshot``: k-shot logistic regressions, k in ``shots``, averaged over ``seeds`` (the
   headline is the largest k; every k is in ``shots``).
 
-Retrieval datasets report R@1/5/10 both ways. The result, ``{"suite": {dataset: {kind:
+Retrieval datasets report R@1/5/10 both ways; segmentation sets (given a loaded model, whatever
+the kinds asked) the patch-token probe's mIoU (:mod:`clip_jax.evaluate.segmentation`). The
+result, ``{"suite": {dataset: {kind:
 {"acc1", "acc5", "mean_per_class_recall", "headline"}}}, "details", "missing"}`` (``acc5``
 absent under 5 classes), is what :func:`write_suite` writes to ``report.json`` next to
 ``suite.md`` (one row per dataset, the headline metric named, the mean over datasets) and
@@ -39,11 +41,13 @@ from clip_jax.evaluate import (
     plots,
     probes,
     registry,
+    segmentation,
     suite_data,
     suite_prompts,
 )
 
 SUITE_EVALS = ("zeroshot", "linear_probe", "fewshot")
+SUITE_KINDS = (*SUITE_EVALS, "segmentation")  # what --eval may name with --suite
 _METRICS = ("acc1", "acc5", "mean_per_class_recall")
 
 
@@ -170,9 +174,9 @@ def run_suite(encoder, names: Sequence[str], data_dir: str,
     module docstring). ``prompts``: the user's templates / class names
     (:mod:`clip_jax.evaluate.suite_prompts`; checked on every dataset present before anything
     is encoded), recorded per dataset in ``details[<dataset>]["prompts"]``."""
-    bad = [k for k in evals if k not in SUITE_EVALS]
+    bad = [k for k in evals if k not in SUITE_KINDS]
     if bad:
-        raise ValueError(f"suite evaluations {bad}: choose from {SUITE_EVALS}")
+        raise ValueError(f"suite evaluations {bad}: choose from {SUITE_KINDS}")
     if not data_dir or not os.path.isdir(data_dir):
         raise FileNotFoundError(f"--data-dir {data_dir!r} is not a directory")
     choice = prompts or suite_prompts.Choice()
@@ -192,6 +196,14 @@ def run_suite(encoder, names: Sequence[str], data_dir: str,
             results[name] = {"retrieval": _with_headline(r, entry.metric)}
             details[name] = {"metric": entry.metric, "source": where[0],
                              "skipped": dict(ds.stats)}
+        elif entry.task == "segmentation":
+            r = segmentation.evaluate_set(encoder, segmentation.voc_set(
+                where[1], entry.train, entry.test))
+            results[name] = {"segmentation": _with_headline(
+                {k: r[k] for k in ("miou", "pixel_accuracy")}, entry.metric)}
+            details[name] = {"metric": entry.metric, "source": where[0],
+                             **{k: r[k] for k in ("l2", "num_fit", "num_test", "grid",
+                                                   "per_class_iou")}}
         else:
             results[name], details[name] = _classification(
                 encoder, entry, data_dir, where, tuple(evals), batch_size, max_per_class,
@@ -212,7 +224,8 @@ def run_suite(encoder, names: Sequence[str], data_dir: str,
 def suite_table(result: dict, title: str = "") -> str:
     """The Markdown table: one row per dataset (its headline metric named), the mean last."""
     suite, details = result["suite"], result["details"]
-    kinds = [k for k in (*SUITE_EVALS, "retrieval") if any(k in r for r in suite.values())]
+    kinds = [k for k in (*SUITE_EVALS, "retrieval", "segmentation")
+             if any(k in r for r in suite.values())]
     head = ["dataset", "metric", *[f"fewshot (k={_k(suite)})" if k == "fewshot" else k
                                    for k in kinds]]
     lines = [f"### {title}", ""] if title else []
@@ -249,8 +262,8 @@ def suite_scalars(result: dict) -> dict[str, float]:
     out = {}
     for name, r in result["suite"].items():
         for kind, m in r.items():
-            prefix = "" if kind in ("zeroshot", "retrieval") else f"{kind}_"
-            for key in ("acc1", "acc5", "mean_per_class_recall", "mean_recall",
+            prefix = "" if kind in ("zeroshot", "retrieval", "segmentation") else f"{kind}_"
+            for key in ("acc1", "acc5", "mean_per_class_recall", "mean_recall", "miou",
                         "image_to_text_recall@1", "text_to_image_recall@1"):
                 if isinstance(m.get(key), int | float):
                     out[f"eval/{name}/{prefix}{key}"] = float(m[key])

@@ -206,6 +206,7 @@ def _folder_dir(entry: registry.Entry, data_dir: str) -> str | None:
     folder, or for retrieval a captions file), not a tfds builder's directory of that name."""
     path = os.path.join(data_dir, entry.folder or entry.name)
     marks = ("captions.txt", _XM3600) if entry.task == "retrieval" else (
+        "SegmentationClass",) if entry.task == "segmentation" else (
         "test", *_SPLIT_DIRS["train"], *_SPLIT_DIRS["val"])
     return path if any(os.path.exists(os.path.join(path, m)) for m in marks) else None
 
