@@ -139,8 +139,10 @@ class Attention(nn.Module):
     ln_eps: float = 1e-5
 
     @nn.compact
-    def __call__(self, x, mask=None):
-        """``mask``: None, or (B, T) bool, False for keys no token may attend to (padding)."""
+    def __call__(self, x, mask=None, rope=None):
+        """``mask``: None, or (B, T) bool, False for keys no token may attend to (padding);
+        ``rope``: None, or a rotary position embedding applied to the queries and the keys
+        (B, H, T, hd) -> same (PE-Core's, :func:`clip_jax.models.pe.apply_rope`)."""
         d = x.shape[-1]
         hd = d // self.heads
         # Explicit params (not DenseGeneral, whose flattened init breaks logical constraints).
@@ -159,6 +161,8 @@ class Attention(nn.Module):
             kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
             q = LayerNorm(self.ln_eps, name="q_norm", **kw)(q)
             k = LayerNorm(self.ln_eps, name="k_norm", **kw)(k)
+        if rope is not None:
+            q, k = rope(q), rope(k)
         q = nn.with_logical_constraint(q, ("batch", "act_heads", "length", "kv"))
         k = nn.with_logical_constraint(k, ("batch", "act_heads", "length", "kv"))
         v = nn.with_logical_constraint(v, ("batch", "act_heads", "length", "kv"))

@@ -29,19 +29,19 @@ key maps :mod:`clip_jax.interop.keymap_pe`.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from typing import Any
 
 import flax.linen as nn
 import jax.numpy as jnp
 import numpy as np
-from jax.ad_checkpoint import checkpoint_name
 
 import clip_jax.models.family as families
 import clip_jax.models.openclip_config as oc
 import clip_jax.models.vit as vit
 from clip_jax import remat as remat_lib
-from clip_jax.layers import MLP, LayerNorm, PatchEmbed, attention, logical_init
+from clip_jax.layers import MLP, Attention, LayerNorm, PatchEmbed, logical_init
 from clip_jax.models.config import ModelConfig, TextConfig, VisionConfig
 from clip_jax.models.heads import MAPHead
 
@@ -78,43 +78,6 @@ def apply_rope(x, table, prefix: int):
     return jnp.concatenate([x[:, :, :prefix], y], axis=2) if prefix else y
 
 
-class RopeAttention(nn.Module):
-    """:class:`clip_jax.layers.Attention` (same parameters: fused ``kernel_in`` q|k|v with
-    ``bias_in``, ``kernel_out``, ``bias_out``) with RoPE on the queries and keys."""
-
-    heads: int
-    out_init_std: float
-    prefix: int
-    implementation: str = "auto"
-    dtype: Any = jnp.float32
-    param_dtype: Any = jnp.float32
-
-    @nn.compact
-    def __call__(self, x, rope):
-        d = x.shape[-1]
-        hd = d // self.heads
-        w_in = self.param("kernel_in", logical_init(nn.initializers.normal(d**-0.5),
-                                                    ("embed", None, "heads", "kv")),
-                          (d, 3, self.heads, hd), self.param_dtype)
-        b_in = self.param("bias_in", logical_init(nn.initializers.zeros, (None, "heads", "kv")),
-                          (3, self.heads, hd), self.param_dtype)
-        qkv = checkpoint_name(jnp.einsum("btd,dshk->sbhtk", x, w_in.astype(self.dtype))
-                              + b_in.astype(self.dtype)[:, None, :, None], "qkv")
-        q, k, v = (apply_rope(qkv[0], rope, self.prefix), apply_rope(qkv[1], rope, self.prefix),
-                   qkv[2])
-        names = ("batch", "act_heads", "length", "kv")
-        q, k, v = (nn.with_logical_constraint(a, names) for a in (q, k, v))
-        out = attention(q, k, v, False, self.implementation)
-        out = checkpoint_name(nn.with_logical_constraint(out, names), "attn_core")
-        w_out = self.param("kernel_out", logical_init(nn.initializers.normal(self.out_init_std),
-                                                      ("heads", "kv", "embed")),
-                           (self.heads, hd, d), self.param_dtype)
-        b_out = self.param("bias_out", logical_init(nn.initializers.zeros, ("embed",)), (d,),
-                           self.param_dtype)
-        return checkpoint_name(jnp.einsum("bhtk,hkd->btd", out, w_out.astype(self.dtype))
-                               + b_out.astype(self.dtype), "attn_out")
-
-
 class RopeBlock(nn.Module):
     """timm's ``EvaBlock`` as PE has it: ``x + attn(ln_1(x))``, ``x + mlp(ln_2(x))``."""
 
@@ -135,8 +98,9 @@ class RopeBlock(nn.Module):
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
         x = nn.with_logical_constraint(x, ("batch", "length", "act_embed"))
         y = LayerNorm(self.ln_eps, name="ln_1", **kw)(x)
-        x = x + RopeAttention(self.heads, proj_std, self.prefix, self.attention, name="attn",
-                              **kw)(y, rope)
+        rotate = functools.partial(apply_rope, table=rope, prefix=self.prefix)
+        x = x + Attention(self.heads, proj_std, implementation=self.attention, name="attn",
+                          **kw)(y, rope=rotate)
         y = LayerNorm(self.ln_eps, name="ln_2", **kw)(x)
         return x + MLP(self.mlp_dim, self.act, proj_std, name="mlp", **kw)(y), None
 
