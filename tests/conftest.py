@@ -24,3 +24,37 @@ def bpe_vocab_path():
     if not BPE_VOCAB.exists():
         pytest.skip(f"CLIP BPE vocabulary not found at {BPE_VOCAB}")
     return str(BPE_VOCAB)
+
+
+def import_open_clip_hub(tmp_path, state_dict, oc_cfg):
+    """An open_clip hub folder (``tmp_path/hub``: ``state_dict`` as safetensors, ``oc_cfg`` as
+    its ``model_cfg``) imported through the CLI, ``export import --from open_clip``, into a
+    bundle: (hub, bundle)."""
+    import json
+
+    from safetensors import torch as safetensors_torch
+
+    from clip_jax import export
+
+    hub, bundle = tmp_path / "hub", tmp_path / "bundle"
+    hub.mkdir()
+    safetensors_torch.save_file(state_dict, hub / "open_clip_model.safetensors")
+    (hub / "open_clip_config.json").write_text(json.dumps({"model_cfg": oc_cfg}))
+    assert export.main(["import", "--from", "open_clip", "--src", str(hub), "--out",
+                        str(bundle)]) == 0
+    return hub, bundle
+
+
+def export_open_clip_bundle(tmp_path, bundle):
+    """``export open_clip`` of ``bundle`` through the CLI into ``tmp_path/oc``: (that folder,
+    its state dict, its ``model_cfg``)."""
+    import json
+
+    from safetensors import torch as safetensors_torch
+
+    from clip_jax import export
+
+    out = tmp_path / "oc"
+    assert export.main(["open_clip", "--checkpoint", str(bundle), "--out", str(out)]) == 0
+    return (out, safetensors_torch.load_file(out / "open_clip_model.safetensors"),
+            json.loads((out / "open_clip_config.json").read_text())["model_cfg"])

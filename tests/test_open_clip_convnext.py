@@ -15,9 +15,10 @@ import socket
 import jax
 import numpy as np
 import pytest
+from conftest import export_open_clip_bundle, import_open_clip_hub
 
 import clip_jax
-from clip_jax import export, models, train
+from clip_jax import models, train
 
 torch = pytest.importorskip("torch")
 open_clip = pytest.importorskip("open_clip")
@@ -94,26 +95,16 @@ def test_open_clip_convnext_imports_and_exports_exactly(tmp_path, tiny_trunk, pr
             p.add_(0.05 * torch.randn_like(p))
     sd = model.state_dict()
     assert "visual.trunk.stages.1.downsample.1.weight" in sd
-    hub = tmp_path / "hub"
-    hub.mkdir()
-    safetensors_torch.save_file(sd, hub / "open_clip_model.safetensors")
-    (hub / "open_clip_config.json").write_text(json.dumps({"model_cfg": oc_cfg}))
-
-    bundle = tmp_path / "bundle"
-    assert export.main(["import", "--from", "open_clip", "--src", str(hub), "--out",
-                        str(bundle)]) == 0
+    hub, bundle = import_open_clip_hub(tmp_path, sd, oc_cfg)
     m = clip_jax.load(str(bundle))
     assert m.cfg == models.from_open_clip_config(oc_cfg) and m.cfg.vision.family == "convnext"
     assert m.cfg.vision.proj_type == proj and m.cfg.vision.drop_path == 0.1
     _assert_same(model, m, f"open_clip ConvNeXt ({proj}) -> clip_jax")
 
-    out = tmp_path / "oc"
-    assert export.main(["open_clip", "--checkpoint", str(bundle), "--out", str(out)]) == 0
-    exported = safetensors_torch.load_file(out / "open_clip_model.safetensors")
+    out, exported, written = export_open_clip_bundle(tmp_path, bundle)
     assert sorted(exported) == sorted(sd)
     for k, v in sd.items():
         assert torch.equal(exported[k], v), k
-    written = json.loads((out / "open_clip_config.json").read_text())["model_cfg"]
     assert written["vision_cfg"] == oc_cfg["vision_cfg"]
     assert models.from_open_clip_config(written) == m.cfg
     back = open_clip.create_model(f"local-dir:{out}").eval()  # loads strictly

@@ -6,14 +6,14 @@ Skips where torch / open_clip do not import."""
 
 from __future__ import annotations
 
-import json
 import socket
 
 import numpy as np
 import pytest
+from conftest import export_open_clip_bundle, import_open_clip_hub
 
 import clip_jax
-from clip_jax import export, models
+from clip_jax import models
 
 torch = pytest.importorskip("torch")
 open_clip = pytest.importorskip("open_clip")
@@ -86,21 +86,12 @@ def test_open_clip_resnet_imports_and_exports_exactly(tmp_path, quick_gelu):
     model = _perturbed_model(quick_gelu)
     sd = model.state_dict()
     assert {"visual.layer1.0.downsample.1.running_var", "visual.attnpool.q_proj.weight"} <= set(sd)
-    hub = tmp_path / "hub"
-    hub.mkdir()
-    safetensors_torch.save_file(sd, hub / "open_clip_model.safetensors")
-    (hub / "open_clip_config.json").write_text(json.dumps({"model_cfg": oc_cfg}))
-
-    bundle = tmp_path / "bundle"
-    assert export.main(["import", "--from", "open_clip", "--src", str(hub), "--out",
-                        str(bundle)]) == 0
+    hub, bundle = import_open_clip_hub(tmp_path, sd, oc_cfg)
     m = clip_jax.load(str(bundle))
     assert m.cfg == models.from_open_clip_config(oc_cfg) and m.cfg.vision.family == "resnet"
     _assert_same(model, m, "open_clip ResNet -> clip_jax")
 
-    out = tmp_path / "oc"
-    assert export.main(["open_clip", "--checkpoint", str(bundle), "--out", str(out)]) == 0
-    exported = safetensors_torch.load_file(out / "open_clip_model.safetensors")
+    out, exported, written = export_open_clip_bundle(tmp_path, bundle)
     assert sorted(exported) == sorted(sd)
     for k, v in sd.items():  # bit-exact, running statistics and int64 counts included
         assert exported[k].dtype == v.dtype and torch.equal(exported[k], v), k

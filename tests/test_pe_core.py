@@ -19,9 +19,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import export_open_clip_bundle, import_open_clip_hub
 
 import clip_jax
-from clip_jax import export, flops, input_pipeline, models, train
+from clip_jax import flops, input_pipeline, models, train
 from clip_jax import topology as tpu
 from clip_jax.data.synthetic import SyntheticSource
 from clip_jax.models import pe
@@ -123,7 +124,7 @@ def _assert_same(model, m, label):
 def test_open_clip_pe_core_imports_and_exports_exactly(tmp_path, test_trunks, trunk):
     torch = pytest.importorskip("torch")
     open_clip = pytest.importorskip("open_clip")
-    safetensors_torch = pytest.importorskip("safetensors.torch")
+    pytest.importorskip("safetensors.torch")
     oc_cfg = _oc_json(trunk)
     torch.manual_seed(0)
     model = open_clip.CustomTextCLIP(embed_dim=24, vision_cfg=oc_cfg["vision_cfg"],
@@ -134,14 +135,7 @@ def test_open_clip_pe_core_imports_and_exports_exactly(tmp_path, test_trunks, tr
     sd = model.state_dict()
     assert ("visual.trunk.cls_token" in sd) == TRUNKS[trunk][-1]
     assert "visual.trunk.attn_pool.kv.weight" in sd and "text.token_embedding.weight" in sd
-    hub = tmp_path / "hub"
-    hub.mkdir()
-    safetensors_torch.save_file(sd, hub / "open_clip_model.safetensors")
-    (hub / "open_clip_config.json").write_text(json.dumps({"model_cfg": oc_cfg}))
-
-    bundle = tmp_path / "bundle"
-    assert export.main(["import", "--from", "open_clip", "--src", str(hub), "--out",
-                        str(bundle)]) == 0
+    hub, bundle = import_open_clip_hub(tmp_path, sd, oc_cfg)
     m = clip_jax.load(str(bundle))
     assert m.cfg == models.from_open_clip_config(oc_cfg) and m.cfg.vision.family == "pe"
     _assert_same(model, m, f"open_clip PE ({trunk}) -> clip_jax")
@@ -149,14 +143,11 @@ def test_open_clip_pe_core_imports_and_exports_exactly(tmp_path, test_trunks, tr
     assert direct.cfg == m.cfg
     np.testing.assert_array_equal(direct.encode_image(_inputs()[0]), m.encode_image(_inputs()[0]))
 
-    out = tmp_path / "oc"
-    assert export.main(["open_clip", "--checkpoint", str(bundle), "--out", str(out)]) == 0
-    exported = safetensors_torch.load_file(out / "open_clip_model.safetensors")
+    out, exported, written = export_open_clip_bundle(tmp_path, bundle)
     plain = {k.removeprefix("text."): v for k, v in sd.items()}  # CLIP's names
     assert sorted(exported) == sorted(plain)
     for k, v in plain.items():
         assert torch.equal(exported[k], v), k
-    written = json.loads((out / "open_clip_config.json").read_text())["model_cfg"]
     assert written["vision_cfg"] == oc_cfg["vision_cfg"]
     assert models.from_open_clip_config(written) == m.cfg
     back = open_clip.create_model(f"local-dir:{out}").eval()  # loads strictly
